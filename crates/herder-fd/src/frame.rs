@@ -1,0 +1,98 @@
+//! The wire format of one message, the same on every platform and socket type.
+//!
+//! ```text
+//! byte 0      version (1)
+//! byte 1      flags (reserved, 0)
+//! bytes 2..4  number of attached descriptors, u16 little-endian
+//! bytes 4..8  payload length, u32 little-endian
+//! bytes 8..   payload
+//! ```
+//!
+//! The header makes an empty payload a real message (a zero-length read is end of
+//! file), lets a stream socket carry message boundaries, and lets the receiver check
+//! that every descriptor announced arrived.
+
+use crate::error::{Error, invalid_data};
+use std::io;
+
+pub(crate) const VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 8;
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) nfds: usize,
+    pub(crate) len: usize,
+}
+
+impl Header {
+    pub(crate) fn encode(self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0] = VERSION;
+        h[2..4].copy_from_slice(&(self.nfds as u16).to_le_bytes());
+        h[4..8].copy_from_slice(&(self.len as u32).to_le_bytes());
+        h
+    }
+
+    /// Decodes and validates a header against the receiver's limits.
+    pub(crate) fn decode(b: &[u8], max_len: usize, max_fds: usize) -> io::Result<Header> {
+        let Some(b) = b.get(..HEADER_LEN) else {
+            return Err(Error::Malformed("short frame header").into());
+        };
+        if b[0] != VERSION {
+            return Err(Error::Malformed("unknown frame version").into());
+        }
+        if b[1] != 0 {
+            return Err(Error::Malformed("unknown frame flags").into());
+        }
+        let nfds = u16::from_le_bytes([b[2], b[3]]) as usize;
+        let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        if nfds > max_fds {
+            return Err(invalid_data(Error::TooManyFds {
+                count: nfds,
+                max: max_fds,
+            }));
+        }
+        if len > max_len {
+            return Err(invalid_data(Error::MessageTooLarge { len, max: max_len }));
+        }
+        Ok(Header { nfds, len })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let h = Header {
+            nfds: 253,
+            len: 70_000,
+        };
+        assert_eq!(Header::decode(&h.encode(), 1 << 20, 253).unwrap(), h);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let kind = |b: &[u8]| Header::decode(b, 1024, 253).unwrap_err().kind();
+        assert_eq!(kind(b"\x01\x00\x00"), io::ErrorKind::InvalidData);
+        assert_eq!(kind(b"GET / HT"), io::ErrorKind::InvalidData);
+        assert_eq!(
+            kind(b"\x01\x01\x00\x00\x00\x00\x00\x00"),
+            io::ErrorKind::InvalidData
+        );
+        let big = Header { nfds: 0, len: 1025 }.encode();
+        let e = Header::decode(&big, 1024, 253).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(matches!(
+            Error::of(&e),
+            Some(Error::MessageTooLarge { len: 1025, .. })
+        ));
+        let many = Header { nfds: 254, len: 0 }.encode();
+        assert!(matches!(
+            Error::of(&Header::decode(&many, 1024, 253).unwrap_err()),
+            Some(Error::TooManyFds { count: 254, .. })
+        ));
+    }
+}

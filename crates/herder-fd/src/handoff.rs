@@ -1,0 +1,188 @@
+//! The typed layer: a socket with a small header — a connection id, the peer address
+//! and bytes already read from the connection.
+//!
+//! Payload layout (inside a [`frame`](crate::frame)):
+//!
+//! ```text
+//! byte 0      b'H'
+//! byte 1      socket kind (SocketKind as u8)
+//! byte 2      peer address family: 0 none, 4 IPv4, 6 IPv6
+//! byte 3      reserved, 0
+//! bytes 4..12 id, u64 little-endian
+//! IPv4 peer:  4 address bytes, u16 port (LE)
+//! IPv6 peer:  16 address bytes, u16 port, u32 flowinfo, u32 scope id (LE)
+//! rest        data already read from the connection
+//! ```
+
+use crate::error::Error;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+const TAG: u8 = b'H';
+/// The longest typed header: tag, kind, family, reserved, id, an IPv6 address.
+pub(crate) const MAX_META_LEN: usize = 4 + 8 + 16 + 2 + 4 + 4;
+
+/// What kind of socket a hand-off carries, so the receiver rebuilds the right type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum SocketKind {
+    /// A connected TCP socket ([`std::net::TcpStream`]).
+    TcpStream = 1,
+    /// A listening TCP socket ([`std::net::TcpListener`]).
+    TcpListener = 2,
+    /// A UDP socket ([`std::net::UdpSocket`]).
+    UdpSocket = 3,
+    /// A connected Unix stream socket (`std::os::unix::net::UnixStream`).
+    UnixStream = 4,
+    /// A listening Unix socket (`std::os::unix::net::UnixListener`).
+    UnixListener = 5,
+    /// A Unix datagram socket (`std::os::unix::net::UnixDatagram`).
+    UnixDatagram = 6,
+}
+
+impl SocketKind {
+    fn from_u8(b: u8) -> Option<SocketKind> {
+        Some(match b {
+            1 => SocketKind::TcpStream,
+            2 => SocketKind::TcpListener,
+            3 => SocketKind::UdpSocket,
+            4 => SocketKind::UnixStream,
+            5 => SocketKind::UnixListener,
+            6 => SocketKind::UnixDatagram,
+            _ => return None,
+        })
+    }
+}
+
+/// What travels with a socket: set by the sender, returned to the receiver in
+/// [`Received`](crate::Received).
+///
+/// # Examples
+///
+/// ```
+/// let meta = herder_fd::Handoff { id: 7, peer: "127.0.0.1:5000".parse().ok(), data: b"GET /" };
+/// assert_eq!(meta.id, 7);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Handoff<'a> {
+    /// An identifier of the sender's choosing, e.g. a connection number.
+    pub id: u64,
+    /// The remote address of the connection, if it has one.
+    pub peer: Option<SocketAddr>,
+    /// Bytes the sender already read from the connection, to be processed first.
+    pub data: &'a [u8],
+}
+
+pub(crate) fn encode(kind: SocketKind, h: &Handoff<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[TAG, kind as u8, 0, 0]);
+    out.extend_from_slice(&h.id.to_le_bytes());
+    match h.peer {
+        None => {}
+        Some(SocketAddr::V4(a)) => {
+            out[2] = 4;
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_le_bytes());
+        }
+        Some(SocketAddr::V6(a)) => {
+            out[2] = 6;
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_le_bytes());
+            out.extend_from_slice(&a.flowinfo().to_le_bytes());
+            out.extend_from_slice(&a.scope_id().to_le_bytes());
+        }
+    }
+    out.extend_from_slice(h.data);
+}
+
+/// A decoded typed header; `data` is the offset of the data in the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) kind: SocketKind,
+    pub(crate) id: u64,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) data: usize,
+}
+
+pub(crate) fn decode(p: &[u8]) -> io::Result<Meta> {
+    let bad = |what| -> io::Error { Error::Malformed(what).into() };
+    if p.len() < 12 || p[0] != TAG || p[3] != 0 {
+        return Err(bad("not a typed hand-off"));
+    }
+    let kind = SocketKind::from_u8(p[1]).ok_or_else(|| bad("unknown socket kind"))?;
+    let id = u64::from_le_bytes(p[4..12].try_into().expect("8 bytes"));
+    let rest = &p[12..];
+    let (peer, used) = match p[2] {
+        0 => (None, 0),
+        4 if rest.len() >= 6 => {
+            let ip = Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).expect("4 bytes"));
+            let port = u16::from_le_bytes([rest[4], rest[5]]);
+            (Some(SocketAddr::V4(SocketAddrV4::new(ip, port))), 6)
+        }
+        6 if rest.len() >= 26 => {
+            let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).expect("16 bytes"));
+            let port = u16::from_le_bytes([rest[16], rest[17]]);
+            let flow = u32::from_le_bytes(rest[18..22].try_into().expect("4 bytes"));
+            let scope = u32::from_le_bytes(rest[22..26].try_into().expect("4 bytes"));
+            (
+                Some(SocketAddr::V6(SocketAddrV6::new(ip, port, flow, scope))),
+                26,
+            )
+        }
+        _ => return Err(bad("bad peer address")),
+    };
+    Ok(Meta {
+        kind,
+        id,
+        peer,
+        data: 12 + used,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_address_family() {
+        let peers = [
+            None,
+            Some("10.1.2.3:443".parse().unwrap()),
+            Some("[fe80::1%7]:8080".parse().unwrap()),
+        ];
+        let mut buf = Vec::new();
+        for peer in peers {
+            let h = Handoff {
+                id: u64::MAX - 3,
+                peer,
+                data: b"GET / HTTP/1.1\r\n",
+            };
+            encode(SocketKind::TcpStream, &h, &mut buf);
+            assert!(buf.len() <= MAX_META_LEN + h.data.len());
+            let m = decode(&buf).unwrap();
+            assert_eq!((m.kind, m.id, m.peer), (SocketKind::TcpStream, h.id, peer));
+            assert_eq!(&buf[m.data..], h.data);
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_header_is_rejected_or_consistent() {
+        let mut buf = Vec::new();
+        let h = Handoff {
+            id: 1,
+            peer: Some("[::1]:1".parse().unwrap()),
+            data: b"",
+        };
+        encode(SocketKind::UnixStream, &h, &mut buf);
+        for cut in 0..buf.len() {
+            assert_eq!(
+                decode(&buf[..cut]).unwrap_err().kind(),
+                io::ErrorKind::InvalidData,
+                "cut at {cut}"
+            );
+        }
+        assert!(decode(b"H\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00").is_err());
+        assert!(decode(b"H\x01\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00").is_err());
+    }
+}

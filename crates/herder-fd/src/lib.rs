@@ -1,0 +1,64 @@
+//! Descriptors and sockets across process boundaries.
+//!
+//! herder-fd owns every byte and descriptor that crosses from one process to another
+//! in herder: `sendmsg`/`recvmsg` with `SCM_RIGHTS` on Unix, `WSADuplicateSocketW` on
+//! Windows, the framing of messages, peer credentials and close-on-exec. It knows
+//! nothing of event loops, processes or policies.
+//!
+//! - [`Channel`] (Unix) sends messages — a byte payload plus up to
+//!   [`MAX_FDS_PER_MESSAGE`] descriptors — over a Unix socket and receives them whole,
+//!   in order, each descriptor an [`OwnedFd`](std::os::fd::OwnedFd) with close-on-exec
+//!   set. [`Channel::pair_for_child`] makes a channel for a child process without
+//!   letting the descriptor leak into any other child.
+//! - [`Channel::send_socket`] / [`Channel::recv_socket`] hand over a typed socket
+//!   ([`TcpStream`](std::net::TcpStream), listeners, Unix sockets) with a [`Handoff`]
+//!   header: a connection id, the peer address and bytes already read.
+//! - [`send_fds`] / [`recv_fds`] are the bare system calls, leak-free, for callers with
+//!   their own protocol; [`peer_credentials`] tells who is at the other end.
+//! - On Windows, [`os::windows`] duplicates a socket for another process and carries it
+//!   over a byte stream with the same [`Handoff`] header, acknowledged by the receiver.
+//!
+//! # Errors
+//!
+//! Every function returns [`std::io::Error`]. Failures that are not the operating
+//! system's own — truncation, too many descriptors, malformed frames — travel inside
+//! it as an [`Error`] ([`Error::of`]). Whenever a receive fails, the descriptors that
+//! had arrived with the failed message are closed: nothing leaks.
+//!
+//! # Portability
+//!
+//! | | Linux, Android | FreeBSD, NetBSD, OpenBSD, DragonFly | macOS, iOS | Windows |
+//! |---|---|---|---|---|
+//! | default [`ChannelKind`] | `SOCK_SEQPACKET` | `SOCK_SEQPACKET` | `SOCK_STREAM`, framed | byte stream, framed |
+//! | close-on-exec on receipt | atomic (`MSG_CMSG_CLOEXEC`) | atomic (`MSG_CMSG_CLOEXEC`) | `fcntl` right after `recvmsg` | sockets rebuilt with `WSA_FLAG_NO_HANDLE_INHERIT` |
+//! | descriptors per message | 253 (`SCM_MAX_FD`) | 253 (herder's limit) | 253 (herder's limit) | one socket per message |
+//! | receiver's descriptor table full | kernel sets `MSG_CTRUNC`, drops the rest → [`Error::ControlTruncated`] | same | same | `WSASocketW` fails in the receiver; the sender gets the error back |
+//! | `SIGPIPE` on a closed peer | never (`MSG_NOSIGNAL`) | never (`MSG_NOSIGNAL`) | never (`SO_NOSIGPIPE` on channels this crate creates) | n/a |
+//! | peer credentials | uid, gid, pid (`SO_PEERCRED`) | uid, gid (`getpeereid`) | uid, gid, pid (`getpeereid`, `LOCAL_PEERPID`) | n/a |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod frame;
+mod handoff;
+mod socket;
+
+pub use error::Error;
+pub use handoff::{Handoff, SocketKind};
+pub use socket::{Received, Socket, Transfer};
+
+#[cfg_attr(unix, path = "sys/unix.rs")]
+#[cfg_attr(windows, path = "sys/windows.rs")]
+mod sys;
+
+#[cfg(unix)]
+mod channel;
+#[cfg(unix)]
+pub use channel::{
+    CHANNEL_ENV, Channel, ChannelKind, ChildEnd, DEFAULT_MAX_PAYLOAD, MAX_FDS_PER_MESSAGE, Message,
+    PeerCredentials, is_cloexec, peer_credentials, recv_fds, send_fds,
+};
+
+pub mod os;
+
+#[cfg(not(any(unix, windows)))]
+compile_error!("herder-fd supports Unix and Windows only");

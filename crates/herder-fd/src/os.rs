@@ -1,0 +1,4 @@
+//! Platform-only parts of the API.
+
+#[cfg(windows)]
+pub mod windows;

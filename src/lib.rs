@@ -1,0 +1,16 @@
+//! herder: multi-process network servers in Rust — the nginx/Apache process model
+//! as a library.
+//!
+//! This facade re-exports the workspace's crates; depend on a single one if that is
+//! all you need:
+//!
+//! - [`fd`] ([`herder-fd`](https://docs.rs/herder-fd)): descriptors and sockets across
+//!   process boundaries.
+//! - [`reactor`] ([`herder-reactor`](https://docs.rs/herder-reactor)): the event loop of
+//!   each process.
+//! - [`pool`] ([`herder-pool`](https://docs.rs/herder-pool)): supervised worker
+//!   processes and accept locks.
+
+pub use herder_fd as fd;
+pub use herder_pool as pool;
+pub use herder_reactor as reactor;
