@@ -467,6 +467,19 @@ impl Channel {
                             .into(),
                         ));
                     }
+                    // Descriptors beyond this frame's own can only belong to a later
+                    // frame whose first byte was read already.
+                    let end = self.rstart + HEADER_LEN + h.len;
+                    if end == self.rend && self.fdq.len() > h.nfds {
+                        let received = self.fdq.len();
+                        return Err(self.break_stream(
+                            Error::FdCountMismatch {
+                                expected: h.nfds,
+                                received,
+                            }
+                            .into(),
+                        ));
+                    }
                     let start = self.rstart + HEADER_LEN;
                     payload.clear();
                     payload.extend_from_slice(&self.rbuf[start..start + h.len]);
