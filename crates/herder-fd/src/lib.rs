@@ -15,8 +15,10 @@
 //!   header: a connection id, the peer address and bytes already read.
 //! - [`send_fds`] / [`recv_fds`] are the bare system calls, leak-free, for callers with
 //!   their own protocol; [`peer_credentials`] tells who is at the other end.
-//! - On Windows, [`os::windows`] duplicates a socket for another process and carries it
-//!   over a byte stream with the same [`Handoff`] header, acknowledged by the receiver.
+//! - On Windows, `Channel` runs over a byte stream to a known process: a socket is
+//!   duplicated for that process (`WSADuplicateSocketW`), carried with the same
+//!   [`Handoff`] header, rebuilt there and acknowledged, through the same
+//!   `send_socket` / `recv_socket` calls as on Unix.
 //!
 //! # Errors
 //!
@@ -58,7 +60,10 @@ pub use channel::{
     PeerCredentials, is_cloexec, peer_credentials, recv_fds, send_fds,
 };
 
-pub mod os;
+#[cfg(windows)]
+mod channel_windows;
+#[cfg(windows)]
+pub use channel_windows::{Channel, DEFAULT_MAX_PAYLOAD, Duplex, Message};
 
 #[cfg(not(any(unix, windows)))]
 compile_error!("herder-fd supports Unix and Windows only");

@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::process::{Child, Command, Stdio};
 
 /// The environment variable that puts the test binary in a child role.
@@ -46,6 +46,7 @@ pub fn wait_ok(mut child: Child, what: &str) {
 pub fn open_fds() -> Vec<RawFd> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
+        use std::os::fd::AsRawFd;
         let dir = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd");
         let dir_fd_probe = std::fs::File::open("/proc/self/fd").expect("probe");
         let probe = dir_fd_probe.as_raw_fd();

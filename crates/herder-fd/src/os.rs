@@ -1,4 +1,0 @@
-//! Platform-only parts of the API.
-
-#[cfg(windows)]
-pub mod windows;
