@@ -264,7 +264,8 @@ impl Channel {
     }
 
     /// The credentials of the process at the other end, as the kernel recorded them
-    /// when the socket was connected.
+    /// when the socket was connected. For a pair from [`Channel::pair`] that is the
+    /// process that created the pair, also at the child's end.
     ///
     /// # Errors
     ///
@@ -630,7 +631,9 @@ impl ChildEnd {
     }
 }
 
-/// Who is at the other end of a Unix socket.
+/// Who is at the other end of a Unix socket, as recorded by the kernel when the
+/// connection was made (`connect`/`accept`, or `socketpair`, which records its caller
+/// for both ends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCredentials {
     /// Effective user id.
