@@ -5,6 +5,9 @@
 //! same thread (no cross-core wake-up), then closes what arrived, so both sides pay
 //! for the same system calls. Run with `cargo bench --bench handoff`.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 #[cfg(unix)]
 mod unix {
     use criterion::{BenchmarkId, Criterion, Throughput};
