@@ -1,8 +1,456 @@
-//! The herder event loop: readiness (over the `polling` crate), timers, a waker,
-//! signals as events and buffered connections with back-pressure, in one process.
+//! The herder event loop: readiness over the [`polling`] crate (epoll on Linux, kqueue
+//! on macOS and the BSDs, IOCP on Windows), timers and a waker, in one process.
 //!
-//! This crate does not know how a socket arrived: it serves descriptors handed over
-//! by `herder-fd`, accepted from a shared listener, or opened any other way.
+//! herder-reactor does not know how a socket arrived: it serves descriptors handed
+//! over by `herder-fd`, accepted from a shared listener, or opened any other way.
 //!
-//! It is not written yet; this placeholder reserves the name and its place in the
-//! workspace.
+//! A [`Reactor`] owns its sources. Each registered source gets a [`Key`]; a key is
+//! never reused for another source while an event for the old one can still be
+//! delivered (every key carries a generation), so a stale event never reaches the
+//! successor of a deregistered source.
+//!
+//! # Examples
+//!
+//! ```
+//! use herder_reactor::{Event, Interest, Mode, Reactor};
+//! use std::io::Write;
+//! use std::net::{TcpListener, TcpStream};
+//! use std::time::{Duration, Instant};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! listener.set_nonblocking(true)?;
+//! let addr = listener.local_addr()?;
+//!
+//! let mut reactor: Reactor<TcpListener> = Reactor::new()?;
+//! let key = reactor.register(listener, Interest::READABLE, Mode::Level)?;
+//! let deadline = reactor.add_timer(Instant::now() + Duration::from_secs(5), None);
+//!
+//! let mut client = TcpStream::connect(addr)?;
+//! client.write_all(b"hi")?;
+//!
+//! let mut events = Vec::new();
+//! 'run: loop {
+//!     reactor.poll(&mut events, None)?;
+//!     for ev in &events {
+//!         match *ev {
+//!             Event::Io { key: k, readable: true, .. } if k == key => {
+//!                 let (_conn, _peer) = reactor.get(key).unwrap().accept()?;
+//!                 break 'run;
+//!             }
+//!             Event::Timer(t) if t == deadline => panic!("no connection within 5 s"),
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Portability
+//!
+//! [`Mode::Level`] and [`Mode::Edge`] need the operating system's support
+//! ([`Reactor::supports_level`], [`Reactor::supports_edge`]): epoll and kqueue have
+//! both; IOCP on Windows has level only through emulation in `polling`. [`Mode::Oneshot`]
+//! works everywhere. `hangup` in [`Event::Io`] is reported by epoll, `poll` and IOCP,
+//! and is always `false` on kqueue.
+
+mod timer;
+
+pub use timer::TimerId;
+
+use polling::{Events, PollMode, Poller};
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a [`Reactor`] can watch: anything with a descriptor (`AsFd` on Unix) or a
+/// socket (`AsSocket` on Windows).
+pub trait Source: polling::AsSource {}
+impl<T: polling::AsSource> Source for T {}
+
+/// Bits of a [`Key`] that hold the slot index; the rest hold the generation.
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
+/// The most sources one reactor holds (the last index is never used, so no key is
+/// ever `usize::MAX`, which `polling` reserves).
+pub const MAX_SOURCES: usize = INDEX_MASK;
+
+/// The handle of a registered source: a slot index and that slot's generation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(usize);
+
+impl Key {
+    fn new(index: usize, generation: usize) -> Key {
+        let gen_bits = usize::BITS - INDEX_BITS;
+        let generation = generation & ((1usize << gen_bits) - 1);
+        Key(index | (generation << INDEX_BITS))
+    }
+    fn index(self) -> usize {
+        self.0 & INDEX_MASK
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({}#{})", self.index(), self.0 >> INDEX_BITS)
+    }
+}
+
+/// Which readiness a source is watched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Interest {
+    /// Wake when the source is readable (or a listener has a connection).
+    pub readable: bool,
+    /// Wake when the source is writable.
+    pub writable: bool,
+}
+
+impl Interest {
+    /// Readable only.
+    pub const READABLE: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    /// Writable only.
+    pub const WRITABLE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
+    /// Readable and writable.
+    pub const BOTH: Interest = Interest {
+        readable: true,
+        writable: true,
+    };
+    /// Neither: the source stays registered but is not watched.
+    pub const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+    };
+}
+
+/// How readiness is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Reported at every poll while the condition holds (`EPOLL` default).
+    Level,
+    /// Reported once per change to ready (`EPOLLET`): read or write until
+    /// `WouldBlock` before waiting again.
+    Edge,
+    /// Reported once, then disarmed until [`Reactor::modify`] re-arms it
+    /// (`EPOLLONESHOT`).
+    Oneshot,
+}
+
+impl From<Mode> for PollMode {
+    fn from(m: Mode) -> PollMode {
+        match m {
+            Mode::Level => PollMode::Level,
+            Mode::Edge => PollMode::Edge,
+            Mode::Oneshot => PollMode::Oneshot,
+        }
+    }
+}
+
+/// Something that happened, as returned by [`Reactor::poll`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A registered source is ready.
+    Io {
+        /// The source's key.
+        key: Key,
+        /// Ready to read (or to accept), or at end of file.
+        readable: bool,
+        /// Ready to write.
+        writable: bool,
+        /// The peer hung up or the descriptor is in error (`EPOLLHUP`); see the crate's
+        /// portability notes.
+        hangup: bool,
+    },
+    /// A timer reached its deadline.
+    Timer(TimerId),
+    /// A [`Waker`] was woken since the last poll.
+    Wake,
+}
+
+struct Slot<S> {
+    generation: usize,
+    source: Option<S>,
+}
+
+/// An event loop over a set of sources of type `S`, which it owns.
+///
+/// Use an enum for `S` to mix listeners, connections and channels in one loop.
+pub struct Reactor<S: Source> {
+    poller: Arc<Poller>,
+    woken: Arc<AtomicBool>,
+    events: Events,
+    slots: Vec<Slot<S>>,
+    free: Vec<usize>,
+    len: usize,
+    timers: timer::Timers,
+}
+
+impl<S: Source> Reactor<S> {
+    /// Creates an empty reactor (`epoll_create1`, `kqueue`, or an IOCP port).
+    ///
+    /// # Errors
+    ///
+    /// What the operating system returns when creating the poller (e.g. `EMFILE`).
+    pub fn new() -> io::Result<Reactor<S>> {
+        Ok(Reactor {
+            poller: Arc::new(Poller::new()?),
+            woken: Arc::new(AtomicBool::new(false)),
+            events: Events::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            timers: timer::Timers::default(),
+        })
+    }
+
+    /// Whether [`Mode::Level`] is supported here.
+    pub fn supports_level(&self) -> bool {
+        self.poller.supports_level()
+    }
+
+    /// Whether [`Mode::Edge`] is supported here.
+    pub fn supports_edge(&self) -> bool {
+        self.poller.supports_edge()
+    }
+
+    /// How many sources are registered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no source is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes ownership of `source` and watches it for `interest` in `mode`. The
+    /// source should be non-blocking.
+    ///
+    /// # Errors
+    ///
+    /// What registering returns (`EPERM` for a regular file under epoll, `ENOMEM`,
+    /// an unsupported mode); [`io::ErrorKind::OutOfMemory`] past [`MAX_SOURCES`].
+    /// On error the source is dropped.
+    pub fn register(&mut self, source: S, interest: Interest, mode: Mode) -> io::Result<Key> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None if self.slots.len() < MAX_SOURCES => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    source: None,
+                });
+                self.slots.len() - 1
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "reactor is full",
+                ));
+            }
+        };
+        let slot = &mut self.slots[index];
+        let key = Key::new(index, slot.generation);
+        // SAFETY: the reactor owns `source` from here on and deletes it from the
+        // poller before dropping it (in `deregister`, on error right below, and in
+        // `Drop`), as `Poller::add_with_mode` requires.
+        let added = unsafe {
+            self.poller
+                .add_with_mode(raw_source(&source), to_event(key, interest), mode.into())
+        };
+        if let Err(e) = added {
+            self.free.push(index);
+            return Err(e);
+        }
+        slot.source = Some(source);
+        self.len += 1;
+        Ok(key)
+    }
+
+    /// Changes what `key` is watched for; also re-arms a [`Mode::Oneshot`] source.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] for a key that is not registered; what the
+    /// operating system returns.
+    pub fn modify(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
+        let source = self.get(key).ok_or_else(not_found)?;
+        self.poller
+            .modify_with_mode(source, to_event(key, interest), mode.into())
+    }
+
+    /// Stops watching `key` and gives its source back. Events already collected for
+    /// it are not delivered, and the key will not match any later source.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] for a key that is not registered.
+    pub fn deregister(&mut self, key: Key) -> io::Result<S> {
+        self.get(key).ok_or_else(not_found)?;
+        let slot = &mut self.slots[key.index()];
+        let source = slot.source.take().expect("checked above");
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(key.index());
+        self.len -= 1;
+        // A source that cannot be deleted (already closed elsewhere) needs no deletion.
+        let _ = self.poller.delete(&source);
+        Ok(source)
+    }
+
+    /// The source registered under `key`.
+    pub fn get(&self, key: Key) -> Option<&S> {
+        let slot = self.slots.get(key.index())?;
+        if Key::new(key.index(), slot.generation) != key {
+            return None;
+        }
+        slot.source.as_ref()
+    }
+
+    /// The source registered under `key`, mutably.
+    pub fn get_mut(&mut self, key: Key) -> Option<&mut S> {
+        let slot = self.slots.get_mut(key.index())?;
+        if Key::new(key.index(), slot.generation) != key {
+            return None;
+        }
+        slot.source.as_mut()
+    }
+
+    /// Starts a timer that fires at `deadline`, and then every `repeat` if given.
+    pub fn add_timer(&mut self, deadline: Instant, repeat: Option<Duration>) -> TimerId {
+        self.timers.add(deadline, repeat)
+    }
+
+    /// Cancels a timer. Returns whether it was still pending; a cancelled timer never
+    /// fires, even if its deadline passed during the current batch of events.
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+        self.timers.cancel(id)
+    }
+
+    /// A handle that wakes this reactor's [`poll`](Self::poll) from any thread.
+    pub fn waker(&self) -> Waker {
+        Waker {
+            poller: self.poller.clone(),
+            woken: self.woken.clone(),
+        }
+    }
+
+    /// Waits until a source is ready, a timer fires, a [`Waker`] is woken, or
+    /// `timeout` passes, and replaces the contents of `events` with what happened.
+    /// `events` may come back empty (a timeout, or an event for a source deregistered
+    /// meanwhile). `EINTR` returns early with no events.
+    ///
+    /// # Errors
+    ///
+    /// What the wait returns other than `EINTR`.
+    pub fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        events.clear();
+        let now = Instant::now();
+        let mut wait = timeout;
+        if let Some(next) = self.timers.next_deadline() {
+            let until = next.saturating_duration_since(now);
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        if self.woken.load(Ordering::Acquire) {
+            wait = Some(Duration::ZERO);
+        }
+        self.events.clear();
+        match self.poller.wait(&mut self.events, wait) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if self.woken.swap(false, Ordering::AcqRel) {
+            events.push(Event::Wake);
+        }
+        for ev in self.events.iter() {
+            let key = Key(ev.key);
+            if self.get(key).is_none() {
+                continue;
+            }
+            events.push(Event::Io {
+                key,
+                readable: ev.readable,
+                writable: ev.writable,
+                hangup: ev.is_interrupt(),
+            });
+        }
+        self.timers
+            .expire(Instant::now(), |id| events.push(Event::Timer(id)));
+        Ok(())
+    }
+}
+
+impl<S: Source> Drop for Reactor<S> {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(source) = slot.source.take() {
+                let _ = self.poller.delete(&source);
+            }
+        }
+    }
+}
+
+impl<S: Source> fmt::Debug for Reactor<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor")
+            .field("sources", &self.len)
+            .field("timers", &self.timers.len())
+            .finish()
+    }
+}
+
+#[cfg(unix)]
+fn raw_source<S: Source>(s: &S) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    s.as_fd().as_raw_fd()
+}
+
+#[cfg(windows)]
+fn raw_source<S: Source>(s: &S) -> std::os::windows::io::RawSocket {
+    use std::os::windows::io::AsRawSocket;
+    s.as_socket().as_raw_socket()
+}
+
+fn to_event(key: Key, interest: Interest) -> polling::Event {
+    polling::Event::new(key.0, interest.readable, interest.writable)
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "no source registered under this key",
+    )
+}
+
+/// Wakes a [`Reactor`]'s [`poll`](Reactor::poll) from another thread; the reactor
+/// reports [`Event::Wake`]. Wakes before the next poll coalesce into one event.
+#[derive(Clone)]
+pub struct Waker {
+    poller: Arc<Poller>,
+    woken: Arc<AtomicBool>,
+}
+
+impl Waker {
+    /// Wakes the reactor.
+    ///
+    /// # Errors
+    ///
+    /// What writing to the poller's notification descriptor returns.
+    pub fn wake(&self) -> io::Result<()> {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.poller.notify()?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Waker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waker").finish_non_exhaustive()
+    }
+}
