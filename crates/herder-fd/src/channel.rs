@@ -217,6 +217,7 @@ impl Channel {
     /// `SOCK_STREAM` or `SOCK_SEQPACKET`.
     pub fn new(fd: OwnedFd) -> io::Result<Channel> {
         let ty = sys::socket_type(fd.as_fd())?;
+        sys::set_nosigpipe(fd.as_fd())?;
         Ok(Channel::with_type(fd, ty))
     }
 
@@ -246,7 +247,7 @@ impl Channel {
     /// [`DEFAULT_MAX_PAYLOAD`]). Both ends should agree. A seqpacket channel's
     /// receive buffer is this size plus 8 bytes, allocated on the first receive.
     pub fn set_max_payload(&mut self, max: usize) {
-        self.max_payload = max.min(u32::MAX as usize);
+        self.max_payload = max.min(u32::MAX as usize).min(isize::MAX as usize / 4);
     }
 
     /// The largest payload this end sends and accepts.
@@ -362,11 +363,10 @@ impl Channel {
                 .extend_from_slice(&header[HEADER_LEN - header_left..]);
             self.pending
                 .extend_from_slice(&payload[n.saturating_sub(HEADER_LEN)..]);
-            if let Err(e) = self.flush() {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    return Err(e);
-                }
-            }
+            // The message is committed: a failure to write the rest now is reported
+            // by the next `send` or `flush`, never as a failure of this message,
+            // which a retry would duplicate.
+            let _ = self.flush();
         }
         Ok(())
     }
@@ -507,9 +507,21 @@ impl Channel {
                 MAX_FDS_PER_MESSAGE,
             ) {
                 Ok(n) => n,
-                Err(e) if Error::of(&e).is_some() => return Err(self.break_stream(e)),
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                // Anything else may have consumed bytes or descriptors.
+                Err(e) => return Err(self.break_stream(e)),
             };
+            if self.fdq.len() > 2 * MAX_FDS_PER_MESSAGE {
+                // Only the frame being read and the one after it can have sent theirs.
+                let received = self.fdq.len();
+                return Err(self.break_stream(
+                    Error::FdCountMismatch {
+                        expected: MAX_FDS_PER_MESSAGE,
+                        received,
+                    }
+                    .into(),
+                ));
+            }
             if n == 0 {
                 if self.rend == self.rstart && self.fdq.is_empty() {
                     return Ok(false);
@@ -523,16 +535,18 @@ impl Channel {
         }
     }
 
-    /// Makes room for a frame of `frame` bytes at `rstart`, plus read-ahead.
+    /// Makes room after the unread bytes for a frame of `frame` bytes (at least 4 KiB
+    /// of read space), moving the unread bytes to the front first, so the buffer is
+    /// bounded by the largest frame, not by the traffic.
     fn reserve_read(&mut self, frame: usize) {
-        if self.rstart > 0 && self.rstart + frame > self.rbuf.len() {
+        let want = frame.max(4096);
+        if self.rbuf.len() - self.rstart < want && self.rstart > 0 {
             self.rbuf.copy_within(self.rstart..self.rend, 0);
             self.rend -= self.rstart;
             self.rstart = 0;
         }
-        let want = (self.rstart + frame).max(self.rstart + 4096);
-        if self.rbuf.len() < want {
-            self.rbuf.resize(want, 0);
+        if self.rbuf.len() < self.rstart + want {
+            self.rbuf.resize(self.rstart + want, 0);
         }
     }
 
@@ -620,6 +634,10 @@ impl ChildEnd {
     /// Spawns `cmd` with this end inherited and [`CHANNEL_ENV`] set for that child
     /// only; then closes this process's copy. In the child, [`Channel::from_env`]
     /// adopts it.
+    ///
+    /// Use a fresh [`Command`] per spawn: the hook this adds stays on `cmd`, and a
+    /// later spawn of the same `cmd` fails with `EBADF` rather than pass on whatever
+    /// descriptor then has the number.
     ///
     /// # Errors
     ///
@@ -825,8 +843,14 @@ pub fn send_fds(
 /// Linux, Android, FreeBSD, NetBSD, OpenBSD and DragonFly set close-on-exec atomically
 /// (`MSG_CMSG_CLOEXEC`). macOS has no such flag: each descriptor is marked with
 /// `fcntl` right after `recvmsg` returns, so a `fork`+`exec` racing on another thread
-/// may still inherit it. On macOS and the BSDs, descriptors that did not fit in the
-/// control buffer are disposed of by the kernel; very old macOS releases leaked them.
+/// may still inherit it.
+///
+/// On truncation, Linux installs the descriptors that fit (they are closed here) and
+/// drops the rest; the BSDs close all of them themselves; macOS installs all of them
+/// but reports only those that fit, so the others stay open unreported — give macOS a
+/// `max_fds` as large as what the peer may send. When the receiver's descriptor table
+/// is full, macOS drops them all and fails with `EMSGSIZE`, reported here as
+/// [`Error::ControlTruncated`] with nothing received.
 #[doc(alias = "recvmsg")]
 #[doc(alias = "MSG_CMSG_CLOEXEC")]
 pub fn recv_fds(
@@ -836,4 +860,57 @@ pub fn recv_fds(
     max_fds: usize,
 ) -> io::Result<usize> {
     sys::recv_msg(socket.as_fd(), buf, fds, max_fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    /// A writer whose pieces always end a few bytes into the next frame must not make
+    /// the receive buffer grow with the traffic.
+    #[test]
+    fn receive_buffer_is_bounded_by_the_frame_not_the_traffic() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut rx = Channel::new(b.into()).unwrap();
+        let mut a = a;
+        let frame = |i: u32| {
+            let payload = [i as u8; 100];
+            let mut f = Header {
+                nfds: 0,
+                len: payload.len(),
+            }
+            .encode()
+            .to_vec();
+            f.extend_from_slice(&payload);
+            f
+        };
+        let mut stream = Vec::new();
+        for i in 0..2000 {
+            stream.extend(frame(i));
+        }
+        let mut payload = Vec::new();
+        let mut fds = Vec::new();
+        let mut off = 0;
+        let mut next = 0u32;
+        let step = frame(0).len();
+        while off < stream.len() {
+            // Each write ends 4 bytes into the following frame.
+            let end = (off + step + 4).min(stream.len());
+            a.write_all(&stream[off..end]).unwrap();
+            off = end;
+            while next < 2000 && (next as usize + 1) * step <= off {
+                assert!(rx.recv_into(&mut payload, &mut fds).unwrap());
+                assert_eq!(payload, [next as u8; 100]);
+                next += 1;
+            }
+            assert!(
+                rx.rbuf.len() <= 8192,
+                "receive buffer grew to {}",
+                rx.rbuf.len()
+            );
+        }
+        assert_eq!(next, 2000);
+    }
 }

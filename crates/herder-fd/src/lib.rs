@@ -34,8 +34,9 @@
 //! | default [`ChannelKind`] | `SOCK_SEQPACKET` | `SOCK_SEQPACKET` | `SOCK_STREAM`, framed | byte stream, framed |
 //! | close-on-exec on receipt | atomic (`MSG_CMSG_CLOEXEC`) | atomic (`MSG_CMSG_CLOEXEC`) | `fcntl` right after `recvmsg` | sockets rebuilt with `WSA_FLAG_NO_HANDLE_INHERIT` |
 //! | descriptors per message | 253 (`SCM_MAX_FD`) | 253 (herder's limit) | 253 (herder's limit) | one socket per message |
-//! | receiver's descriptor table full | kernel sets `MSG_CTRUNC`, drops the rest → [`Error::ControlTruncated`] | same | same | `WSASocketW` fails in the receiver; the sender gets the error back |
-//! | `SIGPIPE` on a closed peer | never (`MSG_NOSIGNAL`) | never (`MSG_NOSIGNAL`) | never (`SO_NOSIGPIPE` on channels this crate creates) | n/a |
+//! | receiver's descriptor table full | `MSG_CTRUNC`: those that fit are closed, the rest dropped → [`Error::ControlTruncated`] | `MSG_CTRUNC`: the kernel closes them all → [`Error::ControlTruncated`] | `EMSGSIZE`: the kernel drops them all → [`Error::ControlTruncated`] | `WSASocketW` fails in the receiver; the sender gets the error back |
+//! | `SIGPIPE` on a closed peer | never (`MSG_NOSIGNAL`) | never (`MSG_NOSIGNAL`) | never on a [`Channel`] (`SO_NOSIGPIPE`); set it yourself for [`send_fds`] | n/a |
+//! | channel pair close-on-exec | atomic (`SOCK_CLOEXEC`) | atomic (`SOCK_CLOEXEC`) | `fcntl` right after `socketpair` | n/a |
 //! | peer credentials | uid, gid, pid (`SO_PEERCRED`) | uid, gid (`getpeereid`) | uid, gid, pid (`getpeereid`, `LOCAL_PEERPID`) | n/a |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -105,3 +105,14 @@ fn child_end_reaches_only_its_own_child() {
         "another child inherited the channel {chan}: {seen:?}"
     );
 }
+
+#[test]
+fn a_command_reused_after_its_child_end_cannot_leak_a_descriptor() {
+    let (_parent, end) = Channel::pair_for_child().unwrap();
+    let mut cmd = util::child_command(ENTRY, "list");
+    end.spawn(&mut cmd).unwrap().wait().unwrap();
+    // The channel's number may now name another descriptor; the hook refuses it.
+    let _other = tempfile::tempfile().unwrap();
+    let err = cmd.spawn().expect_err("a reused command must not spawn");
+    assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+}

@@ -8,10 +8,9 @@
 use crate::error::Error;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::mem::{self, MaybeUninit};
+use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command};
-use std::ptr;
 
 /// The most descriptors one message may carry. Linux's `SCM_MAX_FD` is 253; the BSDs
 /// and macOS accept at least as many in one control message, so one portable limit
@@ -22,12 +21,13 @@ pub(crate) const MAX_FDS: usize = 253;
 /// bytes), the descriptors, and slack for the platform's alignment.
 const CMSG_BUF_LEN: usize = 32 + MAX_FDS * mem::size_of::<RawFd>();
 
+/// Zeroed, so that nothing in it is ever uninitialised whatever the kernel copies.
 #[repr(C, align(8))]
-struct CmsgBuf([MaybeUninit<u8>; CMSG_BUF_LEN]);
+struct CmsgBuf([u8; CMSG_BUF_LEN]);
 
 impl CmsgBuf {
     fn new() -> CmsgBuf {
-        CmsgBuf([MaybeUninit::uninit(); CMSG_BUF_LEN])
+        CmsgBuf([0; CMSG_BUF_LEN])
     }
 }
 
@@ -90,6 +90,15 @@ const RECV_FLAGS: libc::c_int = libc::MSG_CMSG_CLOEXEC;
 const RECV_FLAGS: libc::c_int = 0;
 const ATOMIC_CLOEXEC: bool = RECV_FLAGS != 0;
 
+/// Whether, after `MSG_CTRUNC`, the descriptors whose numbers were copied out are
+/// still open and ours (Linux, Android, macOS), or were closed by the kernel (the
+/// BSDs).
+const KERNEL_KEEPS_COPIED_FDS_ON_CTRUNC: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_vendor = "apple"
+));
+
 /// Sends `bufs` and `fds` in one `sendmsg(2)`, with `MSG_NOSIGNAL` where it exists.
 /// Returns the bytes written (on a stream socket possibly fewer than given; the
 /// descriptors then went with the first byte).
@@ -122,7 +131,6 @@ pub(crate) fn send_msg(
         // CMSG_DATA has room for every descriptor; the writes are unaligned-safe.
         unsafe {
             let hdr = libc::CMSG_FIRSTHDR(&msg);
-            ptr::write_bytes(cmsg.0.as_mut_ptr(), 0, space);
             (*hdr).cmsg_level = libc::SOL_SOCKET;
             (*hdr).cmsg_type = libc::SCM_RIGHTS;
             (*hdr).cmsg_len = libc::CMSG_LEN(data_len) as _;
@@ -199,25 +207,47 @@ pub(crate) fn recv_msg(
     }
     // SAFETY: msg points at `buf` through `iov` and at the control buffer, both live and
     // writable for the lengths given.
-    let n = cvt_r(|| unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, RECV_FLAGS) })? as usize;
+    let n = match cvt_r(|| unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, RECV_FLAGS) }) {
+        Ok(n) => n as usize,
+        // macOS discards every descriptor of a message that does not fit in the
+        // receiver's descriptor table and fails with EMSGSIZE.
+        #[cfg(target_vendor = "apple")]
+        Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+            return Err(Error::ControlTruncated { received: 0 }.into());
+        }
+        Err(e) => return Err(e),
+    };
 
     let before = fds.fd_count();
     let mut cloexec_err = None;
-    if !msg.msg_control.is_null() && msg.msg_controllen as usize >= mem::size_of::<libc::cmsghdr>()
-    {
-        // SAFETY: the kernel filled msg_controllen bytes of the control buffer with
-        // well-formed cmsghdrs; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside it. Each
-        // SCM_RIGHTS descriptor is new in this process and owned by nobody else, so
-        // wrapping it in OwnedFd at once is sound and means it is closed on every path.
+    let ctrunc = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    // On FreeBSD and the other BSDs the kernel closes every descriptor of a message
+    // whose control data it truncated, including those whose numbers it copied out:
+    // adopting them would close descriptors this process may have reused meanwhile.
+    let adopt = !ctrunc || KERNEL_KEEPS_COPIED_FDS_ON_CTRUNC;
+    let control_len = msg.msg_controllen as usize;
+    if adopt && !msg.msg_control.is_null() && control_len >= mem::size_of::<libc::cmsghdr>() {
+        let control_end = cmsg.0.as_ptr() as usize + control_len.min(CMSG_BUF_LEN);
+        // SAFETY: the kernel filled msg_controllen bytes of the (zeroed) control
+        // buffer; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside it, and the descriptor count is
+        // clamped to the bytes the kernel actually copied (macOS keeps the full
+        // cmsg_len in a truncated header). Each SCM_RIGHTS descriptor in that range is
+        // new in this process and owned by nobody else, so wrapping it in OwnedFd at
+        // once is sound and means it is closed on every path.
         unsafe {
             let mut hdr = libc::CMSG_FIRSTHDR(&msg);
             while !hdr.is_null() {
                 if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(hdr);
-                    let bytes = (*hdr).cmsg_len as usize - (data as usize - hdr as usize);
-                    let count = bytes / mem::size_of::<RawFd>();
+                    let claimed =
+                        ((*hdr).cmsg_len as usize).saturating_sub(data as usize - hdr as usize);
+                    let copied = control_end.saturating_sub(data as usize);
+                    let count = claimed.min(copied) / mem::size_of::<RawFd>();
                     for i in 0..count {
                         let raw = data.cast::<RawFd>().add(i).read_unaligned();
+                        if raw < 0 {
+                            continue;
+                        }
                         let fd = OwnedFd::from_raw_fd(raw);
                         if !ATOMIC_CLOEXEC {
                             if let Err(e) = set_cloexec(fd.as_fd(), true) {
@@ -232,7 +262,7 @@ pub(crate) fn recv_msg(
         }
     }
     let received = fds.fd_count() - before;
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if ctrunc {
         fds.truncate_fds(before);
         return Err(Error::ControlTruncated { received }.into());
     }
@@ -282,6 +312,16 @@ pub(crate) fn socketpair(ty: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
     #[cfg(target_vendor = "apple")]
     for fd in [&pair.0, &pair.1] {
         set_cloexec(fd.as_fd(), true)?;
+        set_nosigpipe(fd.as_fd())?;
+    }
+    Ok(pair)
+}
+
+/// Sets `SO_NOSIGPIPE` where `MSG_NOSIGNAL` does not exist (macOS), so writing to a
+/// closed peer gives `EPIPE` instead of a signal; a no-op elsewhere.
+pub(crate) fn set_nosigpipe(fd: BorrowedFd<'_>) -> io::Result<()> {
+    #[cfg(target_vendor = "apple")]
+    {
         let one: libc::c_int = 1;
         // SAFETY: SO_NOSIGPIPE takes a c_int; the pointer and length describe `one`.
         cvt(unsafe {
@@ -294,7 +334,9 @@ pub(crate) fn socketpair(ty: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
             )
         })?;
     }
-    Ok(pair)
+    #[cfg(not(target_vendor = "apple"))]
+    let _ = fd;
+    Ok(())
 }
 
 /// The type of a socket (`SO_TYPE`), and whether it is an `AF_UNIX` socket at all.
@@ -439,12 +481,17 @@ pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, Opti
 pub(crate) fn spawn_inheriting(cmd: &mut Command, fd: BorrowedFd<'_>) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
     let raw = fd.as_raw_fd();
+    let id = file_id(raw)?;
     // SAFETY: the hook runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes two fcntl calls and touches no
-    // allocator or lock. `raw` stays open in the parent until `spawn` returns because
-    // `fd` is borrowed for this whole function.
+    // async-signal-safe calls are allowed: it makes one fstat and two fcntl calls and
+    // touches no allocator or lock. It only acts on the descriptor this call borrows
+    // (checked by device and inode), so a hook left on a reused `Command` fails the
+    // spawn instead of leaking whatever has that number by then.
     unsafe {
         cmd.pre_exec(move || {
+            if file_id(raw)? != id {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
             let flags = libc::fcntl(raw, libc::F_GETFD);
             if flags == -1 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
                 return Err(io::Error::last_os_error());
@@ -453,6 +500,15 @@ pub(crate) fn spawn_inheriting(cmd: &mut Command, fd: BorrowedFd<'_>) -> io::Res
         });
     }
     cmd.spawn()
+}
+
+/// The device and inode of an open descriptor (`fstat`, async-signal-safe).
+fn file_id(raw: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: stat is plain data; fstat fills it or fails with EBADF.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `st` is writable; any integer is a valid argument.
+    cvt(unsafe { libc::fstat(raw, &mut st) })?;
+    Ok((st.st_dev as u64, st.st_ino as u64))
 }
 
 /// Takes ownership of the descriptor whose number is in the environment variable
@@ -476,6 +532,9 @@ pub(crate) fn adopt_from_env(var: &str) -> io::Result<Option<OwnedFd>> {
         })?;
     // SAFETY: F_GETFD on any integer is harmless; it fails with EBADF if not open.
     cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
+    // SAFETY: the descriptor is open (checked above) and stays open for this borrow,
+    // which only inspects it: a wrong descriptor is reported, never closed.
+    socket_type(unsafe { BorrowedFd::borrow_raw(raw) })?;
     if ADOPTED.swap(true, Ordering::AcqRel) {
         return Ok(None);
     }
