@@ -28,11 +28,17 @@ impl<T: Read + Write + Send> Duplex for T {}
 /// # Portability
 ///
 /// Windows cannot pass arbitrary handles this way: sockets only, one per message, and
-/// the channel must be blocking (the acknowledgement is awaited).
+/// the channel must be blocking (the acknowledgement is awaited). The channel is
+/// half-duplex while a socket is in flight: the peer answers a socket with its
+/// acknowledgement before it sends anything else. A frame that cannot be read whole
+/// (a malformed header, an I/O error mid-frame) breaks the channel: every later call
+/// fails.
 pub struct Channel {
     stream: Box<dyn Duplex>,
     peer_pid: u32,
     max_payload: usize,
+    /// Set when the stream lost its framing; every later call fails.
+    broken: bool,
 }
 
 /// A received message: its payload.
@@ -64,6 +70,7 @@ impl Channel {
             stream: Box::new(stream),
             peer_pid,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            broken: false,
         }
     }
 
@@ -103,8 +110,19 @@ impl Channel {
     }
 
     /// Reads one frame: payload and protocol infos. `Ok(None)` at a clean end of
-    /// stream.
+    /// stream. Any error breaks the channel, since the framing is then lost.
     fn read_frame(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if self.broken {
+            return Err(Error::Malformed("the stream lost its framing earlier").into());
+        }
+        let r = self.read_frame_inner();
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn read_frame_inner(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut h = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -122,6 +140,14 @@ impl Channel {
         let mut infos = vec![0; h.nfds * sys::PROTOCOL_INFO_LEN];
         self.stream.read_exact(&mut infos)?;
         Ok(Some((payload, infos)))
+    }
+
+    /// Tells the sender of a socket frame that it was refused, with `code` (an OS
+    /// error code, or 0), so its `send_socket` returns instead of waiting.
+    fn nak(&mut self, code: i32) -> io::Result<()> {
+        let mut nak = vec![b'A', NAK];
+        nak.extend_from_slice(&code.to_le_bytes());
+        self.write_frame(&nak, &[])
     }
 
     /// Sends a message of bytes.
@@ -143,11 +169,15 @@ impl Channel {
         match self.read_frame()? {
             None => Ok(None),
             Some((payload, infos)) if infos.is_empty() => Ok(Some(Message { payload })),
-            Some(_) => Err(Error::FdCountMismatch {
-                expected: 0,
-                received: 1,
+            Some(_) => {
+                // A socket nobody asked for: refuse it so the sender does not wait.
+                self.nak(0)?;
+                Err(Error::FdCountMismatch {
+                    expected: 0,
+                    received: 1,
+                }
+                .into())
             }
-            .into()),
         }
     }
 
@@ -196,20 +226,25 @@ impl Channel {
         let Some((mut payload, infos)) = self.read_frame()? else {
             return Ok(None);
         };
-        let meta = crate::handoff::decode(&payload)?;
         if infos.len() != sys::PROTOCOL_INFO_LEN {
+            // A plain message: its sender waits for no acknowledgement.
             return Err(Error::FdCountMismatch {
                 expected: 1,
                 received: 0,
             }
             .into());
         }
+        let meta = match crate::handoff::decode(&payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.nak(0)?;
+                return Err(e);
+            }
+        };
         let sock = match sys::socket_from_protocol_info(&infos) {
             Ok(s) => s,
             Err(e) => {
-                let mut nak = vec![b'A', NAK];
-                nak.extend_from_slice(&e.raw_os_error().unwrap_or(0).to_le_bytes());
-                self.write_frame(&nak, &[])?;
+                self.nak(e.raw_os_error().unwrap_or(0))?;
                 return Err(e);
             }
         };
@@ -218,7 +253,7 @@ impl Channel {
             SocketKind::TcpListener => Socket::TcpListener(sock.into()),
             SocketKind::UdpSocket => Socket::UdpSocket(sock.into()),
             _ => {
-                self.write_frame(&[b'A', NAK, 0, 0, 0, 0], &[])?;
+                self.nak(0)?;
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
                     "Unix sockets cannot be received on Windows",

@@ -86,3 +86,23 @@ fn hands_an_accepted_connection_to_a_child_process() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_refused_socket_is_reported_to_the_sender_instead_of_blocking_it() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    let (conn, _) = (
+        TcpStream::connect(l.local_addr().unwrap()).unwrap(),
+        l.accept().unwrap(),
+    );
+    let sender = std::thread::spawn(move || {
+        let mut tx = Channel::new(a, std::process::id());
+        tx.send_socket(&conn, &Handoff::default())
+    });
+    let mut rx = Channel::new(b, std::process::id());
+    // A plain receive refuses the socket frame.
+    assert!(rx.recv().is_err());
+    let sent = sender.join().unwrap();
+    assert!(sent.is_err(), "the sender must learn of the refusal");
+}
