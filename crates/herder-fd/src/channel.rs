@@ -2,7 +2,7 @@
 
 use crate::error::Error;
 use crate::frame::{HEADER_LEN, Header};
-use crate::handoff::{Handoff, SocketKind};
+use crate::handoff::Handoff;
 use crate::socket::{Received, Socket, Transfer};
 use crate::sys::{self, SockType};
 use std::collections::VecDeque;
@@ -457,29 +457,18 @@ impl Channel {
                 };
                 if avail >= HEADER_LEN + h.len {
                     // The descriptors of a frame arrive with its first byte, so a
-                    // complete frame finds all of its own in the queue.
-                    if self.fdq.len() < h.nfds {
-                        let received = self.fdq.len();
-                        return Err(self.break_stream(
-                            Error::FdCountMismatch {
-                                expected: h.nfds,
-                                received,
-                            }
-                            .into(),
-                        ));
-                    }
-                    // Descriptors beyond this frame's own can only belong to a later
-                    // frame whose first byte was read already.
+                    // complete frame finds all of its own in the queue; any beyond
+                    // them can only belong to a later frame whose first byte was
+                    // read already.
                     let end = self.rstart + HEADER_LEN + h.len;
-                    if end == self.rend && self.fdq.len() > h.nfds {
+                    let extra = self.fdq.len() > h.nfds && end == self.rend;
+                    if self.fdq.len() < h.nfds || extra {
                         let received = self.fdq.len();
-                        return Err(self.break_stream(
-                            Error::FdCountMismatch {
-                                expected: h.nfds,
-                                received,
-                            }
-                            .into(),
-                        ));
+                        let e = Error::FdCountMismatch {
+                            expected: h.nfds,
+                            received,
+                        };
+                        return Err(self.break_stream(e.into()));
                     }
                     let start = self.rstart + HEADER_LEN;
                     payload.clear();
@@ -765,14 +754,7 @@ impl Channel {
             .into());
         }
         let fd = fds.pop().expect("one descriptor");
-        let socket = match meta.kind {
-            SocketKind::TcpStream => Socket::TcpStream(fd.into()),
-            SocketKind::TcpListener => Socket::TcpListener(fd.into()),
-            SocketKind::UdpSocket => Socket::UdpSocket(fd.into()),
-            SocketKind::UnixStream => Socket::UnixStream(fd.into()),
-            SocketKind::UnixListener => Socket::UnixListener(fd.into()),
-            SocketKind::UnixDatagram => Socket::UnixDatagram(fd.into()),
-        };
+        let socket = Socket::from_kind(meta.kind, fd).expect("every kind exists on Unix");
         payload.drain(..meta.data);
         Ok(Some(Received {
             id: meta.id,

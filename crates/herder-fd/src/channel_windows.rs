@@ -2,7 +2,7 @@
 
 use crate::error::Error;
 use crate::frame::{HEADER_LEN, Header};
-use crate::handoff::{Handoff, SocketKind};
+use crate::handoff::Handoff;
 use crate::socket::{Received, Socket, Transfer};
 use crate::sys;
 use std::fmt;
@@ -248,17 +248,12 @@ impl Channel {
                 return Err(e);
             }
         };
-        let socket = match meta.kind {
-            SocketKind::TcpStream => Socket::TcpStream(sock.into()),
-            SocketKind::TcpListener => Socket::TcpListener(sock.into()),
-            SocketKind::UdpSocket => Socket::UdpSocket(sock.into()),
-            _ => {
-                self.nak(0)?;
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "Unix sockets cannot be received on Windows",
-                ));
-            }
+        let Some(socket) = Socket::from_kind(meta.kind, sock) else {
+            self.nak(0)?;
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "Unix sockets cannot be received on Windows",
+            ));
         };
         self.write_frame(ACK, &[])?;
         payload.drain(..meta.data);

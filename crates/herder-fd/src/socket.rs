@@ -62,7 +62,32 @@ pub enum Socket {
     UnixDatagram(UnixDatagram),
 }
 
+/// A socket as the operating system hands it over.
+#[cfg(unix)]
+pub(crate) type RawOwned = std::os::fd::OwnedFd;
+/// A socket as the operating system hands it over.
+#[cfg(windows)]
+pub(crate) type RawOwned = std::os::windows::io::OwnedSocket;
+
 impl Socket {
+    /// The socket of `kind` made from `raw`; `None` for a kind this platform does not
+    /// have (Unix sockets on Windows), in which case `raw` is closed.
+    pub(crate) fn from_kind(kind: SocketKind, raw: RawOwned) -> Option<Socket> {
+        Some(match kind {
+            SocketKind::TcpStream => Socket::TcpStream(raw.into()),
+            SocketKind::TcpListener => Socket::TcpListener(raw.into()),
+            SocketKind::UdpSocket => Socket::UdpSocket(raw.into()),
+            #[cfg(unix)]
+            SocketKind::UnixStream => Socket::UnixStream(raw.into()),
+            #[cfg(unix)]
+            SocketKind::UnixListener => Socket::UnixListener(raw.into()),
+            #[cfg(unix)]
+            SocketKind::UnixDatagram => Socket::UnixDatagram(raw.into()),
+            #[allow(unreachable_patterns)]
+            _ => return None,
+        })
+    }
+
     /// The kind of socket this is.
     pub fn kind(&self) -> SocketKind {
         match self {
