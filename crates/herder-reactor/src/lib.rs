@@ -53,8 +53,15 @@
 //! works everywhere. `hangup` in [`Event::Io`] is reported by epoll, `poll` and IOCP,
 //! and is always `false` on kqueue.
 
+mod signal;
 mod timer;
 
+pub mod os;
+#[cfg(unix)]
+#[path = "sys/unix.rs"]
+mod sys;
+
+pub use signal::Signal;
 pub use timer::TimerId;
 
 use polling::{Events, PollMode, Poller};
@@ -72,9 +79,12 @@ impl<T: polling::AsSource> Source for T {}
 /// Bits of a [`Key`] that hold the slot index; the rest hold the generation.
 const INDEX_BITS: u32 = 24;
 const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
-/// The most sources one reactor holds (the last index is never used, so no key is
-/// ever `usize::MAX`, which `polling` reserves).
+/// The most sources one reactor holds. The last index is never a slot: it keys the
+/// reactor's own signal pipe, and no key is ever `usize::MAX`, which `polling`
+/// reserves.
 pub const MAX_SOURCES: usize = INDEX_MASK;
+#[cfg(unix)]
+const SIGNAL_KEY: usize = INDEX_MASK;
 
 /// The handle of a registered source: a slot index and that slot's generation.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,11 +181,16 @@ pub enum Event {
     Timer(TimerId),
     /// A [`Waker`] was woken since the last poll.
     Wake,
+    /// A watched signal arrived ([`Reactor::watch_signals`]). Several deliveries of
+    /// one signal between two polls are reported once.
+    Signal(Signal),
 }
 
 struct Slot<S> {
     generation: usize,
     source: Option<S>,
+    /// Added with `EPOLLEXCLUSIVE`, which cannot be modified.
+    exclusive: bool,
 }
 
 /// An event loop over a set of sources of type `S`, which it owns.
@@ -189,6 +204,8 @@ pub struct Reactor<S: Source> {
     free: Vec<usize>,
     len: usize,
     timers: timer::Timers,
+    #[cfg(unix)]
+    signals: Option<sys::SignalPipe>,
 }
 
 impl<S: Source> Reactor<S> {
@@ -206,6 +223,8 @@ impl<S: Source> Reactor<S> {
             free: Vec::new(),
             len: 0,
             timers: timer::Timers::default(),
+            #[cfg(unix)]
+            signals: None,
         })
     }
 
@@ -238,12 +257,31 @@ impl<S: Source> Reactor<S> {
     /// an unsupported mode); [`io::ErrorKind::OutOfMemory`] past [`MAX_SOURCES`].
     /// On error the source is dropped.
     pub fn register(&mut self, source: S, interest: Interest, mode: Mode) -> io::Result<Key> {
+        let poller = self.poller.clone();
+        self.register_with(source, false, |key, source| {
+            // SAFETY: the reactor owns `source` from here on and deletes it from the
+            // poller before dropping it (in `deregister`, in `register_with` on error,
+            // and in `Drop`), as `Poller::add_with_mode` requires.
+            unsafe {
+                poller.add_with_mode(raw_source(source), to_event(key, interest), mode.into())
+            }
+        })
+    }
+
+    /// Registers `source` in a free slot with `add`, which makes the system call.
+    pub(crate) fn register_with(
+        &mut self,
+        source: S,
+        exclusive: bool,
+        add: impl FnOnce(Key, &S) -> io::Result<()>,
+    ) -> io::Result<Key> {
         let index = match self.free.pop() {
             Some(i) => i,
             None if self.slots.len() < MAX_SOURCES => {
                 self.slots.push(Slot {
                     generation: 0,
                     source: None,
+                    exclusive: false,
                 });
                 self.slots.len() - 1
             }
@@ -256,30 +294,34 @@ impl<S: Source> Reactor<S> {
         };
         let slot = &mut self.slots[index];
         let key = Key::new(index, slot.generation);
-        // SAFETY: the reactor owns `source` from here on and deletes it from the
-        // poller before dropping it (in `deregister`, on error right below, and in
-        // `Drop`), as `Poller::add_with_mode` requires.
-        let added = unsafe {
-            self.poller
-                .add_with_mode(raw_source(&source), to_event(key, interest), mode.into())
-        };
-        if let Err(e) = added {
+        if let Err(e) = add(key, &source) {
             self.free.push(index);
             return Err(e);
         }
         slot.source = Some(source);
+        slot.exclusive = exclusive;
         self.len += 1;
         Ok(key)
     }
 
     /// Changes what `key` is watched for; also re-arms a [`Mode::Oneshot`] source.
+    /// Setting [`Interest::NONE`] and back is the cheap way to pause and resume a
+    /// listener (accept-mutex style): one system call each, the registration kept.
     ///
     /// # Errors
     ///
-    /// [`io::ErrorKind::NotFound`] for a key that is not registered; what the
-    /// operating system returns.
+    /// [`io::ErrorKind::NotFound`] for a key that is not registered;
+    /// [`io::ErrorKind::Unsupported`] for a source registered exclusively (see
+    /// `os::linux`), which the kernel cannot modify; what the operating system
+    /// returns.
     pub fn modify(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
         let source = self.get(key).ok_or_else(not_found)?;
+        if self.slots[key.index()].exclusive {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an EPOLLEXCLUSIVE registration cannot be modified; deregister and register again",
+            ));
+        }
         self.poller
             .modify_with_mode(source, to_event(key, interest), mode.into())
     }
@@ -331,6 +373,50 @@ impl<S: Source> Reactor<S> {
         self.timers.cancel(id)
     }
 
+    /// Delivers `signals` as [`Event::Signal`] from now on, instead of their previous
+    /// disposition (restored when the reactor is dropped). The handler only writes the
+    /// signal's number to a pipe the reactor watches: the event is handled in the loop,
+    /// not in the handler.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::AlreadyExists`] if another reactor of this process watches
+    /// signals; what `pipe2` or `sigaction` return. On Windows,
+    /// [`io::ErrorKind::Unsupported`].
+    #[doc(alias = "sigaction")]
+    pub fn watch_signals(&mut self, signals: &[Signal]) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            if self.signals.is_none() {
+                let pipe = sys::SignalPipe::take()?;
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&pipe.fd());
+                // SAFETY: the pipe is deleted from the poller in `Drop` before it is
+                // released.
+                unsafe {
+                    self.poller.add_with_mode(
+                        raw,
+                        polling::Event::readable(SIGNAL_KEY),
+                        PollMode::Level,
+                    )?
+                };
+                self.signals = Some(pipe);
+            }
+            let pipe = self.signals.as_mut().expect("set above");
+            for s in signals {
+                pipe.install(s.as_raw())?;
+            }
+            Ok(())
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = signals;
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "signals as events are Unix-only",
+            ))
+        }
+    }
+
     /// A handle that wakes this reactor's [`poll`](Self::poll) from any thread.
     pub fn waker(&self) -> Waker {
         Waker {
@@ -367,7 +453,24 @@ impl<S: Source> Reactor<S> {
         if self.woken.swap(false, Ordering::AcqRel) {
             events.push(Event::Wake);
         }
+        #[cfg(unix)]
+        let mut seen_signals = 0u64;
         for ev in self.events.iter() {
+            #[cfg(unix)]
+            if ev.key == SIGNAL_KEY {
+                if let Some(pipe) = &self.signals {
+                    pipe.drain(|raw| {
+                        if let Some(sig) = Signal::from_raw(raw) {
+                            let bit = 1u64 << (raw as u32 % 64);
+                            if seen_signals & bit == 0 {
+                                seen_signals |= bit;
+                                events.push(Event::Signal(sig));
+                            }
+                        }
+                    });
+                }
+                continue;
+            }
             let key = Key(ev.key);
             if self.get(key).is_none() {
                 continue;
@@ -387,6 +490,10 @@ impl<S: Source> Reactor<S> {
 
 impl<S: Source> Drop for Reactor<S> {
     fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pipe) = self.signals.take() {
+            let _ = self.poller.delete(pipe.fd());
+        }
         for slot in &mut self.slots {
             if let Some(source) = slot.source.take() {
                 let _ = self.poller.delete(&source);

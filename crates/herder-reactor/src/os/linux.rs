@@ -1,0 +1,58 @@
+//! Linux-only registration: `EPOLLEXCLUSIVE`.
+
+use crate::{Key, Reactor, Source};
+use std::io;
+use std::os::fd::AsFd;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl<S: Source> sealed::Sealed for Reactor<S> {}
+
+/// Linux extensions of [`Reactor`].
+pub trait ReactorExt<S>: sealed::Sealed {
+    /// Registers a listening socket for readability with `EPOLLEXCLUSIVE`: when
+    /// several processes' reactors watch the same listener, a new connection wakes one
+    /// (or a few) of them instead of all. Level-triggered.
+    ///
+    /// The kernel does not allow such a registration to be modified: pause it by
+    /// deregistering and register it again to resume.
+    ///
+    /// # Errors
+    ///
+    /// What `epoll_ctl(2)` returns (`EINVAL` before Linux 4.5).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herder_reactor::{Event, Reactor, os::linux::ReactorExt};
+    /// use std::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// listener.set_nonblocking(true)?;
+    /// let addr = listener.local_addr()?;
+    /// let mut reactor = Reactor::new()?;
+    /// let key = reactor.register_exclusive(listener)?;
+    /// let _client = TcpStream::connect(addr)?;
+    /// let mut events = Vec::new();
+    /// while events.is_empty() {
+    ///     reactor.poll(&mut events, Some(std::time::Duration::from_secs(5)))?;
+    /// }
+    /// assert!(matches!(events[0], Event::Io { key: k, readable: true, .. } if k == key));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "EPOLLEXCLUSIVE")]
+    fn register_exclusive(&mut self, source: S) -> io::Result<Key>;
+}
+
+impl<S: Source> ReactorExt<S> for Reactor<S> {
+    fn register_exclusive(&mut self, source: S) -> io::Result<Key> {
+        let poller = self.poller.clone();
+        self.register_with(source, true, |key, source| {
+            // SAFETY: the reactor owns `source` and deletes it from the poller before
+            // dropping it, as for every registration.
+            unsafe { crate::sys::add_exclusive(poller.as_fd(), source.as_fd(), key.0) }
+        })
+    }
+}
