@@ -53,6 +53,8 @@
 //! works everywhere. `hangup` in [`Event::Io`] is reported by epoll, `poll` and IOCP,
 //! and is always `false` on kqueue.
 
+mod server;
+mod service;
 mod signal;
 mod timer;
 
@@ -61,6 +63,8 @@ pub mod os;
 #[path = "sys/unix.rs"]
 mod sys;
 
+pub use server::{Config, Server, Stats, Stream};
+pub use service::{CloseReason, Flow, Input, Output, Service};
 pub use signal::Signal;
 pub use timer::TimerId;
 
@@ -342,6 +346,15 @@ impl<S: Source> Reactor<S> {
         // A source that cannot be deleted (already closed elsewhere) needs no deletion.
         let _ = self.poller.delete(&source);
         Ok(source)
+    }
+
+    /// The keys of every registered source.
+    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.source.is_some())
+            .map(|(i, s)| Key::new(i, s.generation))
     }
 
     /// The source registered under `key`.

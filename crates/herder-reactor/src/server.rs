@@ -1,0 +1,887 @@
+//! [`Server`]: buffered connections driven by a [`Service`], listeners, and the
+//! caller's own sources, in one [`Reactor`].
+
+use crate::service::{CloseReason, Flow, Input, Output, Service};
+use crate::{Event, Interest, Key, Mode, Reactor, Signal, Source, TimerId, Waker};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// Limits and buffer sizes of a [`Server`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Bytes read per readiness event into the server's one shared read buffer.
+    /// Default 64 KiB.
+    pub read_buffer: usize,
+    /// The most unconsumed input one connection may hold before
+    /// [`Service::on_input_limit`]. Default 64 KiB.
+    pub max_input: usize,
+    /// Unwritten output above which the server stops reading from a connection until
+    /// it falls below half of it. Default 256 KiB.
+    pub high_water: usize,
+    /// Close connections that read and write nothing for this long (after asking
+    /// [`Service::on_idle`]). Default: none.
+    pub idle_timeout: Option<Duration>,
+    /// Connections accepted per listener readiness event. Default 64.
+    pub accept_burst: usize,
+    /// Set `TCP_NODELAY` on TCP connections. Default true.
+    pub nodelay: bool,
+    /// After `EMFILE`/`ENFILE` on `accept`, pause the listener this long instead of
+    /// spinning. Default 100 ms.
+    pub accept_backoff: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            read_buffer: 64 * 1024,
+            max_input: 64 * 1024,
+            high_water: 256 * 1024,
+            idle_timeout: None,
+            accept_burst: 64,
+            nodelay: true,
+            accept_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A connected byte stream a [`Server`] serves.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A Unix stream socket.
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// The remote address, for TCP.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            #[cfg(unix)]
+            Stream::Unix(_) => None,
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(true),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.set_nonblocking(true),
+        }
+    }
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Stream {
+        Stream::Tcp(s)
+    }
+}
+
+#[cfg(unix)]
+impl From<UnixStream> for Stream {
+    fn from(s: UnixStream) -> Stream {
+        Stream::Unix(s)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the server's reactor holds.
+enum Entry<Svc> {
+    Listener(TcpListener),
+    Conn(Box<Conn<Svc>>),
+    User(Box<dyn Source>),
+}
+
+#[cfg(unix)]
+impl<Svc> std::os::fd::AsFd for Entry<Svc> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Entry::Listener(l) => l.as_fd(),
+            Entry::Conn(c) => match &c.stream {
+                Stream::Tcp(s) => s.as_fd(),
+                Stream::Unix(s) => s.as_fd(),
+            },
+            Entry::User(u) => u.as_fd(),
+        }
+    }
+}
+
+#[cfg(windows)]
+impl<Svc> std::os::windows::io::AsSocket for Entry<Svc> {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        use std::os::windows::io::AsSocket;
+        match self {
+            Entry::Listener(l) => l.as_socket(),
+            Entry::Conn(c) => match &c.stream {
+                Stream::Tcp(s) => s.as_socket(),
+            },
+            Entry::User(u) => u.as_socket(),
+        }
+    }
+}
+
+/// One connection. Its buffers are empty (no allocation) while it is idle.
+struct Conn<Svc> {
+    stream: Stream,
+    svc: Svc,
+    /// Unconsumed input, only while a request is partial.
+    input: Vec<u8>,
+    /// Unwritten output, only while the socket does not take it all.
+    output: Vec<u8>,
+    interest: Interest,
+    last_active: Instant,
+    eof: bool,
+    closing: bool,
+    paused: bool,
+    /// Whether `on_drain` was asked once; after that only when idle.
+    drain_asked: bool,
+    /// Why the connection is closing, once it is.
+    close_reason: Option<CloseReason>,
+}
+
+impl<Svc> Conn<Svc> {
+    fn idle(&self) -> bool {
+        self.input.is_empty() && self.output.is_empty()
+    }
+
+    fn wanted_interest(&self) -> Interest {
+        Interest {
+            readable: !self.eof && !self.closing && !self.paused,
+            writable: !self.output.is_empty(),
+        }
+    }
+}
+
+/// Counters of a [`Server`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections taken in: accepted or added.
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: usize,
+    /// Failed `accept` calls other than `WouldBlock`.
+    pub accept_errors: u64,
+}
+
+/// Many buffered connections, each served by its own [`Service`] value, in one
+/// [`Reactor`] — with listeners whose connections it accepts, and any other sources
+/// of the caller's, whose events it hands back.
+///
+/// # Examples
+///
+/// An echo server on a port of its own, and one client:
+///
+/// ```
+/// use herder_reactor::{Config, Flow, Input, Output, Server, Service};
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+///
+/// struct Echo;
+/// impl Service for Echo {
+///     fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+///         out.write(input.data());
+///         input.consume(input.len());
+///         Flow::Continue
+///     }
+/// }
+///
+/// let mut server = Server::new(Config::default(), |_| Echo)?;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// server.add_listener(listener)?;
+///
+/// let client = std::thread::spawn(move || -> std::io::Result<String> {
+///     let mut c = std::net::TcpStream::connect(addr)?;
+///     c.write_all(b"ping")?;
+///     c.shutdown(std::net::Shutdown::Write)?;
+///     let mut reply = String::new();
+///     c.read_to_string(&mut reply)?;
+///     Ok(reply)
+/// });
+/// let mut events = Vec::new();
+/// while !client.is_finished() {
+///     server.poll(&mut events, Some(Duration::from_millis(10)))?;
+/// }
+/// assert_eq!(client.join().unwrap()?, "ping");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server<Svc: Service> {
+    reactor: Reactor<Entry<Svc>>,
+    config: Config,
+    factory: Box<dyn FnMut(&Stream) -> Svc>,
+    rbuf: Vec<u8>,
+    obuf: Vec<u8>,
+    events: Vec<Event>,
+    idle_timers: HashMap<TimerId, Key>,
+    listener_retry: HashMap<TimerId, Key>,
+    drain_deadline: Option<TimerId>,
+    draining: bool,
+    stats: Stats,
+}
+
+impl<Svc: Service> Server<Svc> {
+    /// Creates a server whose accepted connections get a service from `factory`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::new`].
+    pub fn new(
+        config: Config,
+        factory: impl FnMut(&Stream) -> Svc + 'static,
+    ) -> io::Result<Server<Svc>> {
+        Ok(Server {
+            reactor: Reactor::new()?,
+            rbuf: vec![0; config.read_buffer.max(1)],
+            config,
+            factory: Box::new(factory),
+            obuf: Vec::new(),
+            events: Vec::new(),
+            idle_timers: HashMap::new(),
+            listener_retry: HashMap::new(),
+            drain_deadline: None,
+            draining: false,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes held in connection buffers (unconsumed input and unwritten output).
+    pub fn buffered_bytes(&self) -> usize {
+        let mut n = 0;
+        for key in self.conn_keys() {
+            if let Some(Entry::Conn(c)) = self.reactor.get(key) {
+                n += c.input.len() + c.output.len();
+            }
+        }
+        n
+    }
+
+    fn conn_keys(&self) -> Vec<Key> {
+        self.reactor
+            .keys()
+            .filter(|k| matches!(self.reactor.get(*k), Some(Entry::Conn(_))))
+            .collect()
+    }
+
+    /// Accepts connections from `listener` (made non-blocking) until it is removed
+    /// or the server drains.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::register`].
+    pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<Key> {
+        listener.set_nonblocking(true)?;
+        self.reactor
+            .register(Entry::Listener(listener), Interest::READABLE, Mode::Level)
+    }
+
+    /// Stops accepting on `key` for now (one system call); [`resume_listener`]
+    /// undoes it. The accept-mutex strategies use this pair.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::modify`].
+    ///
+    /// [`resume_listener`]: Self::resume_listener
+    pub fn pause_listener(&mut self, key: Key) -> io::Result<()> {
+        self.reactor.modify(key, Interest::NONE, Mode::Level)
+    }
+
+    /// Accepts on `key` again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::modify`].
+    pub fn resume_listener(&mut self, key: Key) -> io::Result<()> {
+        self.reactor.modify(key, Interest::READABLE, Mode::Level)
+    }
+
+    /// Removes a listener and gives it back.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] if `key` is not a listener of this server.
+    pub fn remove_listener(&mut self, key: Key) -> io::Result<TcpListener> {
+        if !matches!(self.reactor.get(key), Some(Entry::Listener(_))) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a listener of this server",
+            ));
+        }
+        match self.reactor.deregister(key)? {
+            Entry::Listener(l) => Ok(l),
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// Serves a connection that arrived from elsewhere (a descriptor received with
+    /// `herder-fd`, an `accept` of the caller's) with `svc`, after handing it `initial`
+    /// — bytes already read from the connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::register`]; the stream is dropped on error.
+    pub fn add_connection(
+        &mut self,
+        stream: impl Into<Stream>,
+        svc: Svc,
+        initial: &[u8],
+    ) -> io::Result<Key> {
+        let stream = stream.into();
+        stream.set_nonblocking()?;
+        if let (Stream::Tcp(s), true) = (&stream, self.config.nodelay) {
+            let _ = s.set_nodelay(true);
+        }
+        let conn = Conn {
+            stream,
+            svc,
+            input: Vec::new(),
+            output: Vec::new(),
+            interest: Interest::READABLE,
+            last_active: Instant::now(),
+            eof: false,
+            closing: false,
+            paused: false,
+            drain_asked: false,
+            close_reason: None,
+        };
+        let key =
+            self.reactor
+                .register(Entry::Conn(Box::new(conn)), Interest::READABLE, Mode::Level)?;
+        self.stats.accepted += 1;
+        self.stats.active += 1;
+        if let Some(t) = self.config.idle_timeout {
+            let id = self.reactor.add_timer(Instant::now() + t, None);
+            self.idle_timers.insert(id, key);
+        }
+        if !initial.is_empty() || self.draining {
+            let outcome = self.with_conn(key, |c, b| {
+                if !initial.is_empty() {
+                    feed(c, initial, b)?;
+                }
+                Ok(())
+            });
+            self.settle(key, outcome);
+        }
+        Ok(key)
+    }
+
+    /// Watches a source of the caller's; its events come back from
+    /// [`poll`](Self::poll) as [`Event::Io`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::register`].
+    pub fn add_source(
+        &mut self,
+        source: Box<dyn Source>,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<Key> {
+        self.reactor.register(Entry::User(source), interest, mode)
+    }
+
+    /// Changes a caller's source's interest; re-arms a oneshot one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::modify`].
+    pub fn modify_source(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
+        self.reactor.modify(key, interest, mode)
+    }
+
+    /// A caller's source.
+    pub fn source(&self, key: Key) -> Option<&dyn Source> {
+        match self.reactor.get(key)? {
+            Entry::User(u) => Some(&**u),
+            _ => None,
+        }
+    }
+
+    /// Removes a caller's source and gives it back.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] if `key` is not a source of the caller's.
+    pub fn remove_source(&mut self, key: Key) -> io::Result<Box<dyn Source>> {
+        if !matches!(self.reactor.get(key), Some(Entry::User(_))) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a source added with add_source",
+            ));
+        }
+        match self.reactor.deregister(key)? {
+            Entry::User(u) => Ok(u),
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// As [`Reactor::add_timer`]; the timer comes back from [`poll`](Self::poll).
+    pub fn add_timer(&mut self, deadline: Instant, repeat: Option<Duration>) -> TimerId {
+        self.reactor.add_timer(deadline, repeat)
+    }
+
+    /// As [`Reactor::cancel_timer`].
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+        self.reactor.cancel_timer(id)
+    }
+
+    /// As [`Reactor::waker`].
+    pub fn waker(&self) -> Waker {
+        self.reactor.waker()
+    }
+
+    /// As [`Reactor::watch_signals`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::watch_signals`].
+    pub fn watch_signals(&mut self, signals: &[Signal]) -> io::Result<()> {
+        self.reactor.watch_signals(signals)
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Starts a graceful stop: listeners are closed (no more accepts), each
+    /// connection is asked [`Service::on_drain`] — idle ones close at once by
+    /// default, busy ones when they become idle — and whatever is still open at
+    /// `deadline` is closed. [`is_empty`](Self::is_empty) tells when all are gone.
+    pub fn drain(&mut self, deadline: Instant) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        let listeners: Vec<Key> = self
+            .reactor
+            .keys()
+            .filter(|k| matches!(self.reactor.get(*k), Some(Entry::Listener(_))))
+            .collect();
+        for key in listeners {
+            let _ = self.reactor.deregister(key);
+        }
+        for (id, _) in self.listener_retry.drain() {
+            self.reactor.cancel_timer(id);
+        }
+        self.drain_deadline = Some(self.reactor.add_timer(deadline, None));
+        for key in self.conn_keys() {
+            let outcome = self.with_conn(key, |_, _| Ok(()));
+            self.settle(key, outcome);
+        }
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.stats.active == 0
+    }
+
+    /// Waits for events up to `timeout`, serves connections and listeners, and
+    /// replaces the contents of `events` with what is left for the caller: its own
+    /// sources' readiness, its timers, signals and wakes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::poll`]. Errors of single connections close them (and reach
+    /// their [`Service::on_close`]); they never end the loop.
+    pub fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        events.clear();
+        let mut evs = std::mem::take(&mut self.events);
+        self.reactor.poll(&mut evs, timeout)?;
+        for ev in evs.drain(..) {
+            match ev {
+                Event::Io {
+                    key,
+                    readable,
+                    writable,
+                    ..
+                } => match self.reactor.get(key) {
+                    Some(Entry::Listener(_)) => self.accept(key),
+                    Some(Entry::Conn(_)) => {
+                        let outcome =
+                            self.with_conn(key, |c, b| on_ready(c, readable, writable, b));
+                        self.settle(key, outcome);
+                    }
+                    Some(Entry::User(_)) => events.push(ev),
+                    None => {}
+                },
+                Event::Timer(id) => {
+                    if let Some(key) = self.idle_timers.remove(&id) {
+                        self.on_idle_timer(key);
+                    } else if let Some(key) = self.listener_retry.remove(&id) {
+                        let _ = self.resume_listener(key);
+                    } else if self.drain_deadline == Some(id) {
+                        self.drain_deadline = None;
+                        for key in self.conn_keys() {
+                            self.close(key, CloseReason::Shutdown);
+                        }
+                    } else {
+                        events.push(ev);
+                    }
+                }
+                other => events.push(other),
+            }
+        }
+        self.events = evs;
+        Ok(())
+    }
+
+    fn accept(&mut self, key: Key) {
+        for _ in 0..self.config.accept_burst.max(1) {
+            let accepted = match self.reactor.get(key) {
+                Some(Entry::Listener(l)) => l.accept(),
+                _ => return,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let stream = Stream::Tcp(stream);
+                    let svc = (self.factory)(&stream);
+                    // A connection that cannot be registered is dropped: closed.
+                    let _ = self.add_connection(stream, svc, &[]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.accept_errors += 1;
+                    if is_out_of_descriptors(&e) {
+                        // Level-triggered, the listener would wake us at once again:
+                        // pause it and retry later instead of spinning.
+                        if self.pause_listener(key).is_ok() {
+                            let id = self
+                                .reactor
+                                .add_timer(Instant::now() + self.config.accept_backoff, None);
+                            self.listener_retry.insert(id, key);
+                        }
+                    }
+                    // ECONNABORTED and the like concern one connection only.
+                    if is_out_of_descriptors(&e) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_idle_timer(&mut self, key: Key) {
+        let Some(timeout) = self.config.idle_timeout else {
+            return;
+        };
+        let last = match self.reactor.get(key) {
+            Some(Entry::Conn(c)) => c.last_active,
+            _ => return,
+        };
+        let due = last + timeout;
+        if Instant::now() < due {
+            let id = self.reactor.add_timer(due, None);
+            self.idle_timers.insert(id, key);
+            return;
+        }
+        let outcome = self.with_conn(key, |c, b| {
+            let flow = call(c, b.obuf, |svc, out| svc.on_idle(out))?;
+            c.last_active = Instant::now();
+            apply(c, flow, CloseReason::Idle)
+        });
+        if outcome.is_ok() {
+            let id = self.reactor.add_timer(Instant::now() + timeout, None);
+            self.idle_timers.insert(id, key);
+        }
+        self.settle(key, outcome);
+    }
+
+    /// Runs `f` on the connection at `key` with the server's buffers, then applies the
+    /// drain rule.
+    fn with_conn(
+        &mut self,
+        key: Key,
+        f: impl FnOnce(&mut Conn<Svc>, &mut Bufs<'_>) -> Result<(), CloseReason>,
+    ) -> Result<(), CloseReason> {
+        let draining = self.draining;
+        let Some(Entry::Conn(c)) = self.reactor.get_mut(key) else {
+            return Ok(());
+        };
+        let mut b = Bufs {
+            rbuf: &mut self.rbuf,
+            obuf: &mut self.obuf,
+            config: &self.config,
+        };
+        f(c, &mut b)?;
+        if draining && !c.closing && (c.idle() || !c.drain_asked) {
+            c.drain_asked = true;
+            let idle = c.idle();
+            let flow = call(c, b.obuf, |svc, out| svc.on_drain(idle, out))?;
+            apply(c, flow, CloseReason::Shutdown)?;
+        }
+        if c.eof && c.output.is_empty() && !c.closing {
+            // Nothing more can come, and nothing is owed.
+            c.closing = true;
+            c.close_reason = Some(CloseReason::Eof);
+        }
+        if c.closing && c.output.is_empty() {
+            return Err(c.close_reason.take().unwrap_or(CloseReason::Service));
+        }
+        Ok(())
+    }
+
+    /// Closes the connection on `Err`, or brings its registration up to date.
+    fn settle(&mut self, key: Key, outcome: Result<(), CloseReason>) {
+        if let Err(reason) = outcome {
+            self.close(key, reason);
+            return;
+        }
+        let high = self.config.high_water;
+        let Some(Entry::Conn(c)) = self.reactor.get_mut(key) else {
+            return;
+        };
+        if c.output.len() > high {
+            c.paused = true;
+        } else if c.output.len() <= high / 2 {
+            c.paused = false;
+        }
+        let want = c.wanted_interest();
+        if want != c.interest {
+            c.interest = want;
+            if let Err(e) = self.reactor.modify(key, want, Mode::Level) {
+                self.close(key, CloseReason::Error(e));
+            }
+        }
+    }
+
+    fn close(&mut self, key: Key, reason: CloseReason) {
+        if let Ok(Entry::Conn(mut c)) = self.reactor.deregister(key) {
+            self.stats.active -= 1;
+            self.idle_timers.retain(|_, k| *k != key);
+            c.svc.on_close(&reason);
+        }
+    }
+}
+
+impl<Svc: Service> Drop for Server<Svc> {
+    fn drop(&mut self) {
+        for key in self.conn_keys() {
+            self.close(key, CloseReason::Shutdown);
+        }
+    }
+}
+
+impl<Svc: Service> fmt::Debug for Server<Svc> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The server's shared buffers, lent to one connection at a time.
+struct Bufs<'a> {
+    rbuf: &'a mut Vec<u8>,
+    obuf: &'a mut Vec<u8>,
+    config: &'a Config,
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        // WSAEMFILE, WSAENOBUFS
+        matches!(e.raw_os_error(), Some(10024) | Some(10055))
+    }
+}
+
+/// Handles one readiness event of a connection.
+fn on_ready<Svc: Service>(
+    c: &mut Conn<Svc>,
+    readable: bool,
+    writable: bool,
+    b: &mut Bufs<'_>,
+) -> Result<(), CloseReason> {
+    if writable && !c.output.is_empty() {
+        flush(c)?;
+    }
+    if readable && !c.eof && !c.closing && !c.paused {
+        let cap = b.config.read_buffer.max(1).min(b.rbuf.len());
+        let mut rbuf = std::mem::take(b.rbuf);
+        let read = c.stream.read(&mut rbuf[..cap]);
+        let result = match read {
+            Ok(0) => {
+                c.eof = true;
+                call(c, b.obuf, |svc, out| svc.on_eof(out))
+                    .and_then(|flow| apply(c, flow, CloseReason::Eof))
+            }
+            Ok(n) => {
+                c.last_active = Instant::now();
+                feed(c, &rbuf[..n], b)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(CloseReason::Error(e)),
+        };
+        *b.rbuf = rbuf;
+        result?;
+    }
+    Ok(())
+}
+
+/// Hands `data` (and earlier leftovers) to the service.
+fn feed<Svc: Service>(c: &mut Conn<Svc>, data: &[u8], b: &mut Bufs<'_>) -> Result<(), CloseReason> {
+    let flow = if c.input.is_empty() {
+        // The common case: the input never leaves the shared read buffer.
+        let mut input = Input::new(data);
+        let flow = call(c, b.obuf, |svc, out| svc.on_data(&mut input, out))?;
+        let consumed = input.consumed();
+        c.input.extend_from_slice(&data[consumed..]);
+        flow
+    } else {
+        c.input.extend_from_slice(data);
+        let pending = std::mem::take(&mut c.input);
+        let mut input = Input::new(&pending);
+        let flow = call(c, b.obuf, |svc, out| svc.on_data(&mut input, out));
+        let consumed = input.consumed();
+        let mut pending = pending;
+        pending.drain(..consumed);
+        c.input = if pending.is_empty() {
+            Vec::new()
+        } else {
+            pending
+        };
+        flow?
+    };
+    apply(c, flow, CloseReason::Service)?;
+    if c.input.len() > b.config.max_input {
+        // The unconsumed input is dropped either way: it cannot grow further.
+        c.input = Vec::new();
+        let flow = call(c, b.obuf, |svc, out| svc.on_input_limit(out))?;
+        apply(
+            c,
+            if flow == Flow::Continue {
+                Flow::Close
+            } else {
+                flow
+            },
+            CloseReason::InputLimit,
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs a service callback with an [`Output`], then writes what it produced. When no
+/// output is pending, the reply goes to the shared buffer and straight to the socket;
+/// only what the socket does not take is kept.
+fn call<Svc: Service>(
+    c: &mut Conn<Svc>,
+    obuf: &mut Vec<u8>,
+    f: impl FnOnce(&mut Svc, &mut Output<'_>) -> Flow,
+) -> Result<Flow, CloseReason> {
+    if c.output.is_empty() {
+        obuf.clear();
+        let flow = f(&mut c.svc, &mut Output::new(obuf));
+        if !obuf.is_empty() && flow != Flow::Abort {
+            let written = write_some(&mut c.stream, obuf)?;
+            c.output.extend_from_slice(&obuf[written..]);
+            if written > 0 {
+                c.last_active = Instant::now();
+            }
+        }
+        if obuf.capacity() > 1 << 20 {
+            *obuf = Vec::new();
+        }
+        Ok(flow)
+    } else {
+        let flow = f(&mut c.svc, &mut Output::new(&mut c.output));
+        Ok(flow)
+    }
+}
+
+/// Applies a [`Flow`]: `Close` stops reading and closes once the output is written;
+/// `Abort` closes now.
+fn apply<Svc>(c: &mut Conn<Svc>, flow: Flow, reason: CloseReason) -> Result<(), CloseReason> {
+    match flow {
+        Flow::Continue => Ok(()),
+        Flow::Close => {
+            if !c.closing {
+                c.closing = true;
+                c.close_reason = Some(reason);
+            }
+            Ok(())
+        }
+        Flow::Abort => Err(reason),
+    }
+}
+
+/// Writes as much pending output as the socket takes; frees the buffer once empty.
+fn flush<Svc>(c: &mut Conn<Svc>) -> Result<(), CloseReason> {
+    let written = write_some(&mut c.stream, &c.output)?;
+    if written > 0 {
+        c.last_active = Instant::now();
+    }
+    if written == c.output.len() {
+        c.output = Vec::new();
+    } else {
+        c.output.drain(..written);
+    }
+    Ok(())
+}
+
+/// Writes until the socket would block; returns how much it took.
+fn write_some(stream: &mut Stream, mut buf: &[u8]) -> Result<usize, CloseReason> {
+    let total = buf.len();
+    while !buf.is_empty() {
+        match stream.write(buf) {
+            Ok(0) => return Err(CloseReason::Error(io::ErrorKind::WriteZero.into())),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CloseReason::Error(e)),
+        }
+    }
+    Ok(total - buf.len())
+}

@@ -1,0 +1,178 @@
+//! The per-connection service trait and the buffers it works on.
+
+use std::io;
+
+/// A byte-stream protocol: one value per connection, driven by a
+/// [`Server`](crate::Server).
+///
+/// Every callback writes its replies to an [`Output`] and says with a [`Flow`] whether
+/// the connection goes on. Output is written to the socket right after the callback;
+/// what the kernel does not take is kept and written when the socket is writable, and
+/// while more than the high-water mark is kept, the server stops reading from that
+/// connection (back-pressure).
+///
+/// # Examples
+///
+/// An echo service:
+///
+/// ```
+/// use herder_reactor::{Flow, Input, Output, Service};
+///
+/// struct Echo;
+///
+/// impl Service for Echo {
+///     fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+///         out.write(input.data());
+///         input.consume(input.len());
+///         Flow::Continue
+///     }
+/// }
+/// ```
+pub trait Service {
+    /// Bytes arrived. `input` holds every byte not consumed so far, oldest first;
+    /// consume what was handled ([`Input::consume`]) and leave a partial request for
+    /// the next call.
+    fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow;
+
+    /// The peer closed its sending side (end of file). The default closes the
+    /// connection once the output is written.
+    fn on_eof(&mut self, out: &mut Output<'_>) -> Flow {
+        let _ = out;
+        Flow::Close
+    }
+
+    /// Nothing was read or written for the idle timeout. The default closes.
+    fn on_idle(&mut self, out: &mut Output<'_>) -> Flow {
+        let _ = out;
+        Flow::Close
+    }
+
+    /// More than the input limit is unconsumed: the peer sends more than the service
+    /// accepts (an oversized request). The default closes; a service may write an
+    /// error reply first (e.g. HTTP `431`).
+    fn on_input_limit(&mut self, out: &mut Output<'_>) -> Flow {
+        let _ = out;
+        Flow::Close
+    }
+
+    /// The server started draining ([`Server::drain`](crate::Server::drain)).
+    /// `idle` tells whether the connection is between requests (no unconsumed input,
+    /// no unwritten output). The default closes an idle connection at once and lets a
+    /// busy one go on; a busy one is asked again whenever it becomes idle, until the
+    /// drain deadline closes it.
+    fn on_drain(&mut self, idle: bool, out: &mut Output<'_>) -> Flow {
+        let _ = out;
+        if idle { Flow::Close } else { Flow::Continue }
+    }
+
+    /// The connection is gone; no other callback follows.
+    fn on_close(&mut self, reason: &CloseReason) {
+        let _ = reason;
+    }
+}
+
+/// What a [`Service`] callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep the connection.
+    Continue,
+    /// Stop reading, write what is in the output, then close.
+    Close,
+    /// Close at once, dropping unwritten output (a reset-like end).
+    Abort,
+}
+
+/// Why a connection ended, as told to [`Service::on_close`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The service asked for it ([`Flow::Close`] or [`Flow::Abort`]).
+    Service,
+    /// The peer closed and the service had nothing more to say.
+    Eof,
+    /// The idle timeout passed.
+    Idle,
+    /// The input limit was passed.
+    InputLimit,
+    /// The drain deadline passed, or the server was dropped.
+    Shutdown,
+    /// A read or write failed (`ECONNRESET`, `EPIPE`, …).
+    Error(io::Error),
+}
+
+/// The unconsumed input of a connection.
+#[derive(Debug)]
+pub struct Input<'a> {
+    data: &'a [u8],
+    consumed: usize,
+}
+
+impl<'a> Input<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Input<'a> {
+        Input { data, consumed: 0 }
+    }
+
+    /// The bytes not consumed yet.
+    pub fn data(&self) -> &[u8] {
+        &self.data[self.consumed..]
+    }
+
+    /// How many bytes are not consumed yet.
+    pub fn len(&self) -> usize {
+        self.data.len() - self.consumed
+    }
+
+    /// Whether everything was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks the first `n` bytes of [`data`](Self::data) as handled. Consuming more
+    /// than there is consumes everything.
+    pub fn consume(&mut self, n: usize) {
+        self.consumed = (self.consumed + n).min(self.data.len());
+    }
+
+    pub(crate) fn consumed(&self) -> usize {
+        self.consumed
+    }
+}
+
+/// Where a [`Service`] writes its replies.
+#[derive(Debug)]
+pub struct Output<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl<'a> Output<'a> {
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Output<'a> {
+        Output { buf }
+    }
+
+    /// Appends `bytes` to the reply.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// How many bytes are waiting to be written, including earlier replies the
+    /// socket has not taken yet.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+impl io::Write for Output<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
