@@ -140,7 +140,6 @@ impl<Svc> std::os::fd::AsFd for Entry<Svc> {
 #[cfg(windows)]
 impl<Svc> std::os::windows::io::AsSocket for Entry<Svc> {
     fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
-        use std::os::windows::io::AsSocket;
         match self {
             Entry::Listener(l) => l.as_socket(),
             Entry::Conn(c) => match &c.stream {
