@@ -448,10 +448,9 @@ impl<S: Source> Reactor<S> {
     /// What the wait returns other than `EINTR`.
     pub fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         events.clear();
-        let now = Instant::now();
         let mut wait = timeout;
         if let Some(next) = self.timers.next_deadline() {
-            let until = next.saturating_duration_since(now);
+            let until = next.saturating_duration_since(Instant::now());
             wait = Some(wait.map_or(until, |w| w.min(until)));
         }
         if self.woken.load(Ordering::Acquire) {
@@ -495,8 +494,10 @@ impl<S: Source> Reactor<S> {
                 hangup: ev.is_interrupt(),
             });
         }
-        self.timers
-            .expire(Instant::now(), |id| events.push(Event::Timer(id)));
+        if self.timers.len() > 0 {
+            self.timers
+                .expire(Instant::now(), |id| events.push(Event::Timer(id)));
+        }
         Ok(())
     }
 }
