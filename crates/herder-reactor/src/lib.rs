@@ -4,6 +4,15 @@
 //! herder-reactor does not know how a socket arrived: it serves descriptors handed
 //! over by `herder-fd`, accepted from a shared listener, or opened any other way.
 //!
+//! Two layers:
+//!
+//! - [`Reactor`]: sources, timers, a [`Waker`] and [`Signal`]s, delivered as
+//!   [`Event`]s by [`Reactor::poll`].
+//! - [`Server`]: many buffered connections, each driven by a [`Service`] (data in,
+//!   bytes out, close), with back-pressure, an idle timeout, an input limit and a
+//!   graceful drain; listeners it accepts from; connections handed in from elsewhere
+//!   ([`Server::add_connection`]); and the caller's own sources, whose events it returns.
+//!
 //! A [`Reactor`] owns its sources. Each registered source gets a [`Key`]; a key is
 //! never reused for another source while an event for the old one can still be
 //! delivered (every key carries a generation), so a stale event never reaches the
