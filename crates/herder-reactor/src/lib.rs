@@ -269,6 +269,25 @@ impl<S: Source> Reactor<S> {
     /// What registering returns (`EPERM` for a regular file under epoll, `ENOMEM`,
     /// an unsupported mode); [`io::ErrorKind::OutOfMemory`] past [`MAX_SOURCES`].
     /// On error the source is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(unix)] {
+    /// use herder_reactor::{Interest, Mode, Reactor};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// a.set_nonblocking(true)?;
+    /// let mut reactor = Reactor::new()?;
+    /// let key = reactor.register(a, Interest::READABLE, Mode::Level)?;
+    /// assert!(reactor.get(key).is_some());
+    /// let a: UnixStream = reactor.deregister(key)?; // handed back, still open
+    /// assert!(reactor.get(key).is_none());
+    /// # drop(a);
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn register(&mut self, source: S, interest: Interest, mode: Mode) -> io::Result<Key> {
         let poller = self.poller.clone();
         self.register_with(source, false, |key, source| {
@@ -385,6 +404,26 @@ impl<S: Source> Reactor<S> {
     }
 
     /// Starts a timer that fires at `deadline`, and then every `repeat` if given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herder_reactor::{Event, Reactor};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let mut reactor: Reactor<std::net::TcpStream> = Reactor::new()?;
+    /// let tick = reactor.add_timer(Instant::now(), Some(Duration::from_millis(1)));
+    /// let never = reactor.add_timer(Instant::now(), None);
+    /// assert!(reactor.cancel_timer(never));
+    /// let mut events = Vec::new();
+    /// let mut ticks = 0;
+    /// while ticks < 3 {
+    ///     reactor.poll(&mut events, Some(Duration::from_secs(5)))?;
+    ///     assert!(!events.contains(&Event::Timer(never)));
+    ///     ticks += events.iter().filter(|e| **e == Event::Timer(tick)).count();
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn add_timer(&mut self, deadline: Instant, repeat: Option<Duration>) -> TimerId {
         self.timers.add(deadline, repeat)
     }
@@ -405,6 +444,23 @@ impl<S: Source> Reactor<S> {
     /// [`io::ErrorKind::AlreadyExists`] if another reactor of this process watches
     /// signals; what `pipe2` or `sigaction` return. On Windows,
     /// [`io::ErrorKind::Unsupported`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use herder_reactor::{Event, Reactor, Signal};
+    ///
+    /// let mut reactor: Reactor<std::net::TcpStream> = Reactor::new()?;
+    /// reactor.watch_signals(&[Signal::Terminate, Signal::Interrupt])?;
+    /// let mut events = Vec::new();
+    /// loop {
+    ///     reactor.poll(&mut events, None)?;
+    ///     if events.iter().any(|e| matches!(e, Event::Signal(Signal::Terminate | Signal::Interrupt))) {
+    ///         break; // stop gracefully
+    ///     }
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[doc(alias = "sigaction")]
     pub fn watch_signals(&mut self, signals: &[Signal]) -> io::Result<()> {
         #[cfg(unix)]
@@ -440,6 +496,21 @@ impl<S: Source> Reactor<S> {
     }
 
     /// A handle that wakes this reactor's [`poll`](Self::poll) from any thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herder_reactor::{Event, Reactor};
+    ///
+    /// let mut reactor: Reactor<std::net::TcpStream> = Reactor::new()?;
+    /// let waker = reactor.waker();
+    /// std::thread::spawn(move || waker.wake().unwrap());
+    /// let mut events = Vec::new();
+    /// while !events.contains(&Event::Wake) {
+    ///     reactor.poll(&mut events, None)?;
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn waker(&self) -> Waker {
         Waker {
             poller: self.poller.clone(),

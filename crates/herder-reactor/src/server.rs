@@ -356,6 +356,33 @@ impl<Svc: Service> Server<Svc> {
     /// # Errors
     ///
     /// As [`Reactor::register`]; the stream is dropped on error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herder_reactor::{Config, Flow, Input, Output, Server, Service};
+    /// use std::io::Read;
+    ///
+    /// struct Upper;
+    /// impl Service for Upper {
+    ///     fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+    ///         out.write(&input.data().to_ascii_uppercase());
+    ///         input.consume(input.len());
+    ///         Flow::Close
+    ///     }
+    /// }
+    ///
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    /// let (conn, _) = listener.accept()?; // accepted elsewhere, e.g. received with herder-fd
+    ///
+    /// let mut server = Server::new(Config::default(), |_| Upper)?;
+    /// server.add_connection(conn, Upper, b"already read")?; // answered at once
+    /// let mut reply = String::new();
+    /// client.read_to_string(&mut reply)?;
+    /// assert_eq!(reply, "ALREADY READ");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn add_connection(
         &mut self,
         stream: impl Into<Stream>,
