@@ -103,7 +103,7 @@ mod unix {
                     r.poll(&mut events, None).unwrap();
                     for ev in &events {
                         if let Event::Io { key, .. } = *ev {
-                            let s = r.get_mut(key).unwrap();
+                            let mut s: &UnixStream = r.get(key).unwrap();
                             if let Ok(n) = s.read(&mut buf) {
                                 s.write_all(&buf[..n]).unwrap();
                                 left -= n;

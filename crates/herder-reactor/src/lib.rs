@@ -86,11 +86,18 @@ use std::time::{Duration, Instant};
 
 /// What a [`Reactor`] can watch: anything with a descriptor (`AsFd` on Unix) or a
 /// socket (`AsSocket` on Windows).
-pub trait Source: polling::AsSource {}
-impl<T: polling::AsSource> Source for T {}
+///
+/// Sources are owned (`'static`): a reactor must remove a descriptor from the poller
+/// before it is closed, which it can only promise for what it owns.
+pub trait Source: polling::AsSource + 'static {}
+impl<T: polling::AsSource + 'static> Source for T {}
 
-/// Bits of a [`Key`] that hold the slot index; the rest hold the generation.
+/// Bits of a [`Key`] that hold the slot index; the rest hold the generation (40 bits
+/// on 64-bit targets, 12 on 32-bit ones).
+#[cfg(target_pointer_width = "64")]
 const INDEX_BITS: u32 = 24;
+#[cfg(not(target_pointer_width = "64"))]
+const INDEX_BITS: u32 = 20;
 const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
 /// The most sources one reactor holds. The last index is never a slot: it keys the
 /// reactor's own signal pipe, and no key is ever `usize::MAX`, which `polling`
@@ -100,6 +107,10 @@ pub const MAX_SOURCES: usize = INDEX_MASK;
 const SIGNAL_KEY: usize = INDEX_MASK;
 
 /// The handle of a registered source: a slot index and that slot's generation.
+///
+/// A key goes stale when its source is deregistered; a later source in the same slot
+/// gets a different key. On 32-bit targets the generation has 12 bits, so a key kept
+/// across 4 096 reuses of its slot can match again.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key(usize);
 
@@ -145,7 +156,9 @@ impl Interest {
         readable: true,
         writable: true,
     };
-    /// Neither: the source stays registered but is not watched.
+    /// Neither: the source stays registered but is not watched. (epoll always reports
+    /// hang-ups and errors; such a source is armed oneshot, so it reports at most
+    /// one, until it is modified again.)
     pub const NONE: Interest = Interest {
         readable: false,
         writable: false,
@@ -163,6 +176,16 @@ pub enum Mode {
     /// Reported once, then disarmed until [`Reactor::modify`] re-arms it
     /// (`EPOLLONESHOT`).
     Oneshot,
+}
+
+/// The mode to arm a source with: [`Interest::NONE`] is armed oneshot, so that the
+/// hang-ups and errors epoll always reports cannot wake every poll.
+fn poll_mode(interest: Interest, mode: Mode) -> PollMode {
+    if interest == Interest::NONE {
+        PollMode::Oneshot
+    } else {
+        mode.into()
+    }
 }
 
 impl From<Mode> for PollMode {
@@ -295,7 +318,11 @@ impl<S: Source> Reactor<S> {
             // poller before dropping it (in `deregister`, in `register_with` on error,
             // and in `Drop`), as `Poller::add_with_mode` requires.
             unsafe {
-                poller.add_with_mode(raw_source(source), to_event(key, interest), mode.into())
+                poller.add_with_mode(
+                    raw_source(source),
+                    to_event(key, interest),
+                    poll_mode(interest, mode),
+                )
             }
         })
     }
@@ -328,6 +355,9 @@ impl<S: Source> Reactor<S> {
         let key = Key::new(index, slot.generation);
         if let Err(e) = add(key, &source) {
             self.free.push(index);
+            // Some backends (kqueue, IOCP) keep bookkeeping of a failed add; the
+            // source must leave the poller before it is closed.
+            let _ = self.poller.delete(&source);
             return Err(e);
         }
         slot.source = Some(source);
@@ -355,11 +385,12 @@ impl<S: Source> Reactor<S> {
             ));
         }
         self.poller
-            .modify_with_mode(source, to_event(key, interest), mode.into())
+            .modify_with_mode(source, to_event(key, interest), poll_mode(interest, mode))
     }
 
-    /// Stops watching `key` and gives its source back. Events already collected for
-    /// it are not delivered, and the key will not match any later source.
+    /// Stops watching `key` and gives its source back. Later polls report nothing for
+    /// it, and the key matches no later source; events an earlier poll already
+    /// returned are the caller's to skip ([`get`](Self::get) returns `None` for them).
     ///
     /// # Errors
     ///
@@ -395,7 +426,22 @@ impl<S: Source> Reactor<S> {
     }
 
     /// The source registered under `key`, mutably.
-    pub fn get_mut(&mut self, key: Key) -> Option<&mut S> {
+    ///
+    /// The standard library's sockets read and write through shared references
+    /// (`Read for &TcpStream`), so [`get`](Self::get) is enough for them; this is for
+    /// sources whose methods take `&mut self`.
+    ///
+    /// # Safety
+    ///
+    /// The caller must not replace the source (`*source = other`, `mem::swap`) or
+    /// otherwise close its descriptor: the reactor must remove a descriptor from the
+    /// poller before it is closed, and it only knows the one it was given.
+    pub unsafe fn get_mut(&mut self, key: Key) -> Option<&mut S> {
+        self.get_mut_inner(key)
+    }
+
+    /// [`get_mut`](Self::get_mut) for this crate, which never replaces a source.
+    pub(crate) fn get_mut_inner(&mut self, key: Key) -> Option<&mut S> {
         let slot = self.slots.get_mut(key.index())?;
         if Key::new(key.index(), slot.generation) != key {
             return None;
@@ -475,8 +521,11 @@ impl<S: Source> Reactor<S> {
                         raw,
                         polling::Event::readable(SIGNAL_KEY),
                         PollMode::Level,
-                    )?
-                };
+                    )
+                }
+                .inspect_err(|_| {
+                    let _ = self.poller.delete(pipe.fd());
+                })?;
                 self.signals = Some(pipe);
             }
             let pipe = self.signals.as_mut().expect("set above");
@@ -521,7 +570,8 @@ impl<S: Source> Reactor<S> {
     /// Waits until a source is ready, a timer fires, a [`Waker`] is woken, or
     /// `timeout` passes, and replaces the contents of `events` with what happened.
     /// `events` may come back empty (a timeout, or an event for a source deregistered
-    /// meanwhile). `EINTR` returns early with no events.
+    /// meanwhile). A signal does not end the wait (`EINTR` is retried); to wake on
+    /// signals, use [`watch_signals`](Self::watch_signals) or a [`Waker`].
     ///
     /// # Errors
     ///
@@ -552,7 +602,8 @@ impl<S: Source> Reactor<S> {
             if ev.key == SIGNAL_KEY {
                 if let Some(pipe) = &self.signals {
                     pipe.drain(|raw| {
-                        if let Some(sig) = Signal::from_raw(raw) {
+                        if let Some(sig) = Signal::from_raw(raw).filter(|_| pipe.is_installed(raw))
+                        {
                             let bit = 1u64 << (raw as u32 % 64);
                             if seen_signals & bit == 0 {
                                 seen_signals |= bit;

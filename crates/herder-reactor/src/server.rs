@@ -34,6 +34,11 @@ pub struct Config {
     /// After `EMFILE`/`ENFILE` on `accept`, pause the listener this long instead of
     /// spinning. Default 100 ms.
     pub accept_backoff: Duration,
+    /// A connection the server closes while the peer may still be sending is first
+    /// shut down for writing, and its input read and discarded for up to this long,
+    /// so that the last reply is not lost to a reset (a "lingering close", as in
+    /// nginx). Zero closes at once. Default 2 s.
+    pub linger: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +51,7 @@ impl Default for Config {
             accept_burst: 64,
             nodelay: true,
             accept_backoff: Duration::from_millis(100),
+            linger: Duration::from_secs(2),
         }
     }
 }
@@ -68,6 +74,14 @@ impl Stream {
             Stream::Tcp(s) => s.peer_addr().ok(),
             #[cfg(unix)]
             Stream::Unix(_) => None,
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
         }
     }
 
@@ -118,7 +132,7 @@ impl Write for Stream {
 
 /// What the server's reactor holds.
 enum Entry<Svc> {
-    Listener(TcpListener),
+    Listener(Listener),
     Conn(Box<Conn<Svc>>),
     User(Box<dyn Source>),
 }
@@ -127,7 +141,7 @@ enum Entry<Svc> {
 impl<Svc> std::os::fd::AsFd for Entry<Svc> {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
-            Entry::Listener(l) => l.as_fd(),
+            Entry::Listener(l) => l.listener.as_fd(),
             Entry::Conn(c) => match &c.stream {
                 Stream::Tcp(s) => s.as_fd(),
                 Stream::Unix(s) => s.as_fd(),
@@ -141,13 +155,20 @@ impl<Svc> std::os::fd::AsFd for Entry<Svc> {
 impl<Svc> std::os::windows::io::AsSocket for Entry<Svc> {
     fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
         match self {
-            Entry::Listener(l) => l.as_socket(),
+            Entry::Listener(l) => l.listener.as_socket(),
             Entry::Conn(c) => match &c.stream {
                 Stream::Tcp(s) => s.as_socket(),
             },
             Entry::User(u) => u.as_socket(),
         }
     }
+}
+
+/// A listener and who paused it.
+struct Listener {
+    listener: TcpListener,
+    /// Paused by the caller (accept-mutex); the `EMFILE` back-off must not resume it.
+    user_paused: bool,
 }
 
 /// One connection. Its buffers are empty (no allocation) while it is idle.
@@ -167,6 +188,13 @@ struct Conn<Svc> {
     drain_asked: bool,
     /// Why the connection is closing, once it is.
     close_reason: Option<CloseReason>,
+    /// Shut down for writing; reading and discarding until EOF or the linger timer.
+    lingering: bool,
+    /// The connection's timer: the idle timeout, or the linger deadline once
+    /// lingering.
+    timer: Option<TimerId>,
+    /// Whether `timer` is the linger deadline.
+    timer_is_linger: bool,
 }
 
 impl<Svc> Conn<Svc> {
@@ -176,7 +204,7 @@ impl<Svc> Conn<Svc> {
 
     fn wanted_interest(&self) -> Interest {
         Interest {
-            readable: !self.eof && !self.closing && !self.paused,
+            readable: self.lingering || (!self.eof && !self.closing && !self.paused),
             writable: !self.output.is_empty(),
         }
     }
@@ -236,21 +264,22 @@ pub struct Stats {
 /// assert_eq!(client.join().unwrap()?, "ping");
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub struct Server<Svc: Service> {
+pub struct Server<Svc: Service + 'static> {
     reactor: Reactor<Entry<Svc>>,
     config: Config,
     factory: Box<dyn FnMut(&Stream) -> Svc>,
     rbuf: Vec<u8>,
     obuf: Vec<u8>,
     events: Vec<Event>,
-    idle_timers: HashMap<TimerId, Key>,
+    /// Connection timers (idle or linger) and the connection each belongs to.
+    conn_timers: HashMap<TimerId, Key>,
     listener_retry: HashMap<TimerId, Key>,
     drain_deadline: Option<TimerId>,
     draining: bool,
     stats: Stats,
 }
 
-impl<Svc: Service> Server<Svc> {
+impl<Svc: Service + 'static> Server<Svc> {
     /// Creates a server whose accepted connections get a service from `factory`.
     ///
     /// # Errors
@@ -267,7 +296,7 @@ impl<Svc: Service> Server<Svc> {
             factory: Box::new(factory),
             obuf: Vec::new(),
             events: Vec::new(),
-            idle_timers: HashMap::new(),
+            conn_timers: HashMap::new(),
             listener_retry: HashMap::new(),
             drain_deadline: None,
             draining: false,
@@ -306,8 +335,14 @@ impl<Svc: Service> Server<Svc> {
     /// As [`Reactor::register`].
     pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<Key> {
         listener.set_nonblocking(true)?;
-        self.reactor
-            .register(Entry::Listener(listener), Interest::READABLE, Mode::Level)
+        self.reactor.register(
+            Entry::Listener(Listener {
+                listener,
+                user_paused: false,
+            }),
+            Interest::READABLE,
+            Mode::Level,
+        )
     }
 
     /// Stops accepting on `key` for now (one system call); [`resume_listener`]
@@ -319,6 +354,7 @@ impl<Svc: Service> Server<Svc> {
     ///
     /// [`resume_listener`]: Self::resume_listener
     pub fn pause_listener(&mut self, key: Key) -> io::Result<()> {
+        self.listener_mut(key)?.user_paused = true;
         self.reactor.modify(key, Interest::NONE, Mode::Level)
     }
 
@@ -326,9 +362,21 @@ impl<Svc: Service> Server<Svc> {
     ///
     /// # Errors
     ///
-    /// As [`Reactor::modify`].
+    /// As [`Reactor::modify`]; [`io::ErrorKind::NotFound`] if `key` is not a listener
+    /// of this server.
     pub fn resume_listener(&mut self, key: Key) -> io::Result<()> {
+        self.listener_mut(key)?.user_paused = false;
         self.reactor.modify(key, Interest::READABLE, Mode::Level)
+    }
+
+    fn listener_mut(&mut self, key: Key) -> io::Result<&mut Listener> {
+        match self.reactor.get_mut_inner(key) {
+            Some(Entry::Listener(l)) => Ok(l),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a listener of this server",
+            )),
+        }
     }
 
     /// Removes a listener and gives it back.
@@ -344,7 +392,7 @@ impl<Svc: Service> Server<Svc> {
             ));
         }
         match self.reactor.deregister(key)? {
-            Entry::Listener(l) => Ok(l),
+            Entry::Listener(l) => Ok(l.listener),
             _ => unreachable!("checked above"),
         }
     }
@@ -406,6 +454,9 @@ impl<Svc: Service> Server<Svc> {
             paused: false,
             drain_asked: false,
             close_reason: None,
+            lingering: false,
+            timer: None,
+            timer_is_linger: false,
         };
         let key =
             self.reactor
@@ -413,8 +464,7 @@ impl<Svc: Service> Server<Svc> {
         self.stats.accepted += 1;
         self.stats.active += 1;
         if let Some(t) = self.config.idle_timeout {
-            let id = self.reactor.add_timer(Instant::now() + t, None);
-            self.idle_timers.insert(id, key);
+            self.arm(key, later(Instant::now(), t), false);
         }
         if !initial.is_empty() || self.draining {
             let outcome = self.with_conn(key, |c, b| {
@@ -449,6 +499,12 @@ impl<Svc: Service> Server<Svc> {
     ///
     /// As [`Reactor::modify`].
     pub fn modify_source(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
+        if !matches!(self.reactor.get(key), Some(Entry::User(_))) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a source added with add_source",
+            ));
+        }
         self.reactor.modify(key, interest, mode)
     }
 
@@ -569,10 +625,14 @@ impl<Svc: Service> Server<Svc> {
                     None => {}
                 },
                 Event::Timer(id) => {
-                    if let Some(key) = self.idle_timers.remove(&id) {
-                        self.on_idle_timer(key);
+                    if let Some(key) = self.conn_timers.remove(&id) {
+                        self.on_conn_timer(key, id);
                     } else if let Some(key) = self.listener_retry.remove(&id) {
-                        let _ = self.resume_listener(key);
+                        if let Ok(l) = self.listener_mut(key) {
+                            if !l.user_paused {
+                                let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
+                            }
+                        }
                     } else if self.drain_deadline == Some(id) {
                         self.drain_deadline = None;
                         for key in self.conn_keys() {
@@ -592,7 +652,7 @@ impl<Svc: Service> Server<Svc> {
     fn accept(&mut self, key: Key) {
         for _ in 0..self.config.accept_burst.max(1) {
             let accepted = match self.reactor.get(key) {
-                Some(Entry::Listener(l)) => l.accept(),
+                Some(Entry::Listener(l)) => l.listener.accept(),
                 _ => return,
             };
             match accepted {
@@ -609,10 +669,13 @@ impl<Svc: Service> Server<Svc> {
                     if is_out_of_descriptors(&e) {
                         // Level-triggered, the listener would wake us at once again:
                         // pause it and retry later instead of spinning.
-                        if self.pause_listener(key).is_ok() {
-                            let id = self
-                                .reactor
-                                .add_timer(Instant::now() + self.config.accept_backoff, None);
+                        if self
+                            .reactor
+                            .modify(key, Interest::NONE, Mode::Level)
+                            .is_ok()
+                        {
+                            let at = later(Instant::now(), self.config.accept_backoff);
+                            let id = self.reactor.add_timer(at, None);
                             self.listener_retry.insert(id, key);
                         }
                     }
@@ -625,28 +688,64 @@ impl<Svc: Service> Server<Svc> {
         }
     }
 
-    fn on_idle_timer(&mut self, key: Key) {
+    /// Starts `key`'s timer (idle or linger) at `at`, replacing the one it had.
+    fn arm(&mut self, key: Key, at: Instant, linger: bool) {
+        let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) else {
+            return;
+        };
+        let old = c.timer.take();
+        if let Some(old) = old {
+            self.conn_timers.remove(&old);
+            self.reactor.cancel_timer(old);
+        }
+        let id = self.reactor.add_timer(at, None);
+        if let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) {
+            c.timer = Some(id);
+            c.timer_is_linger = linger;
+        }
+        self.conn_timers.insert(id, key);
+    }
+
+    fn on_conn_timer(&mut self, key: Key, id: TimerId) {
+        let (lingering, last, stuck) = match self.reactor.get_mut_inner(key) {
+            Some(Entry::Conn(c)) if c.timer == Some(id) => {
+                c.timer = None;
+                (
+                    c.lingering,
+                    c.last_active,
+                    c.closing || !c.output.is_empty(),
+                )
+            }
+            _ => return,
+        };
+        if lingering {
+            let reason = match self.reactor.get_mut_inner(key) {
+                Some(Entry::Conn(c)) => c.close_reason.take(),
+                _ => None,
+            };
+            self.close(key, reason.unwrap_or(CloseReason::Service));
+            return;
+        }
         let Some(timeout) = self.config.idle_timeout else {
             return;
         };
-        let last = match self.reactor.get(key) {
-            Some(Entry::Conn(c)) => c.last_active,
-            _ => return,
-        };
-        let due = last + timeout;
-        if Instant::now() < due {
-            let id = self.reactor.add_timer(due, None);
-            self.idle_timers.insert(id, key);
+        let now = Instant::now();
+        let due = later(last, timeout);
+        if now < due {
+            self.arm(key, due, false);
+            return;
+        }
+        if stuck {
+            // Output the peer has not taken for a whole timeout: it is not reading.
+            self.close(key, CloseReason::Idle);
             return;
         }
         let outcome = self.with_conn(key, |c, b| {
             let flow = call(c, b.obuf, |svc, out| svc.on_idle(out))?;
-            c.last_active = Instant::now();
             apply(c, flow, CloseReason::Idle)
         });
         if outcome.is_ok() {
-            let id = self.reactor.add_timer(Instant::now() + timeout, None);
-            self.idle_timers.insert(id, key);
+            self.arm(key, later(now, timeout), false);
         }
         self.settle(key, outcome);
     }
@@ -659,7 +758,7 @@ impl<Svc: Service> Server<Svc> {
         f: impl FnOnce(&mut Conn<Svc>, &mut Bufs<'_>) -> Result<(), CloseReason>,
     ) -> Result<(), CloseReason> {
         let draining = self.draining;
-        let Some(Entry::Conn(c)) = self.reactor.get_mut(key) else {
+        let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) else {
             return Ok(());
         };
         let mut b = Bufs {
@@ -679,8 +778,13 @@ impl<Svc: Service> Server<Svc> {
             c.closing = true;
             c.close_reason = Some(CloseReason::Eof);
         }
-        if c.closing && c.output.is_empty() {
-            return Err(c.close_reason.take().unwrap_or(CloseReason::Service));
+        if c.closing && c.output.is_empty() && !c.lingering {
+            if c.eof || b.config.linger.is_zero() || c.stream.shutdown_write().is_err() {
+                return Err(c.close_reason.take().unwrap_or(CloseReason::Service));
+            }
+            // The peer may still be sending: a close now could reset the connection
+            // and destroy the reply in flight. Read and discard until it is done.
+            c.lingering = true;
         }
         Ok(())
     }
@@ -691,8 +795,15 @@ impl<Svc: Service> Server<Svc> {
             self.close(key, reason);
             return;
         }
+        let linger = matches!(
+            self.reactor.get(key),
+            Some(Entry::Conn(c)) if c.lingering && !c.timer_is_linger
+        );
+        if linger {
+            self.arm(key, later(Instant::now(), self.config.linger), true);
+        }
         let high = self.config.high_water;
-        let Some(Entry::Conn(c)) = self.reactor.get_mut(key) else {
+        let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) else {
             return;
         };
         if c.output.len() > high {
@@ -712,13 +823,16 @@ impl<Svc: Service> Server<Svc> {
     fn close(&mut self, key: Key, reason: CloseReason) {
         if let Ok(Entry::Conn(mut c)) = self.reactor.deregister(key) {
             self.stats.active -= 1;
-            self.idle_timers.retain(|_, k| *k != key);
+            if let Some(id) = c.timer.take() {
+                self.conn_timers.remove(&id);
+                self.reactor.cancel_timer(id);
+            }
             c.svc.on_close(&reason);
         }
     }
 }
 
-impl<Svc: Service> Drop for Server<Svc> {
+impl<Svc: Service + 'static> Drop for Server<Svc> {
     fn drop(&mut self) {
         for key in self.conn_keys() {
             self.close(key, CloseReason::Shutdown);
@@ -726,7 +840,7 @@ impl<Svc: Service> Drop for Server<Svc> {
     }
 }
 
-impl<Svc: Service> fmt::Debug for Server<Svc> {
+impl<Svc: Service + 'static> fmt::Debug for Server<Svc> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("config", &self.config)
@@ -740,6 +854,13 @@ struct Bufs<'a> {
     rbuf: &'a mut Vec<u8>,
     obuf: &'a mut Vec<u8>,
     config: &'a Config,
+}
+
+/// `at + d`, or a point decades away if that overflows: a huge timeout means never.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(at)
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {
@@ -758,7 +879,7 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 }
 
 /// Handles one readiness event of a connection.
-fn on_ready<Svc: Service>(
+fn on_ready<Svc: Service + 'static>(
     c: &mut Conn<Svc>,
     readable: bool,
     writable: bool,
@@ -766,6 +887,20 @@ fn on_ready<Svc: Service>(
 ) -> Result<(), CloseReason> {
     if writable && !c.output.is_empty() {
         flush(c)?;
+    }
+    if readable && c.lingering {
+        let cap = b.rbuf.len();
+        // Discard what the peer still sends; its end of file finishes the close.
+        for _ in 0..16 {
+            match c.stream.read(&mut b.rbuf[..cap]) {
+                Ok(0) => return Err(c.close_reason.take().unwrap_or(CloseReason::Service)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(c.close_reason.take().unwrap_or(CloseReason::Service)),
+            }
+        }
+        return Ok(());
     }
     if readable && !c.eof && !c.closing && !c.paused {
         let cap = b.config.read_buffer.max(1).min(b.rbuf.len());
@@ -798,7 +933,11 @@ fn on_ready<Svc: Service>(
 }
 
 /// Hands `data` (and earlier leftovers) to the service.
-fn feed<Svc: Service>(c: &mut Conn<Svc>, data: &[u8], b: &mut Bufs<'_>) -> Result<(), CloseReason> {
+fn feed<Svc: Service + 'static>(
+    c: &mut Conn<Svc>,
+    data: &[u8],
+    b: &mut Bufs<'_>,
+) -> Result<(), CloseReason> {
     let flow = if c.input.is_empty() {
         // The common case: the input never leaves the shared read buffer.
         let mut input = Input::new(data);
@@ -842,7 +981,7 @@ fn feed<Svc: Service>(c: &mut Conn<Svc>, data: &[u8], b: &mut Bufs<'_>) -> Resul
 /// Runs a service callback with an [`Output`], then writes what it produced. When no
 /// output is pending, the reply goes to the shared buffer and straight to the socket;
 /// only what the socket does not take is kept.
-fn call<Svc: Service>(
+fn call<Svc: Service + 'static>(
     c: &mut Conn<Svc>,
     obuf: &mut Vec<u8>,
     f: impl FnOnce(&mut Svc, &mut Output<'_>) -> Flow,

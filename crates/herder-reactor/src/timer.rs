@@ -120,9 +120,13 @@ impl Timers {
             match self.slots[index as usize].repeat {
                 Some(period) => {
                     // Skip missed periods rather than firing a burst.
-                    let mut next = deadline + period;
+                    let Some(mut next) = deadline.checked_add(period) else {
+                        // A period too long to represent never comes round again.
+                        self.release(index);
+                        continue;
+                    };
                     if next <= now {
-                        next = now + period;
+                        next = now.checked_add(period).unwrap_or(next);
                     }
                     // Re-armed after the loop, so a timer fires once per call.
                     self.rearm.push((next, id));

@@ -33,7 +33,8 @@ fn level_repeats_while_data_is_unread() {
         "level: reported again"
     );
     let mut buf = [0u8; 8];
-    assert_eq!(r.get_mut(key).unwrap().read(&mut buf).unwrap(), 3);
+    let mut s: &TcpStream = r.get(key).unwrap();
+    assert_eq!(s.read(&mut buf).unwrap(), 3);
     assert_eq!(
         readable(&util::poll_once(&mut r, SHORT)),
         0,

@@ -107,3 +107,17 @@ fn modify_changes_interest_and_rearms_oneshot() {
         |e| matches!(e, Event::Io { key: k, .. } if *k == key),
     );
 }
+
+#[test]
+fn a_paused_source_whose_peer_hung_up_does_not_wake_every_poll() {
+    let mut r: Reactor<TcpStream> = Reactor::new().unwrap();
+    let (a, b) = util::tcp_pair();
+    let key = r.register(a, Interest::READABLE, Mode::Level).unwrap();
+    r.modify(key, Interest::NONE, Mode::Level).unwrap();
+    drop(b); // epoll reports the hang-up whatever the interest
+    let mut woken = 0;
+    for _ in 0..5 {
+        woken += io_keys(&util::poll_once(&mut r, SHORT)).len();
+    }
+    assert!(woken <= 1, "a paused source woke {woken} polls");
+}

@@ -30,24 +30,30 @@ struct Global {
 
 static GLOBAL: Mutex<Option<Global>> = Mutex::new(None);
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(any(
+    target_os = "linux",
+    target_os = "dragonfly",
+    target_os = "hurd",
+    target_os = "redox"
+))]
 fn errno_location() -> *mut libc::c_int {
     // SAFETY: returns the calling thread's errno slot; always valid.
     unsafe { libc::__errno_location() }
 }
-#[cfg(any(
-    target_vendor = "apple",
-    target_os = "freebsd",
-    target_os = "dragonfly"
-))]
+#[cfg(any(target_vendor = "apple", target_os = "freebsd"))]
 fn errno_location() -> *mut libc::c_int {
     // SAFETY: returns the calling thread's errno slot; always valid.
     unsafe { libc::__error() }
 }
-#[cfg(any(target_os = "netbsd", target_os = "openbsd"))]
+#[cfg(any(target_os = "android", target_os = "netbsd", target_os = "openbsd"))]
 fn errno_location() -> *mut libc::c_int {
     // SAFETY: returns the calling thread's errno slot; always valid.
     unsafe { libc::__errno() }
+}
+#[cfg(any(target_os = "solaris", target_os = "illumos"))]
+fn errno_location() -> *mut libc::c_int {
+    // SAFETY: returns the calling thread's errno slot; always valid.
+    unsafe { libc::___errno() }
 }
 
 /// The handler: writes the signal number to the pipe. Async-signal-safe: one atomic
@@ -154,6 +160,11 @@ impl SignalPipe {
         Ok(())
     }
 
+    /// Whether this pipe's handler is installed for `sig`.
+    pub(crate) fn is_installed(&self, sig: libc::c_int) -> bool {
+        self.saved.iter().any(|(s, _)| *s == sig)
+    }
+
     /// Reads every pending signal number, calling `f` for each.
     pub(crate) fn drain(&self, mut f: impl FnMut(libc::c_int)) {
         let mut buf = [0u8; 64];
@@ -171,12 +182,13 @@ impl SignalPipe {
 
 impl Drop for SignalPipe {
     fn drop(&mut self) {
-        // Whoever takes the pipe next must not see this reactor's signals.
-        self.drain(|_| {});
         for (sig, old) in self.saved.drain(..).rev() {
             // SAFETY: restores a disposition that sigaction itself returned.
             unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
         }
+        // Whoever takes the pipe next must not see this reactor's signals; none can
+        // be written any more now that the handler is gone.
+        self.drain(|_| {});
         let mut global = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(g) = global.as_mut() {
             g.read = self.read.take();

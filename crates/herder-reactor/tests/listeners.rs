@@ -1,0 +1,77 @@
+//! Listener control: pause and resume, and the calls refuse keys of another kind.
+
+mod util;
+
+use herder_reactor::{Config, Server};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[test]
+fn pause_resume_and_wrong_kinds_of_key() {
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let c2 = closed.clone();
+    let mut server = Server::new(Config::default(), move |_| util::Echo {
+        closed: c2.clone(),
+    })
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lkey = server.add_listener(listener).unwrap();
+    let (_client, conn) = util::tcp_pair();
+    let ckey = server
+        .add_connection(
+            conn,
+            util::Echo {
+                closed: closed.clone(),
+            },
+            &[],
+        )
+        .unwrap();
+
+    for r in [
+        server.pause_listener(ckey),
+        server.resume_listener(ckey),
+        server.modify_source(
+            lkey,
+            herder_reactor::Interest::NONE,
+            herder_reactor::Mode::Level,
+        ),
+    ] {
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+    assert!(server.remove_source(ckey).is_err() && server.remove_listener(ckey).is_err());
+
+    // Paused: a new client is not accepted (it waits in the backlog).
+    server.pause_listener(lkey).unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"hi").unwrap();
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        server
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    assert_eq!(server.stats().accepted, 1, "accepted while paused");
+
+    // Resumed: it is accepted and served.
+    server.resume_listener(lkey).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().accepted < 2 {
+        assert!(Instant::now() < deadline);
+        server
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    let mut b = [0u8; 2];
+    while c.read(&mut b).is_err() {
+        server
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    assert_eq!(&b, b"hi");
+    let listener = server.remove_listener(lkey).unwrap();
+    assert_eq!(listener.local_addr().unwrap(), addr);
+}
