@@ -65,8 +65,11 @@ fn pause_resume_and_wrong_kinds_of_key() {
             .poll(&mut events, Some(Duration::from_millis(10)))
             .unwrap();
     }
+    // Client and server share this thread: read without blocking, serving between.
+    c.set_nonblocking(true).unwrap();
     let mut b = [0u8; 2];
     while c.read(&mut b).is_err() {
+        assert!(Instant::now() < deadline, "no echo");
         server
             .poll(&mut events, Some(Duration::from_millis(10)))
             .unwrap();
