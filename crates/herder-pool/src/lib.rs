@@ -1,9 +1,59 @@
 //! herder worker processes: spawning by re-executing the current binary, descriptor
-//! inheritance the systemd way, supervision with restart back-off, readiness,
-//! heartbeats, scaling, drain and reload, the shared-memory scoreboard, accept locks
-//! and the control socket.
+//! inheritance the systemd way, supervision with restart back-off and a crash-loop
+//! breaker, and the worker's side of it all.
 //!
 //! This crate does not know which protocol its workers speak.
 //!
-//! It is not written yet; this placeholder reserves the name and its place in the
-//! workspace.
+//! # The life of a worker
+//!
+//! ```text
+//!   start ──▶ Starting ──ready──▶ Ready ──exit──┐
+//!               │  (ready timeout: killed)       │
+//!               └───────────exit─────────────────┤
+//!                                                ▼
+//!      fatal exit code ──▶ Fatal          counted as a crash
+//!      K crashes in T  ──▶ Tripped               │
+//!                                                ▼
+//!                    Backoff (100 ms, 200 ms, … ≤ 10 s, ±20 %) ──▶ start
+//! ```
+//!
+//! A [`Pool`] starts each worker by re-executing this program (never a `fork`
+//! without `exec`) with its listeners as descriptors 3, 4, … and `LISTEN_FDS`,
+//! `LISTEN_FDNAMES` and `LISTEN_PID` set for that child only — the way systemd hands
+//! sockets over — plus a channel to the supervisor. At the top of `main`, the same
+//! program calls [`Worker::from_env`] to learn whether it is a worker, takes its
+//! listeners and channel, and reports ready with [`Worker::ready`].
+//!
+//! Exits are noticed at once (a pidfd in the event loop on Linux, `SIGCHLD`
+//! elsewhere). Each slot backs off exponentially, with jitter, between restarts; a
+//! worker that ran long enough starts the back-off afresh; a slot that crashes too
+//! often within a window is stopped by its breaker while the others go on; a worker
+//! that exits with [`FATAL_EXIT_CODE`] is not restarted. A worker failing to start
+//! never stops the pool.
+//!
+//! # Portability
+//!
+//! Unix for now; the Windows pool (workers started with `CreateProcess`, sockets
+//! duplicated with `WSADuplicateSocketW`) is not written yet, and on Windows this crate
+//! only exports [`Error`].
+//!
+//! Not yet here: heartbeats and the shared-memory scoreboard, graceful stop, rolling
+//! restart, scaling, accept locks and the control socket.
+
+mod error;
+#[cfg(unix)]
+mod pool;
+#[cfg(unix)]
+mod protocol;
+#[cfg(unix)]
+mod worker;
+
+#[cfg(unix)]
+#[path = "sys/unix.rs"]
+mod sys;
+
+pub use error::Error;
+#[cfg(unix)]
+pub use pool::{Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};
+#[cfg(unix)]
+pub use worker::{CHANNEL_NAME, WORKER_ENV, Worker, is_drain_request, send_ready};

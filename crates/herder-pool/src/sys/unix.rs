@@ -1,0 +1,347 @@
+//! Unix: spawning a worker with `fork` + `execve` and a collision-safe descriptor
+//! mapping, reaping, signalling, and adopting inherited descriptors. Every FFI call of
+//! the crate on Unix is in this file.
+//!
+//! What this backend provides: [`spawn`], [`try_wait`], [`signal`], [`adopt_inherited`]
+//! and [`getpid`].
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a NUL byte in an argument or variable",
+        )
+    })
+}
+
+/// Width reserved for the pid in `LISTEN_PID=`; filled in by the child after `fork`.
+const PID_WIDTH: usize = 20;
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// A started worker process.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    /// Readable when the process exits (Linux 5.3+); `None` elsewhere or on older
+    /// kernels, where `SIGCHLD` tells instead.
+    pub(crate) pidfd: Option<OwnedFd>,
+}
+
+/// Starts `program` with `args` and the environment `env` (which must not contain
+/// `LISTEN_*`), handing it `fds` as descriptors 3, 4, … with `LISTEN_FDS`,
+/// `LISTEN_FDNAMES` and `LISTEN_PID` set for it alone.
+///
+/// Between `fork` and `execve` the child does only async-signal-safe work on memory
+/// prepared beforehand: it moves every descriptor above the target range (close-on-exec)
+/// first, so that no mapping can overwrite a source another mapping still needs, then
+/// `dup2`s them into place (which makes them inheritable), marks every other
+/// descriptor from `3 + n` up close-on-exec where the kernel can (`close_range`),
+/// writes its pid into `LISTEN_PID`, restores `SIGPIPE` and the signal mask, and
+/// executes. An `execve` failure comes back through a close-on-exec pipe.
+pub(crate) fn spawn(
+    program: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    fds: &[(BorrowedFd<'_>, &str)],
+) -> io::Result<Spawned> {
+    // Everything the child touches is built here, before fork.
+    let prog = cstring(program.as_os_str().as_bytes())?;
+    let mut argv_owned = vec![prog.clone()];
+    for a in args {
+        argv_owned.push(cstring(a.as_bytes())?);
+    }
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let mut env_owned = Vec::with_capacity(env.len() + 3);
+    for (k, v) in env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env_owned.push(cstring(&kv)?);
+    }
+    if !fds.is_empty() {
+        env_owned.push(cstring(format!("LISTEN_FDS={}", fds.len()).as_bytes())?);
+        let names: Vec<&str> = fds.iter().map(|(_, n)| *n).collect();
+        if names.iter().any(|n| n.contains(':') || n.is_empty()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "descriptor names must be non-empty and without ':'",
+            ));
+        }
+        env_owned.push(cstring(
+            format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
+        )?);
+    }
+    let mut listen_pid = LISTEN_PID_PREFIX.to_vec();
+    listen_pid.extend_from_slice(&[b'0'; PID_WIDTH]);
+    let listen_pid = cstring(&listen_pid)?.into_raw();
+    let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|c| c.as_ptr()).collect();
+    if !fds.is_empty() {
+        envp.push(listen_pid);
+    }
+    envp.push(std::ptr::null());
+
+    let sources: Vec<RawFd> = fds.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    let mut temps: Vec<RawFd> = vec![-1; sources.len()];
+
+    let result = fork_exec(&prog, &argv, &envp, &sources, &mut temps, listen_pid);
+    // SAFETY: `listen_pid` came from `CString::into_raw` above and is used no more.
+    drop(unsafe { CString::from_raw(listen_pid) });
+    result
+}
+
+fn fork_exec(
+    prog: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    sources: &[RawFd],
+    temps: &mut [RawFd],
+    listen_pid: *mut libc::c_char,
+) -> io::Result<Spawned> {
+    let (err_read, err_write) = cloexec_pipe()?;
+    // SAFETY: fork has no preconditions; the child below only calls async-signal-safe
+    // functions on memory prepared before the fork, and never returns.
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid == 0 {
+        // SAFETY: we are the child of a fork: see `child_exec`.
+        unsafe {
+            child_exec(
+                prog,
+                argv,
+                envp,
+                sources,
+                temps,
+                listen_pid,
+                err_write.as_raw_fd(),
+            )
+        }
+    }
+    drop(err_write);
+    // Zero bytes: the exec succeeded and closed the pipe. Four: an errno.
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        // SAFETY: reads into `buf` within bounds.
+        let n = unsafe {
+            libc::read(
+                err_read.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                4 - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => break,
+        }
+    }
+    if got == 4 {
+        let mut status = 0;
+        // SAFETY: reaps the child that failed to exec; `status` is writable.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+    }
+    Ok(Spawned {
+        pid: pid as u32,
+        pidfd: pidfd_open(pid),
+    })
+}
+
+/// The child's side of [`fork_exec`].
+///
+/// # Safety
+///
+/// Must run in the child of a `fork`, where only async-signal-safe calls are allowed:
+/// it allocates nothing and takes no lock. All pointers point at memory prepared
+/// before the fork.
+unsafe fn child_exec(
+    prog: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    sources: &[RawFd],
+    temps: &mut [RawFd],
+    listen_pid: *mut libc::c_char,
+    err: RawFd,
+) -> ! {
+    let fail = |err: RawFd| -> ! {
+        // SAFETY: errno location and write/_exit are async-signal-safe.
+        unsafe {
+            let e = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL);
+            let bytes = e.to_ne_bytes();
+            libc::write(err, bytes.as_ptr().cast(), 4);
+            libc::_exit(127)
+        }
+    };
+    let n = sources.len() as libc::c_int;
+    let floor = 3 + n;
+    // SAFETY: plain descriptor system calls, all async-signal-safe, on numbers this
+    // process owns; `temps` and the LISTEN_PID buffer were allocated before the fork
+    // and are written within their bounds.
+    unsafe {
+        for (i, &src) in sources.iter().enumerate() {
+            let t = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor);
+            if t < 0 {
+                fail(err);
+            }
+            temps[i] = t;
+        }
+        for (i, &t) in temps.iter().enumerate() {
+            if libc::dup2(t, 3 + i as libc::c_int) < 0 {
+                fail(err);
+            }
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // CLOSE_RANGE_CLOEXEC: whatever else is open from `floor` up, even a
+            // descriptor someone created without close-on-exec, stays behind. Older
+            // kernels lack it; then only the usual close-on-exec flags apply.
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            libc::syscall(
+                libc::SYS_close_range,
+                floor as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+        }
+        if n > 0 {
+            let mut pid = libc::getpid() as u64;
+            let digits = listen_pid.add(LISTEN_PID_PREFIX.len()).cast::<u8>();
+            let mut buf = [0u8; PID_WIDTH];
+            let mut len = 0;
+            loop {
+                buf[len] = b'0' + (pid % 10) as u8;
+                len += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            for i in 0..len {
+                *digits.add(i) = buf[len - 1 - i];
+            }
+            *digits.add(len) = 0;
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(err)
+    }
+}
+
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        // SAFETY: `fds` has room for the two descriptors.
+        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        // SAFETY: `fds` has room for the two descriptors.
+        cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+    }
+    // SAFETY: both are new descriptors owned by nobody else.
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    #[cfg(target_vendor = "apple")]
+    for fd in [&pair.0, &pair.1] {
+        // SAFETY: sets a descriptor flag on a descriptor we own.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    }
+    Ok(pair)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new close-on-exec
+    // descriptor or -1. The child is not reaped yet, so the pid is still ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a new descriptor owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn pidfd_open(_pid: libc::pid_t) -> Option<OwnedFd> {
+    None
+}
+
+/// Reaps `pid` if it has exited (`waitpid` with `WNOHANG`).
+pub(crate) fn try_wait(pid: u32) -> io::Result<Option<ExitStatus>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is writable; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        match r {
+            0 => return Ok(None),
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            _ => return Ok(Some(ExitStatus::from_raw(status))),
+        }
+    }
+}
+
+/// Sends `sig` to `pid`. The caller only names processes it has not reaped, so the
+/// pid cannot have been reused.
+pub(crate) fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill has no memory preconditions.
+    cvt(unsafe { libc::kill(pid as libc::pid_t, sig) }).map(drop)
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> u32 {
+    std::process::id()
+}
+
+/// Takes ownership of descriptors `3 .. 3 + count` handed over by the parent, after
+/// checking that each is open, and makes them close-on-exec.
+///
+/// # Errors
+///
+/// `EBADF` if one of them is not open; then none is adopted.
+pub(crate) fn adopt_inherited(count: usize) -> io::Result<Vec<OwnedFd>> {
+    for i in 0..count {
+        // SAFETY: F_GETFD on any integer only reads flags, or fails with EBADF.
+        cvt(unsafe { libc::fcntl(3 + i as RawFd, libc::F_GETFD) })?;
+    }
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let raw = 3 + i as RawFd;
+        // SAFETY: open (checked above) and handed to this process by its parent for
+        // it to own; the caller adopts them once per process.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sets a descriptor flag on a descriptor we own.
+        cvt(unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+        out.push(fd);
+    }
+    Ok(out)
+}
+
+/// Whether a variable name is one of the socket-activation variables the spawn sets
+/// itself.
+pub(crate) fn is_listen_var(name: &OsStr) -> bool {
+    matches!(
+        name.as_bytes(),
+        b"LISTEN_FDS" | b"LISTEN_FDNAMES" | b"LISTEN_PID"
+    )
+}

@@ -1,0 +1,183 @@
+//! The worker's side: detect the worker role at the top of `main`, take the inherited
+//! descriptors, and talk to the supervisor.
+
+use crate::error::Error;
+use crate::protocol;
+use crate::sys;
+use herder_fd::Channel;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The variable naming a worker's slot and generation, `SLOT:GENERATION`.
+pub const WORKER_ENV: &str = "HERDER_WORKER";
+/// The name of the worker's channel to its supervisor among its inherited descriptors.
+pub const CHANNEL_NAME: &str = "herder-channel";
+
+/// What a worker process inherited from its supervisor: its slot, its generation, its
+/// channel and the named descriptors (listeners) handed over the systemd way.
+#[derive(Debug)]
+pub struct Worker {
+    slot: usize,
+    generation: u64,
+    channel: Option<Channel>,
+    fds: Vec<(String, OwnedFd)>,
+}
+
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
+impl Worker {
+    /// Detects the worker role. Call it at the top of `main`: `Ok(None)` means this
+    /// process was not started as a herder worker (it is the supervisor, or a plain
+    /// program). The environment is read once and not changed.
+    ///
+    /// The descriptors named in `LISTEN_FDS`/`LISTEN_FDNAMES` are adopted only when
+    /// `LISTEN_PID` is this process's pid, as systemd specifies; each is checked to be
+    /// open and made close-on-exec.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Environment`] when the variables are malformed or a descriptor is
+    /// missing; a second call in one process finds nothing (`Ok(None)`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn main() -> std::io::Result<()> {
+    ///     if let Some(mut worker) = herder_pool::Worker::from_env()? {
+    ///         let listener = worker.take_listener("http");
+    ///         // ... serve, then:
+    ///         worker.ready()?;
+    ///         return Ok(());
+    ///     }
+    ///     // the supervisor's code
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn from_env() -> Result<Option<Worker>, Error> {
+        let Some(role) = std::env::var_os(WORKER_ENV) else {
+            return Ok(None);
+        };
+        if ADOPTED.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let role = role
+            .to_str()
+            .ok_or_else(|| Error::Environment(format!("{WORKER_ENV} is not UTF-8")))?;
+        let (slot, generation) = role
+            .split_once(':')
+            .and_then(|(s, g)| Some((s.parse().ok()?, g.parse().ok()?)))
+            .ok_or_else(|| {
+                Error::Environment(format!("{WORKER_ENV}={role:?} is not SLOT:GENERATION"))
+            })?;
+        let fds = listen_fds()?;
+        let mut worker = Worker {
+            slot,
+            generation,
+            channel: None,
+            fds,
+        };
+        if let Some(fd) = worker.take(CHANNEL_NAME) {
+            worker.channel =
+                Some(Channel::new(fd).map_err(|e| Error::Channel { slot, source: e })?);
+        }
+        Ok(Some(worker))
+    }
+
+    /// The worker's slot in the pool.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The worker's generation (incremented by every rolling restart).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The names of the descriptors not taken yet.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.fds.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Takes the inherited descriptor named `name`.
+    pub fn take(&mut self, name: &str) -> Option<OwnedFd> {
+        let i = self.fds.iter().position(|(n, _)| n == name)?;
+        Some(self.fds.remove(i).1)
+    }
+
+    /// Takes the inherited descriptor named `name` as a TCP listener.
+    pub fn take_listener(&mut self, name: &str) -> Option<TcpListener> {
+        self.take(name).map(TcpListener::from)
+    }
+
+    /// The channel to the supervisor, for the worker's own messages (hand-offs come
+    /// over it in the hand-off model).
+    pub fn channel(&mut self) -> Option<&mut Channel> {
+        self.channel.as_mut()
+    }
+
+    /// Takes the channel to the supervisor, e.g. to register it in an event loop.
+    pub fn take_channel(&mut self) -> Option<Channel> {
+        self.channel.take()
+    }
+
+    /// Tells the supervisor this worker is ready: only then does it count as
+    /// serving (and, in the hand-off model, receive connections).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotConnected`] if the channel was taken; what sending
+    /// returns.
+    pub fn ready(&mut self) -> io::Result<()> {
+        let ch = self
+            .channel
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the channel was taken"))?;
+        send_ready(ch)
+    }
+}
+
+/// Tells the supervisor over `channel` that the worker is ready, for a worker that took
+/// its channel with [`Worker::take_channel`].
+///
+/// # Errors
+///
+/// What sending returns.
+pub fn send_ready(channel: &mut Channel) -> io::Result<()> {
+    channel.send(protocol::READY, &[])
+}
+
+/// Whether a message from the supervisor asks the worker to drain and exit.
+pub fn is_drain_request(payload: &[u8]) -> bool {
+    payload == protocol::DRAIN
+}
+
+/// Parses `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, and adopts the descriptors.
+fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
+    let var = |name: &str| std::env::var(name).ok();
+    let Some(pid) = var("LISTEN_PID") else {
+        return Ok(Vec::new());
+    };
+    if pid.parse::<u32>().ok() != Some(sys::getpid()) {
+        // Meant for another process (systemd's rule).
+        return Ok(Vec::new());
+    }
+    let count: usize = var("LISTEN_FDS")
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n <= 1024)
+        .ok_or_else(|| Error::Environment("LISTEN_FDS is missing or not a count".into()))?;
+    let names: Vec<String> = match var("LISTEN_FDNAMES") {
+        Some(n) => n.split(':').map(str::to_string).collect(),
+        None => vec!["unknown".to_string(); count],
+    };
+    if names.len() != count {
+        return Err(Error::Environment(format!(
+            "LISTEN_FDNAMES names {} descriptors, LISTEN_FDS {count}",
+            names.len()
+        )));
+    }
+    let fds = sys::adopt_inherited(count)
+        .map_err(|e| Error::Environment(format!("inherited descriptor: {e}")))?;
+    Ok(names.into_iter().zip(fds).collect())
+}

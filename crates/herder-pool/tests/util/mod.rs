@@ -1,0 +1,164 @@
+//! Helpers shared by herder-pool's behaviour tests: the test binary itself is the
+//! worker, re-run by the pool with `--exact worker_entry`.
+#![allow(dead_code, unreachable_pub)]
+
+use herder_pool::{Config, Pool, PoolEvent, Worker};
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+/// What the worker does, read from this variable.
+pub const BEHAVIOUR: &str = "HERDER_POOL_TEST_BEHAVIOUR";
+
+/// A pool config that re-runs this test binary's `worker_entry` as the worker.
+pub fn config(workers: usize, behaviour: &str) -> Config {
+    let mut c = Config::default();
+    c.workers = workers;
+    c.args = Some(
+        [
+            "--exact",
+            "worker_entry",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ]
+        .map(OsString::from)
+        .to_vec(),
+    );
+    c.env = vec![(BEHAVIOUR.into(), behaviour.into())];
+    c.backoff_initial = Duration::from_millis(20);
+    c.ready_timeout = Duration::from_secs(20);
+    c
+}
+
+/// The worker's side, run from each test binary's `worker_entry` test.
+pub fn worker_main() {
+    let Some(mut w) = Worker::from_env().expect("worker environment") else {
+        return;
+    };
+    let behaviour = std::env::var(BEHAVIOUR).unwrap_or_default();
+    let crash_slot: Option<usize> = behaviour
+        .strip_prefix("crash-slot-")
+        .and_then(|s| s.parse().ok());
+    match behaviour.as_str() {
+        "crash" => std::process::exit(3),
+        "fatal" => std::process::exit(herder_pool::FATAL_EXIT_CODE),
+        "never-ready" => {
+            std::thread::sleep(Duration::from_secs(60));
+            std::process::exit(0);
+        }
+        _ if crash_slot == Some(w.slot()) => std::process::exit(3),
+        _ => {}
+    }
+    let report = check_inheritance(&mut w);
+    w.ready().expect("ready");
+    let ch = w.channel().expect("channel");
+    ch.send(report.as_bytes(), &[]).expect("report");
+    // Serve until the supervisor goes away.
+    while let Ok(Some(msg)) = ch.recv() {
+        let mut reply = b"echo:".to_vec();
+        reply.extend_from_slice(msg.payload());
+        ch.send(&reply, &[]).expect("reply");
+    }
+    std::process::exit(0);
+}
+
+/// Checks what the worker inherited; returns "ok ..." or what is wrong.
+fn check_inheritance(w: &mut Worker) -> String {
+    let names: Vec<String> = w.names().map(str::to_string).collect();
+    let pid_ok = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    let mut listener_ok = true;
+    if names.iter().any(|n| n == "web") {
+        let l = w.take_listener("web").unwrap();
+        listener_ok = l.local_addr().is_ok() && is_cloexec(&l);
+        std::mem::forget(l); // keep its descriptor number for the table check
+    }
+    let fds = open_fds();
+    format!(
+        "ok slot={} names={} pid_ok={pid_ok} listener_ok={listener_ok} fds={fds:?}",
+        w.slot(),
+        names.join(",")
+    )
+}
+
+fn is_cloexec(fd: &impl std::os::fd::AsRawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    flags != -1 && flags & libc::FD_CLOEXEC != 0
+}
+
+/// This process's descriptors.
+pub fn open_fds() -> Vec<i32> {
+    // Collect first: while the directory is being read, it is a descriptor too.
+    let names: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut fds: Vec<i32> = names
+        .into_iter()
+        // SAFETY: F_GETFD only reads flags; it tells which numbers are open.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// Polls until `pred` accepts an event (panics after `limit`); returns every event
+/// seen up to and including it.
+pub fn poll_until(
+    pool: &mut Pool,
+    limit: Duration,
+    mut pred: impl FnMut(&PoolEvent) -> bool,
+) -> Vec<PoolEvent> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let mut events = Vec::new();
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out; events so far: {seen:?}");
+        pool.poll(&mut events, Some(left.min(Duration::from_millis(100))))
+            .unwrap();
+        let done = events.iter().any(&mut pred);
+        seen.extend(events);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// Polls for `span`, returning every event.
+pub fn poll_for(pool: &mut Pool, span: Duration) -> Vec<PoolEvent> {
+    let deadline = Instant::now() + span;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let mut events = Vec::new();
+        pool.poll(
+            &mut events,
+            Some(deadline.saturating_duration_since(Instant::now())),
+        )
+        .unwrap();
+        seen.extend(events);
+    }
+    seen
+}
+
+/// Starts the pool and waits until `n` workers are ready.
+pub fn start_ready(pool: &mut Pool, n: usize) -> Vec<PoolEvent> {
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    let mut ready = events
+        .iter()
+        .filter(|e| matches!(e, PoolEvent::Ready { .. }))
+        .count();
+    let mut all = events;
+    while ready < n {
+        let more = poll_until(pool, Duration::from_secs(30), |e| {
+            matches!(e, PoolEvent::Ready { .. })
+        });
+        ready += more
+            .iter()
+            .filter(|e| matches!(e, PoolEvent::Ready { .. }))
+            .count();
+        all.extend(more);
+    }
+    all
+}
