@@ -1,0 +1,55 @@
+//! A worker killed with SIGKILL is replaced; the other workers are not touched.
+#![cfg(target_os = "linux")]
+
+mod util;
+
+use herder_pool::{Pool, PoolEvent, State};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+#[test]
+fn worker_entry() {
+    util::worker_main();
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_others_go_on() {
+    let mut pool = Pool::new(util::config(2, "ready"), Vec::new()).unwrap();
+    util::start_ready(&mut pool, 2);
+    let before = pool.workers();
+    let (victim, other) = (before[0].pid.unwrap(), before[1].pid.unwrap());
+
+    pool.signal(0, libc::SIGKILL).unwrap();
+    let events = util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+        matches!(e, PoolEvent::Ready { slot: 0, .. })
+    });
+    let exited = events.iter().find_map(|e| match e {
+        PoolEvent::Exited {
+            slot: 0,
+            pid,
+            status,
+            restart_in,
+        } => Some((*pid, *status, *restart_in)),
+        _ => None,
+    });
+    let (pid, status, restart_in) = exited.expect("an exit event");
+    assert_eq!(pid, victim);
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(restart_in.is_some());
+
+    let after = pool.workers();
+    assert_ne!(after[0].pid, Some(victim), "slot 0 has a new worker");
+    assert_eq!(after[0].state, State::Ready);
+    assert_eq!(after[0].restarts, 1);
+    assert_eq!(
+        after[0].last_exit.and_then(|s| s.signal()),
+        Some(libc::SIGKILL)
+    );
+    assert_eq!(after[1].pid, Some(other), "slot 1 untouched");
+    assert_eq!(after[1].restarts, 0);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, PoolEvent::Exited { slot: 1, .. }))
+    );
+}
