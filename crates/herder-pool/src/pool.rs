@@ -52,6 +52,9 @@ pub struct Config {
     /// A worker that has not reported ready this long after its start is killed, and
     /// counts as a crash. Default 30 s.
     pub ready_timeout: Duration,
+    /// How long a draining worker (graceful stop, rolling restart, scaling down) may
+    /// take before it is killed. Default 30 s.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             breaker_window: Duration::from_secs(30),
             fatal_exit_code: Some(FATAL_EXIT_CODE),
             ready_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum State {
     Tripped,
     /// Its worker exited with the fatal exit code; [`Pool::reset`] starts it again.
     Fatal,
+    /// Stopped by [`Pool::stop`].
+    Stopped,
 }
 
 /// What [`Pool::poll`] reports.
@@ -123,8 +129,8 @@ pub enum PoolEvent {
         pid: u32,
         /// Its exit code or signal.
         status: ExitStatus,
-        /// When its replacement starts; `None` if the slot stops (fatal exit code,
-        /// breaker).
+        /// When its replacement starts; `None` if none follows (it was draining, the
+        /// slot stopped on a fatal exit code or its breaker, or the pool is stopping).
         restart_in: Option<Duration>,
     },
     /// The crash-loop breaker stopped restarting a slot.
@@ -142,6 +148,22 @@ pub enum PoolEvent {
         /// What went wrong.
         error: io::Error,
     },
+    /// A rolling restart finished: every slot runs a worker of `generation`, and the
+    /// previous generation is gone.
+    Reloaded {
+        /// The new generation.
+        generation: u64,
+    },
+    /// A rolling restart ended with some slots still on the old generation: their
+    /// new worker exited before it was ready, so the old one goes on serving.
+    ReloadFailed {
+        /// The generation that did not come up everywhere.
+        generation: u64,
+        /// The slots that kept their old worker.
+        slots: Vec<usize>,
+    },
+    /// A graceful stop finished: every worker has exited.
+    Stopped,
     /// A message from a worker that is not the pool's own.
     Message {
         /// The slot it came from.
@@ -159,32 +181,62 @@ pub enum PoolEvent {
 pub struct WorkerInfo {
     /// The slot.
     pub slot: usize,
-    /// The running worker's pid.
+    /// The pid of the slot's current worker (the one that serves, or is starting to).
     pub pid: Option<u32>,
-    /// The running (or last) worker's generation.
+    /// The current worker's generation.
     pub generation: u64,
     /// Where the slot is.
     pub state: State,
+    /// Pids of the slot's earlier workers still draining.
+    pub draining: Vec<u32>,
     /// How many times the slot's worker was replaced.
     pub restarts: u32,
     /// How the previous worker of the slot ended.
     pub last_exit: Option<ExitStatus>,
 }
 
-struct Slot {
-    state: State,
-    pid: Option<u32>,
+/// One worker process.
+struct Proc {
+    slot: usize,
     generation: u64,
+    ready: bool,
+    /// Told to drain: its exit is expected, not a crash, and not replaced.
+    draining: bool,
     channel: Option<Channel>,
     watches: Vec<Key>,
     started_at: Instant,
+    /// The ready timeout, or the drain deadline.
+    timer: Option<TimerId>,
+}
+
+struct Slot {
+    state: State,
+    /// The pid of the slot's current worker.
+    current: Option<u32>,
+    generation: u64,
     /// Consecutive crashes, for the back-off.
     failures: u32,
     /// Crash times within the breaker's window.
     recent: VecDeque<Instant>,
     restarts: u32,
     last_exit: Option<ExitStatus>,
+    /// The back-off timer.
     timer: Option<TimerId>,
+}
+
+impl Slot {
+    fn new(generation: u64) -> Slot {
+        Slot {
+            state: State::Backoff,
+            current: None,
+            generation,
+            failures: 0,
+            recent: VecDeque::new(),
+            restarts: 0,
+            last_exit: None,
+            timer: None,
+        }
+    }
 }
 
 /// Sources the pool's reactor watches.
@@ -203,8 +255,16 @@ impl AsFd for Source {
 
 #[derive(Clone, Copy)]
 enum Watch {
-    Channel(usize),
-    Exit(usize),
+    Channel(u32),
+    Exit(u32),
+}
+
+#[derive(Clone, Copy)]
+enum TimerFor {
+    /// A slot's back-off.
+    Slot(usize),
+    /// A worker's ready timeout or drain deadline.
+    Proc(u32),
 }
 
 /// A pool of worker processes, supervised: each slot runs one worker, started by
@@ -212,8 +272,10 @@ enum Watch {
 /// when it exits — after an exponential back-off with jitter, unless it exits with the
 /// fatal exit code or crashes so often that the slot's breaker trips.
 ///
-/// Drive it with [`poll`](Pool::poll). Dropping the pool kills its workers (a graceful
-/// stop drains them first).
+/// [`stop`](Pool::stop) drains the workers and ends; [`reload`](Pool::reload) replaces
+/// them all by a new generation, each old worker retired only once its successor is
+/// ready; [`scale`](Pool::scale) changes the number of slots. Drive it with
+/// [`poll`](Pool::poll). Dropping the pool kills whatever workers are left.
 pub struct Pool {
     config: Config,
     program: PathBuf,
@@ -222,9 +284,17 @@ pub struct Pool {
     listeners: Vec<(String, OwnedFd)>,
     reactor: Reactor<Source>,
     slots: Vec<Slot>,
+    procs: HashMap<u32, Proc>,
     watches: HashMap<Key, Watch>,
-    timers: HashMap<TimerId, usize>,
+    timers: HashMap<TimerId, TimerFor>,
     generation: u64,
+    /// A reload asked for while a previous generation was still draining.
+    reload_pending: bool,
+    /// The generation a reload is bringing up, until every slot runs it.
+    reloading: Option<u64>,
+    /// Slots whose new worker failed during the current reload.
+    reload_failed: Vec<usize>,
+    stopping: bool,
     rng: u64,
     events: Vec<Event>,
     sigchld: bool,
@@ -258,11 +328,13 @@ impl Pool {
                 .watch_signals(&[Signal::Child])
                 .map_err(Error::io("watching SIGCHLD"))?;
         }
-        let seed = Instant::now().elapsed().as_nanos() as u64
-            ^ (u64::from(sys::getpid()) << 32)
-            ^ 0x9E37_79B9_7F4A_7C15;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = nanos ^ (u64::from(sys::getpid()) << 32) ^ 0x9E37_79B9_7F4A_7C15;
         Ok(Pool {
             slots: Vec::new(),
+            procs: HashMap::new(),
             config,
             program,
             args,
@@ -272,6 +344,10 @@ impl Pool {
             watches: HashMap::new(),
             timers: HashMap::new(),
             generation: 1,
+            reload_pending: false,
+            reloading: None,
+            reload_failed: Vec::new(),
+            stopping: false,
             rng: seed | 1,
             events: Vec::new(),
             sigchld,
@@ -279,26 +355,16 @@ impl Pool {
     }
 
     /// Starts a worker in each of the configured number of slots. A worker that fails
-    /// to start is reported ([`PoolEvent::SpawnFailed`] from the next poll) and
-    /// retried; it never stops the others.
+    /// to start is reported ([`PoolEvent::SpawnFailed`]) and retried; it never stops
+    /// the others.
     pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
-        while self.slots.len() < self.config.workers {
-            self.slots.push(Slot {
-                state: State::Backoff,
-                pid: None,
-                generation: self.generation,
-                channel: None,
-                watches: Vec::new(),
-                started_at: Instant::now(),
-                failures: 0,
-                recent: VecDeque::new(),
-                restarts: 0,
-                last_exit: None,
-                timer: None,
-            });
-            let slot = self.slots.len() - 1;
-            self.spawn(slot, events);
-        }
+        let n = self.config.workers;
+        self.scale(n, events);
+    }
+
+    /// The current generation: 1 at start, one more for each [`reload`](Self::reload).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// A snapshot of every slot.
@@ -311,18 +377,33 @@ impl Pool {
     /// A snapshot of one slot.
     pub fn worker(&self, slot: usize) -> Option<WorkerInfo> {
         let s = self.slots.get(slot)?;
+        let mut draining: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, p)| p.slot == slot && p.draining && Some(**pid) != s.current)
+            .map(|(pid, _)| *pid)
+            .collect();
+        draining.sort_unstable();
         Some(WorkerInfo {
             slot,
-            pid: s.pid,
+            pid: s.current,
             generation: s.generation,
             state: s.state,
+            draining,
             restarts: s.restarts,
             last_exit: s.last_exit,
         })
     }
 
-    /// Sends a message to the worker of `slot` over its channel (in the hand-off model:
-    /// a connection).
+    /// Every worker process alive, current or draining.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Sends a message to the current worker of `slot` over its channel (in the
+    /// hand-off model: a connection).
     ///
     /// # Errors
     ///
@@ -334,16 +415,21 @@ impl Pool {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), Error> {
-        let ch = self
+        let pid = self
             .slots
-            .get_mut(slot)
-            .and_then(|s| s.channel.as_mut())
+            .get(slot)
+            .and_then(|s| s.current)
+            .ok_or(Error::NoWorker(slot))?;
+        let ch = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|p| p.channel.as_mut())
             .ok_or(Error::NoWorker(slot))?;
         ch.send(payload, fds)
             .map_err(|source| Error::Channel { slot, source })
     }
 
-    /// Sends `sig` to the worker of `slot`.
+    /// Sends `sig` to the current worker of `slot`.
     ///
     /// # Errors
     ///
@@ -352,7 +438,7 @@ impl Pool {
         let pid = self
             .slots
             .get(slot)
-            .and_then(|s| s.pid)
+            .and_then(|s| s.current)
             .ok_or(Error::NoWorker(slot))?;
         sys::signal(pid, sig).map_err(Error::io("signalling a worker"))
     }
@@ -362,16 +448,103 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`Error::NoWorker`] if the slot does not exist or is not stopped.
+    /// [`Error::NoWorker`] if the slot does not exist or is not stopped that way.
     pub fn reset(&mut self, slot: usize, events: &mut Vec<PoolEvent>) -> Result<(), Error> {
         let s = self.slots.get_mut(slot).ok_or(Error::NoWorker(slot))?;
-        if !matches!(s.state, State::Tripped | State::Fatal) {
+        if !matches!(s.state, State::Tripped | State::Fatal) || self.stopping {
             return Err(Error::NoWorker(slot));
         }
         s.failures = 0;
         s.recent.clear();
         self.spawn(slot, events);
         Ok(())
+    }
+
+    /// Changes the number of slots to `n`: new slots start a worker; removed slots
+    /// (the highest) have their workers drained.
+    pub fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) {
+        if self.stopping {
+            return;
+        }
+        while self.slots.len() > n {
+            let slot = self.slots.len() - 1;
+            let s = self.slots.pop().expect("non-empty");
+            if let Some(t) = s.timer {
+                self.cancel_timer(t);
+            }
+            let pids: Vec<u32> = self
+                .procs
+                .iter()
+                .filter(|(_, p)| p.slot == slot)
+                .map(|(pid, _)| *pid)
+                .collect();
+            for pid in pids {
+                self.retire(pid);
+            }
+        }
+        while self.slots.len() < n {
+            self.slots.push(Slot::new(self.generation));
+            let slot = self.slots.len() - 1;
+            self.spawn(slot, events);
+        }
+    }
+
+    /// Starts a rolling restart: each slot starts a worker of a new generation, and
+    /// its old worker is told to drain only once the new one is ready — so there is
+    /// always a ready worker per slot. One generation drains at a time: a reload asked
+    /// for while the previous one is still draining starts when it is done.
+    /// [`PoolEvent::Reloaded`] reports the end.
+    pub fn reload(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping {
+            return;
+        }
+        if self.reloading.is_some() || self.procs.values().any(|p| p.draining) {
+            self.reload_pending = true;
+            return;
+        }
+        self.generation += 1;
+        self.reloading = Some(self.generation);
+        self.reload_failed.clear();
+        for slot in 0..self.slots.len() {
+            match self.slots[slot].state {
+                // Slots between workers simply start the new generation next.
+                State::Backoff | State::Tripped | State::Fatal | State::Stopped => {
+                    self.slots[slot].generation = self.generation;
+                }
+                State::Starting | State::Ready => self.spawn_successor(slot, events),
+            }
+        }
+        self.check_reloaded(events);
+    }
+
+    /// Starts a graceful stop: no more restarts, every worker is told to drain, and
+    /// those still running after the drain timeout are killed.
+    /// [`PoolEvent::Stopped`] reports the end; [`is_stopped`](Self::is_stopped) tells.
+    pub fn stop(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.reload_pending = false;
+        self.reloading = None;
+        for slot in 0..self.slots.len() {
+            if let Some(t) = self.slots[slot].timer.take() {
+                self.cancel_timer(t);
+            }
+            self.slots[slot].state = State::Stopped;
+        }
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            self.retire(pid);
+        }
+        if self.procs.is_empty() {
+            events.push(PoolEvent::Stopped);
+        }
+    }
+
+    /// Whether a [`stop`](Self::stop) has finished: no worker is left.
+    pub fn is_stopped(&self) -> bool {
+        self.stopping && self.procs.is_empty()
     }
 
     /// Waits up to `timeout` for something to happen, handles it, and appends what
@@ -393,17 +566,19 @@ impl Pool {
         for ev in evs.drain(..) {
             match ev {
                 Event::Io { key, .. } => match self.watches.get(&key).copied() {
-                    Some(Watch::Channel(slot)) => self.read_channel(slot, events),
-                    Some(Watch::Exit(slot)) => self.reap(slot, events),
+                    Some(Watch::Channel(pid)) => self.read_channel(pid, events),
+                    Some(Watch::Exit(pid)) => self.reap(pid, events),
                     None => {}
                 },
                 Event::Timer(id) => match self.timers.remove(&id) {
-                    Some(slot) => self.on_timer(slot, events),
+                    Some(TimerFor::Slot(slot)) => self.on_backoff_over(slot, events),
+                    Some(TimerFor::Proc(pid)) => self.on_proc_timer(pid),
                     None => events.push(PoolEvent::Other(ev)),
                 },
                 Event::Signal(Signal::Child) if self.sigchld => {
-                    for slot in 0..self.slots.len() {
-                        self.reap(slot, events);
+                    let pids: Vec<u32> = self.procs.keys().copied().collect();
+                    for pid in pids {
+                        self.reap(pid, events);
                     }
                 }
                 other => events.push(PoolEvent::Other(other)),
@@ -413,16 +588,53 @@ impl Pool {
         Ok(())
     }
 
+    fn cancel_timer(&mut self, id: TimerId) {
+        self.timers.remove(&id);
+        self.reactor.cancel_timer(id);
+    }
+
+    fn set_proc_timer(&mut self, pid: u32, at: Instant) {
+        let id = self.reactor.add_timer(at, None);
+        self.timers.insert(id, TimerFor::Proc(pid));
+        let old = self.procs.get_mut(&pid).and_then(|p| p.timer.replace(id));
+        if let Some(old) = old {
+            self.cancel_timer(old);
+        }
+    }
+
+    /// Starts the slot's worker (its first, or after a back-off).
     fn spawn(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
+        self.slots[slot].generation = self.generation;
+        match self.try_spawn(slot) {
+            Ok(pid) => {
+                let s = &mut self.slots[slot];
+                s.current = Some(pid);
+                s.state = State::Starting;
+                events.push(PoolEvent::Spawned {
+                    slot,
+                    pid,
+                    generation: self.generation,
+                });
+            }
+            Err(error) => {
+                events.push(PoolEvent::SpawnFailed { slot, error });
+                self.failed(slot, None, events);
+            }
+        }
+    }
+
+    /// Starts a worker of the new generation next to the slot's current one.
+    fn spawn_successor(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
         match self.try_spawn(slot) {
             Ok(pid) => events.push(PoolEvent::Spawned {
                 slot,
                 pid,
                 generation: self.generation,
             }),
+            // The old worker goes on serving.
             Err(error) => {
+                self.reload_failed.push(slot);
                 events.push(PoolEvent::SpawnFailed { slot, error });
-                self.failed(slot, None, events);
             }
         }
     }
@@ -444,6 +656,7 @@ impl Pool {
         let spawned = sys::spawn(&self.program, &self.args, &env, &fds).map_err(spawn_err)?;
         drop(fds);
         drop(child_fd);
+        let pid = spawned.pid;
 
         let mut watches = Vec::new();
         let dup = parent.as_fd().try_clone_to_owned().map_err(spawn_err);
@@ -454,13 +667,13 @@ impl Pool {
         });
         match watch_channel {
             Ok(key) => {
-                self.watches.insert(key, Watch::Channel(slot));
+                self.watches.insert(key, Watch::Channel(pid));
                 watches.push(key);
             }
             Err(e) => {
                 // Without its channel the worker is useless: stop it.
-                let _ = sys::signal(spawned.pid, libc::SIGKILL);
-                let _ = wait_blocking(spawned.pid);
+                let _ = sys::signal(pid, libc::SIGKILL);
+                let _ = wait_blocking(pid);
                 return Err(e);
             }
         }
@@ -471,7 +684,7 @@ impl Pool {
                     .register(Source::Fd(pidfd), Interest::READABLE, Mode::Level)
                 {
                     Ok(key) => {
-                        self.watches.insert(key, Watch::Exit(slot));
+                        self.watches.insert(key, Watch::Exit(pid));
                         watches.push(key);
                     }
                     Err(_) => self.need_sigchld(),
@@ -479,21 +692,22 @@ impl Pool {
             }
             None => self.need_sigchld(),
         }
-        let ready_at = Instant::now() + self.config.ready_timeout;
-        let timer = self.reactor.add_timer(ready_at, None);
-        self.timers.insert(timer, slot);
-        let s = &mut self.slots[slot];
-        s.state = State::Starting;
-        s.pid = Some(spawned.pid);
-        s.generation = generation;
-        s.channel = Some(parent);
-        s.watches = watches;
-        s.started_at = Instant::now();
-        if let Some(old) = s.timer.replace(timer) {
-            self.timers.remove(&old);
-            self.reactor.cancel_timer(old);
-        }
-        Ok(spawned.pid)
+        self.procs.insert(
+            pid,
+            Proc {
+                slot,
+                generation,
+                ready: false,
+                draining: false,
+                channel: Some(parent),
+                watches,
+                started_at: Instant::now(),
+                timer: None,
+            },
+        );
+        let at = Instant::now() + self.config.ready_timeout;
+        self.set_proc_timer(pid, at);
+        Ok(pid)
     }
 
     /// Without a pidfd, exits are noticed through `SIGCHLD`.
@@ -503,39 +717,51 @@ impl Pool {
         }
     }
 
-    fn read_channel(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
+    /// Tells a worker to drain, and kills it if it is still there at the deadline.
+    fn retire(&mut self, pid: u32) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        if p.draining {
+            return;
+        }
+        p.draining = true;
+        let told = p
+            .channel
+            .as_mut()
+            .is_some_and(|ch| ch.send(protocol::DRAIN, &[]).is_ok());
+        if !told {
+            // A worker that cannot be told (channel gone or full) is asked by signal.
+            let _ = sys::signal(pid, libc::SIGTERM);
+        }
+        let at = Instant::now() + self.config.drain_timeout;
+        self.set_proc_timer(pid, at);
+    }
+
+    fn read_channel(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
         loop {
-            let Some(ch) = self.slots[slot].channel.as_mut() else {
+            let Some(p) = self.procs.get_mut(&pid) else {
                 return;
             };
+            let slot = p.slot;
+            let Some(ch) = p.channel.as_mut() else { return };
             match ch.recv() {
                 Ok(Some(msg)) if protocol::is_pool_message(msg.payload()) => {
-                    if msg.payload() == protocol::READY && self.slots[slot].state == State::Starting
-                    {
-                        let s = &mut self.slots[slot];
-                        s.state = State::Ready;
-                        if let Some(t) = s.timer.take() {
-                            self.timers.remove(&t);
-                            self.reactor.cancel_timer(t);
-                        }
-                        events.push(PoolEvent::Ready {
-                            slot,
-                            pid: s.pid.unwrap_or(0),
-                        });
+                    if msg.payload() == protocol::READY && !p.ready {
+                        p.ready = true;
+                        self.on_ready(pid, events);
                     }
                 }
                 Ok(Some(message)) => events.push(PoolEvent::Message { slot, message }),
                 Ok(None) => {
                     // The worker closed its end: it is exiting; its exit follows.
-                    self.unwatch_channel(slot);
+                    self.unwatch_channel(pid);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    self.unwatch_channel(slot);
-                    if let Some(pid) = self.slots[slot].pid {
-                        let _ = sys::signal(pid, libc::SIGKILL);
-                    }
+                    self.unwatch_channel(pid);
+                    let _ = sys::signal(pid, libc::SIGKILL);
                     events.push(PoolEvent::ChannelError { slot, error });
                     return;
                 }
@@ -543,52 +769,150 @@ impl Pool {
         }
     }
 
-    fn unwatch_channel(&mut self, slot: usize) {
-        let keys: Vec<Key> = self.slots[slot].watches.clone();
+    fn on_ready(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let (slot, draining, generation) = (p.slot, p.draining, p.generation);
+        if let Some(t) = p.timer.take() {
+            self.cancel_timer(t);
+        }
+        if draining {
+            return;
+        }
+        events.push(PoolEvent::Ready { slot, pid });
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let previous = s.current.replace(pid);
+        s.state = State::Ready;
+        s.generation = generation;
+        // A successor is ready: retire its predecessor.
+        if let Some(old) = previous.filter(|&old| old != pid) {
+            self.retire(old);
+        }
+        self.check_reloaded(events);
+    }
+
+    fn unwatch_channel(&mut self, pid: u32) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        p.channel = None;
+        let keys: Vec<Key> = p.watches.clone();
         for key in keys {
             if matches!(self.watches.get(&key), Some(Watch::Channel(_))) {
                 self.watches.remove(&key);
                 let _ = self.reactor.deregister(key);
-                self.slots[slot].watches.retain(|k| *k != key);
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.watches.retain(|k| *k != key);
+                }
             }
         }
-        self.slots[slot].channel = None;
     }
 
-    /// Reaps the worker of `slot` if it has exited.
-    fn reap(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
-        let Some(pid) = self.slots.get(slot).and_then(|s| s.pid) else {
+    /// Reaps `pid` if it has exited.
+    fn reap(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
+        if !self.procs.contains_key(&pid) {
             return;
-        };
+        }
         let status = match sys::try_wait(pid) {
             Ok(Some(status)) => status,
             Ok(None) => return,
             // ECHILD: reaped elsewhere; nothing more will come.
             Err(_) => ExitStatus::default(),
         };
-        self.unwatch_channel(slot);
-        for key in std::mem::take(&mut self.slots[slot].watches) {
+        self.unwatch_channel(pid);
+        let p = self.procs.remove(&pid).expect("checked above");
+        for key in p.watches {
             self.watches.remove(&key);
             let _ = self.reactor.deregister(key);
         }
-        let s = &mut self.slots[slot];
-        s.pid = None;
-        s.last_exit = Some(status);
-        if let Some(t) = s.timer.take() {
-            self.timers.remove(&t);
-            self.reactor.cancel_timer(t);
+        if let Some(t) = p.timer {
+            self.cancel_timer(t);
         }
-        if self.config.fatal_exit_code.is_some() && status.code() == self.config.fatal_exit_code {
-            s.state = State::Fatal;
+        let slot = p.slot;
+        let current = self.slots.get(slot).is_some_and(|s| s.current == Some(pid));
+        if let Some(s) = self.slots.get_mut(slot).filter(|_| current) {
+            s.current = None;
+            s.last_exit = Some(status);
+        }
+        if p.draining || !current || self.stopping {
             events.push(PoolEvent::Exited {
                 slot,
                 pid,
                 status,
                 restart_in: None,
             });
+            if !p.draining && !current && !self.stopping && slot < self.slots.len() {
+                // A reload's new worker died before it was ready: the old one stays.
+                self.reload_failed.push(slot);
+            }
+            self.after_exit(events);
             return;
         }
-        self.failed(slot, Some((pid, status)), events);
+        if self.config.fatal_exit_code.is_some() && status.code() == self.config.fatal_exit_code {
+            self.slots[slot].state = State::Fatal;
+            events.push(PoolEvent::Exited {
+                slot,
+                pid,
+                status,
+                restart_in: None,
+            });
+            self.after_exit(events);
+            return;
+        }
+        let lived = p.started_at.elapsed();
+        self.failed(slot, Some((pid, status, lived)), events);
+        self.after_exit(events);
+    }
+
+    /// After any exit: finish a stop, a reload, or start a pending reload.
+    fn after_exit(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping {
+            if self.procs.is_empty() {
+                events.push(PoolEvent::Stopped);
+            }
+            return;
+        }
+        self.check_reloaded(events);
+        if self.reload_pending
+            && self.reloading.is_none()
+            && !self.procs.values().any(|p| p.draining)
+        {
+            self.reload_pending = false;
+            self.reload(events);
+        }
+    }
+
+    /// Reports the end of a reload once no slot waits for its new worker and nothing
+    /// of the old generation is left but the workers of slots whose successor failed.
+    fn check_reloaded(&mut self, events: &mut Vec<PoolEvent>) {
+        let Some(generation) = self.reloading else {
+            return;
+        };
+        let pending = self
+            .procs
+            .values()
+            .any(|p| p.generation == generation && !p.ready && !p.draining);
+        let old_left = self.procs.iter().any(|(pid, p)| {
+            p.generation != generation
+                && !self.slots.get(p.slot).is_some_and(|s| {
+                    s.current == Some(*pid) && self.reload_failed.contains(&p.slot)
+                })
+        });
+        if pending || old_left {
+            return;
+        }
+        self.reloading = None;
+        if self.reload_failed.is_empty() {
+            events.push(PoolEvent::Reloaded { generation });
+        } else {
+            let mut slots = std::mem::take(&mut self.reload_failed);
+            slots.sort_unstable();
+            slots.dedup();
+            events.push(PoolEvent::ReloadFailed { generation, slots });
+        }
     }
 
     /// Counts a crash (or a failed start) of `slot` and schedules its restart, or
@@ -596,13 +920,16 @@ impl Pool {
     fn failed(
         &mut self,
         slot: usize,
-        exit: Option<(u32, ExitStatus)>,
+        exit: Option<(u32, ExitStatus, Duration)>,
         events: &mut Vec<PoolEvent>,
     ) {
+        if self.stopping || slot >= self.slots.len() {
+            return;
+        }
         let now = Instant::now();
         let cfg = &self.config;
         let s = &mut self.slots[slot];
-        if exit.is_some() && now.duration_since(s.started_at) >= cfg.stable_after {
+        if exit.is_some_and(|(_, _, lived)| lived >= cfg.stable_after) {
             s.failures = 0;
         }
         s.failures = s.failures.saturating_add(1);
@@ -617,7 +944,7 @@ impl Pool {
         if s.recent.len() >= cfg.breaker_failures.max(1) {
             s.state = State::Tripped;
             let failures = s.recent.len();
-            if let Some((pid, status)) = exit {
+            if let Some((pid, status, _)) = exit {
                 events.push(PoolEvent::Exited {
                     slot,
                     pid,
@@ -641,9 +968,11 @@ impl Pool {
         let delay = base.mul_f64(factor);
         s.state = State::Backoff;
         let timer = self.reactor.add_timer(now + delay, None);
-        self.timers.insert(timer, slot);
-        s.timer = Some(timer);
-        if let Some((pid, status)) = exit {
+        self.timers.insert(timer, TimerFor::Slot(slot));
+        if let Some(old) = s.timer.replace(timer) {
+            self.cancel_timer(old);
+        }
+        if let Some((pid, status, _)) = exit {
             events.push(PoolEvent::Exited {
                 slot,
                 pid,
@@ -653,20 +982,23 @@ impl Pool {
         }
     }
 
-    fn on_timer(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
-        self.slots[slot].timer = None;
-        match self.slots[slot].state {
-            State::Backoff => {
-                self.slots[slot].restarts += 1;
-                self.spawn(slot, events);
-            }
-            State::Starting => {
-                // Not ready in time: kill it; its exit counts as a crash.
-                if let Some(pid) = self.slots[slot].pid {
-                    let _ = sys::signal(pid, libc::SIGKILL);
-                }
-            }
-            _ => {}
+    fn on_backoff_over(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.timer = None;
+        if s.state == State::Backoff && !self.stopping {
+            s.restarts += 1;
+            self.spawn(slot, events);
+        }
+    }
+
+    /// A worker's ready timeout or drain deadline passed: kill it; its exit is
+    /// handled as usual (a crash, unless it was draining).
+    fn on_proc_timer(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.timer = None;
+            let _ = sys::signal(pid, libc::SIGKILL);
         }
     }
 }
@@ -684,11 +1016,9 @@ fn wait_blocking(pid: u32) -> io::Result<()> {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for s in &self.slots {
-            if let Some(pid) = s.pid {
-                let _ = sys::signal(pid, libc::SIGKILL);
-                let _ = wait_blocking(pid);
-            }
+        for pid in self.procs.keys() {
+            let _ = sys::signal(*pid, libc::SIGKILL);
+            let _ = wait_blocking(*pid);
         }
     }
 }

@@ -53,8 +53,16 @@ pub fn worker_main() {
     w.ready().expect("ready");
     let ch = w.channel().expect("channel");
     ch.send(report.as_bytes(), &[]).expect("report");
-    // Serve until the supervisor goes away.
+    // Serve until the supervisor goes away or asks for a drain.
     while let Ok(Some(msg)) = ch.recv() {
+        if herder_pool::is_drain_request(msg.payload()) {
+            match behaviour.as_str() {
+                "ignore-drain" => continue,
+                "slow-drain" => std::thread::sleep(Duration::from_millis(300)),
+                _ => {}
+            }
+            std::process::exit(0);
+        }
         let mut reply = b"echo:".to_vec();
         reply.extend_from_slice(msg.payload());
         ch.send(&reply, &[]).expect("reply");
