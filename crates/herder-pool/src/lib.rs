@@ -37,14 +37,21 @@
 //! duplicated with `WSADuplicateSocketW`) is not written yet, and on Windows this crate
 //! only exports [`Error`].
 //!
-//! Not yet here: heartbeats and the shared-memory scoreboard, graceful stop, rolling
-//! restart, scaling, accept locks and the control socket.
+//! Each worker has a record in a scoreboard in shared memory (an anonymous
+//! `memfd`, nothing left behind by name): its heartbeat, connections taken and open,
+//! written with atomics by the worker ([`Scorecard`]) and read without locks by the
+//! supervisor. A worker whose heartbeat is older than the heartbeat timeout gets
+//! `SIGTERM`, then `SIGKILL` after a grace period, and is replaced.
+//!
+//! Not yet here: accept locks and the control socket.
 
 mod error;
 #[cfg(unix)]
 mod pool;
 #[cfg(unix)]
 mod protocol;
+#[cfg(unix)]
+mod scoreboard;
 #[cfg(unix)]
 mod worker;
 
@@ -56,4 +63,4 @@ pub use error::Error;
 #[cfg(unix)]
 pub use pool::{Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};
 #[cfg(unix)]
-pub use worker::{CHANNEL_NAME, WORKER_ENV, Worker, is_drain_request, send_ready};
+pub use worker::{CHANNEL_NAME, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready};

@@ -2,6 +2,7 @@
 
 use crate::error::Error;
 use crate::protocol;
+use crate::scoreboard::{Board, SCOREBOARD_NAME};
 use crate::sys;
 use crate::worker::{CHANNEL_NAME, WORKER_ENV};
 use herder_fd::{Channel, Message};
@@ -55,6 +56,18 @@ pub struct Config {
     /// How long a draining worker (graceful stop, rolling restart, scaling down) may
     /// take before it is killed. Default 30 s.
     pub drain_timeout: Duration,
+    /// A ready worker whose heartbeat ([`Scorecard::heartbeat`]) is older than this is
+    /// taken for hung: it gets `SIGTERM`, then `SIGKILL` after
+    /// [`kill_grace`](Self::kill_grace), and is replaced. Default: none, as workers
+    /// must heartbeat for it; the example servers set it.
+    ///
+    /// [`Scorecard::heartbeat`]: crate::Scorecard::heartbeat
+    pub heartbeat_timeout: Option<Duration>,
+    /// Between `SIGTERM` and `SIGKILL` for a hung worker. Default 5 s.
+    pub kill_grace: Duration,
+    /// Records in the scoreboard: the most worker processes alive at once, draining
+    /// ones included. Default 1024 (64 KiB of shared memory).
+    pub scoreboard_capacity: usize,
 }
 
 impl Default for Config {
@@ -72,6 +85,9 @@ impl Default for Config {
             fatal_exit_code: Some(FATAL_EXIT_CODE),
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            heartbeat_timeout: None,
+            kill_grace: Duration::from_secs(5),
+            scoreboard_capacity: 1024,
         }
     }
 }
@@ -148,6 +164,16 @@ pub enum PoolEvent {
         /// What went wrong.
         error: io::Error,
     },
+    /// A worker's heartbeat stopped: it got `SIGTERM` (and `SIGKILL` after the grace
+    /// period); its exit follows, and it is replaced like after a crash.
+    Hung {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// How long it had been silent.
+        silent: Duration,
+    },
     /// A rolling restart finished: every slot runs a worker of `generation`, and the
     /// previous generation is gone.
     Reloaded {
@@ -189,6 +215,10 @@ pub struct WorkerInfo {
     pub state: State,
     /// Pids of the slot's earlier workers still draining.
     pub draining: Vec<u32>,
+    /// Connections the current worker took, from the scoreboard.
+    pub accepted: u64,
+    /// Connections the current worker has open, from the scoreboard.
+    pub active: u64,
     /// How many times the slot's worker was replaced.
     pub restarts: u32,
     /// How the previous worker of the slot ended.
@@ -205,8 +235,12 @@ struct Proc {
     channel: Option<Channel>,
     watches: Vec<Key>,
     started_at: Instant,
-    /// The ready timeout, or the drain deadline.
+    /// The ready timeout, the drain deadline, or the kill grace of a hung worker.
     timer: Option<TimerId>,
+    /// Its scoreboard record.
+    record: Option<usize>,
+    /// Sent `SIGTERM` for a stopped heartbeat.
+    hung: bool,
 }
 
 struct Slot {
@@ -298,6 +332,10 @@ pub struct Pool {
     rng: u64,
     events: Vec<Event>,
     sigchld: bool,
+    /// The scoreboard's descriptor (handed to every worker) and mapping.
+    board: (OwnedFd, Board),
+    /// The repeating timer that checks heartbeats.
+    monitor: Option<TimerId>,
 }
 
 impl Pool {
@@ -328,6 +366,12 @@ impl Pool {
                 .watch_signals(&[Signal::Child])
                 .map_err(Error::io("watching SIGCHLD"))?;
         }
+        let board = Board::create(config.scoreboard_capacity.max(1))
+            .map_err(Error::io("creating the scoreboard"))?;
+        let monitor = config.heartbeat_timeout.map(|t| {
+            let every = (t / 4).max(Duration::from_millis(10));
+            reactor.add_timer(Instant::now() + every, Some(every))
+        });
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -351,6 +395,8 @@ impl Pool {
             rng: seed | 1,
             events: Vec::new(),
             sigchld,
+            board,
+            monitor,
         })
     }
 
@@ -384,7 +430,13 @@ impl Pool {
             .map(|(pid, _)| *pid)
             .collect();
         draining.sort_unstable();
+        let record = s
+            .current
+            .and_then(|pid| self.procs.get(&pid)?.record)
+            .and_then(|i| self.board.1.record(i));
         Some(WorkerInfo {
+            accepted: record.map_or(0, |r| r.accepted()),
+            active: record.map_or(0, |r| r.active()),
             slot,
             pid: s.current,
             generation: s.generation,
@@ -570,6 +622,7 @@ impl Pool {
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
                     None => {}
                 },
+                Event::Timer(id) if Some(id) == self.monitor => self.check_heartbeats(events),
                 Event::Timer(id) => match self.timers.remove(&id) {
                     Some(TimerFor::Slot(slot)) => self.on_backoff_over(slot, events),
                     Some(TimerFor::Proc(pid)) => self.on_proc_timer(pid),
@@ -644,8 +697,13 @@ impl Pool {
         let (parent, child) = Channel::pair().map_err(spawn_err)?;
         parent.set_nonblocking(true).map_err(spawn_err)?;
         let generation = self.generation;
+        let record = self.board.1.assign(0, slot, generation);
         let mut env = self.base_env.clone();
-        env.push((WORKER_ENV.into(), format!("{slot}:{generation}").into()));
+        let role = match record {
+            Some(r) => format!("{slot}:{generation}:{r}"),
+            None => format!("{slot}:{generation}"),
+        };
+        env.push((WORKER_ENV.into(), role.into()));
         let child_fd = OwnedFd::from(child);
         let mut fds: Vec<(BorrowedFd<'_>, &str)> = self
             .listeners
@@ -653,10 +711,24 @@ impl Pool {
             .map(|(n, fd)| (fd.as_fd(), n.as_str()))
             .collect();
         fds.push((child_fd.as_fd(), CHANNEL_NAME));
-        let spawned = sys::spawn(&self.program, &self.args, &env, &fds).map_err(spawn_err)?;
+        if record.is_some() {
+            fds.push((self.board.0.as_fd(), SCOREBOARD_NAME));
+        }
+        let spawned = match sys::spawn(&self.program, &self.args, &env, &fds) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(r) = record {
+                    self.board.1.release(r);
+                }
+                return Err(spawn_err(e));
+            }
+        };
         drop(fds);
         drop(child_fd);
         let pid = spawned.pid;
+        if let Some(r) = record {
+            self.board.1.set_pid(r, pid);
+        }
 
         let mut watches = Vec::new();
         let dup = parent.as_fd().try_clone_to_owned().map_err(spawn_err);
@@ -703,6 +775,8 @@ impl Pool {
                 watches,
                 started_at: Instant::now(),
                 timer: None,
+                record,
+                hung: false,
             },
         );
         let at = Instant::now() + self.config.ready_timeout;
@@ -774,6 +848,10 @@ impl Pool {
             return;
         };
         let (slot, draining, generation) = (p.slot, p.draining, p.generation);
+        if let Some(r) = p.record.and_then(|i| self.board.1.record(i)) {
+            // The heartbeat clock starts when the worker is ready.
+            r.heartbeat();
+        }
         if let Some(t) = p.timer.take() {
             self.cancel_timer(t);
         }
@@ -824,6 +902,9 @@ impl Pool {
         };
         self.unwatch_channel(pid);
         let p = self.procs.remove(&pid).expect("checked above");
+        if let Some(r) = p.record {
+            self.board.1.release(r);
+        }
         for key in p.watches {
             self.watches.remove(&key);
             let _ = self.reactor.deregister(key);
@@ -990,6 +1071,37 @@ impl Pool {
         if s.state == State::Backoff && !self.stopping {
             s.restarts += 1;
             self.spawn(slot, events);
+        }
+    }
+
+    /// Sends `SIGTERM` to every ready worker whose heartbeat is older than the
+    /// timeout, and `SIGKILL` after the grace period.
+    fn check_heartbeats(&mut self, events: &mut Vec<PoolEvent>) {
+        let Some(timeout) = self.config.heartbeat_timeout else {
+            return;
+        };
+        let limit = timeout.as_millis() as u64;
+        let mut hung = Vec::new();
+        for (pid, p) in &self.procs {
+            if !p.ready || p.draining || p.hung {
+                continue;
+            }
+            let Some(r) = p.record.and_then(|i| self.board.1.record(i)) else {
+                continue;
+            };
+            let silent = r.silent_ms();
+            if silent > limit {
+                hung.push((*pid, p.slot, Duration::from_millis(silent)));
+            }
+        }
+        for (pid, slot, silent) in hung {
+            let _ = sys::signal(pid, libc::SIGTERM);
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.hung = true;
+            }
+            let at = Instant::now() + self.config.kill_grace;
+            self.set_proc_timer(pid, at);
+            events.push(PoolEvent::Hung { slot, pid, silent });
         }
     }
 

@@ -3,14 +3,17 @@
 
 use crate::error::Error;
 use crate::protocol;
+use crate::scoreboard::{Board, SCOREBOARD_NAME};
 use crate::sys;
 use herder_fd::Channel;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The variable naming a worker's slot and generation, `SLOT:GENERATION`.
+/// The variable naming a worker's slot, generation and scoreboard record,
+/// `SLOT:GENERATION[:RECORD]`.
 pub const WORKER_ENV: &str = "HERDER_WORKER";
 /// The name of the worker's channel to its supervisor among its inherited descriptors.
 pub const CHANNEL_NAME: &str = "herder-channel";
@@ -23,6 +26,7 @@ pub struct Worker {
     generation: u64,
     channel: Option<Channel>,
     fds: Vec<(String, OwnedFd)>,
+    scorecard: Option<Scorecard>,
 }
 
 static ADOPTED: AtomicBool = AtomicBool::new(false);
@@ -65,22 +69,39 @@ impl Worker {
         let role = role
             .to_str()
             .ok_or_else(|| Error::Environment(format!("{WORKER_ENV} is not UTF-8")))?;
-        let (slot, generation) = role
-            .split_once(':')
-            .and_then(|(s, g)| Some((s.parse().ok()?, g.parse().ok()?)))
-            .ok_or_else(|| {
-                Error::Environment(format!("{WORKER_ENV}={role:?} is not SLOT:GENERATION"))
-            })?;
+        let bad = || {
+            Error::Environment(format!(
+                "{WORKER_ENV}={role:?} is not SLOT:GENERATION[:RECORD]"
+            ))
+        };
+        let mut parts = role.split(':');
+        let slot: usize = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let generation: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let record: Option<usize> = match parts.next() {
+            Some(r) => Some(r.parse().map_err(|_| bad())?),
+            None => None,
+        };
         let fds = listen_fds()?;
         let mut worker = Worker {
             slot,
             generation,
             channel: None,
             fds,
+            scorecard: None,
         };
         if let Some(fd) = worker.take(CHANNEL_NAME) {
             worker.channel =
                 Some(Channel::new(fd).map_err(|e| Error::Channel { slot, source: e })?);
+        }
+        if let (Some(fd), Some(index)) = (worker.take(SCOREBOARD_NAME), record) {
+            let board = Board::open(std::os::fd::AsFd::as_fd(&fd))
+                .map_err(|e| Error::Environment(format!("scoreboard: {e}")))?;
+            if board.record(index).is_some() {
+                worker.scorecard = Some(Scorecard {
+                    board: Arc::new(board),
+                    index,
+                });
+            }
         }
         Ok(Some(worker))
     }
@@ -120,6 +141,11 @@ impl Worker {
     /// Takes the channel to the supervisor, e.g. to register it in an event loop.
     pub fn take_channel(&mut self) -> Option<Channel> {
         self.channel.take()
+    }
+
+    /// This worker's record in the supervisor's scoreboard: heartbeats and load.
+    pub fn scorecard(&self) -> Option<Scorecard> {
+        self.scorecard.clone()
     }
 
     /// Tells the supervisor this worker is ready: only then does it count as
@@ -180,4 +206,44 @@ fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
     let fds = sys::adopt_inherited(count)
         .map_err(|e| Error::Environment(format!("inherited descriptor: {e}")))?;
     Ok(names.into_iter().zip(fds).collect())
+}
+
+/// A worker's record in its supervisor's scoreboard, in shared memory: the heartbeat
+/// that tells the supervisor the worker is not hung, and the load figures that feed
+/// least-loaded dispatch, scaling and status. Writing is a few atomic stores; cheap
+/// enough for every connection. Clone it freely (it is shared).
+#[derive(Clone)]
+pub struct Scorecard {
+    board: Arc<Board>,
+    index: usize,
+}
+
+impl Scorecard {
+    fn record(&self) -> &crate::scoreboard::Record {
+        self.board.record(self.index).expect("checked at adoption")
+    }
+
+    /// Records that the worker is alive now. Call it from the event loop (a timer a
+    /// few times per heartbeat timeout): a loop that hangs stops calling it.
+    pub fn heartbeat(&self) {
+        self.record().heartbeat();
+    }
+
+    /// Counts `n` connections more taken by this worker.
+    pub fn add_accepted(&self, n: u64) {
+        self.record().add_accepted(n);
+    }
+
+    /// Sets the number of connections this worker has open.
+    pub fn set_active(&self, n: u64) {
+        self.record().set_active(n);
+    }
+}
+
+impl std::fmt::Debug for Scorecard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorecard")
+            .field("index", &self.index)
+            .finish()
+    }
 }

@@ -345,3 +345,134 @@ pub(crate) fn is_listen_var(name: &OsStr) -> bool {
         b"LISTEN_FDS" | b"LISTEN_FDNAMES" | b"LISTEN_PID"
     )
 }
+
+/// A shared memory region mapped into this process (`mmap(MAP_SHARED)`).
+///
+/// Invariant: `ptr` is the start of a live mapping of `len` bytes, page-aligned,
+/// until drop.
+pub(crate) struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all access to it goes through atomics
+// (see `scoreboard`), so it may be used from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns (invariant).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Creates an anonymous shared memory object of `len` zero bytes and maps it. Nothing
+/// is left behind by name: `memfd_create` on Linux; elsewhere `shm_open` with a random
+/// name, unlinked at once.
+pub(crate) fn shared_memory(len: usize) -> io::Result<(OwnedFd, Mapping)> {
+    let fd = anonymous_shm()?;
+    // SAFETY: sizes a descriptor we own.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
+    let map = map_shared(fd.as_fd(), len)?;
+    Ok((fd, map))
+}
+
+use std::os::fd::AsFd;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn anonymous_shm() -> io::Result<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated literal; the result is a new descriptor.
+    let fd = cvt(unsafe { libc::memfd_create(c"herder-scoreboard".as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn anonymous_shm() -> io::Result<OwnedFd> {
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = CString::new(format!("/herder-{}-{nanos}-{attempt}", getpid())).expect("no NUL");
+        // SAFETY: `name` is NUL-terminated; O_EXCL never opens someone else's object.
+        let fd = unsafe {
+            libc::shm_open(
+                name.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: unlinks the name just created, so nothing outlives the descriptors.
+        unsafe { libc::shm_unlink(name.as_ptr()) };
+        // SAFETY: a new descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sets a descriptor flag on a descriptor we own.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+        return Ok(fd);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free shared memory name",
+    ))
+}
+
+/// Maps `len` bytes of the shared memory object `fd`, after checking it is that
+/// large.
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+    // SAFETY: stat is plain data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    if (st.st_size as u64) < len as u64 || len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "shared memory smaller than expected",
+        ));
+    }
+    // SAFETY: a fresh shared mapping of an object at least `len` bytes long; the
+    // kernel picks the address.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+        .ok_or_else(|| io::Error::other("mmap returned null"))?;
+    Ok(Mapping { ptr, len })
+}
+
+/// Milliseconds of `CLOCK_MONOTONIC`: one clock for every process of the machine.
+pub(crate) fn monotonic_ms() -> u64 {
+    // SAFETY: timespec is plain data; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is writable; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}

@@ -49,6 +49,24 @@ pub fn worker_main() {
         _ if crash_slot == Some(w.slot()) => std::process::exit(3),
         _ => {}
     }
+    if let Some(card) = w.scorecard() {
+        if behaviour == "report-load" {
+            card.add_accepted(7);
+            card.set_active(3);
+        }
+        if behaviour == "hang-ignore-term" {
+            // SAFETY: ignoring a signal has no memory-safety preconditions.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        }
+        if !behaviour.starts_with("hang") {
+            std::thread::spawn(move || {
+                loop {
+                    card.heartbeat();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    }
     let report = check_inheritance(&mut w);
     w.ready().expect("ready");
     let ch = w.channel().expect("channel");

@@ -1,0 +1,156 @@
+//! The scoreboard: a table in shared memory with one record per worker process,
+//! written by the worker with atomics and read by the supervisor without locks.
+//!
+//! ```text
+//! header (64 bytes): magic "HERDERSB", version, capacity
+//! record (64 bytes each): pid, state, slot, generation, heartbeat (ms of
+//!                         CLOCK_MONOTONIC), accepted, active
+//! ```
+//!
+//! Records belong to processes, not slots: during a rolling restart a slot's old and
+//! new worker each have their own.
+
+use crate::sys::{self, Mapping};
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"HERDERSB");
+const VERSION: u32 = 1;
+const HEADER: usize = 64;
+
+/// The name of the scoreboard among a worker's inherited descriptors.
+pub(crate) const SCOREBOARD_NAME: &str = "herder-scoreboard";
+
+#[repr(C, align(64))]
+struct Header {
+    magic: AtomicU64,
+    version: AtomicU32,
+    capacity: AtomicU32,
+}
+
+#[repr(C, align(64))]
+pub(crate) struct Record {
+    pid: AtomicU32,
+    /// 0 free, 1 in use.
+    used: AtomicU32,
+    slot: AtomicU64,
+    generation: AtomicU64,
+    heartbeat_ms: AtomicU64,
+    accepted: AtomicU64,
+    active: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Record>() == 64 && std::mem::size_of::<Header>() == 64);
+
+/// A mapped scoreboard. Every access goes through atomics, so a misbehaving worker
+/// can write nonsense numbers but never make the supervisor misbehave in memory.
+pub(crate) struct Board {
+    map: Mapping,
+    capacity: usize,
+}
+
+impl Board {
+    /// Creates a scoreboard for `capacity` worker processes.
+    pub(crate) fn create(capacity: usize) -> io::Result<(OwnedFd, Board)> {
+        let (fd, map) = sys::shared_memory(HEADER + capacity * 64)?;
+        let board = Board { map, capacity };
+        let h = board.header();
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.capacity.store(capacity as u32, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok((fd, board))
+    }
+
+    /// Maps a scoreboard inherited from the supervisor.
+    pub(crate) fn open(fd: BorrowedFd<'_>) -> io::Result<Board> {
+        let head = sys::map_shared(fd, HEADER)?;
+        // SAFETY: the mapping is HEADER bytes, page-aligned, of which Header is the
+        // first 64; every field is an atomic, valid for any bit pattern.
+        let h = unsafe { &*(head.as_ptr() as *const Header) };
+        if h.magic.load(Ordering::Acquire) != MAGIC || h.version.load(Ordering::Relaxed) != VERSION
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a herder scoreboard",
+            ));
+        }
+        let capacity = h.capacity.load(Ordering::Relaxed) as usize;
+        drop(head);
+        let map = sys::map_shared(fd, HEADER + capacity * 64)?;
+        Ok(Board { map, capacity })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a Header (size 64, page-aligned); its fields
+        // are atomics, valid for any bit pattern, shared only through atomic access.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    /// The record at `index`, if it exists.
+    pub(crate) fn record(&self, index: usize) -> Option<&Record> {
+        if index >= self.capacity || HEADER + (index + 1) * 64 > self.map.len() {
+            return None;
+        }
+        // SAFETY: in bounds (checked above) and 64-byte aligned (page-aligned base plus
+        // multiples of 64); a Record is atomics only, valid for any bit pattern.
+        Some(unsafe { &*(self.map.as_ptr().add(HEADER + index * 64) as *const Record) })
+    }
+
+    /// Takes a free record for process `pid`, with a fresh heartbeat.
+    pub(crate) fn assign(&self, pid: u32, slot: usize, generation: u64) -> Option<usize> {
+        (0..self.capacity).find(|&i| {
+            let r = self.record(i).expect("in range");
+            if r.used
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return false;
+            }
+            r.pid.store(pid, Ordering::Relaxed);
+            r.slot.store(slot as u64, Ordering::Relaxed);
+            r.generation.store(generation, Ordering::Relaxed);
+            r.heartbeat_ms.store(sys::monotonic_ms(), Ordering::Relaxed);
+            r.accepted.store(0, Ordering::Relaxed);
+            r.active.store(0, Ordering::Relaxed);
+            true
+        })
+    }
+
+    /// Fills in the pid of a record assigned before the process existed.
+    pub(crate) fn set_pid(&self, index: usize, pid: u32) {
+        if let Some(r) = self.record(index) {
+            r.pid.store(pid, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees a record.
+    pub(crate) fn release(&self, index: usize) {
+        if let Some(r) = self.record(index) {
+            r.used.store(0, Ordering::Release);
+        }
+    }
+}
+
+impl Record {
+    pub(crate) fn heartbeat(&self) {
+        self.heartbeat_ms
+            .store(sys::monotonic_ms(), Ordering::Relaxed);
+    }
+    pub(crate) fn add_accepted(&self, n: u64) {
+        self.accepted.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set_active(&self, n: u64) {
+        self.active.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    pub(crate) fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// Milliseconds since the last heartbeat.
+    pub(crate) fn silent_ms(&self) -> u64 {
+        sys::monotonic_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+}
