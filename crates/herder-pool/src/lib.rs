@@ -43,8 +43,15 @@
 //! supervisor. A worker whose heartbeat is older than the heartbeat timeout gets
 //! `SIGTERM`, then `SIGKILL` after a grace period, and is replaced.
 //!
-//! Not yet here: accept locks and the control socket.
+//! For the shared-listener model, the pool can create an accept lock
+//! ([`Config::accept_lock`]): `flock`, `fcntl` record locks, or a robust process-shared
+//! `pthread` mutex, each released or handed over by the kernel when its holder dies,
+//! so a worker killed while holding it never wedges the others.
+//!
+//! Not yet here: the control socket.
 
+#[cfg(unix)]
+mod accept_lock;
 mod error;
 #[cfg(unix)]
 mod pool;
@@ -59,6 +66,8 @@ mod worker;
 #[path = "sys/unix.rs"]
 mod sys;
 
+#[cfg(unix)]
+pub use accept_lock::{AcceptLock, AcceptLockKind};
 pub use error::Error;
 #[cfg(unix)]
 pub use pool::{Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};

@@ -68,6 +68,11 @@ pub struct Config {
     /// Records in the scoreboard: the most worker processes alive at once, draining
     /// ones included. Default 1024 (64 KiB of shared memory).
     pub scoreboard_capacity: usize,
+    /// An accept lock for the workers to share ([`Worker::accept_lock`]). Default:
+    /// none.
+    ///
+    /// [`Worker::accept_lock`]: crate::Worker::accept_lock
+    pub accept_lock: Option<crate::AcceptLockKind>,
 }
 
 impl Default for Config {
@@ -88,6 +93,7 @@ impl Default for Config {
             heartbeat_timeout: None,
             kill_grace: Duration::from_secs(5),
             scoreboard_capacity: 1024,
+            accept_lock: None,
         }
     }
 }
@@ -346,7 +352,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::Io`] if the program cannot be found or the event loop not created.
-    pub fn new(config: Config, listeners: Vec<(String, OwnedFd)>) -> Result<Pool, Error> {
+    pub fn new(config: Config, mut listeners: Vec<(String, OwnedFd)>) -> Result<Pool, Error> {
         let program = match &config.program {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(Error::io("finding the current executable"))?,
@@ -355,10 +361,18 @@ impl Pool {
             .args
             .clone()
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
-        let base_env = std::env::vars_os()
-            .filter(|(k, _)| !sys::is_listen_var(k) && k != WORKER_ENV)
+        let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !sys::is_listen_var(k) && k != WORKER_ENV && k != crate::accept_lock::LOCK_ENV
+            })
             .chain(config.env.iter().cloned())
             .collect();
+        if let Some(kind) = config.accept_lock {
+            let fd =
+                crate::AcceptLock::create(kind).map_err(Error::io("creating the accept lock"))?;
+            listeners.push((crate::accept_lock::LOCK_NAME.to_string(), fd));
+            base_env.push((crate::accept_lock::LOCK_ENV.into(), kind.name().into()));
+        }
         let mut reactor = Reactor::new().map_err(Error::io("creating the event loop"))?;
         let sigchld = !cfg!(any(target_os = "linux", target_os = "android"));
         if sigchld {

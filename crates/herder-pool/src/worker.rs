@@ -1,6 +1,7 @@
 //! The worker's side: detect the worker role at the top of `main`, take the inherited
 //! descriptors, and talk to the supervisor.
 
+use crate::accept_lock::{AcceptLock, AcceptLockKind, LOCK_ENV, LOCK_NAME};
 use crate::error::Error;
 use crate::protocol;
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
@@ -141,6 +142,24 @@ impl Worker {
     /// Takes the channel to the supervisor, e.g. to register it in an event loop.
     pub fn take_channel(&mut self) -> Option<Channel> {
         self.channel.take()
+    }
+
+    /// The pool's accept lock ([`Config::accept_lock`](crate::Config::accept_lock)),
+    /// this worker's own handle on it; `None` when the pool has none (or it was taken
+    /// already).
+    ///
+    /// # Errors
+    ///
+    /// What opening the inherited lock returns.
+    pub fn accept_lock(&mut self) -> io::Result<Option<AcceptLock>> {
+        let Some(kind) = std::env::var(LOCK_ENV).ok() else {
+            return Ok(None);
+        };
+        let kind: AcceptLockKind = kind.parse()?;
+        match self.take(LOCK_NAME) {
+            Some(fd) => AcceptLock::open(kind, fd).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// This worker's record in the supervisor's scoreboard: heartbeats and load.

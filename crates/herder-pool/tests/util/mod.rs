@@ -67,6 +67,9 @@ pub fn worker_main() {
             });
         }
     }
+    if behaviour == "lock-hold" {
+        lock_loop(&mut w);
+    }
     let report = check_inheritance(&mut w);
     w.ready().expect("ready");
     let ch = w.channel().expect("channel");
@@ -187,4 +190,30 @@ pub fn start_ready(pool: &mut Pool, n: usize) -> Vec<PoolEvent> {
         all.extend(more);
     }
     all
+}
+
+/// Takes the pool's accept lock over and over; after each take, reports it and holds
+/// it for 200 ms. Ends when the supervisor goes away.
+fn lock_loop(w: &mut Worker) -> ! {
+    let mut lock = w
+        .accept_lock()
+        .expect("accept lock")
+        .expect("the pool has one");
+    w.ready().expect("ready");
+    let ch = w.channel().expect("channel");
+    ch.set_nonblocking(true).unwrap();
+    loop {
+        match ch.recv() {
+            Ok(None) => std::process::exit(0),
+            Ok(Some(_)) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => std::process::exit(1),
+        }
+        if lock.try_lock().expect("try_lock") {
+            let _ = ch.send(format!("got {}", std::process::id()).as_bytes(), &[]);
+            std::thread::sleep(Duration::from_millis(200));
+            lock.unlock().expect("unlock");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
