@@ -48,10 +48,13 @@
 //! `pthread` mutex, each released or handed over by the kernel when its holder dies,
 //! so a worker killed while holding it never wedges the others.
 //!
-//! Not yet here: the control socket.
+//! [`Pool::listen_control`] answers line-delimited JSON requests on a Unix socket
+//! (mode 0600, peer uid checked): `status`, `reload`, `scale`, `stop`.
 
 #[cfg(unix)]
 mod accept_lock;
+#[cfg(unix)]
+mod control;
 mod error;
 #[cfg(unix)]
 mod pool;
@@ -68,6 +71,8 @@ mod sys;
 
 #[cfg(unix)]
 pub use accept_lock::{AcceptLock, AcceptLockKind};
+#[cfg(unix)]
+pub use control::Command;
 pub use error::Error;
 #[cfg(unix)]
 pub use pool::{Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};

@@ -11,8 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -196,6 +198,8 @@ pub enum PoolEvent {
     },
     /// A graceful stop finished: every worker has exited.
     Stopped,
+    /// A control-socket request was carried out (its response sent).
+    Command(crate::Command),
     /// A message from a worker that is not the pool's own.
     Message {
         /// The slot it came from.
@@ -283,12 +287,18 @@ impl Slot {
 enum Source {
     /// A pool-owned descriptor: a duplicate of a worker's channel, or a pidfd.
     Fd(OwnedFd),
+    /// The control socket.
+    ControlListener(UnixListener),
+    /// A control-socket connection.
+    ControlConn(UnixStream),
 }
 
 impl AsFd for Source {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Source::Fd(fd) => fd.as_fd(),
+            Source::ControlListener(l) => l.as_fd(),
+            Source::ControlConn(c) => c.as_fd(),
         }
     }
 }
@@ -297,6 +307,15 @@ impl AsFd for Source {
 enum Watch {
     Channel(u32),
     Exit(u32),
+    ControlListener,
+    ControlConn,
+}
+
+/// A control connection's buffers.
+#[derive(Default)]
+struct ControlConn {
+    input: Vec<u8>,
+    output: Vec<u8>,
 }
 
 #[derive(Clone, Copy)]
@@ -342,6 +361,9 @@ pub struct Pool {
     board: (OwnedFd, Board),
     /// The repeating timer that checks heartbeats.
     monitor: Option<TimerId>,
+    /// The control socket's path, removed on drop.
+    control_path: Option<PathBuf>,
+    control_conns: HashMap<Key, ControlConn>,
 }
 
 impl Pool {
@@ -411,6 +433,8 @@ impl Pool {
             sigchld,
             board,
             monitor,
+            control_path: None,
+            control_conns: HashMap::new(),
         })
     }
 
@@ -634,6 +658,8 @@ impl Pool {
                 Event::Io { key, .. } => match self.watches.get(&key).copied() {
                     Some(Watch::Channel(pid)) => self.read_channel(pid, events),
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
+                    Some(Watch::ControlListener) => self.accept_control(key),
+                    Some(Watch::ControlConn) => self.serve_control(key, events),
                     None => {}
                 },
                 Event::Timer(id) if Some(id) == self.monitor => self.check_heartbeats(events),
@@ -653,6 +679,197 @@ impl Pool {
         }
         self.events = evs;
         Ok(())
+    }
+
+    /// Listens for control requests on a Unix socket at `path` (mode 0600; only this
+    /// user's processes are answered). A stale socket file left by a dead supervisor
+    /// is replaced; a live one is an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]: `AddrInUse` if another process listens there, or what binding
+    /// returns.
+    pub fn listen_control(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(Error::Io {
+                    what: "binding the control socket",
+                    source: io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another process listens there",
+                    ),
+                });
+            }
+            std::fs::remove_file(path).map_err(Error::io("removing a stale control socket"))?;
+        }
+        let listener = UnixListener::bind(path).map_err(Error::io("binding the control socket"))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(Error::io("restricting the control socket"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(Error::io("binding the control socket"))?;
+        let key = self
+            .reactor
+            .register(
+                Source::ControlListener(listener),
+                Interest::READABLE,
+                Mode::Level,
+            )
+            .map_err(Error::io("watching the control socket"))?;
+        self.watches.insert(key, Watch::ControlListener);
+        self.control_path = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    fn accept_control(&mut self, key: Key) {
+        for _ in 0..16 {
+            let accepted = match self.reactor.get(key) {
+                Some(Source::ControlListener(l)) => l.accept(),
+                _ => return,
+            };
+            let Ok((conn, _)) = accepted else { return };
+            // Only processes of the user running the pool may control it.
+            let own = herder_fd::peer_credentials(&conn).is_ok_and(|c| c.uid == sys::geteuid());
+            if !own || conn.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if let Ok(k) =
+                self.reactor
+                    .register(Source::ControlConn(conn), Interest::READABLE, Mode::Level)
+            {
+                self.watches.insert(k, Watch::ControlConn);
+                self.control_conns.insert(k, ControlConn::default());
+            }
+        }
+    }
+
+    fn serve_control(&mut self, key: Key, events: &mut Vec<PoolEvent>) {
+        let mut buf = [0u8; 4096];
+        let mut closed = false;
+        if let Some(Source::ControlConn(mut conn)) = self.reactor.get(key).map(|s| match s {
+            Source::ControlConn(c) => Source::ControlConn(c.try_clone().expect("clone")),
+            _ => unreachable!(),
+        }) {
+            // Write what is pending first.
+            if let Some(state) = self.control_conns.get_mut(&key) {
+                closed |= flush_control(&mut conn, &mut state.output);
+            }
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        let Some(state) = self.control_conns.get_mut(&key) else {
+                            break;
+                        };
+                        state.input.extend_from_slice(&buf[..n]);
+                        if state.input.len() > crate::control::MAX_LINE
+                            && !state.input.contains(&b'\n')
+                        {
+                            let _ = conn.write_all(&crate::control::error("request line too long"));
+                            closed = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            loop {
+                let line = {
+                    let Some(state) = self.control_conns.get_mut(&key) else {
+                        break;
+                    };
+                    let Some(end) = state.input.iter().position(|&b| b == b'\n') else {
+                        break;
+                    };
+                    let line: Vec<u8> = state.input.drain(..=end).collect();
+                    line
+                };
+                let reply = match crate::control::parse(&line) {
+                    Ok(cmd) => {
+                        let reply = self.execute(&cmd, events);
+                        events.push(PoolEvent::Command(cmd));
+                        reply
+                    }
+                    Err(msg) => crate::control::error(&msg),
+                };
+                if let Some(state) = self.control_conns.get_mut(&key) {
+                    state.output.extend_from_slice(&reply);
+                    closed |= flush_control(&mut conn, &mut state.output);
+                }
+            }
+            let pending = self
+                .control_conns
+                .get(&key)
+                .is_some_and(|s| !s.output.is_empty());
+            let _ = self.reactor.modify(
+                key,
+                Interest {
+                    readable: true,
+                    writable: pending,
+                },
+                Mode::Level,
+            );
+        }
+        if closed {
+            self.watches.remove(&key);
+            self.control_conns.remove(&key);
+            let _ = self.reactor.deregister(key);
+        }
+    }
+
+    /// Carries out a control request; returns the response line.
+    fn execute(&mut self, cmd: &crate::Command, events: &mut Vec<PoolEvent>) -> Vec<u8> {
+        use serde_json::json;
+        match cmd {
+            crate::Command::Status => {
+                let workers: Vec<serde_json::Value> = self
+                    .workers()
+                    .into_iter()
+                    .map(|w| {
+                        json!({
+                            "slot": w.slot,
+                            "pid": w.pid,
+                            "generation": w.generation,
+                            "state": state_name(w.state),
+                            "accepted": w.accepted,
+                            "active": w.active,
+                            "restarts": w.restarts,
+                            "last_exit": w.last_exit.map(|s| s.to_string()),
+                            "draining": w.draining,
+                        })
+                    })
+                    .collect();
+                crate::control::response(json!({
+                    "ok": true,
+                    "pid": sys::getpid(),
+                    "generation": self.generation,
+                    "stopping": self.stopping,
+                    "workers": workers,
+                }))
+            }
+            crate::Command::Reload => {
+                self.reload(events);
+                crate::control::response(json!({ "ok": true, "generation": self.generation }))
+            }
+            crate::Command::Scale(n) => {
+                self.scale(*n, events);
+                crate::control::response(json!({ "ok": true, "workers": self.slots.len() }))
+            }
+            crate::Command::Stop => {
+                self.stop(events);
+                crate::control::response(json!({ "ok": true }))
+            }
+        }
     }
 
     fn cancel_timer(&mut self, id: TimerId) {
@@ -1129,6 +1346,34 @@ impl Pool {
     }
 }
 
+/// Writes what the socket takes; `true` if the connection failed.
+fn flush_control(conn: &mut UnixStream, out: &mut Vec<u8>) -> bool {
+    while !out.is_empty() {
+        match conn.write(out) {
+            Ok(0) => return true,
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// The state's name in status responses.
+pub(crate) fn state_name(s: State) -> &'static str {
+    match s {
+        State::Starting => "starting",
+        State::Ready => "ready",
+        State::Backoff => "backoff",
+        State::Tripped => "tripped",
+        State::Fatal => "fatal",
+        State::Stopped => "stopped",
+    }
+}
+
 fn wait_blocking(pid: u32) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while sys::try_wait(pid)?.is_none() {
@@ -1142,6 +1387,9 @@ fn wait_blocking(pid: u32) -> io::Result<()> {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if let Some(path) = &self.control_path {
+            let _ = std::fs::remove_file(path);
+        }
         for pid in self.procs.keys() {
             let _ = sys::signal(*pid, libc::SIGKILL);
             let _ = wait_blocking(*pid);

@@ -308,6 +308,12 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
     cvt(unsafe { libc::kill(pid as libc::pid_t, sig) }).map(drop)
 }
 
+/// This process's effective user id.
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
 /// This process's id.
 pub(crate) fn getpid() -> u32 {
     std::process::id()

@@ -1,0 +1,93 @@
+//! The control socket: line-delimited JSON over a Unix socket, one request object
+//! per line, one response object per line.
+//!
+//! ```text
+//! {"cmd":"status"}              → {"ok":true,"generation":1,"workers":[{"slot":0,"pid":…,…}]}
+//! {"cmd":"reload"}              → {"ok":true}      (rolling restart, as SIGHUP)
+//! {"cmd":"scale","workers":4}   → {"ok":true}      (as SIGTTIN/SIGTTOU)
+//! {"cmd":"stop"}                → {"ok":true}      (graceful stop, as SIGTERM)
+//! anything else                 → {"ok":false,"error":"…"}
+//! ```
+
+use serde_json::{Value, json};
+
+/// The longest request line accepted; a longer one closes the connection.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+
+/// A request from the control socket, as [`PoolEvent::Command`](crate::PoolEvent::Command)
+/// reports it after the pool carried it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// `{"cmd":"status"}`.
+    Status,
+    /// `{"cmd":"reload"}`: a rolling restart.
+    Reload,
+    /// `{"cmd":"scale","workers":N}`.
+    Scale(usize),
+    /// `{"cmd":"stop"}`: a graceful stop.
+    Stop,
+}
+
+/// Parses one request line.
+pub(crate) fn parse(line: &[u8]) -> Result<Command, String> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    let cmd = v
+        .get("cmd")
+        .and_then(Value::as_str)
+        .ok_or("no \"cmd\" string")?;
+    match cmd {
+        "status" => Ok(Command::Status),
+        "reload" => Ok(Command::Reload),
+        "stop" => Ok(Command::Stop),
+        "scale" => {
+            let n = v
+                .get("workers")
+                .and_then(Value::as_u64)
+                .ok_or("scale needs \"workers\": a count")?;
+            if n == 0 || n > 4096 {
+                return Err("workers must be between 1 and 4096".into());
+            }
+            Ok(Command::Scale(n as usize))
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+/// A response line (with its newline).
+pub(crate) fn response(v: Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&v).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    out.push(b'\n');
+    out
+}
+
+pub(crate) fn error(msg: &str) -> Vec<u8> {
+    response(json!({ "ok": false, "error": msg }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_garbage_is_refused() {
+        assert_eq!(parse(br#"{"cmd":"status"}"#), Ok(Command::Status));
+        assert_eq!(
+            parse(br#"{"cmd":"scale","workers":3}"#),
+            Ok(Command::Scale(3))
+        );
+        assert_eq!(parse(br#" {"cmd" : "reload"} "#), Ok(Command::Reload));
+        for bad in [
+            &b"status"[..],
+            b"{}",
+            br#"{"cmd":1}"#,
+            br#"{"cmd":"scale"}"#,
+            br#"{"cmd":"scale","workers":0}"#,
+            br#"{"cmd":"rm -rf"}"#,
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

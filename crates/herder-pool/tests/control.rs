@@ -1,0 +1,122 @@
+//! The control socket: status, scale, reload and stop as line-delimited JSON, garbage
+//! refused, mode 0600, and a stale socket file replaced.
+#![cfg(target_os = "linux")]
+
+mod util;
+
+use herder_pool::{Command, Pool, PoolEvent};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+#[test]
+fn worker_entry() {
+    util::worker_main();
+}
+
+/// Sends each request and collects each response line.
+fn client(
+    path: std::path::PathBuf,
+    requests: Vec<&'static str>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut out = Vec::new();
+        for req in requests {
+            c.write_all(req.as_bytes()).unwrap();
+            c.write_all(b"\n").unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            out.push(line);
+        }
+        out
+    })
+}
+
+#[test]
+fn status_scale_reload_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    std::fs::write(&path, b"").unwrap(); // a stale file in the way is replaced
+    let mut pool = Pool::new(util::config(2, "ready"), Vec::new()).unwrap();
+    pool.listen_control(&path).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    util::start_ready(&mut pool, 2);
+
+    let requests = vec![
+        r#"{"cmd":"status"}"#,
+        "this is not json",
+        r#"{"cmd":"scale","workers":3}"#,
+        r#"{"cmd":"reload"}"#,
+        r#"{"cmd":"stop"}"#,
+    ];
+    let handle = client(path.clone(), requests);
+    let mut commands = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(handle.is_finished() && pool.is_stopped()) {
+        assert!(Instant::now() < deadline, "control session did not finish");
+        let mut events = Vec::new();
+        pool.poll(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        for e in events {
+            if let PoolEvent::Command(c) = e {
+                commands.push(c);
+            }
+        }
+    }
+    let replies = handle.join().unwrap();
+    let status: serde_json::Value = serde_json::from_str(&replies[0]).unwrap();
+    assert_eq!(status["ok"], true);
+    let workers = status["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for (i, w) in workers.iter().enumerate() {
+        assert_eq!(w["slot"], i);
+        assert_eq!(w["state"], "ready");
+        assert!(w["pid"].as_u64().unwrap() > 0);
+        for field in ["generation", "accepted", "active", "restarts", "last_exit"] {
+            assert!(w.get(field).is_some(), "status lacks {field}");
+        }
+    }
+    let bad: serde_json::Value = serde_json::from_str(&replies[1]).unwrap();
+    assert_eq!(bad["ok"], false);
+    assert!(bad["error"].as_str().unwrap().contains("not JSON"));
+    let scaled: serde_json::Value = serde_json::from_str(&replies[2]).unwrap();
+    assert_eq!(
+        (scaled["ok"].clone(), scaled["workers"].clone()),
+        (true.into(), 3.into())
+    );
+    let reload: serde_json::Value = serde_json::from_str(&replies[3]).unwrap();
+    assert_eq!(reload["generation"], 2);
+    assert_eq!(replies[4].trim(), r#"{"ok":true}"#);
+    assert_eq!(
+        commands,
+        [
+            Command::Status,
+            Command::Scale(3),
+            Command::Reload,
+            Command::Stop
+        ]
+    );
+    drop(pool);
+    assert!(!path.exists(), "the socket file is removed");
+}
+
+#[test]
+fn a_live_control_socket_is_not_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut first = Pool::new(util::config(1, "ready"), Vec::new()).unwrap();
+    first.listen_control(&path).unwrap();
+    let mut second = Pool::new(util::config(1, "ready"), Vec::new()).unwrap();
+    let err = second.listen_control(&path).unwrap_err();
+    assert_eq!(
+        std::io::Error::from(err).kind(),
+        std::io::ErrorKind::AddrInUse
+    );
+}
