@@ -75,6 +75,6 @@ pub use accept_lock::{AcceptLock, AcceptLockKind};
 pub use control::Command;
 pub use error::Error;
 #[cfg(unix)]
-pub use pool::{Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};
+pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};
 #[cfg(unix)]
 pub use worker::{CHANNEL_NAME, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready};

@@ -70,6 +70,14 @@ pub struct Config {
     /// Records in the scoreboard: the most worker processes alive at once, draining
     /// ones included. Default 1024 (64 KiB of shared memory).
     pub scoreboard_capacity: usize,
+    /// Recycle a worker after it has taken about this many connections (±10 %, so
+    /// that workers started together are not recycled together): a successor is
+    /// started and the old worker drains once it is ready. At most one slot recycles
+    /// at a time. Default: none (workers are never recycled).
+    pub max_connections: Option<u64>,
+    /// Scale with the load between a minimum and a maximum of workers. Default: none
+    /// (the number of workers changes only when asked).
+    pub autoscale: Option<Autoscale>,
     /// An accept lock for the workers to share ([`Worker::accept_lock`]). Default:
     /// none.
     ///
@@ -96,6 +104,37 @@ impl Default for Config {
             kill_grace: Duration::from_secs(5),
             scoreboard_capacity: 1024,
             accept_lock: None,
+            max_connections: None,
+            autoscale: None,
+        }
+    }
+}
+
+/// Load-driven scaling, Apache-style: once a second, if every ready worker is busy,
+/// start 1, then 2, 4, … (at most 32) more per second while it lasts, up to `max`; if
+/// at least two workers have been idle for `idle_after`, retire one, down to `min`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Autoscale {
+    /// The fewest workers.
+    pub min: usize,
+    /// The most workers.
+    pub max: usize,
+    /// A worker with at least this many open connections is busy.
+    pub busy_connections: u64,
+    /// How long two workers must have had no connection before one is retired.
+    pub idle_after: Duration,
+}
+
+impl Autoscale {
+    /// Scaling between `min` and `max` workers, a worker being busy at
+    /// `busy_connections` open connections, and idle ones retired after 10 s.
+    pub fn new(min: usize, max: usize, busy_connections: u64) -> Autoscale {
+        Autoscale {
+            min: min.max(1),
+            max: max.max(min.max(1)),
+            busy_connections,
+            idle_after: Duration::from_secs(10),
         }
     }
 }
@@ -198,8 +237,16 @@ pub enum PoolEvent {
     },
     /// A graceful stop finished: every worker has exited.
     Stopped,
-    /// A control-socket request was carried out (its response sent).
+    /// A control-socket request or an operator's signal was carried out.
     Command(crate::Command),
+    /// A worker reached its connection limit: a successor is starting, and it will
+    /// drain once the successor is ready.
+    Recycling {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+    },
     /// A message from a worker that is not the pool's own.
     Message {
         /// The slot it came from.
@@ -249,6 +296,8 @@ struct Proc {
     timer: Option<TimerId>,
     /// Its scoreboard record.
     record: Option<usize>,
+    /// Connections after which it is recycled.
+    recycle_at: Option<u64>,
     /// Sent `SIGTERM` for a stopped heartbeat.
     hung: bool,
 }
@@ -364,6 +413,16 @@ pub struct Pool {
     /// The control socket's path, removed on drop.
     control_path: Option<PathBuf>,
     control_conns: HashMap<Key, ControlConn>,
+    /// Whether the operator's signals are handled ([`Pool::handle_signals`]).
+    signals: bool,
+    /// The slot whose worker is being recycled.
+    recycling: Option<usize>,
+    /// The once-a-second timer of recycling and scaling.
+    housekeeping: Option<TimerId>,
+    /// Autoscale state: how many to add next time, and for how many ticks two
+    /// workers have been idle.
+    scale_step: usize,
+    idle_ticks: u32,
 }
 
 impl Pool {
@@ -404,6 +463,11 @@ impl Pool {
         }
         let board = Board::create(config.scoreboard_capacity.max(1))
             .map_err(Error::io("creating the scoreboard"))?;
+        let housekeeping =
+            (config.max_connections.is_some() || config.autoscale.is_some()).then(|| {
+                let every = Duration::from_secs(1);
+                reactor.add_timer(Instant::now() + every, Some(every))
+            });
         let monitor = config.heartbeat_timeout.map(|t| {
             let every = (t / 4).max(Duration::from_millis(10));
             reactor.add_timer(Instant::now() + every, Some(every))
@@ -435,6 +499,11 @@ impl Pool {
             monitor,
             control_path: None,
             control_conns: HashMap::new(),
+            signals: false,
+            recycling: None,
+            housekeeping,
+            scale_step: 1,
+            idle_ticks: 0,
         })
     }
 
@@ -663,6 +732,13 @@ impl Pool {
                     None => {}
                 },
                 Event::Timer(id) if Some(id) == self.monitor => self.check_heartbeats(events),
+                Event::Timer(id) if Some(id) == self.housekeeping => {
+                    self.recycle(events);
+                    self.autoscale(events);
+                }
+                Event::Signal(sig) if self.signals && sig != Signal::Child => {
+                    self.on_signal(sig, events)
+                }
                 Event::Timer(id) => match self.timers.remove(&id) {
                     Some(TimerFor::Slot(slot)) => self.on_backoff_over(slot, events),
                     Some(TimerFor::Proc(pid)) => self.on_proc_timer(pid),
@@ -872,6 +948,130 @@ impl Pool {
         }
     }
 
+    /// Handles the operator's signals the usual way: `SIGTERM` and `SIGINT` stop
+    /// gracefully, `SIGHUP` reloads, `SIGTTIN` and `SIGTTOU` add and remove a worker.
+    /// Each is also reported as a [`PoolEvent::Command`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if another event loop of this process watches signals.
+    pub fn handle_signals(&mut self) -> Result<(), Error> {
+        self.reactor
+            .watch_signals(&[
+                Signal::Terminate,
+                Signal::Interrupt,
+                Signal::Hangup,
+                Signal::TtyIn,
+                Signal::TtyOut,
+            ])
+            .map_err(Error::io("watching signals"))?;
+        self.signals = true;
+        Ok(())
+    }
+
+    fn on_signal(&mut self, sig: Signal, events: &mut Vec<PoolEvent>) {
+        let cmd = match sig {
+            Signal::Terminate | Signal::Interrupt => crate::Command::Stop,
+            Signal::Hangup => crate::Command::Reload,
+            Signal::TtyIn => crate::Command::Scale(self.slots.len() + 1),
+            Signal::TtyOut => crate::Command::Scale(self.slots.len().saturating_sub(1).max(1)),
+            other => {
+                events.push(PoolEvent::Other(Event::Signal(other)));
+                return;
+            }
+        };
+        self.execute(&cmd, events);
+        events.push(PoolEvent::Command(cmd));
+    }
+
+    /// Starts a successor for one worker past its connection limit.
+    fn recycle(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping || self.reloading.is_some() {
+            return;
+        }
+        if let Some(slot) = self.recycling {
+            // Done once nothing of the slot is starting any more.
+            let busy = self
+                .procs
+                .values()
+                .any(|p| p.slot == slot && !p.ready && !p.draining);
+            if busy {
+                return;
+            }
+            self.recycling = None;
+        }
+        // The oldest worker past its limit goes first.
+        let due = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                let pid = s.current?;
+                let p = self.procs.get(&pid)?;
+                let r = self.board.1.record(p.record?)?;
+                (p.ready && !p.draining && r.accepted() >= p.recycle_at?).then_some((
+                    p.started_at,
+                    slot,
+                    pid,
+                ))
+            })
+            .min()
+            .map(|(_, slot, pid)| (slot, pid));
+        if let Some((slot, pid)) = due {
+            self.recycling = Some(slot);
+            events.push(PoolEvent::Recycling { slot, pid });
+            self.spawn_successor(slot, events);
+        }
+    }
+
+    /// Adds workers while all are busy, removes one when two have been idle.
+    fn autoscale(&mut self, events: &mut Vec<PoolEvent>) {
+        let Some(auto) = self.config.autoscale.clone() else {
+            return;
+        };
+        if self.stopping || self.reloading.is_some() {
+            return;
+        }
+        let ready: Vec<u64> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let p = self.procs.get(&s.current?)?;
+                p.ready.then(|| {
+                    p.record
+                        .and_then(|i| self.board.1.record(i))
+                        .map_or(0, |r| r.active())
+                })
+            })
+            .collect();
+        let n = self.slots.len();
+        if !ready.is_empty() && ready.iter().all(|&a| a >= auto.busy_connections) && n < auto.max {
+            let add = self.scale_step.min(auto.max - n);
+            self.scale_step = (self.scale_step * 2).min(32);
+            self.idle_ticks = 0;
+            self.scale(n + add, events);
+            return;
+        }
+        self.scale_step = 1;
+        if ready.iter().filter(|&&a| a == 0).count() >= 2 && n > auto.min {
+            self.idle_ticks += 1;
+            if Duration::from_secs(u64::from(self.idle_ticks)) >= auto.idle_after {
+                self.idle_ticks = 0;
+                self.scale(n - 1, events);
+            }
+        } else {
+            self.idle_ticks = 0;
+        }
+    }
+
+    /// xorshift64: jitter needs no cryptography.
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
     fn cancel_timer(&mut self, id: TimerId) {
         self.timers.remove(&id);
         self.reactor.cancel_timer(id);
@@ -929,6 +1129,11 @@ impl Pool {
         parent.set_nonblocking(true).map_err(spawn_err)?;
         let generation = self.generation;
         let record = self.board.1.assign(0, slot, generation);
+        let recycle_at = self.config.max_connections.map(|max| {
+            // ±10 %, so that workers started together are not recycled together.
+            let factor = 0.9 + (self.next_random() % 201) as f64 / 1000.0;
+            ((max as f64 * factor) as u64).max(1)
+        });
         let mut env = self.base_env.clone();
         let role = match record {
             Some(r) => format!("{slot}:{generation}:{r}"),
@@ -1007,6 +1212,7 @@ impl Pool {
                 started_at: Instant::now(),
                 timer: None,
                 record,
+                recycle_at,
                 hung: false,
             },
         );
@@ -1273,10 +1479,8 @@ impl Pool {
             .saturating_mul(1 << exp)
             .min(cfg.backoff_max);
         // Jitter of ±20 %, so that slots that crashed together do not restart together.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let factor = 0.8 + (self.rng % 401) as f64 / 1000.0;
+        let factor = 0.8 + (self.next_random() % 401) as f64 / 1000.0;
+        let s = &mut self.slots[slot];
         let delay = base.mul_f64(factor);
         s.state = State::Backoff;
         let timer = self.reactor.add_timer(now + delay, None);

@@ -54,6 +54,12 @@ pub fn worker_main() {
             card.add_accepted(7);
             card.set_active(3);
         }
+        if behaviour == "over-limit" {
+            card.add_accepted(100);
+        }
+        if behaviour == "busy" {
+            card.set_active(5);
+        }
         if behaviour == "hang-ignore-term" {
             // SAFETY: ignoring a signal has no memory-safety preconditions.
             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
