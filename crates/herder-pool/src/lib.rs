@@ -56,6 +56,7 @@ mod accept_lock;
 #[cfg(unix)]
 mod control;
 mod error;
+mod listener;
 #[cfg(unix)]
 mod pool;
 #[cfg(unix)]
@@ -74,6 +75,7 @@ pub use accept_lock::{AcceptLock, AcceptLockKind};
 #[cfg(unix)]
 pub use control::Command;
 pub use error::Error;
+pub use listener::reuseport_listener;
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};
 #[cfg(unix)]

@@ -315,6 +315,9 @@ struct Slot {
     last_exit: Option<ExitStatus>,
     /// The back-off timer.
     timer: Option<TimerId>,
+    /// Descriptors for this slot's workers only (e.g. its own `SO_REUSEPORT`
+    /// listener), kept across restarts so nothing queued on them is lost.
+    own: Vec<(String, OwnedFd)>,
 }
 
 impl Slot {
@@ -328,6 +331,7 @@ impl Slot {
             restarts: 0,
             last_exit: None,
             timer: None,
+            own: Vec::new(),
         }
     }
 }
@@ -423,7 +427,12 @@ pub struct Pool {
     /// workers have been idle.
     scale_step: usize,
     idle_ticks: u32,
+    /// Makes the descriptors of a new slot ([`Pool::set_slot_listeners`]).
+    slot_listeners: Option<SlotListeners>,
 }
+
+/// Makes a slot's own descriptors.
+type SlotListeners = Box<dyn FnMut(usize) -> io::Result<Vec<(String, OwnedFd)>>>;
 
 impl Pool {
     /// Creates a pool that hands `listeners` (name, descriptor) to every worker as
@@ -504,6 +513,7 @@ impl Pool {
             housekeeping,
             scale_step: 1,
             idle_ticks: 0,
+            slot_listeners: None,
         })
     }
 
@@ -642,8 +652,21 @@ impl Pool {
             }
         }
         while self.slots.len() < n {
-            self.slots.push(Slot::new(self.generation));
-            let slot = self.slots.len() - 1;
+            let slot = self.slots.len();
+            let mut s = Slot::new(self.generation);
+            if let Some(make) = self.slot_listeners.as_mut() {
+                match make(slot) {
+                    Ok(own) => s.own = own,
+                    Err(source) => {
+                        events.push(PoolEvent::SpawnFailed {
+                            slot,
+                            error: Error::Spawn { slot, source },
+                        });
+                        return;
+                    }
+                }
+            }
+            self.slots.push(s);
             self.spawn(slot, events);
         }
     }
@@ -948,6 +971,20 @@ impl Pool {
         }
     }
 
+    /// Gives every slot descriptors of its own, made by `make(slot)` when the slot is
+    /// created and kept until it is removed: the `SO_REUSEPORT` strategy, where each
+    /// slot has its own listener in one port group (see [`reuseport_listener`]). A
+    /// replacement worker takes over its slot's listener with whatever connections wait
+    /// on it. Call before [`start`](Self::start).
+    ///
+    /// [`reuseport_listener`]: crate::reuseport_listener
+    pub fn set_slot_listeners(
+        &mut self,
+        make: impl FnMut(usize) -> io::Result<Vec<(String, OwnedFd)>> + 'static,
+    ) {
+        self.slot_listeners = Some(Box::new(make));
+    }
+
     /// Handles the operator's signals the usual way: `SIGTERM` and `SIGINT` stop
     /// gracefully, `SIGHUP` reloads, `SIGTTIN` and `SIGTTOU` add and remove a worker.
     /// Each is also reported as a [`PoolEvent::Command`].
@@ -1144,6 +1181,7 @@ impl Pool {
         let mut fds: Vec<(BorrowedFd<'_>, &str)> = self
             .listeners
             .iter()
+            .chain(&self.slots[slot].own)
             .map(|(n, fd)| (fd.as_fd(), n.as_str()))
             .collect();
         fds.push((child_fd.as_fd(), CHANNEL_NAME));

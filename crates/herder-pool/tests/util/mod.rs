@@ -76,6 +76,18 @@ pub fn worker_main() {
     if behaviour == "lock-hold" {
         lock_loop(&mut w);
     }
+    if behaviour == "accept" {
+        // Answer every connection on the slot's own listener with this pid.
+        let l = w.take_listener("listener").expect("a listener");
+        l.set_nonblocking(false).unwrap();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let mut conn = conn.unwrap();
+                use std::io::Write;
+                let _ = write!(conn, "{}", std::process::id());
+            }
+        });
+    }
     let report = check_inheritance(&mut w);
     w.ready().expect("ready");
     let ch = w.channel().expect("channel");
