@@ -220,6 +220,8 @@ pub struct Stats {
     pub active: usize,
     /// Failed `accept` calls other than `WouldBlock`.
     pub accept_errors: u64,
+    /// Re-registrations of `EPOLLEXCLUSIVE` listeners (Linux).
+    pub rearms: u64,
 }
 
 /// Many buffered connections, each served by its own [`Service`] value, in one
@@ -274,6 +276,8 @@ pub struct Server<Svc: Service + 'static> {
     /// Connection timers (idle or linger) and the connection each belongs to.
     conn_timers: HashMap<TimerId, Key>,
     listener_retry: HashMap<TimerId, Key>,
+    /// Re-arm timers of `EPOLLEXCLUSIVE` listeners, and their current keys.
+    rearm: HashMap<TimerId, Key>,
     drain_deadline: Option<TimerId>,
     draining: bool,
     stats: Stats,
@@ -298,6 +302,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             events: Vec::new(),
             conn_timers: HashMap::new(),
             listener_retry: HashMap::new(),
+            rearm: HashMap::new(),
             drain_deadline: None,
             draining: false,
             stats: Stats::default(),
@@ -367,6 +372,61 @@ impl<Svc: Service + 'static> Server<Svc> {
     pub fn resume_listener(&mut self, key: Key) -> io::Result<()> {
         self.listener_mut(key)?.user_paused = false;
         self.reactor.modify(key, Interest::READABLE, Mode::Level)
+    }
+
+    /// Adds a listener with `EPOLLEXCLUSIVE`, re-registered every `rearm` (Linux).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) fn add_exclusive_listener_inner(
+        &mut self,
+        listener: TcpListener,
+        rearm: Option<Duration>,
+    ) -> io::Result<Key> {
+        use crate::os::linux::ReactorExt;
+        listener.set_nonblocking(true)?;
+        let key = self.reactor.register_exclusive(Entry::Listener(Listener {
+            listener,
+            user_paused: false,
+        }))?;
+        if let Some(every) = rearm {
+            let every = every.max(Duration::from_millis(1));
+            let id = self
+                .reactor
+                .add_timer(later(Instant::now(), every), Some(every));
+            self.rearm.insert(id, key);
+        }
+        Ok(key)
+    }
+
+    /// Registers an exclusive listener again: its wait-queue entry moves to the tail,
+    /// so the kernel's wake-ups rotate among the processes sharing the listener
+    /// instead of favouring the same one.
+    fn rearm_exclusive(&mut self, id: TimerId, key: Key) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use crate::os::linux::ReactorExt;
+            if !matches!(self.reactor.get(key), Some(Entry::Listener(_))) {
+                self.rearm.remove(&id);
+                self.reactor.cancel_timer(id);
+                return;
+            }
+            let Ok(entry) = self.reactor.deregister(key) else {
+                return;
+            };
+            match self.reactor.register_exclusive(entry) {
+                Ok(new) => {
+                    self.rearm.insert(id, new);
+                    self.stats.rearms += 1;
+                }
+                Err(_) => {
+                    self.rearm.remove(&id);
+                    self.reactor.cancel_timer(id);
+                }
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = (id, key);
+        }
     }
 
     fn listener_mut(&mut self, key: Key) -> io::Result<&mut Listener> {
@@ -580,6 +640,9 @@ impl<Svc: Service + 'static> Server<Svc> {
         for key in listeners {
             let _ = self.reactor.deregister(key);
         }
+        for (id, _) in self.rearm.drain() {
+            self.reactor.cancel_timer(id);
+        }
         for (id, _) in self.listener_retry.drain() {
             self.reactor.cancel_timer(id);
         }
@@ -627,6 +690,8 @@ impl<Svc: Service + 'static> Server<Svc> {
                 Event::Timer(id) => {
                     if let Some(key) = self.conn_timers.remove(&id) {
                         self.on_conn_timer(key, id);
+                    } else if let Some(key) = self.rearm.get(&id).copied() {
+                        self.rearm_exclusive(id, key);
                     } else if let Some(key) = self.listener_retry.remove(&id) {
                         if let Ok(l) = self.listener_mut(key) {
                             if !l.user_paused {

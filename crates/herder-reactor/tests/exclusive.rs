@@ -73,3 +73,60 @@ fn a_plain_listener_pauses_and_resumes_with_modify() {
         matches!(e, Event::Io { .. })
     });
 }
+
+#[test]
+fn a_server_serves_an_exclusive_listener_across_rearms() {
+    use herder_reactor::os::linux::ServerExt;
+    use herder_reactor::{Config, Server};
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let c2 = closed.clone();
+    let mut server = Server::new(Config::default(), move |_| util::Echo {
+        closed: c2.clone(),
+    })
+    .unwrap();
+    let l = listener();
+    let addr = l.local_addr().unwrap();
+    server
+        .add_exclusive_listener(l, Some(Duration::from_millis(5)))
+        .unwrap();
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut serve = |server: &mut Server<util::Echo>, i: usize| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_nonblocking(true).unwrap();
+        c.write_all(format!("{i}").as_bytes()).unwrap();
+        let mut buf = [0u8; 8];
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connection {i} not served"
+            );
+            server
+                .poll(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            if let Ok(n) = c.read(&mut buf) {
+                assert_eq!(&buf[..n], format!("{i}").as_bytes());
+                break;
+            }
+        }
+    };
+    for i in 0..10 {
+        serve(&mut server, i);
+    }
+    // Let several re-arms happen, then serve through the renewed registration.
+    while server.stats().rearms < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener was never re-armed"
+        );
+        server
+            .poll(&mut Vec::new(), Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    for i in 10..20 {
+        serve(&mut server, i);
+    }
+    assert_eq!(server.stats().accepted, 20);
+}

@@ -9,6 +9,7 @@ mod sealed {
 }
 
 impl<S: Source> sealed::Sealed for Reactor<S> {}
+impl<Svc: crate::Service + 'static> sealed::Sealed for crate::Server<Svc> {}
 
 /// Linux extensions of [`Reactor`].
 pub trait ReactorExt<S>: sealed::Sealed {
@@ -54,5 +55,40 @@ impl<S: Source> ReactorExt<S> for Reactor<S> {
             // dropping it, as for every registration.
             unsafe { crate::sys::add_exclusive(poller.as_fd(), source.as_fd(), key.0) }
         })
+    }
+}
+
+/// Linux extensions of [`Server`](crate::Server).
+pub trait ServerExt: sealed::Sealed {
+    /// Accepts from `listener`, registered with `EPOLLEXCLUSIVE`: of the processes
+    /// sharing it, a new connection wakes one instead of all. Every `rearm` the
+    /// registration is renewed, which moves this process to the back of the kernel's
+    /// wake-up queue: without it, the process that registered first takes nearly every
+    /// connection (wake-ups favour the head of the queue). `None` never renews.
+    ///
+    /// The listener cannot be paused ([`Server::pause_listener`] fails); it is closed
+    /// by [`Server::drain`] like any other.
+    ///
+    /// [`Server::pause_listener`]: crate::Server::pause_listener
+    /// [`Server::drain`]: crate::Server::drain
+    ///
+    /// # Errors
+    ///
+    /// What `epoll_ctl(2)` returns.
+    #[doc(alias = "EPOLLEXCLUSIVE")]
+    fn add_exclusive_listener(
+        &mut self,
+        listener: std::net::TcpListener,
+        rearm: Option<std::time::Duration>,
+    ) -> io::Result<Key>;
+}
+
+impl<Svc: crate::Service + 'static> ServerExt for crate::Server<Svc> {
+    fn add_exclusive_listener(
+        &mut self,
+        listener: std::net::TcpListener,
+        rearm: Option<std::time::Duration>,
+    ) -> io::Result<Key> {
+        self.add_exclusive_listener_inner(listener, rearm)
     }
 }
