@@ -24,9 +24,11 @@ use std::net::{SocketAddr, TcpListener};
 /// # Examples
 ///
 /// ```
+/// # #[cfg(unix)] {
 /// let a = herder_pool::reuseport_listener("127.0.0.1:0".parse().unwrap())?;
 /// let b = herder_pool::reuseport_listener(a.local_addr()?)?;
 /// assert_eq!(a.local_addr()?, b.local_addr()?);
+/// # }
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[doc(alias = "SO_REUSEPORT")]
