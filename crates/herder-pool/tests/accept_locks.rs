@@ -6,6 +6,9 @@
 mod util;
 
 use herder_pool::{AcceptLockKind, Pool, PoolEvent};
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 #[test]
@@ -49,7 +52,9 @@ fn survive_holder_kills(kind: AcceptLockKind) {
         let mut config = util::config(3, "lock-hold");
         config.accept_lock = Some(kind);
         config.breaker_failures = 100;
-        let mut pool = Pool::new(config, Vec::new()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut pool = Pool::new(config, vec![("web".into(), OwnedFd::from(listener))]).unwrap();
         util::start_ready(&mut pool, 3);
         let mut killed = Vec::new();
         for round in 0..3 {
@@ -69,9 +74,24 @@ fn survive_holder_kills(kind: AcceptLockKind) {
                 killed.push(other);
             }
         }
-        // Someone else, alive, takes it after all that.
+        // Someone else, alive, takes it after all that, and accepts under it.
         let holder = next_holder(&mut pool, &killed);
         assert!(pool.pids().contains(&holder));
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut s = String::new();
+            c.read_to_string(&mut s).unwrap();
+            s.parse::<u32>().unwrap()
+        });
+        while !client.is_finished() {
+            util::poll_for(&mut pool, Duration::from_millis(20));
+        }
+        let server = client.join().unwrap();
+        assert!(
+            pool.pids().contains(&server) && !killed.contains(&server),
+            "{kind}: answered by {server}"
+        );
     }
     assert_eq!(
         shm_entries(),

@@ -217,6 +217,12 @@ fn lock_loop(w: &mut Worker) -> ! {
         .accept_lock()
         .expect("accept lock")
         .expect("the pool has one");
+    // With a shared listener, the holder accepts (and answers with its pid) while it
+    // holds the lock — the accept-mutex pattern.
+    let listener = w.take_listener("web");
+    if let Some(l) = &listener {
+        l.set_nonblocking(true).unwrap();
+    }
     w.ready().expect("ready");
     let ch = w.channel().expect("channel");
     ch.set_nonblocking(true).unwrap();
@@ -229,7 +235,14 @@ fn lock_loop(w: &mut Worker) -> ! {
         }
         if lock.try_lock().expect("try_lock") {
             let _ = ch.send(format!("got {}", std::process::id()).as_bytes(), &[]);
-            std::thread::sleep(Duration::from_millis(200));
+            let until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < until {
+                if let Some(Ok((mut conn, _))) = listener.as_ref().map(|l| l.accept()) {
+                    use std::io::Write;
+                    let _ = write!(conn, "{}", std::process::id());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
             lock.unlock().expect("unlock");
         }
         std::thread::sleep(Duration::from_millis(2));
