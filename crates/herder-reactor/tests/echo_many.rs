@@ -6,7 +6,6 @@ mod util;
 use herder_reactor::Config;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A deterministic pseudo-random payload of up to 16 KiB for connection `i`.
@@ -26,13 +25,7 @@ fn payload(i: usize) -> Vec<u8> {
 #[test]
 fn a_thousand_concurrent_echo_connections() {
     const N: usize = 1000;
-    let closed = Arc::new(Mutex::new(Vec::new()));
-    let c2 = closed.clone();
-    let server = util::spawn_server(
-        Config::default(),
-        move || util::Echo { closed: c2.clone() },
-        |_| {},
-    );
+    let (server, closed) = util::echo_server(Config::default());
 
     let mut conns: Vec<TcpStream> = (0..N)
         .map(|_| TcpStream::connect(server.addr).unwrap())

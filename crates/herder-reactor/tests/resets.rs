@@ -6,7 +6,6 @@ mod util;
 use herder_reactor::Config;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn echo_once(addr: std::net::SocketAddr, msg: &[u8]) -> Vec<u8> {
@@ -78,13 +77,7 @@ fn socket_linger_zero(c: &TcpStream) {
 
 #[test]
 fn half_close_flushes_then_closes() {
-    let closed = Arc::new(Mutex::new(Vec::new()));
-    let c2 = closed.clone();
-    let server = util::spawn_server(
-        Config::default(),
-        move || util::Echo { closed: c2.clone() },
-        |_| {},
-    );
+    let (server, closed) = util::echo_server(Config::default());
     assert_eq!(echo_once(server.addr, b"half-closed"), b"half-closed");
     util::wait_for("close", || closed.lock().unwrap().len() == 1);
     assert_eq!(closed.lock().unwrap()[0], "Eof");
@@ -93,13 +86,7 @@ fn half_close_flushes_then_closes() {
 
 #[test]
 fn resets_and_vanished_peers_do_not_stop_the_loop() {
-    let closed = Arc::new(Mutex::new(Vec::new()));
-    let c2 = closed.clone();
-    let server = util::spawn_server(
-        Config::default(),
-        move || util::Echo { closed: c2.clone() },
-        |_| {},
-    );
+    let (server, closed) = util::echo_server(Config::default());
 
     // A reset while the server has nothing to say.
     let c = served(server.addr);

@@ -407,19 +407,41 @@ fn anonymous_shm() -> io::Result<OwnedFd> {
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn anonymous_shm() -> io::Result<OwnedFd> {
-    for attempt in 0..16u32 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = CString::new(format!("/herder-{}-{nanos}-{attempt}", getpid())).expect("no NUL");
-        // SAFETY: `name` is NUL-terminated; O_EXCL never opens someone else's object.
-        let fd = unsafe {
+    let fd = create_unnamed(
+        Path::new("/herder-shm"),
+        // SAFETY: the name is NUL-terminated; O_EXCL never opens someone else's object.
+        |name| unsafe {
             libc::shm_open(
                 name.as_ptr(),
                 libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
                 0o600,
             )
-        };
+        },
+        // SAFETY: removes only the name just created.
+        |name| unsafe { libc::shm_unlink(name.as_ptr()) },
+    )?;
+    // SAFETY: sets a descriptor flag on a descriptor we own.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(fd)
+}
+
+/// Creates an object under a fresh name `PREFIX-PID-NANOS-N` with `open` (which must
+/// use `O_EXCL`), and removes the name at once with `unlink`: only the descriptor
+/// remains, so nothing is left behind if the process dies.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn create_unnamed(
+    prefix: &Path,
+    open: impl Fn(&CString) -> libc::c_int,
+    unlink: impl Fn(&CString) -> libc::c_int,
+) -> io::Result<OwnedFd> {
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut name = prefix.as_os_str().to_owned();
+        name.push(format!("-{}-{nanos}-{attempt}", getpid()));
+        let name = cstring(name.as_bytes())?;
+        let fd = open(&name);
         if fd < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::AlreadyExists {
@@ -427,17 +449,13 @@ fn anonymous_shm() -> io::Result<OwnedFd> {
             }
             return Err(e);
         }
-        // SAFETY: unlinks the name just created, so nothing outlives the descriptors.
-        unsafe { libc::shm_unlink(name.as_ptr()) };
+        unlink(&name);
         // SAFETY: a new descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sets a descriptor flag on a descriptor we own.
-        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
-        return Ok(fd);
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
-        "no free shared memory name",
+        "no free name for an anonymous object",
     ))
 }
 
@@ -496,37 +514,19 @@ pub(crate) fn anonymous_file() -> io::Result<OwnedFd> {
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
-        let dir = std::env::temp_dir();
-        for attempt in 0..16u32 {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let path = dir.join(format!("herder-lock-{}-{nanos}-{attempt}", getpid()));
-            let c = cstring(path.as_os_str().as_bytes())?;
-            // SAFETY: `c` is NUL-terminated; O_EXCL never opens someone else's file.
-            let fd = unsafe {
+        create_unnamed(
+            &std::env::temp_dir().join("herder-lock"),
+            // SAFETY: the name is NUL-terminated; O_EXCL never opens someone else's file.
+            |name| unsafe {
                 libc::open(
-                    c.as_ptr(),
+                    name.as_ptr(),
                     libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
                     0o600,
                 )
-            };
-            if fd < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    continue;
-                }
-                return Err(e);
-            }
-            // SAFETY: removes the name just created; the descriptor keeps the file.
-            unsafe { libc::unlink(c.as_ptr()) };
-            // SAFETY: a new descriptor owned by nobody else.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "no free temporary file name",
-        ))
+            },
+            // SAFETY: removes only the name just created; the descriptor keeps the file.
+            |name| unsafe { libc::unlink(name.as_ptr()) },
+        )
     }
 }
 

@@ -132,3 +132,11 @@ pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// An echo server with `config`, and the list its connections' close reasons go to.
+pub fn echo_server(config: Config) -> (Running, Arc<Mutex<Vec<String>>>) {
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let c2 = closed.clone();
+    let server = spawn_server(config, move || Echo { closed: c2.clone() }, |_| {});
+    (server, closed)
+}
