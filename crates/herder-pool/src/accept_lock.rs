@@ -81,10 +81,15 @@ enum Inner {
 /// [`try_lock`](Self::try_lock) around an accept burst, release it with
 /// [`unlock`](Self::unlock) before serving. Get it from
 /// [`Worker::accept_lock`](crate::Worker::accept_lock).
+///
+/// A handle is tied to the thread that made it (it is not `Send`): a `pthread` mutex
+/// belongs to a thread, and unlocking it elsewhere fails. Dropping a handle that holds
+/// the lock releases it.
 pub struct AcceptLock {
     kind: AcceptLockKind,
     inner: Inner,
     held: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl AcceptLock {
@@ -92,6 +97,11 @@ impl AcceptLock {
     /// every worker.
     pub(crate) fn create(kind: AcceptLockKind) -> io::Result<OwnedFd> {
         match kind {
+            #[cfg(not(target_os = "linux"))]
+            AcceptLockKind::Flock => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the flock accept lock is Linux-only here",
+            )),
             AcceptLockKind::Flock | AcceptLockKind::Fcntl => sys::anonymous_file(),
             #[cfg(target_os = "linux")]
             AcceptLockKind::Pthread => {
@@ -135,6 +145,7 @@ impl AcceptLock {
             kind,
             inner,
             held: false,
+            _not_send: std::marker::PhantomData,
         })
     }
 
@@ -177,13 +188,21 @@ impl AcceptLock {
         if !self.held {
             return Ok(());
         }
-        self.held = false;
         match (&self.inner, self.kind) {
             (Inner::File(fd), AcceptLockKind::Flock) => sys::flock_unlock(fd.as_fd()),
             (Inner::File(fd), _) => sys::fcntl_lock(fd.as_fd(), false).map(drop),
             #[cfg(target_os = "linux")]
             (Inner::Mutex(map), _) => sys::robust::unlock(map),
-        }
+        }?;
+        self.held = false;
+        Ok(())
+    }
+}
+
+impl Drop for AcceptLock {
+    fn drop(&mut self) {
+        // A mutex left locked in unmapped memory would wedge every other worker.
+        let _ = self.unlock();
     }
 }
 
@@ -211,26 +230,26 @@ mod tests {
         ] {
             let fd = AcceptLock::create(kind).unwrap();
             let mut a = AcceptLock::open(kind, fd.try_clone().unwrap()).unwrap();
-            let mut b = AcceptLock::open(kind, fd).unwrap();
             if kind == AcceptLockKind::Pthread {
-                // A mutex knows threads, not handles: contend from another thread.
-                assert!(a.try_lock().unwrap());
-                let taken =
-                    std::thread::scope(|s| s.spawn(|| b.try_lock().unwrap()).join().unwrap());
-                assert!(!taken, "{kind}: taken twice");
-                a.unlock().unwrap();
-                let taken = std::thread::scope(|s| {
-                    s.spawn(|| {
+                // A mutex knows threads, not handles: contend from another thread,
+                // with a handle of its own.
+                let other = |fd: OwnedFd| {
+                    std::thread::spawn(move || {
+                        let mut b = AcceptLock::open(kind, fd).unwrap();
                         let got = b.try_lock().unwrap();
                         b.unlock().unwrap();
                         got
                     })
                     .join()
                     .unwrap()
-                });
-                assert!(taken, "{kind}: not free after unlock");
+                };
+                assert!(a.try_lock().unwrap());
+                assert!(!other(fd.try_clone().unwrap()), "{kind}: taken twice");
+                a.unlock().unwrap();
+                assert!(other(fd), "{kind}: not free after unlock");
                 continue;
             }
+            let mut b = AcceptLock::open(kind, fd).unwrap();
             assert!(a.try_lock().unwrap(), "{kind}");
             assert!(!b.try_lock().unwrap(), "{kind}: taken twice");
             a.unlock().unwrap();

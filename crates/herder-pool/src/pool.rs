@@ -367,9 +367,18 @@ enum Watch {
 /// A control connection's buffers.
 #[derive(Default)]
 struct ControlConn {
+    /// The connection (the reactor watches a duplicate of it).
+    stream: Option<UnixStream>,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// End of file seen: close once the output is written.
+    eof: bool,
 }
+
+/// The most control connections at once.
+const MAX_CONTROL_CONNS: usize = 64;
+/// The most unwritten response bytes per control connection.
+const MAX_CONTROL_OUTPUT: usize = 4 << 20;
 
 #[derive(Clone, Copy)]
 enum TimerFor {
@@ -377,6 +386,8 @@ enum TimerFor {
     Slot(usize),
     /// A worker's ready timeout or drain deadline.
     Proc(u32),
+    /// The control listener's pause after a failed accept.
+    ControlRetry(Key),
 }
 
 /// A pool of worker processes, supervised: each slot runs one worker, started by
@@ -429,6 +440,8 @@ pub struct Pool {
     idle_ticks: u32,
     /// Makes the descriptors of a new slot ([`Pool::set_slot_listeners`]).
     slot_listeners: Option<SlotListeners>,
+    /// Looks for exits periodically where no pidfd tells.
+    reap_timer: Option<TimerId>,
 }
 
 /// Makes a slot's own descriptors.
@@ -464,12 +477,10 @@ impl Pool {
             base_env.push((crate::accept_lock::LOCK_ENV.into(), kind.name().into()));
         }
         let mut reactor = Reactor::new().map_err(Error::io("creating the event loop"))?;
-        let sigchld = !cfg!(any(target_os = "linux", target_os = "android"));
-        if sigchld {
-            reactor
-                .watch_signals(&[Signal::Child])
-                .map_err(Error::io("watching SIGCHLD"))?;
-        }
+        // Without pidfds, exits are noticed by SIGCHLD — if this is the process's
+        // only event loop watching signals — and by a periodic check in any case.
+        let sigchld = !cfg!(any(target_os = "linux", target_os = "android"))
+            && reactor.watch_signals(&[Signal::Child]).is_ok();
         let board = Board::create(config.scoreboard_capacity.max(1))
             .map_err(Error::io("creating the scoreboard"))?;
         let housekeeping =
@@ -514,6 +525,13 @@ impl Pool {
             scale_step: 1,
             idle_ticks: 0,
             slot_listeners: None,
+            reap_timer: None,
+        })
+        .map(|mut pool: Pool| {
+            if !cfg!(any(target_os = "linux", target_os = "android")) {
+                pool.need_sigchld();
+            }
+            pool
         })
     }
 
@@ -635,6 +653,9 @@ impl Pool {
         if self.stopping {
             return;
         }
+        // Half the scoreboard, so that every worker — a draining one next to its
+        // successor included — has a record.
+        let n = n.min((self.config.scoreboard_capacity / 2).max(1));
         while self.slots.len() > n {
             let slot = self.slots.len() - 1;
             let s = self.slots.pop().expect("non-empty");
@@ -680,7 +701,10 @@ impl Pool {
         if self.stopping {
             return;
         }
-        if self.reloading.is_some() || self.procs.values().any(|p| p.draining) {
+        if self.reloading.is_some()
+            || self.recycling.is_some()
+            || self.procs.values().any(|p| p.draining)
+        {
             self.reload_pending = true;
             return;
         }
@@ -755,6 +779,12 @@ impl Pool {
                     None => {}
                 },
                 Event::Timer(id) if Some(id) == self.monitor => self.check_heartbeats(events),
+                Event::Timer(id) if Some(id) == self.reap_timer => {
+                    let pids: Vec<u32> = self.procs.keys().copied().collect();
+                    for pid in pids {
+                        self.reap(pid, events);
+                    }
+                }
                 Event::Timer(id) if Some(id) == self.housekeeping => {
                     self.recycle(events);
                     self.autoscale(events);
@@ -765,6 +795,9 @@ impl Pool {
                 Event::Timer(id) => match self.timers.remove(&id) {
                     Some(TimerFor::Slot(slot)) => self.on_backoff_over(slot, events),
                     Some(TimerFor::Proc(pid)) => self.on_proc_timer(pid),
+                    Some(TimerFor::ControlRetry(key)) => {
+                        let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
+                    }
                     None => events.push(PoolEvent::Other(ev)),
                 },
                 Event::Signal(Signal::Child) if self.sigchld => {
@@ -789,18 +822,27 @@ impl Pool {
     /// [`Error::Io`]: `AddrInUse` if another process listens there, or what binding
     /// returns.
     pub fn listen_control(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
+        use std::os::unix::fs::FileTypeExt;
         let path = path.as_ref();
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(Error::Io {
-                    what: "binding the control socket",
-                    source: io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another process listens there",
-                    ),
-                });
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            let in_use = || Error::Io {
+                what: "binding the control socket",
+                source: io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "the path exists and is not a stale socket",
+                ),
+            };
+            if !meta.file_type().is_socket() {
+                return Err(in_use());
             }
-            std::fs::remove_file(path).map_err(Error::io("removing a stale control socket"))?;
+            // Stale only if nobody listens: a refused connection says so.
+            match UnixStream::connect(path) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                        .map_err(Error::io("removing a stale control socket"))?
+                }
+                _ => return Err(in_use()),
+            }
         }
         let listener = UnixListener::bind(path).map_err(Error::io("binding the control socket"))?;
         use std::os::unix::fs::PermissionsExt;
@@ -828,71 +870,90 @@ impl Pool {
                 Some(Source::ControlListener(l)) => l.accept(),
                 _ => return,
             };
-            let Ok((conn, _)) = accepted else { return };
-            // Only processes of the user running the pool may control it.
+            let conn = match accepted {
+                Ok((conn, _)) => conn,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // Out of descriptors, most likely: stop listening for a moment
+                    // rather than spin on a level-triggered listener.
+                    if self
+                        .reactor
+                        .modify(key, Interest::NONE, Mode::Level)
+                        .is_ok()
+                    {
+                        let id = self
+                            .reactor
+                            .add_timer(Instant::now() + Duration::from_millis(100), None);
+                        self.timers.insert(id, TimerFor::ControlRetry(key));
+                    }
+                    return;
+                }
+            };
+            // Only processes of the user running the pool may control it, and only
+            // a bounded number at once.
             let own = herder_fd::peer_credentials(&conn).is_ok_and(|c| c.uid == sys::geteuid());
-            if !own || conn.set_nonblocking(true).is_err() {
+            if !own
+                || self.control_conns.len() >= MAX_CONTROL_CONNS
+                || conn.set_nonblocking(true).is_err()
+            {
                 continue;
             }
+            let Ok(dup) = conn.try_clone() else { continue };
             if let Ok(k) =
                 self.reactor
-                    .register(Source::ControlConn(conn), Interest::READABLE, Mode::Level)
+                    .register(Source::ControlConn(dup), Interest::READABLE, Mode::Level)
             {
                 self.watches.insert(k, Watch::ControlConn);
-                self.control_conns.insert(k, ControlConn::default());
+                self.control_conns.insert(
+                    k,
+                    ControlConn {
+                        stream: Some(conn),
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        eof: false,
+                    },
+                );
             }
         }
     }
 
     fn serve_control(&mut self, key: Key, events: &mut Vec<PoolEvent>) {
+        let Some(state) = self.control_conns.get_mut(&key) else {
+            return;
+        };
+        let Some(mut conn) = state.stream.take() else {
+            return;
+        };
+        let mut closed = flush_control(&mut conn, &mut state.output);
         let mut buf = [0u8; 4096];
-        let mut closed = false;
-        if let Some(Source::ControlConn(mut conn)) = self.reactor.get(key).map(|s| match s {
-            Source::ControlConn(c) => Source::ControlConn(c.try_clone().expect("clone")),
-            _ => unreachable!(),
-        }) {
-            // Write what is pending first.
-            if let Some(state) = self.control_conns.get_mut(&key) {
-                closed |= flush_control(&mut conn, &mut state.output);
+        // Bounded reads per wake-up, and none while replies pile up unread.
+        for _ in 0..16 {
+            let Some(state) = self.control_conns.get_mut(&key) else {
+                break;
+            };
+            if closed || state.eof || state.output.len() > MAX_CONTROL_OUTPUT / 2 {
+                break;
             }
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        let Some(state) = self.control_conns.get_mut(&key) else {
-                            break;
-                        };
-                        state.input.extend_from_slice(&buf[..n]);
-                        if state.input.len() > crate::control::MAX_LINE
-                            && !state.input.contains(&b'\n')
-                        {
-                            let _ = conn.write_all(&crate::control::error("request line too long"));
-                            closed = true;
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                }
+            match conn.read(&mut buf) {
+                Ok(0) => state.eof = true,
+                Ok(n) => state.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => closed = true,
             }
-            loop {
-                let line = {
-                    let Some(state) = self.control_conns.get_mut(&key) else {
-                        break;
-                    };
-                    let Some(end) = state.input.iter().position(|&b| b == b'\n') else {
-                        break;
-                    };
-                    let line: Vec<u8> = state.input.drain(..=end).collect();
-                    line
+            // Handle complete lines as they arrive.
+            while let Some(state) = self.control_conns.get_mut(&key) {
+                let Some(end) = state.input.iter().position(|&b| b == b'\n') else {
+                    if state.input.len() > crate::control::MAX_LINE {
+                        state
+                            .output
+                            .extend_from_slice(&crate::control::error("request line too long"));
+                        state.eof = true;
+                        state.input.clear();
+                    }
+                    break;
                 };
+                let line: Vec<u8> = state.input.drain(..=end).collect();
                 let reply = match crate::control::parse(&line) {
                     Ok(cmd) => {
                         let reply = self.execute(&cmd, events);
@@ -903,27 +964,31 @@ impl Pool {
                 };
                 if let Some(state) = self.control_conns.get_mut(&key) {
                     state.output.extend_from_slice(&reply);
-                    closed |= flush_control(&mut conn, &mut state.output);
+                    if state.output.len() > MAX_CONTROL_OUTPUT {
+                        // A client that asks and never reads.
+                        closed = true;
+                        break;
+                    }
                 }
             }
-            let pending = self
-                .control_conns
-                .get(&key)
-                .is_some_and(|s| !s.output.is_empty());
-            let _ = self.reactor.modify(
-                key,
-                Interest {
-                    readable: true,
-                    writable: pending,
-                },
-                Mode::Level,
-            );
         }
+        let Some(state) = self.control_conns.get_mut(&key) else {
+            return;
+        };
+        closed |= flush_control(&mut conn, &mut state.output);
+        closed |= state.eof && state.output.is_empty();
         if closed {
             self.watches.remove(&key);
             self.control_conns.remove(&key);
             let _ = self.reactor.deregister(key);
+            return;
         }
+        let interest = Interest {
+            readable: !state.eof,
+            writable: !state.output.is_empty(),
+        };
+        state.stream = Some(conn);
+        let _ = self.reactor.modify(key, interest, Mode::Level);
     }
 
     /// Carries out a control request; returns the response line.
@@ -1036,6 +1101,11 @@ impl Pool {
                 return;
             }
             self.recycling = None;
+            if self.reload_pending && !self.procs.values().any(|p| p.draining) {
+                self.reload_pending = false;
+                self.reload(events);
+                return;
+            }
         }
         // The oldest worker past its limit goes first.
         let due = self
@@ -1082,6 +1152,10 @@ impl Pool {
             })
             .collect();
         let n = self.slots.len();
+        if self.procs.values().any(|p| !p.ready && !p.draining) {
+            // Capacity is on its way: judge again once it is ready.
+            return;
+        }
         if !ready.is_empty() && ready.iter().all(|&a| a >= auto.busy_connections) && n < auto.max {
             let add = self.scale_step.min(auto.max - n);
             self.scale_step = (self.scale_step * 2).min(32);
@@ -1220,6 +1294,9 @@ impl Pool {
                 // Without its channel the worker is useless: stop it.
                 let _ = sys::signal(pid, libc::SIGKILL);
                 let _ = wait_blocking(pid);
+                if let Some(r) = record {
+                    self.board.1.release(r);
+                }
                 return Err(e);
             }
         }
@@ -1264,6 +1341,12 @@ impl Pool {
         if !self.sigchld && self.reactor.watch_signals(&[Signal::Child]).is_ok() {
             self.sigchld = true;
         }
+        // A SIGCHLD can be lost (a child that died before the handler was there) or
+        // the signal pipe taken by another loop: look for exits every second too.
+        if self.reap_timer.is_none() {
+            let every = Duration::from_secs(1);
+            self.reap_timer = Some(self.reactor.add_timer(Instant::now() + every, Some(every)));
+        }
     }
 
     /// Tells a worker to drain, and kills it if it is still there at the deadline.
@@ -1288,7 +1371,9 @@ impl Pool {
     }
 
     fn read_channel(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
-        loop {
+        // A bounded batch: a worker flooding its channel cannot starve the rest (the
+        // watch is level-triggered and comes back).
+        for _ in 0..64 {
             let Some(p) = self.procs.get_mut(&pid) else {
                 return;
             };
@@ -1327,6 +1412,10 @@ impl Pool {
             // The heartbeat clock starts when the worker is ready.
             r.heartbeat();
         }
+        if draining {
+            // Its drain deadline stays.
+            return;
+        }
         if let Some(t) = p.timer.take() {
             self.cancel_timer(t);
         }
@@ -1334,6 +1423,20 @@ impl Pool {
             return;
         }
         events.push(PoolEvent::Ready { slot, pid });
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if let Some(cur) = s.current.filter(|&c| c != pid) {
+            if self
+                .procs
+                .get(&cur)
+                .is_some_and(|c| c.generation > generation)
+            {
+                // A newer generation already serves this slot: this one is obsolete.
+                self.retire(pid);
+                return;
+            }
+        }
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
@@ -1401,8 +1504,18 @@ impl Pool {
                 restart_in: None,
             });
             if !p.draining && !current && !self.stopping && slot < self.slots.len() {
-                // A reload's new worker died before it was ready: the old one stays.
-                self.reload_failed.push(slot);
+                if self.reloading.is_some() && p.generation == self.generation {
+                    // A reload's new worker died before it was ready: the old one stays.
+                    self.reload_failed.push(slot);
+                } else if let Some(cur) = self.slots[slot]
+                    .current
+                    .and_then(|c| self.procs.get_mut(&c))
+                {
+                    // A recycling successor died: keep the old worker, and do not
+                    // try to recycle it again (a successor that cannot start would
+                    // otherwise be retried every second).
+                    cur.recycle_at = None;
+                }
             }
             self.after_exit(events);
             return;

@@ -35,7 +35,10 @@ static ADOPTED: AtomicBool = AtomicBool::new(false);
 impl Worker {
     /// Detects the worker role. Call it at the top of `main`: `Ok(None)` means this
     /// process was not started as a herder worker (it is the supervisor, or a plain
-    /// program). The environment is read once and not changed.
+    /// program). The environment is read once and not changed — so nothing else in
+    /// the worker should adopt `LISTEN_FDS` descriptors too (another socket-activation
+    /// library would own them twice), and programs the worker starts inherit the
+    /// variables unless it clears them for them.
     ///
     /// The descriptors named in `LISTEN_FDS`/`LISTEN_FDNAMES` are adopted only when
     /// `LISTEN_PID` is this process's pid, as systemd specifies; each is checked to be

@@ -40,7 +40,8 @@ fn client(
 fn status_scale_reload_and_stop() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ctl.sock");
-    std::fs::write(&path, b"").unwrap(); // a stale file in the way is replaced
+    // A stale socket left by a dead supervisor is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let mut pool = Pool::new(util::config(2, "ready"), Vec::new()).unwrap();
     pool.listen_control(&path).unwrap();
     assert_eq!(
@@ -119,4 +120,14 @@ fn a_live_control_socket_is_not_taken_over() {
         std::io::Error::from(err).kind(),
         std::io::ErrorKind::AddrInUse
     );
+}
+
+#[test]
+fn a_path_that_is_not_a_socket_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("important.txt");
+    std::fs::write(&path, b"keep me").unwrap();
+    let mut pool = Pool::new(util::config(1, "ready"), Vec::new()).unwrap();
+    assert!(pool.listen_control(&path).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
 }

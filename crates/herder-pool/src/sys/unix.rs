@@ -116,9 +116,26 @@ fn fork_exec(
     listen_pid: *mut libc::c_char,
 ) -> io::Result<Spawned> {
     let (err_read, err_write) = cloexec_pipe()?;
+    // Block every signal around the fork, so that none reaches the child while it
+    // still has the supervisor's handlers (which write to the supervisor's signal
+    // pipe); the child resets them before unblocking.
+    // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask changes
+    // only this thread's mask, restored right after the fork.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
     // SAFETY: fork has no preconditions; the child below only calls async-signal-safe
     // functions on memory prepared before the fork, and never returns.
-    let pid = cvt(unsafe { libc::fork() })?;
+    let forked = cvt(unsafe { libc::fork() });
+    if !matches!(forked, Ok(0)) {
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    let pid = forked?;
     if pid == 0 {
         // SAFETY: we are the child of a fork: see `child_exec`.
         unsafe {
@@ -198,6 +215,13 @@ unsafe fn child_exec(
     // process owns; `temps` and the LISTEN_PID buffer were allocated before the fork
     // and are written within their bounds.
     unsafe {
+        // The error pipe must not sit in the target range, where a mapping would
+        // replace it: move it above.
+        let moved = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, floor);
+        if moved < 0 {
+            libc::_exit(127);
+        }
+        let err = moved;
         for (i, &src) in sources.iter().enumerate() {
             let t = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor);
             if t < 0 {
@@ -240,6 +264,18 @@ unsafe fn child_exec(
                 *digits.add(i) = buf[len - 1 - i];
             }
             *digits.add(len) = 0;
+        }
+        // Handlers would run the supervisor's code: back to the default for every
+        // caught signal (ignored ones stay ignored, as exec keeps them), and SIGPIPE
+        // to the default as std's Command does. Then unblock everything.
+        for sig in 1..32 {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut act) == 0
+                && act.sa_sigaction != libc::SIG_DFL
+                && act.sa_sigaction != libc::SIG_IGN
+            {
+                libc::signal(sig, libc::SIG_DFL);
+            }
         }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -327,20 +363,17 @@ pub(crate) fn getpid() -> u32 {
 /// `EBADF` if one of them is not open; then none is adopted.
 pub(crate) fn adopt_inherited(count: usize) -> io::Result<Vec<OwnedFd>> {
     for i in 0..count {
-        // SAFETY: F_GETFD on any integer only reads flags, or fails with EBADF.
+        // SAFETY: F_GETFD/F_SETFD on numbers handed to this process: they only read
+        // or set flags, or fail with EBADF. Nothing is owned until all succeeded.
         cvt(unsafe { libc::fcntl(3 + i as RawFd, libc::F_GETFD) })?;
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(3 + i as RawFd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
     }
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let raw = 3 + i as RawFd;
+    Ok((0..count)
         // SAFETY: open (checked above) and handed to this process by its parent for
         // it to own; the caller adopts them once per process.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sets a descriptor flag on a descriptor we own.
-        cvt(unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) })?;
-        out.push(fd);
-    }
-    Ok(out)
+        .map(|i| unsafe { OwnedFd::from_raw_fd(3 + i as RawFd) })
+        .collect())
 }
 
 /// Whether a variable name is one of the socket-activation variables the spawn sets
