@@ -102,7 +102,9 @@ impl AcceptLock {
                 io::ErrorKind::Unsupported,
                 "the flock accept lock is Linux-only here",
             )),
-            AcceptLockKind::Flock | AcceptLockKind::Fcntl => sys::anonymous_file(),
+            #[cfg(target_os = "linux")]
+            AcceptLockKind::Flock => sys::anonymous_file(),
+            AcceptLockKind::Fcntl => sys::anonymous_file(),
             #[cfg(target_os = "linux")]
             AcceptLockKind::Pthread => {
                 let (fd, map) = sys::shared_memory(sys::robust::LEN)?;
