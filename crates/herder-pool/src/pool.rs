@@ -590,11 +590,11 @@ impl Pool {
     }
 
     /// Sends a message to the current worker of `slot` over its channel (in the
-    /// hand-off model: a connection).
+    /// hand-off model: a connection), if it is ready.
     ///
     /// # Errors
     ///
-    /// [`Error::NoWorker`] if the slot has no running worker; [`Error::Channel`] for
+    /// [`Error::NoWorker`] if the slot has no ready worker; [`Error::Channel`] for
     /// what sending returns (`WouldBlock` when the worker's channel is full).
     pub fn send(
         &mut self,
@@ -607,9 +607,11 @@ impl Pool {
             .get(slot)
             .and_then(|s| s.current)
             .ok_or(Error::NoWorker(slot))?;
+        // Only a ready worker takes work.
         let ch = self
             .procs
             .get_mut(&pid)
+            .filter(|p| p.ready && !p.draining)
             .and_then(|p| p.channel.as_mut())
             .ok_or(Error::NoWorker(slot))?;
         ch.send(payload, fds)
