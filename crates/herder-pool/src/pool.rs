@@ -1421,14 +1421,10 @@ impl Pool {
         if let Some(t) = p.timer.take() {
             self.cancel_timer(t);
         }
-        if draining {
-            return;
-        }
-        events.push(PoolEvent::Ready { slot, pid });
-        let Some(s) = self.slots.get_mut(slot) else {
+        let Some(current) = self.slots.get(slot).map(|s| s.current) else {
             return;
         };
-        if let Some(cur) = s.current.filter(|&c| c != pid) {
+        if let Some(cur) = current.filter(|&c| c != pid) {
             if self
                 .procs
                 .get(&cur)
@@ -1439,9 +1435,8 @@ impl Pool {
                 return;
             }
         }
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
+        events.push(PoolEvent::Ready { slot, pid });
+        let s = &mut self.slots[slot];
         let previous = s.current.replace(pid);
         s.state = State::Ready;
         s.generation = generation;
