@@ -11,6 +11,11 @@
 //! - [`pool`] ([`herder-pool`](https://docs.rs/herder-pool)): supervised worker
 //!   processes and accept locks.
 
+//! - [`protocol`]: the example servers' protocols, echo and a small HTTP/1.1 server, as
+//!   herder-reactor services.
+
+pub mod protocol;
+
 pub use herder_fd as fd;
 pub use herder_pool as pool;
 pub use herder_reactor as reactor;

@@ -1,0 +1,381 @@
+//! The two protocols of the example servers, as herder-reactor [`Service`]s.
+//!
+//! - [`Echo`] writes back every byte it receives.
+//! - [`Http`] answers every HTTP/1.1 request with `200 OK` and the body
+//!   `Hello, world!`: a real parser (request line, headers, `Content-Length` bodies,
+//!   pipelining, keep-alive, `Connection: close`), `400` for malformed requests, `431`
+//!   for oversized headers, `413` for oversized bodies, `408` for a request whose
+//!   headers take too long.
+
+use crate::reactor::{Flow, Input, Output, Service};
+use std::time::{Duration, Instant};
+
+/// Writes back every byte.
+///
+/// # Examples
+///
+/// ```
+/// use herder::protocol::Echo;
+/// use herder::reactor::{Config, Server};
+/// let server = Server::new(Config::default(), |_| Echo)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Echo;
+
+impl Service for Echo {
+    fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+        out.write(input.data());
+        input.consume(input.len());
+        Flow::Continue
+    }
+}
+
+/// The largest request head (request line and headers) accepted: 8 KiB.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// The largest request body accepted: 1 MiB.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// How long the head of one request may take to arrive: 10 s.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The response body.
+pub const BODY: &[u8] = b"Hello, world!";
+
+/// An HTTP/1.1 server that answers `200 OK`, `Hello, world!` to every request.
+///
+/// # Examples
+///
+/// ```
+/// use herder::protocol::Http;
+///
+/// // A server calls it as a Service; `respond` is the parser underneath.
+/// let mut http = Http::default();
+/// let mut out = Vec::new();
+/// let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+/// let (responses, close) = http.respond(req, &mut out);
+/// assert_eq!(responses.consumed, req.len());
+/// assert!(close);
+/// assert_eq!(out.windows(13).filter(|w| *w == b"Hello, world!").count(), 2);
+/// ```
+#[derive(Debug, Default)]
+pub struct Http {
+    /// When the first byte of the request being read arrived.
+    started: Option<Instant>,
+}
+
+/// What [`Http::respond`] did with its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// Bytes of whole requests consumed.
+    pub consumed: usize,
+    /// Responses written.
+    pub responses: usize,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    BadRequest,
+    HeadTooLarge,
+    BodyTooLarge,
+    NotImplemented,
+    Timeout,
+}
+
+impl Refusal {
+    fn status(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "400 Bad Request",
+            Refusal::HeadTooLarge => "431 Request Header Fields Too Large",
+            Refusal::BodyTooLarge => "413 Content Too Large",
+            Refusal::NotImplemented => "501 Not Implemented",
+            Refusal::Timeout => "408 Request Timeout",
+        }
+    }
+}
+
+/// One parsed request head.
+struct Head {
+    len: usize,
+    body: usize,
+    close: bool,
+    head_only: bool,
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parses the head at the start of `buf`: `Ok(None)` if it is not complete yet.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, Refusal> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD {
+            Err(Refusal::HeadTooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    if end + 4 > MAX_HEAD {
+        return Err(Refusal::HeadTooLarge);
+    }
+    let head = &buf[..end];
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().ok_or(Refusal::BadRequest)?;
+    let mut parts = request_line.split(|&b| b == b' ');
+    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(t), Some(v), None) => (m, t, v),
+        _ => return Err(Refusal::BadRequest),
+    };
+    if method.is_empty() || !method.iter().all(|&b| is_token(b)) {
+        return Err(Refusal::BadRequest);
+    }
+    if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(Refusal::BadRequest);
+    }
+    let http10 = match version {
+        b"HTTP/1.1" => false,
+        b"HTTP/1.0" => true,
+        _ => return Err(Refusal::BadRequest),
+    };
+    let mut body: Option<usize> = None;
+    let mut close = http10;
+    for line in lines {
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(Refusal::BadRequest)?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            return Err(Refusal::BadRequest);
+        }
+        let value = value.trim_ascii();
+        if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(Refusal::BadRequest);
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n: usize = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or(Refusal::BadRequest)?;
+            if body.is_some_and(|b| b != n) {
+                return Err(Refusal::BadRequest);
+            }
+            if n > MAX_BODY {
+                return Err(Refusal::BodyTooLarge);
+            }
+            body = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Err(Refusal::NotImplemented);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    close = false;
+                }
+            }
+        }
+    }
+    Ok(Some(Head {
+        len: end + 4,
+        body: body.unwrap_or(0),
+        close,
+        head_only: method == b"HEAD",
+    }))
+}
+
+fn response(out: &mut Vec<u8>, status: &str, close: bool, head_only: bool) {
+    let body = if status.starts_with("200") {
+        BODY
+    } else {
+        status.as_bytes()
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    if close {
+        out.extend_from_slice(b"\r\nConnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+}
+
+impl Http {
+    /// Answers every complete request at the start of `input`, appending responses to
+    /// `out`. Returns what was consumed, and whether the connection must close (the
+    /// client asked, or a request was refused).
+    pub fn respond(&mut self, input: &[u8], out: &mut Vec<u8>) -> (Parsed, bool) {
+        let mut parsed = Parsed {
+            consumed: 0,
+            responses: 0,
+        };
+        loop {
+            let rest = &input[parsed.consumed..];
+            if rest.is_empty() {
+                self.started = None;
+                return (parsed, false);
+            }
+            let started = *self.started.get_or_insert_with(Instant::now);
+            let head = match parse_head(rest) {
+                Ok(Some(head)) => head,
+                Ok(None) if started.elapsed() > HEAD_TIMEOUT => {
+                    return self.refuse(Refusal::Timeout, parsed, out);
+                }
+                Ok(None) => return (parsed, false),
+                Err(refusal) => return self.refuse(refusal, parsed, out),
+            };
+            if rest.len() < head.len + head.body {
+                return (parsed, false); // the body is still coming
+            }
+            response(out, "200 OK", head.close, head.head_only);
+            parsed.consumed += head.len + head.body;
+            parsed.responses += 1;
+            self.started = None;
+            if head.close {
+                return (parsed, true);
+            }
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal, parsed: Parsed, out: &mut Vec<u8>) -> (Parsed, bool) {
+        response(out, why.status(), true, false);
+        self.started = None;
+        (
+            Parsed {
+                consumed: parsed.consumed,
+                responses: parsed.responses + 1,
+            },
+            true,
+        )
+    }
+}
+
+impl Service for Http {
+    fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+        let mut buf = Vec::new();
+        let (parsed, close) = self.respond(input.data(), &mut buf);
+        input.consume(parsed.consumed);
+        out.write(&buf);
+        if close { Flow::Close } else { Flow::Continue }
+    }
+
+    fn on_input_limit(&mut self, out: &mut Output<'_>) -> Flow {
+        let mut buf = Vec::new();
+        response(&mut buf, Refusal::HeadTooLarge.status(), true, false);
+        out.write(&buf);
+        Flow::Close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(req: &[u8]) -> (String, Parsed, bool) {
+        let mut out = Vec::new();
+        let (p, close) = Http::default().respond(req, &mut out);
+        (String::from_utf8(out).unwrap(), p, close)
+    }
+
+    #[test]
+    fn keep_alive_pipelining_and_close() {
+        let (out, p, close) = run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert_eq!(p.responses, 3);
+        assert!(close);
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3);
+        assert_eq!(out.matches("Connection: close").count(), 1);
+        assert!(out.ends_with("Connection: close\r\n\r\nHello, world!"));
+    }
+
+    #[test]
+    fn partial_requests_wait() {
+        for req in [
+            &b"GET / HT"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+        ] {
+            let (out, p, close) = run(req);
+            assert_eq!(
+                (out.as_str(), p.consumed, close),
+                ("", 0, false),
+                "{:?}",
+                String::from_utf8_lossy(req)
+            );
+        }
+    }
+
+    #[test]
+    fn http10_closes_unless_keep_alive() {
+        assert!(run(b"GET / HTTP/1.0\r\n\r\n").2);
+        assert!(!run(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").2);
+    }
+
+    #[test]
+    fn head_has_no_body() {
+        let (out, _, _) = run(b"HEAD / HTTP/1.1\r\n\r\n");
+        assert!(out.ends_with("Content-Length: 13\r\n\r\n"));
+    }
+
+    #[test]
+    fn malformed_requests_get_400_and_close() {
+        for req in [
+            &b"GET /\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"G(ET / HTTP/1.1\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+            b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+            b"\x00\x01\x02\r\n\r\n",
+        ] {
+            let (out, _, close) = run(req);
+            assert!(
+                out.starts_with("HTTP/1.1 400 Bad Request"),
+                "{:?} -> {out}",
+                String::from_utf8_lossy(req)
+            );
+            assert!(close);
+        }
+    }
+
+    #[test]
+    fn oversized_heads_and_bodies_are_refused() {
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        assert!(
+            run(&big).0.starts_with("HTTP/1.1 431"),
+            "no end of head yet, but too long already"
+        );
+        big.extend_from_slice(b"\r\n\r\n");
+        assert!(run(&big).0.starts_with("HTTP/1.1 431"));
+        let (out, _, close) = run(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 413") && close);
+        assert!(
+            run(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .0
+                .starts_with("HTTP/1.1 501")
+        );
+    }
+
+    #[test]
+    fn any_prefix_of_any_input_is_handled() {
+        let inputs: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"\r\n\r\n\r\n",
+            b"GET \xff\xfe HTTP/1.1\r\n\r\n",
+        ];
+        for input in inputs {
+            for cut in 0..=input.len() {
+                let (_, p, _) = run(&input[..cut]);
+                assert!(p.consumed <= cut);
+            }
+        }
+    }
+}
