@@ -379,3 +379,43 @@ mod tests {
         }
     }
 }
+
+/// Either protocol, chosen at run time (`--protocol echo|http`).
+#[derive(Debug)]
+pub enum Protocol {
+    /// [`Echo`].
+    Echo(Echo),
+    /// [`Http`].
+    Http(Http),
+}
+
+impl Protocol {
+    /// A fresh service for `name` (`echo` or `http`).
+    ///
+    /// # Errors
+    ///
+    /// The unknown name, for any other.
+    pub fn named(name: &str) -> Result<Protocol, String> {
+        match name {
+            "echo" => Ok(Protocol::Echo(Echo)),
+            "http" => Ok(Protocol::Http(Http::default())),
+            other => Err(format!("unknown protocol {other:?} (echo or http)")),
+        }
+    }
+}
+
+impl Service for Protocol {
+    fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+        match self {
+            Protocol::Echo(s) => s.on_data(input, out),
+            Protocol::Http(s) => s.on_data(input, out),
+        }
+    }
+
+    fn on_input_limit(&mut self, out: &mut Output<'_>) -> Flow {
+        match self {
+            Protocol::Echo(s) => s.on_input_limit(out),
+            Protocol::Http(s) => s.on_input_limit(out),
+        }
+    }
+}

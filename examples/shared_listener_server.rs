@@ -1,0 +1,230 @@
+//! Model 2, the shared listener: N worker processes inherit one listening socket and
+//! accept for themselves, with the strategy chosen by `--accept`.
+//!
+//! ```text
+//! cargo run --release --example shared_listener_server -- --listen 127.0.0.1:8080 --protocol http
+//! ```
+
+#[cfg(unix)]
+#[path = "common/mod.rs"]
+mod common;
+
+#[cfg(unix)]
+fn main() -> anyhow::Result<()> {
+    unix::main()
+}
+
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("shared_listener_server runs on Unix for now");
+}
+
+#[cfg(unix)]
+mod unix {
+    use super::common::{self, Common};
+    use crate::log;
+    use anyhow::Context;
+    use clap::Parser;
+    use herder::pool::{AcceptLockKind, Pool, Worker, reuseport_listener};
+    use herder::protocol::{MAX_BODY, MAX_HEAD, Protocol};
+    use herder::reactor::{Config, Event, Interest, Mode, Server, Signal};
+    use std::net::TcpListener;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::time::{Duration, Instant};
+
+    #[derive(Debug, Parser)]
+    #[command(about = "herder's shared-listener server: workers accept for themselves")]
+    struct Args {
+        #[command(flatten)]
+        common: Common,
+        /// How workers take turns to accept.
+        #[arg(long, default_value = default_accept(),
+              value_parser = ["flock", "fcntl", "pthread", "exclusive", "reuseport", "none"])]
+        accept: String,
+    }
+
+    fn default_accept() -> &'static str {
+        if cfg!(target_os = "linux") {
+            "reuseport"
+        } else {
+            "fcntl"
+        }
+    }
+
+    pub(crate) fn main() -> anyhow::Result<()> {
+        let args = Args::parse();
+        common::set_log_level(&args.common.log_level);
+        if let Some(worker) = Worker::from_env()? {
+            return worker_main(worker, &args);
+        }
+        let mut config = common::pool_config(&args.common);
+        let lock = match args.accept.as_str() {
+            "flock" => Some(AcceptLockKind::Flock),
+            "fcntl" => Some(AcceptLockKind::Fcntl),
+            "pthread" => Some(AcceptLockKind::Pthread),
+            _ => None,
+        };
+        config.accept_lock = lock;
+        let (listeners, addr) = if args.accept == "reuseport" {
+            // One listener per slot, in one SO_REUSEPORT group; the first picks the port.
+            let first = reuseport_listener(args.common.listen).context("binding")?;
+            let addr = first.local_addr()?;
+            (vec![("http".to_string(), OwnedFd::from(first))], addr)
+        } else {
+            let l = TcpListener::bind(args.common.listen)
+                .with_context(|| format!("binding {}", args.common.listen))?;
+            let addr = l.local_addr()?;
+            (vec![("http".to_string(), OwnedFd::from(l))], addr)
+        };
+        let (shared, per_slot) = if args.accept == "reuseport" {
+            (Vec::new(), listeners)
+        } else {
+            (listeners, Vec::new())
+        };
+        let mut pool = Pool::new(config, shared)?;
+        if !per_slot.is_empty() {
+            let mut first = per_slot.into_iter().next();
+            pool.set_slot_listeners(move |_slot| {
+                let l = match first.take() {
+                    Some((_, l)) => l,
+                    None => OwnedFd::from(reuseport_listener(addr)?),
+                };
+                Ok(vec![("http".to_string(), l)])
+            });
+        }
+        pool.handle_signals()?;
+        if let Some(path) = &args.common.control {
+            pool.listen_control(path)?;
+        }
+        log!(
+            2,
+            "supervisor: {} workers, accept strategy {}, protocol {}",
+            pool_size(&args),
+            args.accept,
+            args.common.protocol
+        );
+        common::supervise(&mut pool, addr, |_, _| {})
+    }
+
+    fn pool_size(args: &Args) -> usize {
+        args.common
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
+        let protocol = args.common.protocol.clone();
+        let mut config = Config::default();
+        config.idle_timeout = Some(Duration::from_secs(60));
+        config.max_input = MAX_HEAD + MAX_BODY + 1;
+        let mut server = Server::new(config, move |_| {
+            Protocol::named(&protocol).expect("checked by clap")
+        })?;
+        let listener = worker
+            .take_listener("http")
+            .context("no listener inherited")?;
+        let mut lock = worker.accept_lock()?;
+        let key = if args.accept == "exclusive" {
+            exclusive(&mut server, listener)?
+        } else {
+            server.add_listener(listener)?
+        };
+        if lock.is_some() {
+            server.pause_listener(key)?;
+        }
+        let mut channel = worker.take_channel().context("no channel")?;
+        channel.set_nonblocking(true)?;
+        let channel_key = server.add_source(
+            Box::new(channel.as_fd().try_clone_to_owned()?),
+            Interest::READABLE,
+            Mode::Level,
+        )?;
+        let card = worker.scorecard();
+        // A terminal's Ctrl-C (or systemd's SIGTERM to the whole group) reaches the
+        // workers too: they drain instead of dying.
+        server.watch_signals(&[Signal::Terminate, Signal::Interrupt])?;
+        let tick = server.add_timer(Instant::now(), Some(Duration::from_secs(1)));
+        herder::pool::send_ready(&mut channel)?;
+        log!(3, "worker ready in slot {}", worker.slot());
+
+        let drain_timeout = Duration::from_secs(args.common.drain_timeout);
+        let mut events = Vec::new();
+        let mut reported = 0;
+        loop {
+            let mut held = false;
+            if let Some(l) = lock.as_mut() {
+                if !server.is_draining() && l.try_lock()? {
+                    server.resume_listener(key)?;
+                    held = true;
+                }
+            }
+            // Without the lock, look for it again soon; with it, accept what comes.
+            let wait = if lock.is_some() && !held {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(500)
+            };
+            server.poll(&mut events, Some(wait))?;
+            if held {
+                server.pause_listener(key)?;
+                lock.as_mut().expect("held").unlock()?;
+            }
+            for e in events.drain(..) {
+                match e {
+                    Event::Io { key: k, .. } if k == channel_key => loop {
+                        match channel.recv() {
+                            Ok(Some(m)) if herder::pool::is_drain_request(m.payload()) => {
+                                log!(3, "draining");
+                                server.drain(Instant::now() + drain_timeout);
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                // The supervisor is gone: finish what is open, then go.
+                                server.drain(Instant::now() + drain_timeout);
+                                let _ = server.remove_source(channel_key);
+                                break;
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e.into()),
+                        }
+                    },
+                    Event::Signal(_) => server.drain(Instant::now() + drain_timeout),
+                    Event::Timer(t) if t == tick => {
+                        if let Some(card) = &card {
+                            let stats = server.stats();
+                            card.heartbeat();
+                            card.add_accepted(stats.accepted - reported);
+                            reported = stats.accepted;
+                            card.set_active(stats.active as u64);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if server.is_draining() && server.is_empty() {
+                log!(3, "drained");
+                return Ok(());
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn exclusive(
+        server: &mut Server<Protocol>,
+        listener: TcpListener,
+    ) -> std::io::Result<herder::reactor::Key> {
+        use herder::reactor::os::linux::ServerExt;
+        server.add_exclusive_listener(listener, Some(Duration::from_millis(50)))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn exclusive(
+        _: &mut Server<Protocol>,
+        _: TcpListener,
+    ) -> std::io::Result<herder::reactor::Key> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "EPOLLEXCLUSIVE is Linux-only",
+        ))
+    }
+}

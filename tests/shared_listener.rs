@@ -1,0 +1,106 @@
+//! The shared-listener server as a real process: echo is byte-exact under every accept
+//! strategy, HTTP answers keep-alive and close requests and refuses bad ones, and
+//! SIGTERM stops it with exit 0.
+#![cfg(target_os = "linux")]
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+const SERVER: &str = "shared_listener_server";
+
+fn payload(i: usize) -> Vec<u8> {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let len = (x % 65_536) as usize + 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// 100 concurrent clients, each a random payload, each echoed back exactly.
+fn echo_clients(addr: SocketAddr) {
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let data = payload(i);
+                let mut w = c.try_clone().unwrap();
+                let send = data.clone();
+                let writer = std::thread::spawn(move || {
+                    w.write_all(&send).unwrap();
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).unwrap();
+                writer.join().unwrap();
+                assert!(
+                    back == data,
+                    "client {i}: {} bytes back of {}",
+                    back.len(),
+                    data.len()
+                );
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn echo_is_byte_exact_under_every_accept_strategy() {
+    for strategy in [
+        "reuseport",
+        "exclusive",
+        "flock",
+        "fcntl",
+        "pthread",
+        "none",
+    ] {
+        let server = util::start(
+            SERVER,
+            &["--workers", "2", "--protocol", "echo", "--accept", strategy],
+        );
+        echo_clients(server.addr);
+        server.signal(libc::SIGTERM);
+        let status = server.wait(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{strategy}: {status}");
+    }
+}
+
+fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(request).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn http_keep_alive_close_and_refusals() {
+    let server = util::start(SERVER, &["--workers", "2", "--protocol", "http"]);
+    let out = http(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(out.ends_with("Hello, world!"));
+    let out = http(server.addr, b"BREW /pot HTCPCP/1.0\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 16 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let out = http(server.addr, &big);
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+}
