@@ -123,6 +123,34 @@ impl Message {
     pub fn into_fds(self) -> Vec<OwnedFd> {
         self.fds
     }
+
+    /// Reads the message as a typed hand-off ([`Channel::send_socket`]), for a
+    /// receiver that gets other messages on the same channel too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Malformed`] if it is not a typed hand-off, [`Error::FdCountMismatch`]
+    /// if it does not carry exactly one descriptor; whatever arrived is closed.
+    pub fn into_socket(self) -> io::Result<Received> {
+        let (mut payload, mut fds) = self.into_parts();
+        let meta = crate::handoff::decode(&payload)?;
+        if fds.len() != 1 {
+            return Err(Error::FdCountMismatch {
+                expected: 1,
+                received: fds.len(),
+            }
+            .into());
+        }
+        let fd = fds.pop().expect("one descriptor");
+        let socket = Socket::from_kind(meta.kind, fd).expect("every kind exists on Unix");
+        payload.drain(..meta.data);
+        Ok(Received {
+            id: meta.id,
+            peer: meta.peer,
+            data: payload,
+            socket,
+        })
+    }
 }
 
 impl Channel {
@@ -741,27 +769,10 @@ impl Channel {
     /// hand-off, [`Error::FdCountMismatch`] if it does not carry exactly one descriptor
     /// (whatever arrived is closed).
     pub fn recv_socket(&mut self) -> io::Result<Option<Received>> {
-        let Some(msg) = self.recv()? else {
-            return Ok(None);
-        };
-        let (mut payload, mut fds) = msg.into_parts();
-        let meta = crate::handoff::decode(&payload)?;
-        if fds.len() != 1 {
-            return Err(Error::FdCountMismatch {
-                expected: 1,
-                received: fds.len(),
-            }
-            .into());
+        match self.recv()? {
+            Some(msg) => msg.into_socket().map(Some),
+            None => Ok(None),
         }
-        let fd = fds.pop().expect("one descriptor");
-        let socket = Socket::from_kind(meta.kind, fd).expect("every kind exists on Unix");
-        payload.drain(..meta.data);
-        Ok(Some(Received {
-            id: meta.id,
-            peer: meta.peer,
-            data: payload,
-            socket,
-        }))
     }
 }
 

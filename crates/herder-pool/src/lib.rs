@@ -77,6 +77,6 @@ pub use control::Command;
 pub use error::Error;
 pub use listener::reuseport_listener;
 #[cfg(unix)]
-pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WorkerInfo};
+pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
 #[cfg(unix)]
 pub use worker::{CHANNEL_NAME, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready};

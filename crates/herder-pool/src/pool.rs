@@ -258,6 +258,18 @@ pub enum PoolEvent {
     Other(Event),
 }
 
+/// A ready worker's load, from [`Pool::load`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Load {
+    /// The worker's pid.
+    pub pid: u32,
+    /// Connections it took.
+    pub accepted: u64,
+    /// Connections it has open.
+    pub active: u64,
+}
+
 /// A snapshot of one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -344,6 +356,8 @@ enum Source {
     ControlListener(UnixListener),
     /// A control-socket connection.
     ControlConn(UnixStream),
+    /// A source of the caller's ([`Pool::add_source`]).
+    User(Box<dyn herder_reactor::Source>),
 }
 
 impl AsFd for Source {
@@ -352,6 +366,7 @@ impl AsFd for Source {
             Source::Fd(fd) => fd.as_fd(),
             Source::ControlListener(l) => l.as_fd(),
             Source::ControlConn(c) => c.as_fd(),
+            Source::User(u) => u.as_fd(),
         }
     }
 }
@@ -602,20 +617,121 @@ impl Pool {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), Error> {
+        let ch = self.ready_channel(slot)?;
+        ch.send(payload, fds)
+            .map_err(|source| Error::Channel { slot, source })
+    }
+
+    /// Hands a socket to the current worker of `slot` with its header (herder-fd's
+    /// typed hand-off), if the worker is ready. `Ok` means the kernel has it, and
+    /// names the pid of the worker it went to.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn send_socket<S: herder_fd::Transfer + AsFd>(
+        &mut self,
+        slot: usize,
+        socket: &S,
+        meta: &herder_fd::Handoff<'_>,
+    ) -> Result<u32, Error> {
         let pid = self
             .slots
             .get(slot)
             .and_then(|s| s.current)
             .ok_or(Error::NoWorker(slot))?;
-        // Only a ready worker takes work.
-        let ch = self
-            .procs
+        let ch = self.ready_channel(slot)?;
+        ch.send_socket(socket, meta)
+            .map_err(|source| Error::Channel { slot, source })?;
+        Ok(pid)
+    }
+
+    fn ready_channel(&mut self, slot: usize) -> Result<&mut Channel, Error> {
+        let pid = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.current)
+            .ok_or(Error::NoWorker(slot))?;
+        self.procs
             .get_mut(&pid)
             .filter(|p| p.ready && !p.draining)
             .and_then(|p| p.channel.as_mut())
-            .ok_or(Error::NoWorker(slot))?;
-        ch.send(payload, fds)
-            .map_err(|source| Error::Channel { slot, source })
+            .ok_or(Error::NoWorker(slot))
+    }
+
+    /// The number of slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the pool has no slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The current worker of `slot` and its load from the scoreboard, if it is ready.
+    /// Cheap: a lookup and two atomic loads, no allocation.
+    pub fn load(&self, slot: usize) -> Option<Load> {
+        let pid = self.slots.get(slot)?.current?;
+        let p = self.procs.get(&pid).filter(|p| p.ready && !p.draining)?;
+        let r = p.record.and_then(|i| self.board.1.record(i));
+        Some(Load {
+            pid,
+            accepted: r.map_or(0, |r| r.accepted()),
+            active: r.map_or(0, |r| r.active()),
+        })
+    }
+
+    /// Watches a source of the caller's in the pool's event loop; its readiness comes
+    /// back as [`PoolEvent::Other`]. The supervisor of the hand-off model watches its
+    /// listener this way.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if registering fails.
+    pub fn add_source(
+        &mut self,
+        source: Box<dyn herder_reactor::Source>,
+        interest: Interest,
+        mode: Mode,
+    ) -> Result<Key, Error> {
+        self.reactor
+            .register(Source::User(source), interest, mode)
+            .map_err(Error::io("watching a source"))
+    }
+
+    /// Changes what a source of the caller's is watched for.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]: `NotFound` if `key` is not a source added with
+    /// [`add_source`](Self::add_source).
+    pub fn modify_source(&mut self, key: Key, interest: Interest, mode: Mode) -> Result<(), Error> {
+        if !matches!(self.reactor.get(key), Some(Source::User(_))) {
+            return Err(Error::Io {
+                what: "changing a source",
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "not a source added with add_source",
+                ),
+            });
+        }
+        self.reactor
+            .modify(key, interest, mode)
+            .map_err(Error::io("changing a source"))
+    }
+
+    /// A source of the caller's.
+    pub fn source(&self, key: Key) -> Option<&dyn herder_reactor::Source> {
+        match self.reactor.get(key)? {
+            Source::User(u) => Some(&**u),
+            _ => None,
+        }
+    }
+
+    /// Starts a timer of the caller's; it comes back as [`PoolEvent::Other`].
+    pub fn add_timer(&mut self, deadline: Instant, repeat: Option<Duration>) -> TimerId {
+        self.reactor.add_timer(deadline, repeat)
     }
 
     /// Sends `sig` to the current worker of `slot`.
@@ -778,6 +894,9 @@ impl Pool {
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
                     Some(Watch::ControlListener) => self.accept_control(key),
                     Some(Watch::ControlConn) => self.serve_control(key, events),
+                    None if matches!(self.reactor.get(key), Some(Source::User(_))) => {
+                        events.push(PoolEvent::Other(ev))
+                    }
                     None => {}
                 },
                 Event::Timer(id) if Some(id) == self.monitor => self.check_heartbeats(events),

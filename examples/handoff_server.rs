@@ -1,0 +1,329 @@
+//! Model 1, descriptor hand-off: the supervisor accepts every connection and hands it
+//! to one of N worker processes over its channel (`SCM_RIGHTS`); each worker serves
+//! its connections on its own event loop.
+//!
+//! ```text
+//! cargo run --release --example handoff_server -- --listen 127.0.0.1:8080 --protocol http
+//! ```
+
+#[cfg(unix)]
+#[path = "common/mod.rs"]
+mod common;
+
+#[cfg(unix)]
+fn main() -> anyhow::Result<()> {
+    unix::main()
+}
+
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("handoff_server runs on Unix for now");
+}
+
+#[cfg(unix)]
+mod unix {
+    use super::common::{self, Common};
+    use crate::log;
+    use anyhow::Context;
+    use clap::Parser;
+    use herder::fd::Handoff;
+    use herder::pool::{Pool, PoolEvent, Worker};
+    use herder::protocol::{MAX_BODY, MAX_HEAD, Protocol};
+    use herder::reactor::{Config, Event, Interest, Mode, Server, Signal, TimerId};
+    use std::collections::{HashMap, VecDeque};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    #[derive(Debug, Parser)]
+    #[command(about = "herder's hand-off server: one process accepts, workers serve")]
+    struct Args {
+        #[command(flatten)]
+        common: Common,
+        /// How a connection's worker is chosen.
+        #[arg(long, default_value = "least-loaded", value_parser = ["least-loaded", "round-robin"])]
+        dispatch: String,
+    }
+
+    /// Connections waiting for a ready worker, at most.
+    const MAX_PENDING: usize = 1024;
+
+    pub(crate) fn main() -> anyhow::Result<()> {
+        let args = Args::parse();
+        common::set_log_level(&args.common.log_level);
+        if let Some(worker) = Worker::from_env()? {
+            return worker_main(worker, &args);
+        }
+        let listener = TcpListener::bind(args.common.listen)
+            .with_context(|| format!("binding {}", args.common.listen))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let mut pool = Pool::new(common::pool_config(&args.common), Vec::new())?;
+        pool.handle_signals()?;
+        if let Some(path) = &args.common.control {
+            pool.listen_control(path)?;
+        }
+        let key = pool.add_source(
+            Box::new(listener.try_clone()?),
+            Interest::READABLE,
+            Mode::Level,
+        )?;
+        let mut d = Dispatcher {
+            listener,
+            key,
+            round_robin: args.dispatch == "round-robin",
+            next: 0,
+            inflight: HashMap::new(),
+            pending: VecDeque::new(),
+            next_id: 0,
+            retry: None,
+            stopping: false,
+        };
+        log!(
+            2,
+            "supervisor: dispatch {}, protocol {}",
+            args.dispatch,
+            args.common.protocol
+        );
+        common::supervise(&mut pool, addr, |pool, event| d.on_event(pool, event))
+    }
+
+    struct Dispatcher {
+        listener: TcpListener,
+        key: herder::reactor::Key,
+        round_robin: bool,
+        next: usize,
+        /// Connections handed to each worker (by pid) and not yet acknowledged: kept
+        /// open here, so that those of a worker that dies are handed to another.
+        inflight: HashMap<u32, VecDeque<(u64, TcpStream, std::net::SocketAddr)>>,
+        /// Accepted, not yet handed over (no worker ready).
+        pending: VecDeque<(TcpStream, std::net::SocketAddr)>,
+        next_id: u64,
+        /// The listener's pause after `EMFILE`.
+        retry: Option<TimerId>,
+        stopping: bool,
+    }
+
+    impl Dispatcher {
+        fn on_event(&mut self, pool: &mut Pool, event: &PoolEvent) {
+            match event {
+                PoolEvent::Other(Event::Io { key, .. }) if *key == self.key => self.accept(pool),
+                PoolEvent::Other(Event::Timer(t)) if Some(*t) == self.retry => {
+                    self.retry = None;
+                    if !self.stopping {
+                        let _ = pool.modify_source(self.key, Interest::READABLE, Mode::Level);
+                    }
+                }
+                PoolEvent::Ready { .. } => self.flush(pool),
+                PoolEvent::Message { message, .. } => {
+                    // "ack PID ID": the worker has every connection up to ID.
+                    let text = String::from_utf8_lossy(message.payload());
+                    let mut words = text.split(' ');
+                    if let (Some("ack"), Some(pid), Some(id)) =
+                        (words.next(), words.next(), words.next())
+                    {
+                        if let (Ok(pid), Ok(id)) = (pid.parse::<u32>(), id.parse::<u64>()) {
+                            if let Some(q) = self.inflight.get_mut(&pid) {
+                                while q.front().is_some_and(|(i, _, _)| *i <= id) {
+                                    q.pop_front();
+                                }
+                            }
+                        }
+                    }
+                }
+                PoolEvent::Exited { pid, .. } => {
+                    // Connections it never acknowledged go to another worker.
+                    if let Some(q) = self.inflight.remove(pid) {
+                        if !q.is_empty() {
+                            log!(
+                                2,
+                                "handing {} unacknowledged connection(s) of worker {pid} to others",
+                                q.len()
+                            );
+                        }
+                        for (_, stream, peer) in q {
+                            self.dispatch(pool, stream, peer);
+                        }
+                    }
+                }
+                PoolEvent::Command(herder::pool::Command::Stop) => {
+                    // Stop accepting at once; the workers drain what they have.
+                    self.stopping = true;
+                    let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
+                    self.pending.clear();
+                }
+                _ => {}
+            }
+        }
+
+        fn accept(&mut self, pool: &mut Pool) {
+            for _ in 0..64 {
+                match self.listener.accept() {
+                    Ok((stream, peer)) => self.dispatch(pool, stream, peer),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                        ) =>
+                    {
+                        // Out of descriptors: neither spin nor die; shed and retry soon.
+                        log!(1, "accept: {e}; pausing the listener for 100 ms");
+                        let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
+                        self.retry =
+                            Some(pool.add_timer(Instant::now() + Duration::from_millis(100), None));
+                        return;
+                    }
+                    Err(e) => log!(3, "accept: {e}"),
+                }
+            }
+        }
+
+        /// Slots in the order to try them.
+        fn candidates(&mut self, pool: &Pool) -> Vec<usize> {
+            let n = pool.len();
+            let mut slots: Vec<usize> = (0..n).filter(|&s| pool.load(s).is_some()).collect();
+            if self.round_robin {
+                let start = self.next % n.max(1);
+                slots.sort_by_key(|&s| (s + n - start) % n);
+                self.next = start + 1;
+            } else {
+                // Open connections, plus those handed over but not yet taken in: a
+                // credit window, so a slow worker does not pile up connections.
+                slots.sort_by_key(|&s| {
+                    let load = pool.load(s).expect("filtered above");
+                    load.active + self.inflight.get(&load.pid).map_or(0, |q| q.len() as u64)
+                });
+            }
+            slots
+        }
+
+        fn dispatch(&mut self, pool: &mut Pool, stream: TcpStream, peer: std::net::SocketAddr) {
+            if self.stopping {
+                return;
+            }
+            for slot in self.candidates(pool) {
+                self.next_id += 1;
+                let meta = Handoff {
+                    id: self.next_id,
+                    peer: Some(peer),
+                    data: &[],
+                };
+                match pool.send_socket(slot, &stream, &meta) {
+                    Ok(pid) => {
+                        self.inflight.entry(pid).or_default().push_back((
+                            self.next_id,
+                            stream,
+                            peer,
+                        ));
+                        return;
+                    }
+                    // A worker that died, drains or is full: the next one.
+                    Err(e) => log!(3, "hand-off to slot {slot}: {e}"),
+                }
+            }
+            if self.pending.len() < MAX_PENDING {
+                self.pending.push_back((stream, peer));
+            } else {
+                log!(
+                    1,
+                    "no worker ready and {MAX_PENDING} connections waiting: shedding one"
+                );
+            }
+        }
+
+        fn flush(&mut self, pool: &mut Pool) {
+            let waiting: Vec<_> = self.pending.drain(..).collect();
+            for (stream, peer) in waiting {
+                self.dispatch(pool, stream, peer);
+            }
+        }
+    }
+
+    fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
+        let protocol = args.common.protocol.clone();
+        let mut config = Config::default();
+        config.idle_timeout = Some(Duration::from_secs(60));
+        config.max_input = MAX_HEAD + MAX_BODY + 1;
+        let make = move || Protocol::named(&protocol).expect("checked by clap");
+        let make2 = make.clone();
+        let mut server = Server::new(config, move |_| make2())?;
+        let mut channel = worker.take_channel().context("no channel")?;
+        channel.set_nonblocking(true)?;
+        let channel_key = server.add_source(
+            Box::new(channel.as_fd().try_clone_to_owned()?),
+            Interest::READABLE,
+            Mode::Level,
+        )?;
+        server.watch_signals(&[Signal::Terminate, Signal::Interrupt])?;
+        let card = worker.scorecard();
+        let tick = server.add_timer(Instant::now(), Some(Duration::from_secs(1)));
+        herder::pool::send_ready(&mut channel)?;
+        let drain_timeout = Duration::from_secs(args.common.drain_timeout);
+        let mut events = Vec::new();
+        let mut taken = 0u64;
+        let mut last_id: Option<u64> = None;
+        let me = std::process::id();
+        loop {
+            server.poll(&mut events, Some(Duration::from_millis(500)))?;
+            for e in events.drain(..) {
+                match e {
+                    Event::Io { key, .. } if key == channel_key => loop {
+                        match channel.recv() {
+                            Ok(Some(m)) if herder::pool::is_drain_request(m.payload()) => {
+                                server.drain(Instant::now() + drain_timeout)
+                            }
+                            Ok(Some(m)) => match m.into_socket() {
+                                Ok(got) => {
+                                    last_id = Some(got.id);
+                                    let data = got.data.clone();
+                                    if let Ok(stream) = got.into_tcp_stream() {
+                                        taken += 1;
+                                        if let Err(e) = server.add_connection(stream, make(), &data)
+                                        {
+                                            log!(1, "serving a handed-off connection: {e}");
+                                        }
+                                    }
+                                }
+                                Err(e) => log!(1, "bad hand-off: {e}"),
+                            },
+                            Ok(None) => {
+                                server.drain(Instant::now() + drain_timeout);
+                                let _ = server.remove_source(channel_key);
+                                break;
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e.into()),
+                        }
+                    },
+                    Event::Signal(_) => server.drain(Instant::now() + drain_timeout),
+                    Event::Timer(t) if t == tick => {
+                        if let Some(card) = &card {
+                            card.heartbeat();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(id) = last_id {
+                // Acknowledge before serving: the supervisor keeps its copies until then.
+                match channel.send(format!("ack {me} {id}").as_bytes(), &[]) {
+                    Ok(()) => last_id = None,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => log!(1, "acknowledging: {e}"),
+                }
+            }
+            if let Some(card) = &card {
+                // Every loop: the supervisor's least-loaded choice reads these.
+                let stats = server.stats();
+                card.set_active(stats.active as u64);
+                card.add_accepted(taken);
+                taken = 0;
+            }
+            if server.is_draining() && server.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}

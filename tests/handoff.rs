@@ -1,0 +1,112 @@
+//! The hand-off server as a real process: echo is byte-exact under both dispatch
+//! modes, HTTP works, a killed worker is replaced while new connections keep being
+//! served, and SIGTERM stops it with exit 0.
+#![cfg(target_os = "linux")]
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+const SERVER: &str = "handoff_server";
+
+fn echo(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let send = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&send).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    back
+}
+
+#[test]
+fn echo_under_both_dispatch_modes() {
+    for dispatch in ["least-loaded", "round-robin"] {
+        let server = util::start(SERVER, &["--workers", "2", "--dispatch", dispatch]);
+        let addr = server.addr;
+        let clients: Vec<_> = (0..100)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let data: Vec<u8> = (0..(i * 997) % 65_536 + 1)
+                        .map(|j| (i * 31 + j) as u8)
+                        .collect();
+                    assert!(echo(addr, &data) == data, "client {i}");
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        server.signal(libc::SIGTERM);
+        assert_eq!(
+            server.wait(Duration::from_secs(30)).code(),
+            Some(0),
+            "{dispatch}"
+        );
+    }
+}
+
+#[test]
+fn http_is_served() {
+    let server = util::start(SERVER, &["--workers", "2", "--protocol", "http"]);
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert_eq!(out.matches("Hello, world!").count(), 2, "{out}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let server = util::start(
+        SERVER,
+        &["--workers", "2", "--control", ctl.to_str().unwrap()],
+    );
+    let status = |ctl: &std::path::Path| -> serde_json::Value {
+        let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
+        c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap()
+    };
+    let before = status(&ctl);
+    let victim = before["workers"][0]["pid"].as_u64().unwrap() as i32;
+    // SAFETY: a worker of the server this test started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    // Connections right after the kill are all served (by the other worker, then
+    // by both).
+    for i in 0..200 {
+        let msg = format!("connection {i}");
+        assert_eq!(echo(server.addr, msg.as_bytes()), msg.as_bytes());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = status(&ctl);
+        let w = &now["workers"][0];
+        if w["state"] == "ready" && w["pid"].as_u64() != Some(victim as u64) {
+            assert_eq!(w["restarts"], 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replacement: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+}
