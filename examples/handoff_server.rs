@@ -184,16 +184,23 @@ mod unix {
         fn candidates(&mut self, pool: &Pool) -> Vec<usize> {
             let n = pool.len();
             let mut slots: Vec<usize> = (0..n).filter(|&s| pool.load(s).is_some()).collect();
+            // Rotate the starting point: round-robin's order, and least-loaded's
+            // tie-break (otherwise short connections, all finished by the time the
+            // next arrives, would all go to the first slot).
+            let start = self.next % n.max(1);
+            self.next = start + 1;
+            let turn = |s: usize| (s + n - start) % n;
             if self.round_robin {
-                let start = self.next % n.max(1);
-                slots.sort_by_key(|&s| (s + n - start) % n);
-                self.next = start + 1;
+                slots.sort_by_key(|&s| turn(s));
             } else {
-                // Open connections, plus those handed over but not yet taken in: a
-                // credit window, so a slow worker does not pile up connections.
+                // Open connections, plus those handed over but not yet acknowledged:
+                // a credit window, so a slow worker does not pile up connections.
                 slots.sort_by_key(|&s| {
                     let load = pool.load(s).expect("filtered above");
-                    load.active + self.inflight.get(&load.pid).map_or(0, |q| q.len() as u64)
+                    (
+                        load.active + self.inflight.get(&load.pid).map_or(0, |q| q.len() as u64),
+                        turn(s),
+                    )
                 });
             }
             slots

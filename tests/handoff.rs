@@ -75,14 +75,6 @@ fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
         SERVER,
         &["--workers", "2", "--control", ctl.to_str().unwrap()],
     );
-    let status = |ctl: &std::path::Path| -> serde_json::Value {
-        let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
-        c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut s = String::new();
-        c.read_to_string(&mut s).unwrap();
-        serde_json::from_str(&s).unwrap()
-    };
     let before = status(&ctl);
     let victim = before["workers"][0]["pid"].as_u64().unwrap() as i32;
     // SAFETY: a worker of the server this test started.
@@ -107,6 +99,53 @@ fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+}
+
+fn status(ctl: &std::path::Path) -> serde_json::Value {
+    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
+    c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+#[test]
+fn status_accounts_for_every_connection_and_both_workers_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let server = util::start(
+        SERVER,
+        &["--workers", "2", "--control", ctl.to_str().unwrap()],
+    );
+    for i in 0..100 {
+        let msg = format!("sequential {i}");
+        assert_eq!(echo(server.addr, msg.as_bytes()), msg.as_bytes());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let per_worker = loop {
+        let s = status(&ctl);
+        let counts: Vec<u64> = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["accepted"].as_u64().unwrap())
+            .collect();
+        if counts.iter().sum::<u64>() == 100 {
+            break counts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never accounted for 100: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        per_worker.iter().all(|&c| c >= 40),
+        "one worker took nearly everything: {per_worker:?}"
+    );
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
 }

@@ -1,0 +1,127 @@
+//! A client for the example servers' control socket.
+//!
+//! ```text
+//! herderctl --control /tmp/herder.sock status          # a table
+//! herderctl --control /tmp/herder.sock status --json   # the raw answer
+//! herderctl --control /tmp/herder.sock reload | stop | scale 4
+//! ```
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+
+#[derive(Debug, Parser)]
+#[command(about = "Control a running herder server")]
+struct Args {
+    /// The server's control socket (its --control PATH).
+    #[arg(long)]
+    control: std::path::PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The pool and one line per worker.
+    Status {
+        /// Print the server's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A rolling restart of every worker.
+    Reload,
+    /// Run N workers.
+    Scale {
+        /// How many.
+        workers: usize,
+    },
+    /// A graceful stop.
+    Stop,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let request = match &args.cmd {
+        Cmd::Status { .. } => json!({ "cmd": "status" }),
+        Cmd::Reload => json!({ "cmd": "reload" }),
+        Cmd::Scale { workers } => json!({ "cmd": "scale", "workers": workers }),
+        Cmd::Stop => json!({ "cmd": "stop" }),
+    };
+    let answer = ask(&args.control, &request)?;
+    if answer["ok"] != true {
+        bail!(
+            "the server refused: {}",
+            answer["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    match args.cmd {
+        Cmd::Status { json: true } => println!("{answer}"),
+        Cmd::Status { json: false } => print_status(&answer),
+        _ => println!("ok"),
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn ask(path: &std::path::Path, request: &Value) -> anyhow::Result<Value> {
+    let mut conn = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("connecting to {}", path.display()))?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    writeln!(conn, "{request}")?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    serde_json::from_str(&line).with_context(|| format!("not a JSON answer: {line:?}"))
+}
+
+#[cfg(not(unix))]
+fn ask(_: &std::path::Path, _: &Value) -> anyhow::Result<Value> {
+    bail!("the control socket is a Unix socket; Windows servers are not there yet")
+}
+
+fn print_status(s: &Value) {
+    println!(
+        "supervisor {}  generation {}{}",
+        s["pid"],
+        s["generation"],
+        if s["stopping"] == true {
+            "  (stopping)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:>4}  {:>8}  {:>3}  {:<9}  {:>9}  {:>7}  {:>8}  last exit",
+        "slot", "pid", "gen", "state", "accepted", "active", "restarts"
+    );
+    // serde_json's Display ignores widths: format plain strings.
+    let text = |v: &Value| {
+        v.as_str().map_or_else(
+            || {
+                if v.is_null() {
+                    "-".to_string()
+                } else {
+                    v.to_string()
+                }
+            },
+            str::to_string,
+        )
+    };
+    for w in s["workers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "{:>4}  {:>8}  {:>3}  {:<9}  {:>9}  {:>7}  {:>8}  {}",
+            text(&w["slot"]),
+            text(&w["pid"]),
+            text(&w["generation"]),
+            text(&w["state"]),
+            text(&w["accepted"]),
+            text(&w["active"]),
+            text(&w["restarts"]),
+            text(&w["last_exit"]),
+        );
+    }
+}
