@@ -186,6 +186,8 @@ struct Conn<Svc> {
     paused: bool,
     /// Whether `on_drain` was asked once; after that only when idle.
     drain_asked: bool,
+    /// Nothing was read from it yet.
+    fresh: bool,
     /// Why the connection is closing, once it is.
     close_reason: Option<CloseReason>,
     /// Shut down for writing; reading and discarding until EOF or the linger timer.
@@ -198,8 +200,11 @@ struct Conn<Svc> {
 }
 
 impl<Svc> Conn<Svc> {
+    /// Between requests: something was read, and nothing is pending either way. A
+    /// connection that has not sent anything yet is not idle — its first request may
+    /// be on the way (a connection accepted or handed over just before a drain).
     fn idle(&self) -> bool {
-        self.input.is_empty() && self.output.is_empty()
+        !self.fresh && self.input.is_empty() && self.output.is_empty()
     }
 
     fn wanted_interest(&self) -> Interest {
@@ -513,6 +518,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             closing: false,
             paused: false,
             drain_asked: false,
+            fresh: initial.is_empty(),
             close_reason: None,
             lingering: false,
             timer: None,
@@ -979,6 +985,7 @@ fn on_ready<Svc: Service + 'static>(
             }
             Ok(n) => {
                 c.last_active = Instant::now();
+                c.fresh = false;
                 feed(c, &rbuf[..n], b)
             }
             Err(e)

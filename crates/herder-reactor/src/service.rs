@@ -56,8 +56,10 @@ pub trait Service {
     }
 
     /// The server started draining ([`Server::drain`](crate::Server::drain)).
-    /// `idle` tells whether the connection is between requests (no unconsumed input,
-    /// no unwritten output). The default closes an idle connection at once and lets a
+    /// `idle` tells whether the connection is between requests: it has sent
+    /// something, and no input is unconsumed and no output unwritten (a connection
+    /// that has not sent anything yet is not idle: its first request may be on the
+    /// way). The default closes an idle connection at once and lets a
     /// busy one go on; a busy one is asked again whenever it becomes idle, until the
     /// drain deadline closes it.
     fn on_drain(&mut self, idle: bool, out: &mut Output<'_>) -> Flow {
