@@ -6,10 +6,9 @@
 //! herderctl --control /tmp/herder.sock reload | stop | scale 4
 //! ```
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
 
 #[derive(Debug, Parser)]
 #[command(about = "Control a running herder server")]
@@ -65,6 +64,8 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(unix)]
 fn ask(path: &std::path::Path, request: &Value) -> anyhow::Result<Value> {
+    use anyhow::Context;
+    use std::io::{BufRead, BufReader, Write};
     let mut conn = std::os::unix::net::UnixStream::connect(path)
         .with_context(|| format!("connecting to {}", path.display()))?;
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
