@@ -23,6 +23,7 @@ pub fn example(name: &str) -> std::path::PathBuf {
 /// Starts `name` with `args` on 127.0.0.1 port 0 and waits (30 s at most) for its
 /// `listening on` line.
 pub fn start(name: &str, args: &[&str]) -> Running {
+    raise_nofile();
     let mut child = Command::new(example(name))
         .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
         .args(args)
@@ -84,6 +85,22 @@ impl Drop for Running {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// Raises this process's soft descriptor limit to the hard one (the servers started
+/// from it inherit it): the tests open a thousand connections at once.
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }
