@@ -191,15 +191,18 @@ mod unix {
                     Event::Signal(_) => server.drain(Instant::now() + drain_timeout),
                     Event::Timer(t) if t == tick => {
                         if let Some(card) = &card {
-                            let stats = server.stats();
                             card.heartbeat();
-                            card.add_accepted(stats.accepted - reported);
-                            reported = stats.accepted;
-                            card.set_active(stats.active as u64);
                         }
                     }
                     _ => {}
                 }
+            }
+            if let Some(card) = &card {
+                // Every loop: status and scaling read these.
+                let stats = server.stats();
+                card.add_accepted(stats.accepted - reported);
+                reported = stats.accepted;
+                card.set_active(stats.active as u64);
             }
             if server.is_draining() && server.is_empty() {
                 log!(3, "drained");

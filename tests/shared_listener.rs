@@ -104,3 +104,129 @@ fn http_keep_alive_close_and_refusals() {
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
 }
+
+fn status(ctl: &std::path::Path) -> serde_json::Value {
+    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
+    c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+/// Under load, each strategy in turn loses a worker to SIGKILL — with a lock, most
+/// likely while it holds it — and new connections keep being served; the status then
+/// accounts for every connection.
+#[test]
+fn every_strategy_survives_a_killed_worker_under_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    for strategy in [
+        "flock",
+        "fcntl",
+        "pthread",
+        "exclusive",
+        "reuseport",
+        "none",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = dir.path().join("ctl.sock");
+        let server = util::start(
+            SERVER,
+            &[
+                "--workers",
+                "3",
+                "--protocol",
+                "http",
+                "--accept",
+                strategy,
+                "--control",
+                ctl.to_str().unwrap(),
+            ],
+        );
+        let addr = server.addr;
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let load: Vec<_> = (0..3)
+            .map(|_| {
+                let (stop, served) = (stop.clone(), served.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        // A connection the killed worker had may fail; that is its own.
+                        if let Ok(out) = std::panic::catch_unwind(|| {
+                            http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                        }) {
+                            if out.ends_with("Hello, world!") {
+                                served.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        while served.load(Ordering::SeqCst) < 30 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let victim = status(&ctl)["workers"][0]["pid"].as_u64().unwrap();
+        // SAFETY: a worker of the server this test started.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        // New connections from now on are all served.
+        for _ in 0..30 {
+            let out = http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+            assert!(out.ends_with("Hello, world!"), "{strategy}: {out:?}");
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in load {
+            t.join().unwrap();
+        }
+        server.signal(libc::SIGTERM);
+        assert_eq!(
+            server.wait(Duration::from_secs(30)).code(),
+            Some(0),
+            "{strategy}"
+        );
+    }
+}
+
+#[test]
+fn status_accounts_for_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let server = util::start(
+        SERVER,
+        &[
+            "--workers",
+            "2",
+            "--protocol",
+            "http",
+            "--control",
+            ctl.to_str().unwrap(),
+        ],
+    );
+    for _ in 0..60 {
+        assert!(
+            http(server.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .ends_with("Hello, world!")
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&ctl);
+        let total: u64 = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["accepted"].as_u64().unwrap())
+            .sum();
+        if total == 60 {
+            break;
+        }
+        assert!(
+            total < 60 && std::time::Instant::now() < deadline,
+            "accounted {total} of 60: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+}
