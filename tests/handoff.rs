@@ -149,3 +149,40 @@ fn status_accounts_for_every_connection_and_both_workers_serve() {
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
 }
+
+/// With few descriptors, the supervisor runs out while 200 clients connect at once:
+/// it neither spins nor dies, and every client is served once descriptors free up.
+#[test]
+fn out_of_descriptors_the_supervisor_waits_and_recovers() {
+    let server = util::start_limited(SERVER, &["--workers", "2", "--protocol", "http"], Some(48));
+    let addr = server.addr;
+    let cpu_before = util::cpu_time(server.child.id());
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut out = String::new();
+                c.read_to_string(&mut out).unwrap();
+                out.ends_with("Hello, world!")
+            })
+        })
+        .collect();
+    let served = clients
+        .into_iter()
+        .filter(|_| true)
+        .map(|c| c.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(served, 200, "every client is served in the end");
+    let cpu = util::cpu_time(server.child.id()) - cpu_before;
+    // A supervisor spinning on EMFILE would burn a core for the whole run.
+    assert!(
+        cpu < Duration::from_secs(5),
+        "the supervisor used {cpu:?} of CPU"
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+}

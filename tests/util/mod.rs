@@ -23,8 +23,31 @@ pub fn example(name: &str) -> std::path::PathBuf {
 /// Starts `name` with `args` on 127.0.0.1 port 0 and waits (30 s at most) for its
 /// `listening on` line.
 pub fn start(name: &str, args: &[&str]) -> Running {
+    start_limited(name, args, None)
+}
+
+/// As [`start`], with the server's `RLIMIT_NOFILE` set to `nofile` (its workers
+/// inherit it).
+pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Running {
     raise_nofile();
-    let mut child = Command::new(example(name))
+    let mut cmd = Command::new(example(name));
+    if let Some(limit) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches no memory but `lim`.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
         .args(args)
         .stdin(Stdio::null())
@@ -103,4 +126,16 @@ pub fn raise_nofile() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// CPU time (user + system) the process has used, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let (utime, stime): (u64, u64) = (f[11].parse().unwrap(), f[12].parse().unwrap());
+    Duration::from_millis((utime + stime) * 1000 / ticks)
 }
