@@ -7,29 +7,10 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 const SERVERS: [&str; 2] = ["handoff_server", "shared_listener_server"];
-
-fn status(ctl: &std::path::Path) -> serde_json::Value {
-    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
-    c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    serde_json::from_str(&s).unwrap()
-}
-
-fn request(addr: SocketAddr) -> String {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[test]
 fn a_killed_worker_takes_only_its_own_connections() {
@@ -55,17 +36,17 @@ fn a_killed_worker_takes_only_its_own_connections() {
                 c
             })
             .collect();
-        let before = status(&ctl);
+        let before = util::status(&ctl);
         let victim = before["workers"][0]["pid"].as_u64().unwrap();
         // SAFETY: a worker of the server this test started.
         unsafe { libc::kill(victim as i32, libc::SIGKILL) };
         // Every new connection from now on is served.
         for _ in 0..50 {
-            assert!(request(server.addr).ends_with("Hello, world!"), "{name}");
+            assert!(util::get(server.addr).ends_with("Hello, world!"), "{name}");
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let s = status(&ctl);
+            let s = util::status(&ctl);
             let w = &s["workers"][0];
             if w["state"] == "ready" && w["pid"].as_u64() != Some(victim) {
                 assert_eq!(w["restarts"], 1, "{name}");
@@ -87,12 +68,7 @@ fn a_killed_worker_takes_only_its_own_connections() {
             alive > 0,
             "{name}: every open connection died with one worker"
         );
-        server.signal(libc::SIGTERM);
-        assert_eq!(
-            server.wait(Duration::from_secs(30)).code(),
-            Some(0),
-            "{name}"
-        );
+        server.stop(name);
     }
 }
 
@@ -107,15 +83,10 @@ fn a_slow_client_does_not_hold_up_the_others() {
         }
         // With one worker, everyone else shares its loop with the slow client.
         for _ in 0..20 {
-            assert!(request(server.addr).ends_with("Hello, world!"), "{name}");
+            assert!(util::get(server.addr).ends_with("Hello, world!"), "{name}");
         }
         drop(slow);
-        server.signal(libc::SIGTERM);
-        assert_eq!(
-            server.wait(Duration::from_secs(30)).code(),
-            Some(0),
-            "{name}"
-        );
+        server.stop(name);
     }
 }
 
@@ -145,12 +116,7 @@ fn curl_is_answered() {
                 && text.ends_with("Hello, world!"),
             "{name}: {text}"
         );
-        server.signal(libc::SIGTERM);
-        assert_eq!(
-            server.wait(Duration::from_secs(30)).code(),
-            Some(0),
-            "{name}"
-        );
+        server.stop(name);
     }
 }
 
@@ -192,11 +158,6 @@ fn a_thousand_concurrent_echo_clients() {
         for h in handles {
             h.join().unwrap();
         }
-        server.signal(libc::SIGTERM);
-        assert_eq!(
-            server.wait(Duration::from_secs(30)).code(),
-            Some(0),
-            "{name}"
-        );
+        server.stop(name);
     }
 }

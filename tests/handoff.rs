@@ -6,25 +6,10 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 const SERVER: &str = "handoff_server";
-
-fn echo(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut w = c.try_clone().unwrap();
-    let send = data.to_vec();
-    let writer = std::thread::spawn(move || {
-        w.write_all(&send).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::new();
-    c.read_to_end(&mut back).unwrap();
-    writer.join().unwrap();
-    back
-}
 
 #[test]
 fn echo_under_both_dispatch_modes() {
@@ -37,7 +22,7 @@ fn echo_under_both_dispatch_modes() {
                     let data: Vec<u8> = (0..(i * 997) % 65_536 + 1)
                         .map(|j| (i * 31 + j) as u8)
                         .collect();
-                    assert!(echo(addr, &data) == data, "client {i}");
+                    assert!(util::echo(addr, &data) == data, "client {i}");
                 })
             })
             .collect();
@@ -63,8 +48,7 @@ fn http_is_served() {
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     assert_eq!(out.matches("Hello, world!").count(), 2, "{out}");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+    server.stop(SERVER);
 }
 
 #[test]
@@ -75,7 +59,7 @@ fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
         SERVER,
         &["--workers", "2", "--control", ctl.to_str().unwrap()],
     );
-    let before = status(&ctl);
+    let before = util::status(&ctl);
     let victim = before["workers"][0]["pid"].as_u64().unwrap() as i32;
     // SAFETY: a worker of the server this test started.
     unsafe { libc::kill(victim, libc::SIGKILL) };
@@ -83,11 +67,11 @@ fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
     // by both).
     for i in 0..200 {
         let msg = format!("connection {i}");
-        assert_eq!(echo(server.addr, msg.as_bytes()), msg.as_bytes());
+        assert_eq!(util::echo(server.addr, msg.as_bytes()), msg.as_bytes());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let now = status(&ctl);
+        let now = util::status(&ctl);
         let w = &now["workers"][0];
         if w["state"] == "ready" && w["pid"].as_u64() != Some(victim as u64) {
             assert_eq!(w["restarts"], 1);
@@ -99,17 +83,7 @@ fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
-}
-
-fn status(ctl: &std::path::Path) -> serde_json::Value {
-    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
-    c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    serde_json::from_str(&s).unwrap()
+    server.stop(SERVER);
 }
 
 #[test]
@@ -122,11 +96,11 @@ fn status_accounts_for_every_connection_and_both_workers_serve() {
     );
     for i in 0..100 {
         let msg = format!("sequential {i}");
-        assert_eq!(echo(server.addr, msg.as_bytes()), msg.as_bytes());
+        assert_eq!(util::echo(server.addr, msg.as_bytes()), msg.as_bytes());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let per_worker = loop {
-        let s = status(&ctl);
+        let s = util::status(&ctl);
         let counts: Vec<u64> = s["workers"]
             .as_array()
             .unwrap()
@@ -146,8 +120,7 @@ fn status_accounts_for_every_connection_and_both_workers_serve() {
         per_worker.iter().all(|&c| c >= 40),
         "one worker took nearly everything: {per_worker:?}"
     );
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+    server.stop(SERVER);
 }
 
 /// With few descriptors, the supervisor runs out while 200 clients connect at once:
@@ -172,7 +145,6 @@ fn out_of_descriptors_the_supervisor_waits_and_recovers() {
         .collect();
     let served = clients
         .into_iter()
-        .filter(|_| true)
         .map(|c| c.join().unwrap())
         .filter(|ok| *ok)
         .count();
@@ -183,6 +155,5 @@ fn out_of_descriptors_the_supervisor_waits_and_recovers() {
         cpu < Duration::from_secs(5),
         "the supervisor used {cpu:?} of CPU"
     );
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+    server.stop(SERVER);
 }

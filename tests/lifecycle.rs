@@ -5,21 +5,12 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const SERVERS: [&str; 2] = ["handoff_server", "shared_listener_server"];
-
-fn status(ctl: &std::path::Path) -> serde_json::Value {
-    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
-    c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    serde_json::from_str(&s).unwrap()
-}
 
 fn pids(s: &serde_json::Value) -> Vec<u64> {
     s["workers"]
@@ -61,7 +52,7 @@ fn a_rolling_restart_under_load_fails_no_connection() {
                 ctl.to_str().unwrap(),
             ],
         );
-        let before = pids(&status(&ctl));
+        let before = pids(&util::status(&ctl));
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let clients: Vec<_> = (0..4)
@@ -82,7 +73,7 @@ fn a_rolling_restart_under_load_fails_no_connection() {
         // Wait until every worker is new and ready, under load all along.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let s = status(&ctl);
+            let s = util::status(&ctl);
             let now = pids(&s);
             let ready = s["workers"].as_array().unwrap().iter().all(|w| {
                 w["state"] == "ready" && w["draining"].as_array().is_some_and(Vec::is_empty)
@@ -148,7 +139,7 @@ fn a_graceful_stop_answers_the_request_in_flight() {
         server.signal(libc::SIGTERM);
         // Once the stop has begun, the rest of the request.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while status(&ctl)["stopping"] != true {
+        while util::status(&ctl)["stopping"] != true {
             assert!(Instant::now() < deadline, "{name}: the stop did not begin");
             std::thread::sleep(Duration::from_millis(5));
         }

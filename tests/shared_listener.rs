@@ -76,42 +76,23 @@ fn echo_is_byte_exact_under_every_accept_strategy() {
     }
 }
 
-fn http(addr: SocketAddr, request: &[u8]) -> String {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.write_all(request).unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn http_keep_alive_close_and_refusals() {
     let server = util::start(SERVER, &["--workers", "2", "--protocol", "http"]);
-    let out = http(
+    let out = util::http(
         server.addr,
         b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
     assert!(out.ends_with("Hello, world!"));
-    let out = http(server.addr, b"BREW /pot HTCPCP/1.0\r\n\r\n");
+    let out = util::http(server.addr, b"BREW /pot HTCPCP/1.0\r\n\r\n");
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'x', 16 * 1024));
     big.extend_from_slice(b"\r\n\r\n");
-    let out = http(server.addr, &big);
+    let out = util::http(server.addr, &big);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
-}
-
-fn status(ctl: &std::path::Path) -> serde_json::Value {
-    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
-    c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    serde_json::from_str(&s).unwrap()
+    server.stop(SERVER);
 }
 
 /// Under load, each strategy in turn loses a worker to SIGKILL — with a lock, most
@@ -154,7 +135,7 @@ fn every_strategy_survives_a_killed_worker_under_load() {
                     while !stop.load(Ordering::SeqCst) {
                         // A connection the killed worker had may fail; that is its own.
                         if let Ok(out) = std::panic::catch_unwind(|| {
-                            http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                            util::http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
                         }) {
                             if out.ends_with("Hello, world!") {
                                 served.fetch_add(1, Ordering::SeqCst);
@@ -167,12 +148,12 @@ fn every_strategy_survives_a_killed_worker_under_load() {
         while served.load(Ordering::SeqCst) < 30 {
             std::thread::sleep(Duration::from_millis(2));
         }
-        let victim = status(&ctl)["workers"][0]["pid"].as_u64().unwrap();
+        let victim = util::status(&ctl)["workers"][0]["pid"].as_u64().unwrap();
         // SAFETY: a worker of the server this test started.
         unsafe { libc::kill(victim as i32, libc::SIGKILL) };
         // New connections from now on are all served.
         for _ in 0..30 {
-            let out = http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+            let out = util::http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
             assert!(out.ends_with("Hello, world!"), "{strategy}: {out:?}");
         }
         stop.store(true, Ordering::SeqCst);
@@ -205,13 +186,13 @@ fn status_accounts_for_every_connection() {
     );
     for _ in 0..60 {
         assert!(
-            http(server.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            util::http(server.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
                 .ends_with("Hello, world!")
         );
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let s = status(&ctl);
+        let s = util::status(&ctl);
         let total: u64 = s["workers"]
             .as_array()
             .unwrap()
@@ -227,6 +208,5 @@ fn status_accounts_for_every_connection() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+    server.stop(SERVER);
 }

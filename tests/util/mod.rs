@@ -139,3 +139,60 @@ pub fn cpu_time(pid: u32) -> Duration {
     let (utime, stime): (u64, u64) = (f[11].parse().unwrap(), f[12].parse().unwrap());
     Duration::from_millis((utime + stime) * 1000 / ticks)
 }
+
+/// The server's `status` over its control socket.
+pub fn status(ctl: &std::path::Path) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
+    c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+/// Sends `request` on a new connection and reads until the server closes it.
+pub fn http(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(request).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// One `GET /` with `Connection: close`; its whole answer.
+pub fn get(addr: SocketAddr) -> String {
+    http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+}
+
+/// Sends `data` on a new connection (writing and reading at once), half-closes, and
+/// returns what came back.
+pub fn echo(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let send = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&send).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    back
+}
+
+impl Running {
+    /// A graceful stop: `SIGTERM`, then exit code 0 within 30 s.
+    pub fn stop(self, what: &str) {
+        self.signal(libc::SIGTERM);
+        assert_eq!(
+            self.wait(Duration::from_secs(30)).code(),
+            Some(0),
+            "{what}: exit code"
+        );
+    }
+}
