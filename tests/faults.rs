@@ -15,19 +15,11 @@ const SERVERS: [&str; 2] = ["handoff_server", "shared_listener_server"];
 #[test]
 fn a_killed_worker_takes_only_its_own_connections() {
     for name in SERVERS {
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = dir.path().join("ctl.sock");
-        let server = util::start(
-            name,
-            &[
-                "--workers",
-                "2",
-                "--protocol",
-                "http",
-                "--control",
-                ctl.to_str().unwrap(),
-            ],
-        );
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &["--workers", "2", "--protocol", "http"]);
         // Open connections spread over both workers.
         let open: Vec<TcpStream> = (0..8)
             .map(|_| {

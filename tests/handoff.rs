@@ -53,12 +53,11 @@ fn http_is_served() {
 
 #[test]
 fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl.sock");
-    let server = util::start(
-        SERVER,
-        &["--workers", "2", "--control", ctl.to_str().unwrap()],
-    );
+    let util::Controlled {
+        server,
+        ctl,
+        dir: _dir,
+    } = util::start_controlled(SERVER, &["--workers", "2"]);
     let before = util::status(&ctl);
     let victim = before["workers"][0]["pid"].as_u64().unwrap() as i32;
     // SAFETY: a worker of the server this test started.
@@ -88,12 +87,11 @@ fn a_killed_worker_is_replaced_and_new_connections_never_fail() {
 
 #[test]
 fn status_accounts_for_every_connection_and_both_workers_serve() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl.sock");
-    let server = util::start(
-        SERVER,
-        &["--workers", "2", "--control", ctl.to_str().unwrap()],
-    );
+    let util::Controlled {
+        server,
+        ctl,
+        dir: _dir,
+    } = util::start_controlled(SERVER, &["--workers", "2"]);
     for i in 0..100 {
         let msg = format!("sequential {i}");
         assert_eq!(util::echo(server.addr, msg.as_bytes()), msg.as_bytes());

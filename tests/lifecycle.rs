@@ -39,19 +39,11 @@ fn request(addr: SocketAddr) -> bool {
 #[test]
 fn a_rolling_restart_under_load_fails_no_connection() {
     for name in SERVERS {
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = dir.path().join("ctl.sock");
-        let server = util::start(
-            name,
-            &[
-                "--workers",
-                "2",
-                "--protocol",
-                "http",
-                "--control",
-                ctl.to_str().unwrap(),
-            ],
-        );
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &["--workers", "2", "--protocol", "http"]);
         let before = pids(&util::status(&ctl));
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -117,19 +109,11 @@ fn a_rolling_restart_under_load_fails_no_connection() {
 #[test]
 fn a_graceful_stop_answers_the_request_in_flight() {
     for name in SERVERS {
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = dir.path().join("ctl.sock");
-        let server = util::start(
-            name,
-            &[
-                "--workers",
-                "2",
-                "--protocol",
-                "http",
-                "--control",
-                ctl.to_str().unwrap(),
-            ],
-        );
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &["--workers", "2", "--protocol", "http"]);
         let mut c = TcpStream::connect(server.addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         // Half a request; a full one on another connection, so that the first has

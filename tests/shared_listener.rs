@@ -110,20 +110,13 @@ fn every_strategy_survives_a_killed_worker_under_load() {
         "reuseport",
         "none",
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = dir.path().join("ctl.sock");
-        let server = util::start(
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(
             SERVER,
-            &[
-                "--workers",
-                "3",
-                "--protocol",
-                "http",
-                "--accept",
-                strategy,
-                "--control",
-                ctl.to_str().unwrap(),
-            ],
+            &["--workers", "3", "--protocol", "http", "--accept", strategy],
         );
         let addr = server.addr;
         let stop = Arc::new(AtomicBool::new(false));
@@ -171,19 +164,11 @@ fn every_strategy_survives_a_killed_worker_under_load() {
 
 #[test]
 fn status_accounts_for_every_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl.sock");
-    let server = util::start(
-        SERVER,
-        &[
-            "--workers",
-            "2",
-            "--protocol",
-            "http",
-            "--control",
-            ctl.to_str().unwrap(),
-        ],
-    );
+    let util::Controlled {
+        server,
+        ctl,
+        dir: _dir,
+    } = util::start_controlled(SERVER, &["--workers", "2", "--protocol", "http"]);
     for _ in 0..60 {
         assert!(
             util::http(server.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")

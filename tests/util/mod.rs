@@ -196,3 +196,21 @@ impl Running {
         );
     }
 }
+
+/// A server started with a control socket in a temporary directory.
+pub struct Controlled {
+    pub server: Running,
+    pub ctl: std::path::PathBuf,
+    /// Kept for the life of the test: dropping it removes the socket.
+    pub dir: tempfile::TempDir,
+}
+
+/// As [`start`], with `--control` in a fresh temporary directory.
+pub fn start_controlled(name: &str, args: &[&str]) -> Controlled {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--control", ctl.to_str().unwrap()]);
+    let server = start(name, &all);
+    Controlled { server, ctl, dir }
+}
