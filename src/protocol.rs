@@ -56,10 +56,20 @@ pub const BODY: &[u8] = b"Hello, world!";
 /// assert!(close);
 /// assert_eq!(out.windows(13).filter(|w| *w == b"Hello, world!").count(), 2);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Http {
     /// When the first byte of the request being read arrived.
     started: Option<Instant>,
+    head_timeout: Duration,
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http {
+            started: None,
+            head_timeout: HEAD_TIMEOUT,
+        }
+    }
 }
 
 /// What [`Http::respond`] did with its input.
@@ -206,6 +216,15 @@ fn response(out: &mut Vec<u8>, status: &str, close: bool, head_only: bool) {
 }
 
 impl Http {
+    /// A service whose requests must have their head complete within `timeout`
+    /// (default [`HEAD_TIMEOUT`]); a slower one gets `408` and is closed.
+    pub fn with_head_timeout(timeout: Duration) -> Http {
+        Http {
+            started: None,
+            head_timeout: timeout,
+        }
+    }
+
     /// Answers every complete request at the start of `input`, appending responses to
     /// `out`. Returns what was consumed, and whether the connection must close (the
     /// client asked, or a request was refused).
@@ -223,7 +242,7 @@ impl Http {
             let started = *self.started.get_or_insert_with(Instant::now);
             let head = match parse_head(rest) {
                 Ok(Some(head)) => head,
-                Ok(None) if started.elapsed() > HEAD_TIMEOUT => {
+                Ok(None) if started.elapsed() > self.head_timeout => {
                     return self.refuse(Refusal::Timeout, parsed, out);
                 }
                 Ok(None) => return (parsed, false),
@@ -362,6 +381,29 @@ mod tests {
                 .0
                 .starts_with("HTTP/1.1 501")
         );
+    }
+
+    #[test]
+    fn a_head_that_takes_too_long_gets_408() {
+        let mut http = Http::with_head_timeout(Duration::from_millis(30));
+        let mut out = Vec::new();
+        let (p, close) = http.respond(b"GET / HTTP/1.1\r\nHo", &mut out);
+        assert_eq!((p.consumed, close, out.len()), (0, false, 0));
+        // The slow client's next bytes come after the deadline.
+        std::thread::sleep(Duration::from_millis(40));
+        let (_, close) = http.respond(b"GET / HTTP/1.1\r\nHost: slow", &mut out);
+        assert!(
+            close && out.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        // A complete head is answered however late its request began: only heads wait.
+        let mut http = Http::with_head_timeout(Duration::from_millis(30));
+        let mut out = Vec::new();
+        http.respond(b"GET / HTTP/1.1\r\n", &mut out);
+        std::thread::sleep(Duration::from_millis(40));
+        let (_, close) = http.respond(b"GET / HTTP/1.1\r\n\r\n", &mut out);
+        assert!(!close && out.starts_with(b"HTTP/1.1 200"));
     }
 
     #[test]
