@@ -22,17 +22,16 @@ fn main() {
 
 #[cfg(unix)]
 mod unix {
-    use super::common::{self, Common};
+    use super::common::{self, Common, Link};
     use crate::log;
     use anyhow::Context;
     use clap::Parser;
     use herder::fd::Handoff;
     use herder::pool::{Pool, PoolEvent, Worker};
-    use herder::protocol::{MAX_BODY, MAX_HEAD, Protocol};
-    use herder::reactor::{Config, Event, Interest, Mode, Server, Signal, TimerId};
+    use herder::protocol::Protocol;
+    use herder::reactor::{Event, Interest, Mode, TimerId};
     use std::collections::{HashMap, VecDeque};
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsFd;
     use std::time::{Duration, Instant};
 
     #[derive(Debug, Parser)]
@@ -249,85 +248,40 @@ mod unix {
     }
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
+        let mut server = common::server(&args.common)?;
         let protocol = args.common.protocol.clone();
-        let mut config = Config::default();
-        config.idle_timeout = Some(Duration::from_secs(60));
-        config.max_input = MAX_HEAD + MAX_BODY + 1;
-        let make = move || Protocol::named(&protocol).expect("checked by clap");
-        let make2 = make.clone();
-        let mut server = Server::new(config, move |_| make2())?;
-        let mut channel = worker.take_channel().context("no channel")?;
-        channel.set_nonblocking(true)?;
-        let channel_key = server.add_source(
-            Box::new(channel.as_fd().try_clone_to_owned()?),
-            Interest::READABLE,
-            Mode::Level,
-        )?;
-        server.watch_signals(&[Signal::Terminate, Signal::Interrupt])?;
-        let card = worker.scorecard();
-        let tick = server.add_timer(Instant::now(), Some(Duration::from_secs(1)));
-        herder::pool::send_ready(&mut channel)?;
-        let drain_timeout = Duration::from_secs(args.common.drain_timeout);
-        let mut events = Vec::new();
-        let mut taken = 0u64;
-        let mut last_id: Option<u64> = None;
+        let mut link = Link::ready(&mut worker, &mut server, &args.common)?;
         let me = std::process::id();
+        let mut events = Vec::new();
+        let mut last_id: Option<u64> = None;
         loop {
             server.poll(&mut events, Some(Duration::from_millis(500)))?;
             for e in events.drain(..) {
-                match e {
-                    Event::Io { key, .. } if key == channel_key => loop {
-                        match channel.recv() {
-                            Ok(Some(m)) if herder::pool::is_drain_request(m.payload()) => {
-                                server.drain(Instant::now() + drain_timeout)
-                            }
-                            Ok(Some(m)) => match m.into_socket() {
-                                Ok(got) => {
-                                    last_id = Some(got.id);
-                                    let data = got.data.clone();
-                                    if let Ok(stream) = got.into_tcp_stream() {
-                                        taken += 1;
-                                        if let Err(e) = server.add_connection(stream, make(), &data)
-                                        {
-                                            log!(1, "serving a handed-off connection: {e}");
-                                        }
-                                    }
+                link.handle(&mut server, &e, |server, message| {
+                    match message.into_socket() {
+                        Ok(got) => {
+                            last_id = Some(got.id);
+                            let data = got.data.clone();
+                            if let Ok(stream) = got.into_tcp_stream() {
+                                let svc = Protocol::named(&protocol).expect("checked by clap");
+                                if let Err(e) = server.add_connection(stream, svc, &data) {
+                                    log!(1, "serving a handed-off connection: {e}");
                                 }
-                                Err(e) => log!(1, "bad hand-off: {e}"),
-                            },
-                            Ok(None) => {
-                                server.drain(Instant::now() + drain_timeout);
-                                let _ = server.remove_source(channel_key);
-                                break;
                             }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
                         }
-                    },
-                    Event::Signal(_) => server.drain(Instant::now() + drain_timeout),
-                    Event::Timer(t) if t == tick => {
-                        if let Some(card) = &card {
-                            card.heartbeat();
-                        }
+                        Err(e) => log!(1, "bad hand-off: {e}"),
                     }
-                    _ => {}
-                }
+                })?;
             }
             if let Some(id) = last_id {
                 // Acknowledge before serving: the supervisor keeps its copies until then.
-                match channel.send(format!("ack {me} {id}").as_bytes(), &[]) {
+                match link.channel.send(format!("ack {me} {id}").as_bytes(), &[]) {
                     Ok(()) => last_id = None,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => log!(1, "acknowledging: {e}"),
                 }
             }
-            if let Some(card) = &card {
-                // Every loop: the supervisor's least-loaded choice reads these.
-                let stats = server.stats();
-                card.set_active(stats.active as u64);
-                card.add_accepted(taken);
-                taken = 0;
-            }
+            link.report(&server);
             if server.is_draining() && server.is_empty() {
                 return Ok(());
             }

@@ -21,16 +21,16 @@ fn main() {
 
 #[cfg(unix)]
 mod unix {
-    use super::common::{self, Common};
+    use super::common::{self, Common, Link};
     use crate::log;
     use anyhow::Context;
     use clap::Parser;
     use herder::pool::{AcceptLockKind, Pool, Worker, reuseport_listener};
-    use herder::protocol::{MAX_BODY, MAX_HEAD, Protocol};
-    use herder::reactor::{Config, Event, Interest, Mode, Server, Signal};
+    use herder::protocol::Protocol;
+    use herder::reactor::Server;
     use std::net::TcpListener;
-    use std::os::fd::{AsFd, OwnedFd};
-    use std::time::{Duration, Instant};
+    use std::os::fd::OwnedFd;
+    use std::time::Duration;
 
     #[derive(Debug, Parser)]
     #[command(about = "herder's shared-listener server: workers accept for themselves")]
@@ -113,13 +113,7 @@ mod unix {
     }
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
-        let protocol = args.common.protocol.clone();
-        let mut config = Config::default();
-        config.idle_timeout = Some(Duration::from_secs(60));
-        config.max_input = MAX_HEAD + MAX_BODY + 1;
-        let mut server = Server::new(config, move |_| {
-            Protocol::named(&protocol).expect("checked by clap")
-        })?;
+        let mut server = common::server(&args.common)?;
         let listener = worker
             .take_listener("http")
             .context("no listener inherited")?;
@@ -132,24 +126,8 @@ mod unix {
         if lock.is_some() {
             server.pause_listener(key)?;
         }
-        let mut channel = worker.take_channel().context("no channel")?;
-        channel.set_nonblocking(true)?;
-        let channel_key = server.add_source(
-            Box::new(channel.as_fd().try_clone_to_owned()?),
-            Interest::READABLE,
-            Mode::Level,
-        )?;
-        let card = worker.scorecard();
-        // A terminal's Ctrl-C (or systemd's SIGTERM to the whole group) reaches the
-        // workers too: they drain instead of dying.
-        server.watch_signals(&[Signal::Terminate, Signal::Interrupt])?;
-        let tick = server.add_timer(Instant::now(), Some(Duration::from_secs(1)));
-        herder::pool::send_ready(&mut channel)?;
-        log!(3, "worker ready in slot {}", worker.slot());
-
-        let drain_timeout = Duration::from_secs(args.common.drain_timeout);
+        let mut link = Link::ready(&mut worker, &mut server, &args.common)?;
         let mut events = Vec::new();
-        let mut reported = 0;
         loop {
             let mut held = false;
             if let Some(l) = lock.as_mut() {
@@ -170,40 +148,9 @@ mod unix {
                 lock.as_mut().expect("held").unlock()?;
             }
             for e in events.drain(..) {
-                match e {
-                    Event::Io { key: k, .. } if k == channel_key => loop {
-                        match channel.recv() {
-                            Ok(Some(m)) if herder::pool::is_drain_request(m.payload()) => {
-                                log!(3, "draining");
-                                server.drain(Instant::now() + drain_timeout);
-                            }
-                            Ok(Some(_)) => {}
-                            Ok(None) => {
-                                // The supervisor is gone: finish what is open, then go.
-                                server.drain(Instant::now() + drain_timeout);
-                                let _ = server.remove_source(channel_key);
-                                break;
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    },
-                    Event::Signal(_) => server.drain(Instant::now() + drain_timeout),
-                    Event::Timer(t) if t == tick => {
-                        if let Some(card) = &card {
-                            card.heartbeat();
-                        }
-                    }
-                    _ => {}
-                }
+                link.handle(&mut server, &e, |_, _| {})?;
             }
-            if let Some(card) = &card {
-                // Every loop: status and scaling read these.
-                let stats = server.stats();
-                card.add_accepted(stats.accepted - reported);
-                reported = stats.accepted;
-                card.set_active(stats.active as u64);
-            }
+            link.report(&server);
             if server.is_draining() && server.is_empty() {
                 log!(3, "drained");
                 return Ok(());

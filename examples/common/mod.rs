@@ -2,7 +2,10 @@
 //! main loop.
 #![allow(dead_code, missing_docs)]
 
-use herder::pool::{Pool, PoolEvent};
+use herder::fd::{Channel, Message};
+use herder::pool::{Pool, PoolEvent, Scorecard, Worker};
+use herder::protocol::{MAX_BODY, MAX_HEAD, Protocol};
+use herder::reactor::{Config, Event, Interest, Key, Mode, Server, Signal, TimerId};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -144,5 +147,109 @@ pub(crate) fn supervise(
             std::io::stdout().flush()?;
         }
         pool.poll(&mut events, Some(Duration::from_millis(500)))?;
+    }
+}
+
+/// The server a worker of either example runs: the chosen protocol, a 60 s idle
+/// timeout, and room for the largest HTTP request.
+pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
+    let mut config = Config::default();
+    config.idle_timeout = Some(Duration::from_secs(60));
+    config.max_input = MAX_HEAD + MAX_BODY + 1;
+    let protocol = c.protocol.clone();
+    Server::new(config, move |_| {
+        Protocol::named(&protocol).expect("checked by clap")
+    })
+}
+
+/// A worker's side of its supervisor: the channel in the event loop, drain requests,
+/// `SIGTERM`/`SIGINT` (which a terminal's Ctrl-C or systemd send to the whole group),
+/// the heartbeat and the load figures.
+pub(crate) struct Link {
+    pub(crate) channel: Channel,
+    key: Key,
+    card: Option<Scorecard>,
+    tick: TimerId,
+    drain_timeout: Duration,
+    reported: u64,
+}
+
+impl Link {
+    /// Sets the link up in `server` and tells the supervisor the worker is ready:
+    /// call it last, once the worker can serve.
+    pub(crate) fn ready(
+        worker: &mut Worker,
+        server: &mut Server<Protocol>,
+        c: &Common,
+    ) -> anyhow::Result<Link> {
+        use anyhow::Context;
+        use std::os::fd::AsFd;
+        let mut channel = worker.take_channel().context("no channel")?;
+        channel.set_nonblocking(true)?;
+        let key = server.add_source(
+            Box::new(channel.as_fd().try_clone_to_owned()?),
+            Interest::READABLE,
+            Mode::Level,
+        )?;
+        server.watch_signals(&[Signal::Terminate, Signal::Interrupt])?;
+        let tick = server.add_timer(std::time::Instant::now(), Some(Duration::from_secs(1)));
+        herder::pool::send_ready(&mut channel)?;
+        log!(3, "worker ready in slot {}", worker.slot());
+        Ok(Link {
+            channel,
+            key,
+            card: worker.scorecard(),
+            tick,
+            drain_timeout: Duration::from_secs(c.drain_timeout),
+            reported: 0,
+        })
+    }
+
+    /// Handles `event` if it is the link's; the supervisor's messages other than a
+    /// drain request go to `on_message`. Returns whether the event was the link's.
+    pub(crate) fn handle(
+        &mut self,
+        server: &mut Server<Protocol>,
+        event: &Event,
+        mut on_message: impl FnMut(&mut Server<Protocol>, Message),
+    ) -> anyhow::Result<bool> {
+        let deadline = std::time::Instant::now() + self.drain_timeout;
+        match event {
+            Event::Io { key, .. } if *key == self.key => loop {
+                match self.channel.recv() {
+                    Ok(Some(m)) if herder::pool::is_drain_request(m.payload()) => {
+                        log!(3, "draining");
+                        server.drain(deadline);
+                    }
+                    Ok(Some(m)) => on_message(server, m),
+                    Ok(None) => {
+                        // The supervisor is gone: finish what is open, then go.
+                        server.drain(deadline);
+                        let _ = server.remove_source(self.key);
+                        return Ok(true);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) => return Err(e.into()),
+                }
+            },
+            Event::Signal(_) => server.drain(deadline),
+            Event::Timer(t) if *t == self.tick => {
+                if let Some(card) = &self.card {
+                    card.heartbeat();
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// After every poll: the figures status, dispatch and scaling read.
+    pub(crate) fn report(&mut self, server: &Server<Protocol>) {
+        if let Some(card) = &self.card {
+            let stats = server.stats();
+            card.add_accepted(stats.accepted - self.reported);
+            self.reported = stats.accepted;
+            card.set_active(stats.active as u64);
+        }
     }
 }
