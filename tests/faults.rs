@@ -10,11 +10,9 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-const SERVERS: [&str; 2] = ["handoff_server", "shared_listener_server"];
-
 #[test]
 fn a_killed_worker_takes_only_its_own_connections() {
-    for name in SERVERS {
+    for name in util::SERVERS {
         let util::Controlled {
             server,
             ctl,
@@ -66,7 +64,7 @@ fn a_killed_worker_takes_only_its_own_connections() {
 
 #[test]
 fn a_slow_client_does_not_hold_up_the_others() {
-    for name in SERVERS {
+    for name in util::SERVERS {
         let server = util::start(name, &["--workers", "1", "--protocol", "http"]);
         // A client that sends its headers a byte at a time, and never finishes.
         let mut slow = TcpStream::connect(server.addr).unwrap();
@@ -84,7 +82,7 @@ fn a_slow_client_does_not_hold_up_the_others() {
 
 #[test]
 fn curl_is_answered() {
-    for name in SERVERS {
+    for name in util::SERVERS {
         let server = util::start(name, &["--workers", "2", "--protocol", "http"]);
         let url = format!("http://{}/", server.addr);
         // Two requests on one connection (keep-alive), then one with Connection: close.
@@ -114,7 +112,7 @@ fn curl_is_answered() {
 
 #[test]
 fn a_thousand_concurrent_echo_clients() {
-    for name in SERVERS {
+    for name in util::SERVERS {
         let server = util::start(name, &["--workers", "2", "--protocol", "echo"]);
         let addr = server.addr;
         // All connected at once, then each sends and reads back its payload.

@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const SERVERS: [&str; 2] = ["handoff_server", "shared_listener_server"];
-
 fn pids(s: &serde_json::Value) -> Vec<u64> {
     s["workers"]
         .as_array()
@@ -38,7 +36,7 @@ fn request(addr: SocketAddr) -> bool {
 
 #[test]
 fn a_rolling_restart_under_load_fails_no_connection() {
-    for name in SERVERS {
+    for name in util::SERVERS {
         let util::Controlled {
             server,
             ctl,
@@ -97,18 +95,13 @@ fn a_rolling_restart_under_load_fails_no_connection() {
             "{name}: failed connections during the reload (of {})",
             ok.load(Ordering::SeqCst)
         );
-        server.signal(libc::SIGTERM);
-        assert_eq!(
-            server.wait(Duration::from_secs(30)).code(),
-            Some(0),
-            "{name}"
-        );
+        server.stop(name);
     }
 }
 
 #[test]
 fn a_graceful_stop_answers_the_request_in_flight() {
-    for name in SERVERS {
+    for name in util::SERVERS {
         let util::Controlled {
             server,
             ctl,

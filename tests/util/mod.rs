@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Both example servers, for tests that run against each.
+pub const SERVERS: [&str; 2] = ["handoff_server", "shared_listener_server"];
+
 /// A running example server.
 pub struct Running {
     pub child: Child,
