@@ -225,8 +225,11 @@ pub enum Event {
 struct Slot<S> {
     generation: usize,
     source: Option<S>,
-    /// Added with `EPOLLEXCLUSIVE`, which cannot be modified.
+    /// Added with `EPOLLEXCLUSIVE`, which cannot be modified: paused by deleting it
+    /// from the poller, resumed by adding it again.
     exclusive: bool,
+    /// For an exclusive slot: whether it is in the poller (not paused).
+    armed: bool,
 }
 
 /// An event loop over a set of sources of type `S`, which it owns.
@@ -341,6 +344,7 @@ impl<S: Source> Reactor<S> {
                     generation: 0,
                     source: None,
                     exclusive: false,
+                    armed: false,
                 });
                 self.slots.len() - 1
             }
@@ -362,6 +366,7 @@ impl<S: Source> Reactor<S> {
         }
         slot.source = Some(source);
         slot.exclusive = exclusive;
+        slot.armed = exclusive;
         self.len += 1;
         Ok(key)
     }
@@ -370,22 +375,56 @@ impl<S: Source> Reactor<S> {
     /// Setting [`Interest::NONE`] and back is the cheap way to pause and resume a
     /// listener (accept-mutex style): one system call each, the registration kept.
     ///
+    /// A source registered exclusively (see `os::linux`) takes only
+    /// [`Interest::NONE`], which removes it from the kernel's wait queue, and
+    /// [`Interest::READABLE`] in [`Mode::Level`], which puts it back at the tail of
+    /// the queue (the kernel cannot modify such a registration in place, so this is
+    /// a delete and an add); the key stays the same.
+    ///
     /// # Errors
     ///
     /// [`io::ErrorKind::NotFound`] for a key that is not registered;
-    /// [`io::ErrorKind::Unsupported`] for a source registered exclusively (see
-    /// `os::linux`), which the kernel cannot modify; what the operating system
-    /// returns.
+    /// [`io::ErrorKind::Unsupported`] for any other interest or mode on an exclusive
+    /// source; what the operating system returns.
     pub fn modify(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
         let source = self.get(key).ok_or_else(not_found)?;
         if self.slots[key.index()].exclusive {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "an EPOLLEXCLUSIVE registration cannot be modified; deregister and register again",
-            ));
+            return self.modify_exclusive(key, interest, mode);
         }
         self.poller
             .modify_with_mode(source, to_event(key, interest), poll_mode(interest, mode))
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn modify_exclusive(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        if interest.writable || (interest.readable && mode != Mode::Level) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an EPOLLEXCLUSIVE registration is level-triggered and readable only",
+            ));
+        }
+        let slot = &mut self.slots[key.index()];
+        let source = slot.source.as_ref().ok_or_else(not_found)?;
+        if slot.armed {
+            self.poller.delete(source)?;
+            slot.armed = false;
+        }
+        if interest.readable {
+            // SAFETY: the reactor owns `source` and deletes it from the poller before
+            // dropping it, as for every registration.
+            unsafe { sys::add_exclusive(self.poller.as_fd(), source.as_fd(), key.0) }?;
+            slot.armed = true;
+        }
+        Ok(())
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn modify_exclusive(&mut self, _: Key, _: Interest, _: Mode) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "exclusive registrations exist on Linux only",
+        ))
     }
 
     /// Stops watching `key` and gives its source back. Later polls report nothing for

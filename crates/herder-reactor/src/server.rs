@@ -337,6 +337,13 @@ impl<Svc: Service + 'static> Server<Svc> {
             .collect()
     }
 
+    /// Changes how many connections are accepted per listener wake-up
+    /// ([`Config::accept_burst`]; at least one). Load-aware accepting lowers it to
+    /// what the worker may still take.
+    pub fn set_accept_burst(&mut self, n: usize) {
+        self.config.accept_burst = n.max(1);
+    }
+
     /// Accepts connections from `listener` (made non-blocking) until it is removed
     /// or the server drains.
     ///
@@ -404,33 +411,24 @@ impl<Svc: Service + 'static> Server<Svc> {
 
     /// Registers an exclusive listener again: its wait-queue entry moves to the tail,
     /// so the kernel's wake-ups rotate among the processes sharing the listener
-    /// instead of favouring the same one.
+    /// instead of favouring the same one. A paused listener (by the caller, or after
+    /// `EMFILE`) stays paused.
     fn rearm_exclusive(&mut self, id: TimerId, key: Key) {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            use crate::os::linux::ReactorExt;
-            if !matches!(self.reactor.get(key), Some(Entry::Listener(_))) {
+        let paused = match self.listener_mut(key) {
+            Ok(l) => l.user_paused || self.listener_retry.values().any(|k| *k == key),
+            Err(_) => {
                 self.rearm.remove(&id);
                 self.reactor.cancel_timer(id);
                 return;
             }
-            let Ok(entry) = self.reactor.deregister(key) else {
-                return;
-            };
-            match self.reactor.register_exclusive(entry) {
-                Ok(new) => {
-                    self.rearm.insert(id, new);
-                    self.stats.rearms += 1;
-                }
-                Err(_) => {
-                    self.rearm.remove(&id);
-                    self.reactor.cancel_timer(id);
-                }
-            }
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        };
+        if !paused
+            && self
+                .reactor
+                .modify(key, Interest::READABLE, Mode::Level)
+                .is_ok()
         {
-            let _ = (id, key);
+            self.stats.rearms += 1;
         }
     }
 

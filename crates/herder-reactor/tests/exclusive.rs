@@ -1,6 +1,5 @@
-//! Linux: a listener registered with `EPOLLEXCLUSIVE` reports connections, refuses
-//! modification, and can be paused by deregistering; a plain listener pauses and
-//! resumes with `modify`.
+//! Linux: a listener registered with `EPOLLEXCLUSIVE` reports connections and pauses
+//! and resumes under its key; a plain listener pauses and resumes with `modify`.
 #![cfg(any(target_os = "linux", target_os = "android"))]
 
 mod util;
@@ -26,34 +25,46 @@ fn io_count(events: &[Event]) -> usize {
 }
 
 #[test]
-fn exclusive_listener_reports_and_refuses_modify() {
+fn exclusive_listener_pauses_and_resumes_under_its_key() {
     let mut r: Reactor<TcpListener> = Reactor::new().unwrap();
     let l = listener();
     let addr = l.local_addr().unwrap();
     let key = r.register_exclusive(l).unwrap();
-    assert_eq!(
-        r.modify(key, Interest::NONE, Mode::Level)
-            .unwrap_err()
-            .kind(),
-        std::io::ErrorKind::Unsupported
-    );
+    // Only level-triggered readability exists for such a registration.
+    for (interest, mode) in [
+        (Interest::WRITABLE, Mode::Level),
+        (Interest::READABLE, Mode::Edge),
+    ] {
+        assert_eq!(
+            r.modify(key, interest, mode).unwrap_err().kind(),
+            std::io::ErrorKind::Unsupported
+        );
+    }
     let _c = TcpStream::connect(addr).unwrap();
     util::poll_until(
         &mut r,
         Duration::from_secs(10),
         |e| matches!(e, Event::Io { key: k, .. } if *k == key),
     );
-    // Paused: deregistered, the pending connection wakes nobody.
-    let l = r.deregister(key).unwrap();
+    // Paused: the pending connection wakes nobody, twice over.
+    r.modify(key, Interest::NONE, Mode::Level).unwrap();
+    r.modify(key, Interest::NONE, Mode::Level).unwrap();
     assert_eq!(io_count(&util::poll_once(&mut r, SHORT)), 0);
-    // Resumed under a new key, the pending connection is reported again.
-    let key = r.register_exclusive(l).unwrap();
+    // Resumed under the same key, the pending connection is reported again; resuming
+    // an armed registration re-arms it.
+    r.modify(key, Interest::READABLE, Mode::Level).unwrap();
+    r.modify(key, Interest::READABLE, Mode::Level).unwrap();
     util::poll_until(
         &mut r,
         Duration::from_secs(10),
         |e| matches!(e, Event::Io { key: k, .. } if *k == key),
     );
     let (_conn, _) = r.get(key).unwrap().accept().unwrap();
+    // Deregistering a paused one gives it back.
+    r.modify(key, Interest::NONE, Mode::Level).unwrap();
+    let l = r.deregister(key).unwrap();
+    assert!(r.get(key).is_none());
+    drop(l);
 }
 
 #[test]
@@ -129,4 +140,51 @@ fn a_server_serves_an_exclusive_listener_across_rearms() {
         serve(&mut server, i);
     }
     assert_eq!(server.stats().accepted, 20);
+}
+
+#[test]
+fn a_paused_exclusive_listener_stays_paused_across_rearms() {
+    use herder_reactor::os::linux::ServerExt;
+    use herder_reactor::{Config, Server};
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let c2 = closed.clone();
+    let mut server = Server::new(Config::default(), move |_| util::Echo {
+        closed: c2.clone(),
+    })
+    .unwrap();
+    let l = listener();
+    let addr = l.local_addr().unwrap();
+    let key = server
+        .add_exclusive_listener(l, Some(Duration::from_millis(5)))
+        .unwrap();
+    server.pause_listener(key).unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"x").unwrap();
+    // Several re-arm periods pass; the paused listener accepts nothing.
+    let mut events = Vec::new();
+    for _ in 0..10 {
+        server
+            .poll(&mut events, Some(Duration::from_millis(5)))
+            .unwrap();
+    }
+    assert_eq!(server.stats().accepted, 0, "accepted while paused");
+    assert_eq!(server.stats().rearms, 0, "re-armed while paused");
+    // Resumed under the same key: the waiting client is served.
+    server.resume_listener(key).unwrap();
+    c.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 1];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "not served");
+        server
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+        if let Ok(1) = c.read(&mut buf) {
+            break;
+        }
+    }
+    assert_eq!(&buf, b"x");
+    assert_eq!(server.stats().accepted, 1);
 }

@@ -17,8 +17,13 @@ pub trait ReactorExt<S>: sealed::Sealed {
     /// several processes' reactors watch the same listener, a new connection wakes one
     /// (or a few) of them instead of all. Level-triggered.
     ///
-    /// The kernel does not allow such a registration to be modified: pause it by
-    /// deregistering and register it again to resume.
+    /// The kernel does not allow such a registration to be modified; the reactor
+    /// emulates what makes sense: [`Reactor::modify`] with [`Interest::NONE`]
+    /// pauses it, and with [`Interest::READABLE`] resumes it (at the tail of the
+    /// kernel's wake-up queue), under the same key.
+    ///
+    /// [`Interest::NONE`]: crate::Interest::NONE
+    /// [`Interest::READABLE`]: crate::Interest::READABLE
     ///
     /// # Errors
     ///
@@ -66,10 +71,12 @@ pub trait ServerExt: sealed::Sealed {
     /// wake-up queue: without it, the process that registered first takes nearly every
     /// connection (wake-ups favour the head of the queue). `None` never renews.
     ///
-    /// The listener cannot be paused ([`Server::pause_listener`] fails); it is closed
-    /// by [`Server::drain`] like any other.
+    /// [`Server::pause_listener`] takes it out of the kernel's wait queue and
+    /// [`Server::resume_listener`] puts it back, under the same key; it is closed by
+    /// [`Server::drain`] like any other.
     ///
     /// [`Server::pause_listener`]: crate::Server::pause_listener
+    /// [`Server::resume_listener`]: crate::Server::resume_listener
     /// [`Server::drain`]: crate::Server::drain
     ///
     /// # Errors
