@@ -113,7 +113,12 @@ mod unix {
     }
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
+        // With one queue per worker (SO_REUSEPORT) the kernel picks the worker; with a
+        // shared queue the workers balance: one holding more connections than its
+        // least-loaded peer leaves new ones to the others.
+        let balance = args.accept != "reuseport";
         let mut server = common::server(&args.common)?;
+        let burst = herder::reactor::Config::default().accept_burst;
         let listener = worker
             .take_listener("http")
             .context("no listener inherited")?;
@@ -127,33 +132,64 @@ mod unix {
             server.pause_listener(key)?;
         }
         let mut link = Link::ready(&mut worker, &mut server, &args.common)?;
+        let card = link.card().filter(|_| balance).cloned();
+        if let Some(card) = &card {
+            card.set_accepting(true);
+        }
+        // Whether the listener is in this worker's poll set: with a lock, only while
+        // the worker holds it (as in nginx, it stays armed while the worker keeps
+        // winning the lock, saving two system calls a turn).
+        let mut armed = lock.is_none();
         let mut events = Vec::new();
         loop {
-            let mut held = false;
-            if let Some(l) = lock.as_mut() {
-                if !server.is_draining() && l.try_lock()? {
-                    server.resume_listener(key)?;
-                    held = true;
-                }
+            let draining = server.is_draining();
+            let allowance = card
+                .as_ref()
+                .and_then(|c| c.accept_allowance(server.stats().active as u64));
+            let yielding = !draining && allowance == Some(0);
+            if balance {
+                // At most what keeps this worker within its share.
+                server.set_accept_burst(allowance.map_or(burst, |n| (n as usize).min(burst)));
             }
-            // Without the lock, look for it again soon; with it, accept what comes.
-            let wait = if lock.is_some() && !held {
+            let mut held = false;
+            let want = match lock.as_mut() {
+                Some(l) => {
+                    held = !draining && !yielding && l.try_lock()?;
+                    held
+                }
+                None => !yielding,
+            };
+            if !draining && want != armed {
+                if want {
+                    server.resume_listener(key)?;
+                } else {
+                    server.pause_listener(key)?;
+                }
+                armed = want;
+            }
+            // Without the lock, or leaving connections to others, look again soon;
+            // otherwise accept what comes.
+            let wait = if (lock.is_some() && !held) || yielding {
                 Duration::from_millis(5)
             } else {
                 Duration::from_millis(500)
             };
             server.poll(&mut events, Some(wait))?;
             if held {
-                server.pause_listener(key)?;
                 lock.as_mut().expect("held").unlock()?;
             }
             for e in events.drain(..) {
                 link.handle(&mut server, &e, |_, _| {})?;
             }
             link.report(&server);
-            if server.is_draining() && server.is_empty() {
-                log!(3, "drained");
-                return Ok(());
+            if server.is_draining() {
+                if let Some(card) = &card {
+                    card.set_accepting(false);
+                }
+                if server.is_empty() {
+                    log!(3, "drained");
+                    return Ok(());
+                }
             }
         }
     }

@@ -195,3 +195,68 @@ fn status_accounts_for_every_connection() {
     }
     server.stop(SERVER);
 }
+
+/// Long-lived connections opened in one burst are spread over the workers under
+/// every strategy with a shared queue: a worker holding more than its least-loaded
+/// peer leaves new connections to the others, instead of the lock's repeated winner
+/// or `EPOLLEXCLUSIVE`'s favourite taking them all.
+#[test]
+fn long_lived_connections_are_balanced_over_the_workers() {
+    const CONNS: usize = 40;
+    for strategy in ["exclusive", "flock", "fcntl", "pthread", "none"] {
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(
+            SERVER,
+            &["--workers", "2", "--protocol", "echo", "--accept", strategy],
+        );
+        let addr = server.addr;
+        // All connect at once (as a load generator does), then each makes one round
+        // trip and stays open.
+        let start = std::sync::Arc::new(std::sync::Barrier::new(CONNS));
+        let conns: Vec<TcpStream> = (0..CONNS)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut c = TcpStream::connect(addr).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    c.write_all(b"x").unwrap();
+                    let mut b = [0u8; 1];
+                    c.read_exact(&mut b).unwrap();
+                    c
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let active = loop {
+            let s = util::status(&ctl);
+            let active: Vec<u64> = s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["active"].as_u64().unwrap())
+                .collect();
+            if active.iter().sum::<u64>() == CONNS as u64 {
+                break active;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{strategy}: status never showed {CONNS} open connections: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Without balancing one worker typically holds nearly all of them.
+        assert!(
+            active.iter().all(|&n| n as usize >= CONNS / 3),
+            "{strategy}: open connections per worker {active:?}"
+        );
+        drop(conns);
+        server.stop(strategy);
+    }
+}

@@ -4,7 +4,7 @@
 //! ```text
 //! header (64 bytes): magic "HERDERSB", version, capacity
 //! record (64 bytes each): pid, state, slot, generation, heartbeat (ms of
-//!                         CLOCK_MONOTONIC), accepted, active
+//!                         CLOCK_MONOTONIC), accepted, active, flags
 //! ```
 //!
 //! Records belong to processes, not slots: during a rolling restart a slot's old and
@@ -39,6 +39,8 @@ pub(crate) struct Record {
     heartbeat_ms: AtomicU64,
     accepted: AtomicU64,
     active: AtomicU64,
+    /// Bit 0: the worker takes new connections from a shared listener.
+    flags: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Record>() == 64 && std::mem::size_of::<Header>() == 64);
@@ -113,6 +115,7 @@ impl Board {
             r.heartbeat_ms.store(sys::monotonic_ms(), Ordering::Relaxed);
             r.accepted.store(0, Ordering::Relaxed);
             r.active.store(0, Ordering::Relaxed);
+            r.flags.store(0, Ordering::Relaxed);
             true
         })
     }
@@ -127,10 +130,24 @@ impl Board {
     /// Frees a record.
     pub(crate) fn release(&self, index: usize) {
         if let Some(r) = self.record(index) {
+            r.flags.store(0, Ordering::Relaxed);
             r.used.store(0, Ordering::Release);
         }
     }
+
+    /// The fewest open connections among the records in use, other than `except`,
+    /// whose worker takes connections from a shared listener.
+    pub(crate) fn least_active_accepting(&self, except: usize) -> Option<u64> {
+        (0..self.capacity)
+            .filter(|&i| i != except)
+            .filter_map(|i| self.record(i))
+            .filter(|r| r.used.load(Ordering::Acquire) == 1 && r.is_accepting())
+            .map(Record::active)
+            .min()
+    }
 }
+
+const ACCEPTING: u32 = 1;
 
 impl Record {
     pub(crate) fn heartbeat(&self) {
@@ -148,6 +165,16 @@ impl Record {
     }
     pub(crate) fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_accepting(&self, on: bool) {
+        if on {
+            self.flags.fetch_or(ACCEPTING, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!ACCEPTING, Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & ACCEPTING != 0
     }
     /// Milliseconds since the last heartbeat.
     pub(crate) fn silent_ms(&self) -> u64 {

@@ -260,6 +260,48 @@ impl Scorecard {
     pub fn set_active(&self, n: u64) {
         self.record().set_active(n);
     }
+
+    /// Declares whether this worker takes new connections from a shared listener (an
+    /// accept lock, `EPOLLEXCLUSIVE`, or none), so that its peers count it in
+    /// [`Scorecard::accept_allowance`]. Set it once the worker accepts, and clear it
+    /// when it drains.
+    pub fn set_accepting(&self, on: bool) {
+        self.record().set_accepting(on);
+    }
+
+    /// The fewest open connections among the other accepting workers of the pool
+    /// (those that called [`Scorecard::set_accepting`]), or `None` if there are none.
+    pub fn least_active_peer(&self) -> Option<u64> {
+        self.board.least_active_accepting(self.index)
+    }
+
+    /// How many more connections a worker with `active` open ones may accept before
+    /// it should leave new ones to its peers: up to the least-loaded accepting peer's
+    /// count plus a slack of an eighth of it, and at least one. `None` when no peer
+    /// accepts (no limit).
+    ///
+    /// This is load-aware accepting for a shared listener, in the spirit of nginx's
+    /// `accept_disabled` but against the peers' actual load: a worker whose allowance
+    /// is zero skips the accept lock (or pauses its listener) until it is positive
+    /// again, and accepts at most its allowance per wake-up, so the worker that keeps
+    /// winning the lock, or that `EPOLLEXCLUSIVE` keeps waking, does not end up with
+    /// every long-lived connection. The least-loaded worker always has an allowance,
+    /// so some worker always accepts. The counts are those the workers last published
+    /// with [`Scorecard::set_active`].
+    ///
+    /// ```
+    /// # fn f(card: &herder_pool::Scorecard, active: u64) {
+    /// match card.accept_allowance(active) {
+    ///     Some(0) => { /* pause the listener, skip the lock, look again soon */ }
+    ///     Some(n) => { /* accept at most n now */ }
+    ///     None => { /* alone: accept freely */ }
+    /// }
+    /// # }
+    /// ```
+    pub fn accept_allowance(&self, active: u64) -> Option<u64> {
+        self.least_active_peer()
+            .map(|least| (least + (least / 8).max(1)).saturating_sub(active))
+    }
 }
 
 impl std::fmt::Debug for Scorecard {
@@ -267,5 +309,87 @@ impl std::fmt::Debug for Scorecard {
         f.debug_struct("Scorecard")
             .field("index", &self.index)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scorecard;
+    use crate::scoreboard::Board;
+    use std::sync::Arc;
+
+    fn cards(n: usize) -> Vec<Scorecard> {
+        let (_fd, board) = Board::create(8).unwrap();
+        let board = Arc::new(board);
+        (0..n)
+            .map(|i| Scorecard {
+                board: board.clone(),
+                index: board.assign(100 + i as u32, i, 1).unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_accepting_peers_count() {
+        let c = cards(3);
+        assert_eq!(c[0].least_active_peer(), None);
+        assert_eq!(
+            c[0].accept_allowance(1000),
+            None,
+            "no peer accepts: no limit"
+        );
+        c[1].set_accepting(true);
+        c[1].set_active(7);
+        c[2].set_active(0); // not accepting (draining, say): ignored
+        assert_eq!(c[0].least_active_peer(), Some(7));
+        c[2].set_accepting(true);
+        assert_eq!(c[0].least_active_peer(), Some(0));
+        c[2].set_accepting(false);
+        assert_eq!(c[0].least_active_peer(), Some(7));
+    }
+
+    #[test]
+    fn allowance_up_to_the_least_loaded_peer_plus_slack() {
+        let c = cards(2);
+        c[1].set_accepting(true);
+        c[1].set_active(0);
+        assert_eq!(c[0].accept_allowance(0), Some(1), "slack of at least one");
+        assert_eq!(c[0].accept_allowance(1), Some(0));
+        assert_eq!(c[0].accept_allowance(50), Some(0));
+        c[1].set_active(32);
+        assert_eq!(c[0].accept_allowance(30), Some(6), "slack of an eighth");
+        assert_eq!(c[0].accept_allowance(36), Some(0));
+        // The least-loaded worker always has room.
+        c[0].set_accepting(true);
+        c[0].set_active(5);
+        assert_eq!(c[0].accept_allowance(5), Some(32 + 4 - 5));
+        assert_eq!(c[1].accept_allowance(32), Some(0));
+        assert_eq!(c[1].accept_allowance(5), Some(1));
+    }
+
+    #[test]
+    fn a_released_record_is_no_peer() {
+        let (_fd, board) = Board::create(4).unwrap();
+        let board = Arc::new(board);
+        let a = board.assign(1, 0, 1).unwrap();
+        let b = board.assign(2, 1, 1).unwrap();
+        let (ca, cb) = (
+            Scorecard {
+                board: board.clone(),
+                index: a,
+            },
+            Scorecard {
+                board: board.clone(),
+                index: b,
+            },
+        );
+        cb.set_accepting(true);
+        assert_eq!(ca.least_active_peer(), Some(0));
+        board.release(b);
+        assert_eq!(ca.least_active_peer(), None);
+        // A record reused by a new process starts not accepting.
+        let again = board.assign(3, 1, 2).unwrap();
+        assert_eq!(again, b);
+        assert_eq!(ca.least_active_peer(), None);
     }
 }
