@@ -165,6 +165,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only the servers whose name contains this (repeatable); nginx is always run")
     a = ap.parse_args()
     ensure_tools()
     w = a.workers
@@ -174,10 +176,15 @@ def main():
         Herder("shared reuseport", "shared_listener_server", ["--accept", "reuseport"], w),
         Herder("shared exclusive", "shared_listener_server", ["--accept", "exclusive"], w),
         Herder("shared flock", "shared_listener_server", ["--accept", "flock"], w),
+        Herder("shared fcntl", "shared_listener_server", ["--accept", "fcntl"], w),
+        Herder("shared pthread", "shared_listener_server", ["--accept", "pthread"], w),
+        Herder("shared none", "shared_listener_server", ["--accept", "none"], w),
         Nginx(w),
         Node("rr", w),
         Node("none", w),
     ]
+    if a.only:
+        servers = [s for s in servers if s.name == "nginx" or any(o in s.name for o in a.only)]
     results = {}  # (server, shape) -> list of (rps, lat, errors, counts)
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(a.rounds):
