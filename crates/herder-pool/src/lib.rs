@@ -14,7 +14,7 @@
 //!      fatal exit code ──▶ Fatal          counted as a crash
 //!      K crashes in T  ──▶ Tripped               │
 //!                                                ▼
-//!                    Backoff (100 ms, 200 ms, … ≤ 10 s, ±20 %) ──▶ start
+//!                    Backoff (0, 100 ms, 200 ms, … ≤ 10 s, ±20 %) ──▶ start
 //! ```
 //!
 //! A [`Pool`] starts each worker by re-executing this program (never a `fork`

@@ -35,8 +35,9 @@ pub struct Config {
     pub args: Option<Vec<OsString>>,
     /// Variables added to the workers' environment.
     pub env: Vec<(OsString, OsString)>,
-    /// The first restart delay after a crash; it doubles with each consecutive crash.
-    /// Default 100 ms.
+    /// A slot's first crash (after a stable run) is restarted at once; the next
+    /// consecutive crash waits this long, and the delay doubles with each further
+    /// one. Default 100 ms.
     pub backoff_initial: Duration,
     /// The longest restart delay. Default 10 s.
     pub backoff_max: Duration,
@@ -1740,15 +1741,23 @@ impl Pool {
             events.push(PoolEvent::BreakerTripped { slot, failures });
             return;
         }
-        let exp = s.failures.saturating_sub(1).min(30);
-        let base = cfg
-            .backoff_initial
-            .saturating_mul(1 << exp)
-            .min(cfg.backoff_max);
-        // Jitter of ±20 %, so that slots that crashed together do not restart together.
-        let factor = 0.8 + (self.next_random() % 401) as f64 / 1000.0;
+        // The first crash after a stable run is restarted at once (a worker lost to a
+        // one-off fault is back in milliseconds); consecutive ones back off.
+        let delay = match s.failures {
+            1 => Duration::ZERO,
+            n => {
+                let exp = (n - 2).min(30);
+                let base = cfg
+                    .backoff_initial
+                    .saturating_mul(1 << exp)
+                    .min(cfg.backoff_max);
+                // Jitter of ±20 %, so that slots that crashed together do not restart
+                // together.
+                let factor = 0.8 + (self.next_random() % 401) as f64 / 1000.0;
+                base.mul_f64(factor)
+            }
+        };
         let s = &mut self.slots[slot];
-        let delay = base.mul_f64(factor);
         s.state = State::Backoff;
         let timer = self.reactor.add_timer(now + delay, None);
         self.timers.insert(timer, TimerFor::Slot(slot));

@@ -40,12 +40,14 @@ fn a_crash_loop_backs_off_then_trips_the_breaker_of_that_slot_only() {
         4,
         "four restarts before the fifth crash trips: {events:?}"
     );
-    // Doubling with ±20 % jitter: each delay is longer than the one before.
+    // The first crash restarts at once; then doubling with ±20 % jitter: each delay
+    // is longer than the one before.
+    assert_eq!(delays[0], Duration::ZERO);
     assert!(
         delays.windows(2).all(|w| w[1] > w[0]),
         "back-off did not grow: {delays:?}"
     );
-    assert!(delays[0] >= Duration::from_millis(16) && delays[0] <= Duration::from_millis(24));
+    assert!(delays[1] >= Duration::from_millis(16) && delays[1] <= Duration::from_millis(24));
     assert!(matches!(
         events.last(),
         Some(PoolEvent::BreakerTripped {
