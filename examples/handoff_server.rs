@@ -273,6 +273,9 @@ mod unix {
                     }
                 })?;
             }
+            // Publish the load before acknowledging: the supervisor's least-loaded
+            // choice counts unacknowledged connections, then the published ones.
+            link.report(&server);
             if let Some(id) = last_id {
                 // Acknowledge before serving: the supervisor keeps its copies until then.
                 match link.channel.send(format!("ack {me} {id}").as_bytes(), &[]) {
@@ -281,7 +284,6 @@ mod unix {
                     Err(e) => log!(1, "acknowledging: {e}"),
                 }
             }
-            link.report(&server);
             if server.is_draining() && server.is_empty() {
                 return Ok(());
             }
