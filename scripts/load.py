@@ -57,10 +57,10 @@ class Herder:
         line = self.proc.stdout.readline().decode()
         return int(line.strip().rsplit(":", 1)[1])
 
-    def accepted(self):
+    def control(self, cmd):
         c = socket.socket(socket.AF_UNIX)
         c.connect(self.ctl)
-        c.sendall(b'{"cmd":"status"}\n')
+        c.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = c.recv(65536)
@@ -68,7 +68,38 @@ class Herder:
                 break
             data += chunk
         c.close()
-        return [w["accepted"] for w in json.loads(data)["workers"]]
+        return json.loads(data)
+
+    def accepted(self):
+        return [w["accepted"] for w in self.control("status")["workers"]]
+
+    def respawn(self, kills, tmp):
+        """Measures kill -9 of a worker until its slot shows a new worker ready,
+        polling status every millisecond. Each kill is a slot's first crash (a fresh
+        server for each round over the slots): consecutive crashes of one slot back
+        off on purpose."""
+        times = []
+        while len(times) < kills:
+            self.start(tmp)
+            for slot in range(self.workers):
+                if len(times) == kills:
+                    break
+                old = self.control("status")["workers"][slot]["pid"]
+                t0 = time.perf_counter()
+                os.kill(old, signal.SIGKILL)
+                while True:
+                    w = self.control("status")["workers"][slot]
+                    if w["pid"] != old and w["state"] == "ready":
+                        break
+                    if time.perf_counter() - t0 > 30:
+                        raise RuntimeError(f"{self.name}: slot {slot} not back in 30 s")
+                    time.sleep(0.001)
+                times.append((time.perf_counter() - t0) * 1000)
+            self.stop()
+        return times
+
+    def reload(self):
+        self.control("reload")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -106,6 +137,9 @@ http {{
     def accepted(self):
         return None
 
+    def reload(self):
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self):
         self.proc.send_signal(signal.SIGQUIT)
         self.proc.wait(timeout=60)
@@ -141,15 +175,105 @@ else {{ http.createServer((q, s) => {{ s.writeHead(200, {{'Content-Type': 'text/
             self.proc.kill()
 
 
-def wrk(port, seconds, connections, close):
+def wrk_cmd(port, seconds, connections, close):
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return cmd
+
+
+def wrk_parse(out):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", out))
     errors = re.search(r"Socket errors: (.*)", out)
     return rps, lat, errors.group(1) if errors else ""
+
+
+def wrk(port, seconds, connections, close):
+    out = subprocess.run(wrk_cmd(port, seconds, connections, close), capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    return wrk_parse(out)
+
+
+def failures(out):
+    """Requests, failed connections and non-2xx answers in a wrk report."""
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = sum(int(x) for x in errs.groups()) if errs else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return total, failed, int(non2xx.group(1)) if non2xx else 0
+
+
+def reload_under_load(server, tmp, seconds, connections, reloads):
+    """Rolling restarts while wrk opens a new connection per request: how many
+    requests failed."""
+    port = server.start(tmp)
+    w = subprocess.Popen(wrk_cmd(port, seconds, connections, True), stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    gap = (seconds - 1.0) / reloads
+    for _ in range(reloads):
+        server.reload()
+        time.sleep(gap)
+    out = w.communicate(timeout=seconds + 60)[0]
+    server.stop()
+    return failures(out)
+
+
+def svg_bars(path, title, rows, series, unit):
+    """A horizontal bar chart: `rows` of (label, [value per series])."""
+    colours = ["#4878a8", "#e0904a", "#6aa860", "#c85a5a", "#8c6bb1", "#999999"]
+    top = max((max(v) for _, v in rows), default=1) or 1
+    bar, gap, left, width = 14, 10, 190, 420
+    height = 50 + len(rows) * (len(series) * bar + gap) + 20
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">{title}</text>']
+    for i, name in enumerate(series):
+        out.append(f'<rect x="{left + i * 120}" y="30" width="10" height="10" fill="{colours[i]}"/>'
+                   f'<text x="{left + i * 120 + 14}" y="39">{name}</text>')
+    y = 50
+    for label, values in rows:
+        out.append(f'<text x="{left - 6}" y="{y + len(series) * bar / 2 + 4}" text-anchor="end">{label}</text>')
+        for i, v in enumerate(values):
+            w = width * v / top
+            out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colours[i]}"/>'
+                       f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}">{v:,.0f}{unit}</text>')
+            y += bar
+        y += gap
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def svg_shares(path, title, rows):
+    """Per-worker connection shares: one 100 % stacked bar per (label, counts)."""
+    colours = ["#4878a8", "#e0904a", "#6aa860", "#c85a5a", "#8c6bb1", "#999999", "#d4b84a", "#5ab4c8"]
+    bar, left, width = 18, 230, 400
+    height = 40 + len(rows) * (bar + 6) + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">{title}</text>']
+    y = 36
+    for label, counts in rows:
+        total = sum(counts) or 1
+        out.append(f'<text x="{left - 6}" y="{y + bar - 5}" text-anchor="end">{label}</text>')
+        x = left
+        for i, c in enumerate(counts):
+            w = width * c / total
+            out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{colours[i % len(colours)]}" '
+                       f'stroke="white"/>')
+            if w > 28:
+                out.append(f'<text x="{x + w / 2:.1f}" y="{y + bar - 5}" text-anchor="middle" fill="white">'
+                           f'{100 * c / total:.0f}%</text>')
+            x += w
+        mm = max(counts) / min(counts) if min(counts) else float("inf")
+        out.append(f'<text x="{left + width + 6}" y="{y + bar - 5}">max/min {mm:.2f}</text>')
+        y += bar + 6
+    out.append(f'<text x="{left}" y="{y + 16}" fill="#555">each colour is one worker\'s share of the '
+               f'connections it accepted</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
 
 
 def fairness(counts):
@@ -165,6 +289,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--kills", type=int, default=10, help="respawn measurements per herder server")
+    ap.add_argument("--reloads", type=int, default=3, help="rolling restarts under load per server")
+    ap.add_argument("--charts", help="write the SVG charts and a JSON of the results into this directory")
     ap.add_argument("--only", action="append", default=[],
                     help="run only the servers whose name contains this (repeatable); nginx is always run")
     a = ap.parse_args()
@@ -186,6 +313,8 @@ def main():
     if a.only:
         servers = [s for s in servers if s.name == "nginx" or any(o in s.name for o in a.only)]
     results = {}  # (server, shape) -> list of (rps, lat, errors, counts)
+    respawn = {}  # server -> [ms]
+    reloads = {}  # server -> (requests, failed, non2xx)
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(a.rounds):
             for shape in ("keep-alive", "close"):
@@ -199,8 +328,22 @@ def main():
                     results.setdefault((s.name, shape), []).append((rps, lat, err, counts))
                     print(f"round {rnd + 1} {shape:10} {s.name:22} {rps:10.0f} req/s  p50 {lat.get('50', '?'):>8} p99 {lat.get('99', '?'):>8}"
                           + (f"  per worker {counts}" if counts else "") + (f"  errors: {err}" if err else ""), flush=True)
+        for s in servers:
+            if isinstance(s, Herder) and a.kills:
+                respawn[s.name] = s.respawn(a.kills, tmp)
+                t = respawn[s.name]
+                print(f"respawn {s.name:22} median {statistics.median(t):6.1f} ms  max {max(t):6.1f} ms", flush=True)
+        for s in servers:
+            if hasattr(s, "reload") and a.reloads:
+                reloads[s.name] = reload_under_load(s, tmp, a.seconds + 2, a.connections, a.reloads)
+                total, failed, non2xx = reloads[s.name]
+                print(f"reload  {s.name:22} {a.reloads} rolling restarts: {total} requests, {failed} failed, "
+                      f"{non2xx} non-2xx", flush=True)
+
     print()
-    print(f"{'shape':10} {'server':22} {'median req/s':>12} {'vs nginx':>9} {'max/min':>8} {'Jain':>6}")
+    print("| shape | server | req/s (median) | vs nginx | p50 | p99 | per-worker max/min | Jain |")
+    print("|---|---|---|---|---|---|---|---|")
+    summary = []
     for shape in ("keep-alive", "close"):
         nginx = [r[0] for r in results[("nginx", shape)]]
         for s in servers:
@@ -209,8 +352,39 @@ def main():
             ratios = [r[0] / n for r, n in zip(runs, nginx)]
             counts = [sum(c) for c in zip(*[r[3] for r in runs if r[3]])] if runs[0][3] else None
             mm, jain = fairness(counts) if counts else (None, None)
-            print(f"{shape:10} {s.name:22} {med:12.0f} {statistics.median(ratios):8.2f}x"
-                  + (f" {mm:8.2f} {jain:6.3f}" if counts else ""))
+            mid = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+            summary.append({"shape": shape, "server": s.name, "rps": med, "ratios": ratios,
+                            "p50": mid[1].get("50"), "p99": mid[1].get("99"), "counts": counts})
+            print(f"| {shape} | {s.name} | {med:,.0f} | {statistics.median(ratios):.2f}× "
+                  f"({' / '.join(f'{r:.2f}' for r in ratios)}) | {mid[1].get('50', '?')} | {mid[1].get('99', '?')} | "
+                  + (f"{mm:.2f} | {jain:.3f} |" if counts else " | |"))
+    if respawn:
+        print()
+        print("| server | respawn median | max |")
+        print("|---|---|---|")
+        for name, t in respawn.items():
+            print(f"| {name} | {statistics.median(t):.1f} ms | {max(t):.1f} ms |")
+    if reloads:
+        print()
+        print("| server | rolling restarts | requests | failed connections | non-2xx |")
+        print("|---|---|---|---|---|")
+        for name, (total, failed, non2xx) in reloads.items():
+            print(f"| {name} | {a.reloads} | {total:,} | {failed} | {non2xx} |")
+    if a.charts:
+        os.makedirs(a.charts, exist_ok=True)
+        with open(os.path.join(a.charts, "results.json"), "w") as f:
+            json.dump({"args": vars(a), "summary": summary, "respawn_ms": respawn,
+                       "reloads": reloads}, f, indent=1)
+        names = [s.name for s in servers]
+        svg_bars(os.path.join(a.charts, "throughput.svg"),
+                 f"Requests/s, {a.workers} workers, {a.connections} connections (median of {a.rounds} rounds)",
+                 [(n, [next(x["rps"] for x in summary if x["server"] == n and x["shape"] == sh)
+                       for sh in ("keep-alive", "close")]) for n in names],
+                 ["keep-alive", "Connection: close"], "")
+        shares = [(f"{x['server']} ({x['shape']})", x["counts"]) for x in summary if x["counts"]]
+        svg_shares(os.path.join(a.charts, "fairness.svg"),
+                   f"Per-worker share of connections, {a.workers} workers", shares)
+        print(f"\ncharts and results in {a.charts}")
 
 
 if __name__ == "__main__":
