@@ -1,20 +1,30 @@
 //! Descriptor hand-off cost: herder-fd's [`Channel`] next to the raw
-//! `sendmsg`/`recvmsg` loop written here, on the same socketpair type, in one run.
+//! `sendmsg`/`recvmsg` loop written here, on the same socketpair type, in one run;
+//! for one descriptor also next to the `sendfd` and `passfd` crates.
 //!
 //! Each iteration sends one message carrying N descriptors and receives it in the
 //! same thread (no cross-core wake-up), then closes what arrived, so both sides pay
 //! for the same system calls. Run with `cargo bench --bench handoff`.
+//!
+//! Socket types: `raw` and `herder-fd` use a `SOCK_SEQPACKET` pair,
+//! `herder-fd-stream`, `sendfd` and `passfd` a `SOCK_STREAM` pair (`UnixStream`,
+//! the type both crates take). `passfd` sends its fixed 4-byte payload, the others
+//! one byte (herder-fd behind its 8-byte frame header). Neither crate asks for
+//! `MSG_CMSG_CLOEXEC`: what they receive is not close-on-exec, which herder-fd's and
+//! the raw loop's is.
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
 
 #[cfg(unix)]
 mod unix {
-    use criterion::{BenchmarkId, Criterion, Throughput};
+    use criterion::measurement::WallTime;
+    use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
     use herder_fd::{Channel, ChannelKind};
     use std::hint::black_box;
     use std::mem;
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::net::UnixStream;
 
     /// The hand-written baseline: one `sendmsg` with `SCM_RIGHTS`, one `recvmsg` with
     /// `MSG_CMSG_CLOEXEC` where it exists, the received descriptors closed.
@@ -109,8 +119,41 @@ mod unix {
                     out.clear();
                 })
             });
+
+            if n == 1 {
+                one_by_crates(&mut group, &file);
+            }
         }
         group.finish();
+    }
+
+    /// The one-descriptor contenders from crates.io, each on a stream socketpair.
+    fn one_by_crates(group: &mut BenchmarkGroup<'_, WallTime>, file: &std::fs::File) {
+        let fd = file.as_raw_fd();
+
+        let (tx, rx) = UnixStream::pair().unwrap();
+        group.bench_with_input(BenchmarkId::new("sendfd", 1), &fd, |b, &fd| {
+            use sendfd::{RecvWithFd, SendWithFd};
+            let mut byte = [0u8; 1];
+            let mut fds: [RawFd; 1] = [-1];
+            b.iter(|| {
+                assert_eq!(tx.send_with_fd(black_box(b"x"), &[fd]).unwrap(), 1);
+                assert_eq!(rx.recv_with_fd(&mut byte, &mut fds).unwrap(), (1, 1));
+                // SAFETY: recvmsg just installed this descriptor, and nothing else owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+            })
+        });
+
+        let (tx, rx) = UnixStream::pair().unwrap();
+        group.bench_with_input(BenchmarkId::new("passfd", 1), &fd, |b, &fd| {
+            use passfd::FdPassingExt;
+            b.iter(|| {
+                tx.send_fd(black_box(fd)).unwrap();
+                let got = rx.recv_fd().unwrap();
+                // SAFETY: recvmsg just installed this descriptor, and nothing else owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(got) });
+            })
+        });
     }
 }
 
