@@ -153,6 +153,58 @@ impl Message {
     }
 }
 
+impl Message {
+    /// Reads the message as one or more typed hand-offs: a single one
+    /// ([`Channel::send_socket`]) or a batch ([`Channel::send_sockets`]), in the order
+    /// they were sent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Malformed`] if it is neither, [`Error::FdCountMismatch`] if the number
+    /// of descriptors is not the number of records; whatever arrived is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herder_fd::{Channel, Handoff};
+    /// use std::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let a = TcpStream::connect(listener.local_addr()?)?;
+    /// let b = TcpStream::connect(listener.local_addr()?)?;
+    /// let (mut tx, mut rx) = Channel::pair()?;
+    /// let (ha, hb) = (Handoff { id: 1, ..Default::default() }, Handoff { id: 2, ..Default::default() });
+    /// tx.send_sockets(&[(&a, ha), (&b, hb)])?;
+    /// let got = rx.recv()?.expect("a message").into_sockets()?;
+    /// assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn into_sockets(self) -> io::Result<Vec<Received>> {
+        if !crate::handoff::is_batch(&self.payload) {
+            return self.into_socket().map(|r| vec![r]);
+        }
+        let (payload, fds) = self.into_parts();
+        let records = crate::handoff::decode_batch(&payload)?;
+        if records.len() != fds.len() {
+            return Err(Error::FdCountMismatch {
+                expected: records.len(),
+                received: fds.len(),
+            }
+            .into());
+        }
+        Ok(records
+            .into_iter()
+            .zip(fds)
+            .map(|((meta, data), fd)| Received {
+                id: meta.id,
+                peer: meta.peer,
+                data: payload[data].to_vec(),
+                socket: Socket::from_kind(meta.kind, fd).expect("every kind exists on Unix"),
+            })
+            .collect())
+    }
+}
+
 impl Channel {
     /// Creates a connected pair of channels with `socketpair(2)`: `SOCK_SEQPACKET`
     /// where the system has it, `SOCK_STREAM` on macOS. Both ends are close-on-exec.
@@ -758,6 +810,44 @@ impl Channel {
         let mut payload = Vec::with_capacity(crate::handoff::MAX_META_LEN + meta.data.len());
         crate::handoff::encode(S::KIND, meta, &mut payload);
         self.send(&payload, &[socket.as_fd()])
+    }
+
+    /// Sends several sockets of one type in one message, each with its own header:
+    /// one system call instead of one per socket (the kernel's cost per descriptor
+    /// falls from about 3 µs alone to a fraction of a microsecond in a batch). The
+    /// receiver reads them with [`Message::into_sockets`]. An empty batch sends
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooManyFds`] for more than [`MAX_FDS_PER_MESSAGE`] sockets;
+    /// [`Error::MessageTooLarge`] if the headers and data exceed the payload limit;
+    /// otherwise as [`send`](Self::send). Nothing is sent on error.
+    pub fn send_sockets<S: Transfer + AsFd>(
+        &mut self,
+        items: &[(&S, Handoff<'_>)],
+    ) -> io::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if items.len() > MAX_FDS_PER_MESSAGE {
+            return Err(Error::TooManyFds {
+                count: items.len(),
+                max: MAX_FDS_PER_MESSAGE,
+            }
+            .into());
+        }
+        let len = crate::handoff::BATCH_HEADER_LEN
+            + items
+                .iter()
+                .map(|(_, h)| {
+                    crate::handoff::RECORD_PREFIX_LEN + crate::handoff::MAX_META_LEN + h.data.len()
+                })
+                .sum::<usize>();
+        let mut payload = Vec::with_capacity(len);
+        crate::handoff::encode_batch(S::KIND, items.iter().map(|(_, h)| h), &mut payload);
+        let fds: Vec<BorrowedFd<'_>> = items.iter().map(|(s, _)| s.as_fd()).collect();
+        self.send(&payload, &fds)
     }
 
     /// Receives a socket sent with [`send_socket`](Self::send_socket). `Ok(None)` at end

@@ -13,12 +13,27 @@
 //! IPv6 peer:  16 address bytes, u16 port, u32 flowinfo, u32 scope id (LE)
 //! rest        data already read from the connection
 //! ```
+//!
+//! A batch ([`Channel::send_sockets`](crate::Channel::send_sockets), Unix) carries one
+//! descriptor per record:
+//!
+//! ```text
+//! byte 0      b'B'
+//! byte 1      reserved, 0
+//! bytes 2..4  number of records, u16 little-endian
+//! records     each a u32 length (LE) and a single hand-off payload as above
+//! ```
 
 use crate::error::Error;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 const TAG: u8 = b'H';
+const BATCH_TAG: u8 = b'B';
+/// A batch's header: tag, reserved, count.
+pub(crate) const BATCH_HEADER_LEN: usize = 4;
+/// A batch record's length prefix.
+pub(crate) const RECORD_PREFIX_LEN: usize = 4;
 /// The longest typed header: tag, kind, family, reserved, id, an IPv6 address.
 pub(crate) const MAX_META_LEN: usize = 4 + 8 + 16 + 2 + 4 + 4;
 
@@ -76,17 +91,85 @@ pub struct Handoff<'a> {
 
 pub(crate) fn encode(kind: SocketKind, h: &Handoff<'_>, out: &mut Vec<u8>) {
     out.clear();
+    append(kind, h, out);
+}
+
+/// Encodes a batch of hand-offs of one kind. The caller checks that there are at most
+/// `u16::MAX` (in practice [`MAX_FDS_PER_MESSAGE`](crate::MAX_FDS_PER_MESSAGE)).
+#[cfg(unix)]
+pub(crate) fn encode_batch<'a>(
+    kind: SocketKind,
+    items: impl ExactSizeIterator<Item = &'a Handoff<'a>>,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(&[BATCH_TAG, 0]);
+    out.extend_from_slice(&(items.len() as u16).to_le_bytes());
+    for h in items {
+        let at = out.len();
+        out.extend_from_slice(&[0; RECORD_PREFIX_LEN]);
+        append(kind, h, out);
+        let len = (out.len() - at - RECORD_PREFIX_LEN) as u32;
+        out[at..at + RECORD_PREFIX_LEN].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Whether a payload is a batch rather than a single hand-off.
+#[cfg(unix)]
+pub(crate) fn is_batch(p: &[u8]) -> bool {
+    p.first() == Some(&BATCH_TAG)
+}
+
+/// Splits a batch into its records: each record's metadata, and the range of the
+/// payload that holds its data.
+#[cfg(unix)]
+pub(crate) fn decode_batch(p: &[u8]) -> io::Result<Vec<(Meta, std::ops::Range<usize>)>> {
+    let bad = |what| -> io::Error { Error::Malformed(what).into() };
+    if p.len() < BATCH_HEADER_LEN || p[0] != BATCH_TAG || p[1] != 0 {
+        return Err(bad("not a hand-off batch"));
+    }
+    let count = u16::from_le_bytes([p[2], p[3]]) as usize;
+    // Every record needs its prefix and a 12-byte header: a lying count cannot make
+    // us allocate more than the payload could hold.
+    if count > (p.len() - BATCH_HEADER_LEN) / (RECORD_PREFIX_LEN + 12) {
+        return Err(bad("batch count larger than its payload"));
+    }
+    let mut records = Vec::with_capacity(count);
+    let mut at = BATCH_HEADER_LEN;
+    for _ in 0..count {
+        let prefix = p
+            .get(at..at + RECORD_PREFIX_LEN)
+            .ok_or_else(|| bad("truncated batch"))?;
+        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        let start = at + RECORD_PREFIX_LEN;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= p.len())
+            .ok_or_else(|| bad("truncated batch"))?;
+        let meta = decode(&p[start..end])?;
+        let data = start + meta.data..end;
+        records.push((meta, data));
+        at = end;
+    }
+    if at != p.len() {
+        return Err(bad("trailing bytes after a batch"));
+    }
+    Ok(records)
+}
+
+fn append(kind: SocketKind, h: &Handoff<'_>, out: &mut Vec<u8>) {
+    let base = out.len();
     out.extend_from_slice(&[TAG, kind as u8, 0, 0]);
     out.extend_from_slice(&h.id.to_le_bytes());
     match h.peer {
         None => {}
         Some(SocketAddr::V4(a)) => {
-            out[2] = 4;
+            out[base + 2] = 4;
             out.extend_from_slice(&a.ip().octets());
             out.extend_from_slice(&a.port().to_le_bytes());
         }
         Some(SocketAddr::V6(a)) => {
-            out[2] = 6;
+            out[base + 2] = 6;
             out.extend_from_slice(&a.ip().octets());
             out.extend_from_slice(&a.port().to_le_bytes());
             out.extend_from_slice(&a.flowinfo().to_le_bytes());
@@ -164,6 +247,55 @@ mod tests {
             assert_eq!((m.kind, m.id, m.peer), (SocketKind::TcpStream, h.id, peer));
             assert_eq!(&buf[m.data..], h.data);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_batch_round_trips_and_every_cut_is_rejected() {
+        let items = [
+            Handoff {
+                id: 7,
+                peer: Some("10.1.2.3:443".parse().unwrap()),
+                data: b"GET",
+            },
+            Handoff {
+                id: 8,
+                peer: None,
+                data: b"",
+            },
+            Handoff {
+                id: 9,
+                peer: Some("[fe80::1%7]:8080".parse().unwrap()),
+                data: b"x",
+            },
+        ];
+        let mut buf = Vec::new();
+        encode_batch(SocketKind::TcpStream, items.iter(), &mut buf);
+        assert!(is_batch(&buf));
+        let records = decode_batch(&buf).unwrap();
+        assert_eq!(records.len(), 3);
+        for ((m, data), h) in records.iter().zip(&items) {
+            assert_eq!(
+                (m.kind, m.id, m.peer),
+                (SocketKind::TcpStream, h.id, h.peer)
+            );
+            assert_eq!(&buf[data.clone()], h.data);
+        }
+        for cut in 0..buf.len() {
+            assert_eq!(
+                decode_batch(&buf[..cut]).unwrap_err().kind(),
+                io::ErrorKind::InvalidData,
+                "cut at {cut}"
+            );
+        }
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert!(decode_batch(&longer).is_err(), "trailing byte accepted");
+        // A count far beyond the payload is refused before allocating for it.
+        assert!(decode_batch(&[b'B', 0, 0xff, 0xff]).is_err());
+        // An empty batch is valid and empty.
+        encode_batch(SocketKind::TcpStream, [].iter(), &mut buf);
+        assert!(decode_batch(&buf).unwrap().is_empty());
     }
 
     #[test]

@@ -145,6 +145,72 @@ fn no_descriptor_leaks_on_any_path() {
         },
     );
 
+    no_leak("a batch: sent, received, refused", || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut a, mut b) = Channel::pair().unwrap();
+        // 253 connections in one message arrive as 253 working sockets, in order.
+        // (Accepted as they come: the listen backlog is smaller than 253.)
+        let (clients, conns): (Vec<_>, Vec<_>) = (0..253)
+            .map(|_| {
+                let c = std::net::TcpStream::connect(addr).unwrap();
+                (c, listener.accept().unwrap().0)
+            })
+            .unzip();
+        let items: Vec<_> = conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let h = Handoff {
+                    id: i as u64,
+                    peer: c.local_addr().ok(),
+                    data: &[],
+                };
+                (c, h)
+            })
+            .collect();
+        a.send_sockets(&items).unwrap();
+        let got = b.recv().unwrap().unwrap().into_sockets().unwrap();
+        assert_eq!(got.len(), 253);
+        for (i, r) in got.into_iter().enumerate() {
+            assert_eq!(r.id, i as u64);
+            assert_eq!(r.peer, conns[i].local_addr().ok());
+            let s = r.into_tcp_stream().unwrap();
+            assert_eq!(s.local_addr().unwrap(), conns[i].local_addr().unwrap());
+        }
+        // 254 are refused before anything is sent.
+        let extra = std::net::TcpStream::connect(addr).unwrap();
+        let mut more = items.clone();
+        more.push((&extra, Handoff::default()));
+        assert!(matches!(
+            expect_err(a.send_sockets(&more)),
+            Error::TooManyFds { count: 254, .. }
+        ));
+        // A batch whose record count differs from its descriptors is refused and
+        // what arrived is closed.
+        let f = files(1);
+        a.send(&[b'B', 0, 2, 0], &borrow(&f)).unwrap();
+        assert!(matches!(
+            expect_err(b.recv().unwrap().unwrap().into_sockets()),
+            Error::Malformed(_)
+        ));
+        let mut one = Vec::new();
+        a.send_sockets(&[(&extra, Handoff::default())]).unwrap();
+        let m = b.recv().unwrap().unwrap();
+        let (payload, fds) = m.into_parts();
+        one.extend_from_slice(&payload);
+        drop(fds);
+        a.send(&one, &borrow(&files(2))).unwrap();
+        assert!(matches!(
+            expect_err(b.recv().unwrap().unwrap().into_sockets()),
+            Error::FdCountMismatch {
+                expected: 1,
+                received: 2
+            }
+        ));
+        drop((listener, clients));
+    });
+
     no_leak("a receiver at RLIMIT_NOFILE (child process)", || {
         let (mut ch, end) = Channel::pair_for_child().unwrap();
         let child = end
