@@ -31,7 +31,7 @@ mod unix {
     use herder::protocol::Protocol;
     use herder::reactor::{Event, Interest, Mode, TimerId};
     use std::collections::{HashMap, VecDeque};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
     #[derive(Debug, Parser)]
@@ -94,9 +94,9 @@ mod unix {
         next: usize,
         /// Connections handed to each worker (by pid) and not yet acknowledged: kept
         /// open here, so that those of a worker that dies are handed to another.
-        inflight: HashMap<u32, VecDeque<(u64, TcpStream, std::net::SocketAddr)>>,
+        inflight: HashMap<u32, VecDeque<(u64, TcpStream, SocketAddr)>>,
         /// Accepted, not yet handed over (no worker ready).
-        pending: VecDeque<(TcpStream, std::net::SocketAddr)>,
+        pending: VecDeque<(TcpStream, SocketAddr)>,
         next_id: u64,
         /// The listener's pause after `EMFILE`.
         retry: Option<TimerId>,
@@ -140,9 +140,8 @@ mod unix {
                                 q.len()
                             );
                         }
-                        for (_, stream, peer) in q {
-                            self.dispatch(pool, stream, peer);
-                        }
+                        let conns = q.into_iter().map(|(_, s, p)| (s, p)).collect();
+                        self.dispatch_all(pool, conns);
                     }
                 }
                 PoolEvent::Command(herder::pool::Command::Stop) => {
@@ -155,11 +154,13 @@ mod unix {
             }
         }
 
+        /// Accepts what is pending (up to 64) and hands it over in batches.
         fn accept(&mut self, pool: &mut Pool) {
+            let mut batch = Vec::new();
             for _ in 0..64 {
                 match self.listener.accept() {
-                    Ok((stream, peer)) => self.dispatch(pool, stream, peer),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Ok(conn) => batch.push(conn),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e)
                         if matches!(
@@ -172,15 +173,17 @@ mod unix {
                         let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
                         self.retry =
                             Some(pool.add_timer(Instant::now() + Duration::from_millis(100), None));
-                        return;
+                        break;
                     }
                     Err(e) => log!(3, "accept: {e}"),
                 }
             }
+            self.dispatch_all(pool, batch);
         }
 
-        /// Slots in the order to try them.
-        fn candidates(&mut self, pool: &Pool) -> Vec<usize> {
+        /// Slots in the order to try them, counting `extra` connections already
+        /// chosen for each slot in this batch.
+        fn candidates(&mut self, pool: &Pool, extra: &[u64]) -> Vec<usize> {
             let n = pool.len();
             let mut slots: Vec<usize> = (0..n).filter(|&s| pool.load(s).is_some()).collect();
             // Rotate the starting point: round-robin's order, and least-loaded's
@@ -197,7 +200,9 @@ mod unix {
                 slots.sort_by_key(|&s| {
                     let load = pool.load(s).expect("filtered above");
                     (
-                        load.active + self.inflight.get(&load.pid).map_or(0, |q| q.len() as u64),
+                        load.active
+                            + self.inflight.get(&load.pid).map_or(0, |q| q.len() as u64)
+                            + extra.get(s).copied().unwrap_or(0),
                         turn(s),
                     )
                 });
@@ -205,11 +210,77 @@ mod unix {
             slots
         }
 
-        fn dispatch(&mut self, pool: &mut Pool, stream: TcpStream, peer: std::net::SocketAddr) {
+        /// Chooses a worker for each connection, then hands each worker its share in
+        /// one message (one `sendmsg` for many descriptors).
+        fn dispatch_all(&mut self, pool: &mut Pool, conns: Vec<(TcpStream, SocketAddr)>) {
+            if self.stopping || conns.is_empty() {
+                return;
+            }
+            let n = pool.len();
+            let mut extra = vec![0u64; n];
+            let mut groups: Vec<Vec<(TcpStream, SocketAddr)>> =
+                (0..n).map(|_| Vec::new()).collect();
+            for conn in conns {
+                match self.candidates(pool, &extra).first() {
+                    Some(&slot) => {
+                        extra[slot] += 1;
+                        groups[slot].push(conn);
+                    }
+                    None => self.wait(conn),
+                }
+            }
+            for (slot, group) in groups.into_iter().enumerate() {
+                if !group.is_empty() {
+                    self.send_group(pool, slot, group);
+                }
+            }
+        }
+
+        fn send_group(
+            &mut self,
+            pool: &mut Pool,
+            slot: usize,
+            group: Vec<(TcpStream, SocketAddr)>,
+        ) {
+            let first = self.next_id + 1;
+            self.next_id += group.len() as u64;
+            let sent = {
+                let items: Vec<_> = group
+                    .iter()
+                    .zip(first..)
+                    .map(|((stream, peer), id)| {
+                        let meta = Handoff {
+                            id,
+                            peer: Some(*peer),
+                            data: &[],
+                        };
+                        (stream, meta)
+                    })
+                    .collect();
+                pool.send_sockets(slot, &items)
+            };
+            match sent {
+                Ok(pid) => {
+                    let q = self.inflight.entry(pid).or_default();
+                    for ((stream, peer), id) in group.into_iter().zip(first..) {
+                        q.push_back((id, stream, peer));
+                    }
+                }
+                Err(e) => {
+                    // A worker that died, drains or is full: one by one to the others.
+                    log!(3, "hand-off of {} to slot {slot}: {e}", group.len());
+                    for (stream, peer) in group {
+                        self.dispatch(pool, stream, peer);
+                    }
+                }
+            }
+        }
+
+        fn dispatch(&mut self, pool: &mut Pool, stream: TcpStream, peer: SocketAddr) {
             if self.stopping {
                 return;
             }
-            for slot in self.candidates(pool) {
+            for slot in self.candidates(pool, &[]) {
                 self.next_id += 1;
                 let meta = Handoff {
                     id: self.next_id,
@@ -229,8 +300,13 @@ mod unix {
                     Err(e) => log!(3, "hand-off to slot {slot}: {e}"),
                 }
             }
+            self.wait((stream, peer));
+        }
+
+        /// Keeps a connection until a worker is ready, up to a bound.
+        fn wait(&mut self, conn: (TcpStream, SocketAddr)) {
             if self.pending.len() < MAX_PENDING {
-                self.pending.push_back((stream, peer));
+                self.pending.push_back(conn);
             } else {
                 log!(
                     1,
@@ -241,9 +317,7 @@ mod unix {
 
         fn flush(&mut self, pool: &mut Pool) {
             let waiting: Vec<_> = self.pending.drain(..).collect();
-            for (stream, peer) in waiting {
-                self.dispatch(pool, stream, peer);
-            }
+            self.dispatch_all(pool, waiting);
         }
     }
 
@@ -258,14 +332,16 @@ mod unix {
             server.poll(&mut events, Some(Duration::from_millis(500)))?;
             for e in events.drain(..) {
                 link.handle(&mut server, &e, |server, message| {
-                    match message.into_socket() {
-                        Ok(got) => {
-                            last_id = Some(got.id);
-                            let data = got.data.clone();
-                            if let Ok(stream) = got.into_tcp_stream() {
-                                let svc = Protocol::named(&protocol).expect("checked by clap");
-                                if let Err(e) = server.add_connection(stream, svc, &data) {
-                                    log!(1, "serving a handed-off connection: {e}");
+                    match message.into_sockets() {
+                        Ok(batch) => {
+                            for mut got in batch {
+                                last_id = last_id.max(Some(got.id));
+                                let data = std::mem::take(&mut got.data);
+                                if let Ok(stream) = got.into_tcp_stream() {
+                                    let svc = Protocol::named(&protocol).expect("checked by clap");
+                                    if let Err(e) = server.add_connection(stream, svc, &data) {
+                                        log!(1, "serving a handed-off connection: {e}");
+                                    }
                                 }
                             }
                         }

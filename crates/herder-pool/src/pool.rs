@@ -647,6 +647,30 @@ impl Pool {
         Ok(pid)
     }
 
+    /// Hands several sockets to the current worker of `slot` in one message
+    /// (herder-fd's [`Channel::send_sockets`]), if the worker is ready; the worker
+    /// reads them with `Message::into_sockets`. `Ok` names the pid of the worker they
+    /// went to.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); more than `MAX_FDS_PER_MESSAGE` sockets are refused.
+    pub fn send_sockets<S: herder_fd::Transfer + AsFd>(
+        &mut self,
+        slot: usize,
+        items: &[(&S, herder_fd::Handoff<'_>)],
+    ) -> Result<u32, Error> {
+        let pid = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.current)
+            .ok_or(Error::NoWorker(slot))?;
+        let ch = self.ready_channel(slot)?;
+        ch.send_sockets(items)
+            .map_err(|source| Error::Channel { slot, source })?;
+        Ok(pid)
+    }
+
     fn ready_channel(&mut self, slot: usize) -> Result<&mut Channel, Error> {
         let pid = self
             .slots
