@@ -131,11 +131,13 @@ mod unix {
         if lock.is_some() {
             server.pause_listener(key)?;
         }
-        let mut link = Link::ready(&mut worker, &mut server, &args.common)?;
-        let card = link.card().filter(|_| balance).cloned();
+        // Counted by its peers before it reports ready: a server whose workers are all
+        // ready has every one of them in the balance from the first connection.
+        let card = worker.scorecard().filter(|_| balance);
         if let Some(card) = &card {
             card.set_accepting(true);
         }
+        let mut link = Link::ready(&mut worker, &mut server, &args.common)?;
         // Whether the listener is in this worker's poll set: with a lock, only while
         // the worker holds it (as in nginx, it stays armed while the worker keeps
         // winning the lock, saving two system calls a turn).

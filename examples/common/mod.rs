@@ -243,11 +243,6 @@ impl Link {
         Ok(true)
     }
 
-    /// The worker's record in the scoreboard, if it has one.
-    pub(crate) fn card(&self) -> Option<&Scorecard> {
-        self.card.as_ref()
-    }
-
     /// After every poll: the figures status, dispatch and scaling read.
     pub(crate) fn report(&mut self, server: &Server<Protocol>) {
         if let Some(card) = &self.card {
