@@ -43,9 +43,12 @@ mod unix {
         accept: String,
     }
 
+    /// `EPOLLEXCLUSIVE` on Linux: one shared queue, so load-aware accepting keeps the
+    /// workers even (`reuseport` is as fast, but leaves the spread to the kernel's
+    /// hash of each connection); a lock elsewhere.
     fn default_accept() -> &'static str {
         if cfg!(target_os = "linux") {
-            "reuseport"
+            "exclusive"
         } else {
             "fcntl"
         }
@@ -112,13 +115,23 @@ mod unix {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
+    /// Connections accepted per wake-up at most when the workers balance their load.
+    const BALANCED_BURST: usize = 8;
+
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
         // With one queue per worker (SO_REUSEPORT) the kernel picks the worker; with a
         // shared queue the workers balance: one holding more connections than its
         // least-loaded peer leaves new ones to the others.
         let balance = args.accept != "reuseport";
         let mut server = common::server(&args.common)?;
-        let burst = herder::reactor::Config::default().accept_burst;
+        // Balancing, a worker looks at its peers' load between bursts: a burst must be
+        // small, or a worker that polls while its peers are still starting takes a
+        // whole wave of connections at once.
+        let burst = if balance {
+            BALANCED_BURST
+        } else {
+            herder::reactor::Config::default().accept_burst
+        };
         let listener = worker
             .take_listener("http")
             .context("no listener inherited")?;
