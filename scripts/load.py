@@ -6,10 +6,13 @@ interleaved rounds.
     python3 scripts/load.py [--rounds 2] [--seconds 5] [--workers 2] [--connections 64]
 
 It installs wrk and nginx-light if they are missing (Debian), builds the examples in
-release mode, and binds only 127.0.0.1. It prints requests/s per round and their
-medians, the ratio to nginx, latency percentiles, and the per-worker connection counts
-of the herder servers (from their control socket) with max/min and Jain's fairness
-index.
+release mode, and binds only 127.0.0.1. Every run of a server is paired with an nginx
+run right before or after it (alternating), and compared with that run only. It prints
+requests/s per round and their medians, the median ratio to nginx, latency
+percentiles, and the per-worker connection counts of the herder servers (from their
+control socket) with max/min and Jain's fairness index; then the respawn time after
+kill -9 and the failed requests across rolling restarts under load. With --charts DIR
+it also writes throughput.svg, fairness.svg and results.json there.
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -315,19 +318,36 @@ def main():
     results = {}  # (server, shape) -> list of (rps, lat, errors, counts)
     respawn = {}  # server -> [ms]
     reloads = {}  # server -> (requests, failed, non2xx)
+    ratios = {}  # (server, shape) -> [ratio to the nginx run next to it]
+    nginx = next(s for s in servers if s.name == "nginx")
+
+    def measure(s, shape, rnd, tmp):
+        port = s.start(tmp)
+        before = s.accepted()
+        rps, lat, err = wrk(port, a.seconds, a.connections, shape == "close")
+        after = s.accepted()
+        counts = [y - x for x, y in zip(before, after)] if before and after and len(before) == len(after) else None
+        s.stop()
+        results.setdefault((s.name, shape), []).append((rps, lat, err, counts))
+        print(f"round {rnd + 1} {shape:10} {s.name:22} {rps:10.0f} req/s  p50 {lat.get('50', '?'):>8} p99 {lat.get('99', '?'):>8}"
+              + (f"  per worker {counts}" if counts else "") + (f"  errors: {err}" if err else ""), flush=True)
+        return rps
+
     with tempfile.TemporaryDirectory() as tmp:
+        # Each server runs right next to an nginx run (before it in one round, after
+        # it in the next), and is compared with that run: the machine's drift over
+        # minutes does not enter the ratios.
         for rnd in range(a.rounds):
             for shape in ("keep-alive", "close"):
-                for s in servers:
-                    port = s.start(tmp)
-                    before = s.accepted()
-                    rps, lat, err = wrk(port, a.seconds, a.connections, shape == "close")
-                    after = s.accepted()
-                    counts = [y - x for x, y in zip(before, after)] if before and after and len(before) == len(after) else None
-                    s.stop()
-                    results.setdefault((s.name, shape), []).append((rps, lat, err, counts))
-                    print(f"round {rnd + 1} {shape:10} {s.name:22} {rps:10.0f} req/s  p50 {lat.get('50', '?'):>8} p99 {lat.get('99', '?'):>8}"
-                          + (f"  per worker {counts}" if counts else "") + (f"  errors: {err}" if err else ""), flush=True)
+                for i, s in enumerate(x for x in servers if x is not nginx):
+                    if (rnd + i) % 2 == 0:
+                        base = measure(nginx, shape, rnd, tmp)
+                        rps = measure(s, shape, rnd, tmp)
+                    else:
+                        rps = measure(s, shape, rnd, tmp)
+                        base = measure(nginx, shape, rnd, tmp)
+                    ratios.setdefault((s.name, shape), []).append(rps / base)
+                    ratios.setdefault((nginx.name, shape), []).append(1.0)
         for s in servers:
             if isinstance(s, Herder) and a.kills:
                 respawn[s.name] = s.respawn(a.kills, tmp)
@@ -345,18 +365,19 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     summary = []
     for shape in ("keep-alive", "close"):
-        nginx = [r[0] for r in results[("nginx", shape)]]
         for s in servers:
             runs = results[(s.name, shape)]
             med = statistics.median(r[0] for r in runs)
-            ratios = [r[0] / n for r, n in zip(runs, nginx)]
+            paired = ratios[(s.name, shape)]
             counts = [sum(c) for c in zip(*[r[3] for r in runs if r[3]])] if runs[0][3] else None
             mm, jain = fairness(counts) if counts else (None, None)
             mid = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
-            summary.append({"shape": shape, "server": s.name, "rps": med, "ratios": ratios,
+            summary.append({"shape": shape, "server": s.name, "rps": med, "ratios": paired,
                             "p50": mid[1].get("50"), "p99": mid[1].get("99"), "counts": counts})
-            print(f"| {shape} | {s.name} | {med:,.0f} | {statistics.median(ratios):.2f}× "
-                  f"({' / '.join(f'{r:.2f}' for r in ratios)}) | {mid[1].get('50', '?')} | {mid[1].get('99', '?')} | "
+            shown = paired if s is not nginx else []
+            print(f"| {shape} | {s.name} | {med:,.0f} | {statistics.median(paired):.2f}× "
+                  + (f"({' / '.join(f'{r:.2f}' for r in shown)})" if shown else "")
+                  + f" | {mid[1].get('50', '?')} | {mid[1].get('99', '?')} | "
                   + (f"{mm:.2f} | {jain:.3f} |" if counts else " | |"))
     if respawn:
         print()
