@@ -222,8 +222,9 @@ def reload_under_load(server, tmp, seconds, connections, reloads):
     return failures(out)
 
 
-def svg_bars(path, title, rows, series, unit):
-    """A horizontal bar chart: `rows` of (label, [value per series])."""
+def svg_bars(path, title, rows, series, fmt, mark=None):
+    """A horizontal bar chart: `rows` of (label, [value per series]), each value
+    written with `fmt`; `mark` draws a reference line at that value."""
     colours = ["#4878a8", "#e0904a", "#6aa860", "#c85a5a", "#8c6bb1", "#999999"]
     top = max((max(v) for _, v in rows), default=1) or 1
     bar, gap, left, width = 14, 10, 190, 420
@@ -240,9 +241,12 @@ def svg_bars(path, title, rows, series, unit):
         for i, v in enumerate(values):
             w = width * v / top
             out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colours[i]}"/>'
-                       f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}">{v:,.0f}{unit}</text>')
+                       f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}">{fmt.format(v)}</text>')
             y += bar
         y += gap
+    if mark is not None:
+        x = left + width * mark / top
+        out.append(f'<line x1="{x:.1f}" y1="46" x2="{x:.1f}" y2="{y}" stroke="#333" stroke-dasharray="4 3"/>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -297,7 +301,14 @@ def main():
     ap.add_argument("--charts", help="write the SVG charts and a JSON of the results into this directory")
     ap.add_argument("--only", action="append", default=[],
                     help="run only the servers whose name contains this (repeatable); nginx is always run")
+    ap.add_argument("--replot", metavar="DIR", help="only redraw the charts from DIR/results.json")
     a = ap.parse_args()
+    if a.replot:
+        with open(os.path.join(a.replot, "results.json")) as f:
+            saved = json.load(f)
+        names = list(dict.fromkeys(x["server"] for x in saved["summary"]))
+        charts(a.replot, saved["summary"], names, argparse.Namespace(**saved["args"]))
+        return
     ensure_tools()
     w = a.workers
     servers = [
@@ -397,15 +408,23 @@ def main():
             json.dump({"args": vars(a), "summary": summary, "respawn_ms": respawn,
                        "reloads": reloads}, f, indent=1)
         names = [s.name for s in servers]
-        svg_bars(os.path.join(a.charts, "throughput.svg"),
-                 f"Requests/s, {a.workers} workers, {a.connections} connections (median of {a.rounds} rounds)",
-                 [(n, [next(x["rps"] for x in summary if x["server"] == n and x["shape"] == sh)
-                       for sh in ("keep-alive", "close")]) for n in names],
-                 ["keep-alive", "Connection: close"], "")
-        shares = [(f"{x['server']} ({x['shape']})", x["counts"]) for x in summary if x["counts"]]
-        svg_shares(os.path.join(a.charts, "fairness.svg"),
-                   f"Per-worker share of connections, {a.workers} workers", shares)
+        charts(a.charts, summary, [s.name for s in servers], a)
         print(f"\ncharts and results in {a.charts}")
+
+
+def charts(directory, summary, names, a):
+    """Draws throughput.svg (each server's requests/s as a ratio to the nginx run next
+    to it) and fairness.svg (per-worker shares) from the summary."""
+    def pick(n, sh):
+        return next(x for x in summary if x["server"] == n and x["shape"] == sh)
+    svg_bars(os.path.join(directory, "throughput.svg"),
+             f"Requests/s relative to nginx, {a.workers} workers, {a.connections} connections "
+             f"(median of {a.rounds} paired rounds)",
+             [(n, [statistics.median(pick(n, sh)["ratios"]) for sh in ("keep-alive", "close")]) for n in names],
+             ["keep-alive", "Connection: close"], "{:.2f}×", mark=1.0)
+    shares = [(f"{x['server']} ({x['shape']})", x["counts"]) for x in summary if x["counts"]]
+    svg_shares(os.path.join(directory, "fairness.svg"),
+               f"Per-worker share of connections, {a.workers} workers", shares)
 
 
 if __name__ == "__main__":
