@@ -29,10 +29,13 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 const TAG: u8 = b'H';
+#[cfg(unix)]
 const BATCH_TAG: u8 = b'B';
 /// A batch's header: tag, reserved, count.
+#[cfg(unix)]
 pub(crate) const BATCH_HEADER_LEN: usize = 4;
 /// A batch record's length prefix.
+#[cfg(unix)]
 pub(crate) const RECORD_PREFIX_LEN: usize = 4;
 /// The longest typed header: tag, kind, family, reserved, id, an IPv6 address.
 pub(crate) const MAX_META_LEN: usize = 4 + 8 + 16 + 2 + 4 + 4;
