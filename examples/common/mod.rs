@@ -102,6 +102,10 @@ pub(crate) fn supervise(
                     status,
                     restart_in,
                 } => match restart_in {
+                    Some(d) if d.is_zero() => log!(
+                        1,
+                        "worker {pid} in slot {slot} exited ({status}); restarting it"
+                    ),
                     Some(d) => log!(
                         1,
                         "worker {pid} in slot {slot} exited ({status}); restart in {d:?}"
