@@ -11,6 +11,10 @@
 //! - [`pool`] ([`herder-pool`](https://docs.rs/herder-pool)): supervised worker
 //!   processes and accept locks.
 
+// No panics on request paths: library code handles every error; the invariants it
+// relies on instead are stated where they are (`#[expect]` with a reason).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 //! - [`protocol`]: the example servers' protocols, echo and a small HTTP/1.1 server, as
 //!   herder-reactor services.
 

@@ -103,6 +103,9 @@ pub struct Message {
     fds: Vec<OwnedFd>,
 }
 
+/// A socket kind this platform cannot rebuild.
+const UNSUPPORTED_KIND: &str = "socket kind not supported here";
+
 impl Message {
     /// The payload bytes.
     pub fn payload(&self) -> &[u8] {
@@ -141,8 +144,14 @@ impl Message {
             }
             .into());
         }
-        let fd = fds.pop().expect("one descriptor");
-        let socket = Socket::from_kind(meta.kind, fd).expect("every kind exists on Unix");
+        let Some(fd) = fds.pop() else {
+            return Err(Error::FdCountMismatch {
+                expected: 1,
+                received: 0,
+            }
+            .into());
+        };
+        let socket = Socket::from_kind(meta.kind, fd).ok_or(Error::Malformed(UNSUPPORTED_KIND))?;
         payload.drain(..meta.data);
         Ok(Received {
             id: meta.id,
@@ -192,16 +201,19 @@ impl Message {
             }
             .into());
         }
-        Ok(records
+        records
             .into_iter()
             .zip(fds)
-            .map(|((meta, data), fd)| Received {
-                id: meta.id,
-                peer: meta.peer,
-                data: payload[data].to_vec(),
-                socket: Socket::from_kind(meta.kind, fd).expect("every kind exists on Unix"),
+            .map(|((meta, data), fd)| {
+                Ok(Received {
+                    id: meta.id,
+                    peer: meta.peer,
+                    data: payload.get(data).unwrap_or_default().to_vec(),
+                    socket: Socket::from_kind(meta.kind, fd)
+                        .ok_or(Error::Malformed(UNSUPPORTED_KIND))?,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -206,9 +206,11 @@ impl Channel {
         };
         match (ack.as_slice(), infos.is_empty()) {
             (a, true) if a == ACK => Ok(()),
-            ([b'A', NAK, code @ ..], true) if code.len() == 4 => Err(io::Error::from_raw_os_error(
-                i32::from_le_bytes(code.try_into().expect("4 bytes")),
-            )),
+            ([b'A', NAK, a, b, c, d], true) => {
+                Err(io::Error::from_raw_os_error(i32::from_le_bytes([
+                    *a, *b, *c, *d,
+                ])))
+            }
             _ => Err(Error::Malformed("expected an acknowledgement").into()),
         }
     }

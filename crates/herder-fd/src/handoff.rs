@@ -26,7 +26,7 @@
 
 use crate::error::Error;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 const TAG: u8 = b'H';
 #[cfg(unix)]
@@ -143,7 +143,8 @@ pub(crate) fn decode_batch(p: &[u8]) -> io::Result<Vec<(Meta, std::ops::Range<us
         let prefix = p
             .get(at..at + RECORD_PREFIX_LEN)
             .ok_or_else(|| bad("truncated batch"))?;
-        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        let len =
+            u32::from_le_bytes(array(prefix, 0).ok_or_else(|| bad("truncated batch"))?) as usize;
         let start = at + RECORD_PREFIX_LEN;
         let end = start
             .checked_add(len)
@@ -191,32 +192,43 @@ pub(crate) struct Meta {
     pub(crate) data: usize,
 }
 
+/// `N` bytes of `p` from `at`, if it has that many.
+fn array<const N: usize>(p: &[u8], at: usize) -> Option<[u8; N]> {
+    p.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
 pub(crate) fn decode(p: &[u8]) -> io::Result<Meta> {
     let bad = |what| -> io::Error { Error::Malformed(what).into() };
     if p.len() < 12 || p[0] != TAG || p[3] != 0 {
         return Err(bad("not a typed hand-off"));
     }
     let kind = SocketKind::from_u8(p[1]).ok_or_else(|| bad("unknown socket kind"))?;
-    let id = u64::from_le_bytes(p[4..12].try_into().expect("8 bytes"));
+    let id = u64::from_le_bytes(array(p, 4).ok_or_else(|| bad("not a typed hand-off"))?);
     let rest = &p[12..];
+    let bad_peer = || bad("bad peer address");
     let (peer, used) = match p[2] {
         0 => (None, 0),
-        4 if rest.len() >= 6 => {
-            let ip = Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).expect("4 bytes"));
-            let port = u16::from_le_bytes([rest[4], rest[5]]);
-            (Some(SocketAddr::V4(SocketAddrV4::new(ip, port))), 6)
+        4 => {
+            let ip: [u8; 4] = array(rest, 0).ok_or_else(bad_peer)?;
+            let port = u16::from_le_bytes(array(rest, 4).ok_or_else(bad_peer)?);
+            (Some(SocketAddr::V4(SocketAddrV4::new(ip.into(), port))), 6)
         }
-        6 if rest.len() >= 26 => {
-            let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).expect("16 bytes"));
-            let port = u16::from_le_bytes([rest[16], rest[17]]);
-            let flow = u32::from_le_bytes(rest[18..22].try_into().expect("4 bytes"));
-            let scope = u32::from_le_bytes(rest[22..26].try_into().expect("4 bytes"));
+        6 => {
+            let ip: [u8; 16] = array(rest, 0).ok_or_else(bad_peer)?;
+            let port = u16::from_le_bytes(array(rest, 16).ok_or_else(bad_peer)?);
+            let flow = u32::from_le_bytes(array(rest, 18).ok_or_else(bad_peer)?);
+            let scope = u32::from_le_bytes(array(rest, 22).ok_or_else(bad_peer)?);
             (
-                Some(SocketAddr::V6(SocketAddrV6::new(ip, port, flow, scope))),
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    ip.into(),
+                    port,
+                    flow,
+                    scope,
+                ))),
                 26,
             )
         }
-        _ => return Err(bad("bad peer address")),
+        _ => return Err(bad_peer()),
     };
     Ok(Meta {
         kind,

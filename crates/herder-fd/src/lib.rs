@@ -38,6 +38,10 @@
 //! | `SIGPIPE` on a closed peer | never (`MSG_NOSIGNAL`) | never (`MSG_NOSIGNAL`) | never on a [`Channel`] (`SO_NOSIGPIPE`); set it yourself for [`send_fds`] | n/a |
 //! | channel pair close-on-exec | atomic (`SOCK_CLOEXEC`) | atomic (`SOCK_CLOEXEC`) | `fcntl` right after `socketpair` | n/a |
 //! | peer credentials | uid, gid, pid (`SO_PEERCRED`) | uid, gid (`getpeereid`) | uid, gid, pid (`getpeereid`, `LOCAL_PEERPID`) | n/a |
+
+// No panics on request paths: library code handles every error; the invariants it
+// relies on instead are stated where they are (`#[expect]` with a reason).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;

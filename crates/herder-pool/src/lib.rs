@@ -51,6 +51,10 @@
 //! [`Pool::listen_control`] answers line-delimited JSON requests on a Unix socket
 //! (mode 0600, peer uid checked): `status`, `reload`, `scale`, `stop`.
 
+// No panics on request paths: library code handles every error; the invariants it
+// relies on instead are stated where they are (`#[expect]` with a reason).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 #[cfg(unix)]
 mod accept_lock;
 #[cfg(unix)]

@@ -801,7 +801,9 @@ impl Pool {
         let n = n.min((self.config.scoreboard_capacity / 2).max(1));
         while self.slots.len() > n {
             let slot = self.slots.len() - 1;
-            let s = self.slots.pop().expect("non-empty");
+            let Some(s) = self.slots.pop() else {
+                break;
+            };
             if let Some(t) = s.timer {
                 self.cancel_timer(t);
             }
@@ -1620,7 +1622,9 @@ impl Pool {
             Err(_) => ExitStatus::default(),
         };
         self.unwatch_channel(pid);
-        let p = self.procs.remove(&pid).expect("checked above");
+        let Some(p) = self.procs.remove(&pid) else {
+            return;
+        };
         if let Some(r) = p.record {
             self.board.1.release(r);
         }

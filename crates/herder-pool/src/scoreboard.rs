@@ -102,7 +102,9 @@ impl Board {
     /// Takes a free record for process `pid`, with a fresh heartbeat.
     pub(crate) fn assign(&self, pid: u32, slot: usize, generation: u64) -> Option<usize> {
         (0..self.capacity).find(|&i| {
-            let r = self.record(i).expect("in range");
+            let Some(r) = self.record(i) else {
+                return false;
+            };
             if r.used
                 .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_err()

@@ -241,24 +241,31 @@ pub struct Scorecard {
 }
 
 impl Scorecard {
-    fn record(&self) -> &crate::scoreboard::Record {
-        self.board.record(self.index).expect("checked at adoption")
+    /// The record (checked to exist when the worker adopted the scoreboard).
+    fn record(&self) -> Option<&crate::scoreboard::Record> {
+        self.board.record(self.index)
     }
 
     /// Records that the worker is alive now. Call it from the event loop (a timer a
     /// few times per heartbeat timeout): a loop that hangs stops calling it.
     pub fn heartbeat(&self) {
-        self.record().heartbeat();
+        if let Some(r) = self.record() {
+            r.heartbeat();
+        }
     }
 
     /// Counts `n` connections more taken by this worker.
     pub fn add_accepted(&self, n: u64) {
-        self.record().add_accepted(n);
+        if let Some(r) = self.record() {
+            r.add_accepted(n);
+        }
     }
 
     /// Sets the number of connections this worker has open.
     pub fn set_active(&self, n: u64) {
-        self.record().set_active(n);
+        if let Some(r) = self.record() {
+            r.set_active(n);
+        }
     }
 
     /// Declares whether this worker takes new connections from a shared listener (an
@@ -266,7 +273,9 @@ impl Scorecard {
     /// [`Scorecard::accept_allowance`]. Set it once the worker accepts, and clear it
     /// when it drains.
     pub fn set_accepting(&self, on: bool) {
-        self.record().set_accepting(on);
+        if let Some(r) = self.record() {
+            r.set_accepting(on);
+        }
     }
 
     /// The fewest open connections among the other accepting workers of the pool

@@ -62,6 +62,10 @@
 //! works everywhere. `hangup` in [`Event::Io`] is reported by epoll, `poll` and IOCP,
 //! and is always `false` on kqueue.
 
+// No panics on request paths: library code handles every error; the invariants it
+// relies on instead are stated where they are (`#[expect]` with a reason).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod server;
 mod service;
 mod signal;
@@ -437,7 +441,7 @@ impl<S: Source> Reactor<S> {
     pub fn deregister(&mut self, key: Key) -> io::Result<S> {
         self.get(key).ok_or_else(not_found)?;
         let slot = &mut self.slots[key.index()];
-        let source = slot.source.take().expect("checked above");
+        let source = slot.source.take().ok_or_else(not_found)?;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(key.index());
         self.len -= 1;
@@ -550,24 +554,26 @@ impl<S: Source> Reactor<S> {
     pub fn watch_signals(&mut self, signals: &[Signal]) -> io::Result<()> {
         #[cfg(unix)]
         {
-            if self.signals.is_none() {
-                let pipe = sys::SignalPipe::take()?;
-                let raw = std::os::fd::AsRawFd::as_raw_fd(&pipe.fd());
-                // SAFETY: the pipe is deleted from the poller in `Drop` before it is
-                // released.
-                unsafe {
-                    self.poller.add_with_mode(
-                        raw,
-                        polling::Event::readable(SIGNAL_KEY),
-                        PollMode::Level,
-                    )
+            let pipe = match &mut self.signals {
+                Some(pipe) => pipe,
+                None => {
+                    let pipe = sys::SignalPipe::take()?;
+                    let raw = std::os::fd::AsRawFd::as_raw_fd(&pipe.fd());
+                    // SAFETY: the pipe is deleted from the poller in `Drop` before it is
+                    // released.
+                    unsafe {
+                        self.poller.add_with_mode(
+                            raw,
+                            polling::Event::readable(SIGNAL_KEY),
+                            PollMode::Level,
+                        )
+                    }
+                    .inspect_err(|_| {
+                        let _ = self.poller.delete(pipe.fd());
+                    })?;
+                    self.signals.insert(pipe)
                 }
-                .inspect_err(|_| {
-                    let _ = self.poller.delete(pipe.fd());
-                })?;
-                self.signals = Some(pipe);
-            }
-            let pipe = self.signals.as_mut().expect("set above");
+            };
             for s in signals {
                 pipe.install(s.as_raw())?;
             }

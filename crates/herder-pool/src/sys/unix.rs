@@ -568,7 +568,8 @@ pub(crate) fn anonymous_file() -> io::Result<OwnedFd> {
 /// (`/proc/self/fd`).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
+    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
     // SAFETY: `path` is NUL-terminated; the result is a new descriptor.
     let new = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
     // SAFETY: a new descriptor owned by nobody else.

@@ -134,6 +134,10 @@ impl SignalPipe {
         })
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "`read` is Some from `take` until `Drop` hands it back to the global"
+    )]
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.read.as_ref().expect("held until drop").as_fd()
