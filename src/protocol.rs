@@ -420,6 +420,107 @@ mod tests {
             }
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Feeds `input` in pieces cut at `cuts`, as a connection would deliver it,
+        /// keeping what was not consumed; returns the output and the responses.
+        fn feed(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize, bool) {
+            let mut http = Http::default();
+            let (mut buf, mut out, mut responses) = (Vec::new(), Vec::new(), 0);
+            let mut at = 0;
+            let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            ends.push(input.len());
+            ends.sort_unstable();
+            for end in ends {
+                buf.extend_from_slice(&input[at..end.max(at)]);
+                at = end.max(at);
+                let (p, close) = http.respond(&buf, &mut out);
+                assert!(p.consumed <= buf.len(), "consumed more than the input");
+                buf.drain(..p.consumed);
+                responses += p.responses;
+                if close {
+                    return (out, responses, true);
+                }
+            }
+            (out, responses, false)
+        }
+
+        fn request() -> impl Strategy<Value = (Vec<u8>, bool)> {
+            let method = prop_oneof![
+                Just("GET"),
+                Just("HEAD"),
+                Just("POST"),
+                Just("PUT"),
+                Just("DELETE")
+            ];
+            let header = ("[A-Za-z][A-Za-z0-9-]{0,12}", "[ -~]{0,24}").prop_filter(
+                "a header with a meaning of its own",
+                |(n, _)| {
+                    ![
+                        "content-length",
+                        "connection",
+                        "transfer-encoding",
+                        "expect",
+                    ]
+                    .contains(&n.to_ascii_lowercase().as_str())
+                },
+            );
+            (
+                method,
+                "/[a-z0-9/._-]{0,16}",
+                proptest::collection::vec(header, 0..6),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            )
+                .prop_map(|(method, path, headers, body)| {
+                    let mut r = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
+                    for (n, v) in headers {
+                        r.extend_from_slice(format!("{n}: {}\r\n", v.trim()).as_bytes());
+                    }
+                    let with_body = method == "POST" || method == "PUT";
+                    if with_body {
+                        r.extend_from_slice(
+                            format!("Content-Length: {}\r\n", body.len()).as_bytes(),
+                        );
+                    }
+                    r.extend_from_slice(b"\r\n");
+                    if with_body {
+                        r.extend_from_slice(&body);
+                    }
+                    (r, method == "HEAD")
+                })
+        }
+
+        proptest! {
+            /// Arbitrary bytes from a client, cut anywhere: no panic, nothing consumed
+            /// beyond the input, and the output is whole responses only.
+            #[test]
+            fn arbitrary_input_never_panics(input in proptest::collection::vec(any::<u8>(), 0..2048),
+                                            cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+                let (out, responses, _) = feed(&input, &cuts);
+                let text = String::from_utf8_lossy(&out);
+                prop_assert_eq!(text.matches("HTTP/1.1 ").count(), responses);
+                prop_assert!(out.len() <= responses * 160);
+            }
+
+            /// Well-formed pipelined requests, delivered in arbitrary pieces, get one
+            /// 200 each, in order, whatever the cuts.
+            #[test]
+            fn pipelined_requests_are_all_answered(reqs in proptest::collection::vec(request(), 1..12),
+                                                   cuts in proptest::collection::vec(any::<usize>(), 0..12)) {
+                let input: Vec<u8> = reqs.iter().flat_map(|(r, _)| r.clone()).collect();
+                let (out, responses, close) = feed(&input, &cuts);
+                prop_assert!(!close);
+                prop_assert_eq!(responses, reqs.len());
+                let text = String::from_utf8_lossy(&out);
+                prop_assert_eq!(text.matches("HTTP/1.1 200 OK").count(), reqs.len());
+                let heads = reqs.iter().filter(|(_, head)| *head).count();
+                prop_assert_eq!(text.matches("Hello, world!").count(), reqs.len() - heads);
+            }
+        }
+    }
 }
 
 /// Either protocol, chosen at run time (`--protocol echo|http`).

@@ -95,4 +95,17 @@ mod tests {
             Some(Error::TooManyFds { count: 254, .. })
         ));
     }
+
+    proptest::proptest! {
+        /// Any 8 bytes from a peer decode to an error or to a header within the
+        /// receiver's limits, which encodes back to the same bytes.
+        #[test]
+        fn any_header_is_refused_or_within_limits(b in proptest::prelude::any::<[u8; HEADER_LEN]>(),
+                                                  max_len in 0usize..1 << 20, max_fds in 0usize..300) {
+            if let Ok(h) = Header::decode(&b, max_len, max_fds) {
+                proptest::prop_assert!(h.len <= max_len && h.nfds <= max_fds);
+                proptest::prop_assert_eq!(h.encode(), b);
+            }
+        }
+    }
 }

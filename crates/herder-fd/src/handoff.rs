@@ -332,4 +332,89 @@ mod tests {
         assert!(decode(b"H\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00").is_err());
         assert!(decode(b"H\x01\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00").is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn peer() -> impl Strategy<Value = Option<SocketAddr>> {
+            prop_oneof![
+                Just(None),
+                (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| Some(SocketAddr::V4(
+                    SocketAddrV4::new(ip.into(), port)
+                ))),
+                (any::<[u8; 16]>(), any::<u16>(), any::<u32>(), any::<u32>()).prop_map(
+                    |(ip, port, flow, scope)| {
+                        Some(SocketAddr::V6(SocketAddrV6::new(
+                            ip.into(),
+                            port,
+                            flow,
+                            scope,
+                        )))
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a peer sends as a hand-off header, decoding returns an error
+            /// or a header whose data range lies inside the payload; it never panics.
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(p in proptest::collection::vec(any::<u8>(), 0..64)) {
+                if let Ok(m) = decode(&p) {
+                    prop_assert!(m.data <= p.len());
+                }
+            }
+
+            #[test]
+            fn every_header_round_trips(id in any::<u64>(), peer in peer(),
+                                        data in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let mut buf = Vec::new();
+                let h = Handoff { id, peer, data: &data };
+                encode(SocketKind::UdpSocket, &h, &mut buf);
+                let m = decode(&buf).unwrap();
+                prop_assert_eq!((m.kind, m.id, m.peer), (SocketKind::UdpSocket, id, peer));
+                prop_assert_eq!(&buf[m.data..], &data[..]);
+            }
+        }
+
+        #[cfg(unix)]
+        proptest! {
+            /// A batch from a hostile peer: an error, or records whose ranges are in
+            /// bounds and whose number the payload can hold — never a panic, never an
+            /// allocation larger than the payload justifies.
+            #[test]
+            fn decoding_arbitrary_batches_never_panics(mut p in proptest::collection::vec(any::<u8>(), 0..256),
+                                                       count in any::<u16>()) {
+                if p.len() >= 4 {
+                    p[0] = b'B';
+                    p[1] = 0;
+                    p[2..4].copy_from_slice(&count.to_le_bytes());
+                }
+                if let Ok(records) = decode_batch(&p) {
+                    prop_assert!(records.len() * (RECORD_PREFIX_LEN + 12) <= p.len());
+                    for (_, range) in records {
+                        prop_assert!(range.end <= p.len());
+                    }
+                }
+            }
+
+            #[test]
+            fn every_batch_round_trips(items in proptest::collection::vec(
+                    (any::<u64>(), peer(), proptest::collection::vec(any::<u8>(), 0..16)), 0..32)) {
+                let handoffs: Vec<Handoff<'_>> = items
+                    .iter()
+                    .map(|(id, peer, data)| Handoff { id: *id, peer: *peer, data })
+                    .collect();
+                let mut buf = Vec::new();
+                encode_batch(SocketKind::TcpStream, handoffs.iter(), &mut buf);
+                let records = decode_batch(&buf).unwrap();
+                prop_assert_eq!(records.len(), items.len());
+                for ((m, range), (id, peer, data)) in records.into_iter().zip(&items) {
+                    prop_assert_eq!((m.id, m.peer), (*id, *peer));
+                    prop_assert_eq!(&buf[range], &data[..]);
+                }
+            }
+        }
+    }
 }

@@ -90,4 +90,23 @@ mod tests {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
+
+    proptest::proptest! {
+        /// Whatever a client writes, a line parses to a command or an error message.
+        #[test]
+        fn arbitrary_lines_never_panic(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            let _ = parse(&line);
+        }
+
+        /// JSON-shaped input with any command name and any count.
+        #[test]
+        fn json_commands_are_checked(cmd in "[a-z]{0,8}", n in proptest::prelude::any::<i64>()) {
+            let line = format!(r#"{{"cmd":"{cmd}","workers":{n}}}"#);
+            match parse(line.as_bytes()) {
+                Ok(Command::Scale(w)) => proptest::prop_assert!(cmd == "scale" && (1..=4096).contains(&w) && w as i64 == n),
+                Ok(_) => proptest::prop_assert!(["status", "reload", "stop"].contains(&cmd.as_str())),
+                Err(_) => proptest::prop_assert!(cmd != "status" && cmd != "reload" && cmd != "stop"),
+            }
+        }
+    }
 }
