@@ -76,6 +76,7 @@ mod unix {
             pending: VecDeque::new(),
             next_id: 0,
             retry: None,
+            flush_timer: None,
             stopping: false,
         };
         log!(
@@ -100,6 +101,8 @@ mod unix {
         next_id: u64,
         /// The listener's pause after `EMFILE`.
         retry: Option<TimerId>,
+        /// A retry of the connections in `pending` (every worker was busy or absent).
+        flush_timer: Option<TimerId>,
         stopping: bool,
     }
 
@@ -114,6 +117,10 @@ mod unix {
                     }
                 }
                 PoolEvent::Ready { .. } => self.flush(pool),
+                PoolEvent::Other(Event::Timer(t)) if Some(*t) == self.flush_timer => {
+                    self.flush_timer = None;
+                    self.flush(pool);
+                }
                 PoolEvent::Message { message, .. } => {
                     // "ack PID ID": the worker has every connection up to ID.
                     let text = String::from_utf8_lossy(message.payload());
@@ -154,9 +161,10 @@ mod unix {
             }
         }
 
-        /// Accepts what is pending (up to 64) and hands it over in batches.
+        /// Accepts what is pending (up to 64) and hands it over in batches, after
+        /// the connections still waiting for a worker, so none is overtaken.
         fn accept(&mut self, pool: &mut Pool) {
-            let mut batch = Vec::new();
+            let mut batch: Vec<_> = self.pending.drain(..).collect();
             for _ in 0..64 {
                 match self.listener.accept() {
                     Ok(conn) => batch.push(conn),
@@ -226,7 +234,7 @@ mod unix {
                         extra[slot] += 1;
                         groups[slot].push(conn);
                     }
-                    None => self.wait(conn),
+                    None => self.wait(pool, conn),
                 }
             }
             for (slot, group) in groups.into_iter().enumerate() {
@@ -237,6 +245,21 @@ mod unix {
         }
 
         fn send_group(
+            &mut self,
+            pool: &mut Pool,
+            slot: usize,
+            mut group: Vec<(TcpStream, SocketAddr)>,
+        ) {
+            // At most one message's worth of descriptors at a time.
+            while group.len() > herder::fd::MAX_FDS_PER_MESSAGE {
+                let rest = group.split_off(herder::fd::MAX_FDS_PER_MESSAGE);
+                self.send_chunk(pool, slot, group);
+                group = rest;
+            }
+            self.send_chunk(pool, slot, group);
+        }
+
+        fn send_chunk(
             &mut self,
             pool: &mut Pool,
             slot: usize,
@@ -300,13 +323,18 @@ mod unix {
                     Err(e) => log!(3, "hand-off to slot {slot}: {e}"),
                 }
             }
-            self.wait((stream, peer));
+            self.wait(pool, (stream, peer));
         }
 
-        /// Keeps a connection until a worker is ready, up to a bound.
-        fn wait(&mut self, conn: (TcpStream, SocketAddr)) {
+        /// Keeps a connection until a worker can take it (a worker becomes ready,
+        /// a retry 10 ms later, or the next accept), up to a bound.
+        fn wait(&mut self, pool: &mut Pool, conn: (TcpStream, SocketAddr)) {
             if self.pending.len() < MAX_PENDING {
                 self.pending.push_back(conn);
+                if self.flush_timer.is_none() {
+                    self.flush_timer =
+                        Some(pool.add_timer(Instant::now() + Duration::from_millis(10), None));
+                }
             } else {
                 log!(
                     1,
@@ -328,6 +356,7 @@ mod unix {
         let me = std::process::id();
         let mut events = Vec::new();
         let mut last_id: Option<u64> = None;
+        let mut broken = None;
         loop {
             server.poll(&mut events, Some(Duration::from_millis(500)))?;
             for e in events.drain(..) {
@@ -345,9 +374,15 @@ mod unix {
                                 }
                             }
                         }
-                        Err(e) => log!(1, "bad hand-off: {e}"),
+                        // Acknowledging past it would drop the supervisor's copies
+                        // of connections nobody serves: exit instead, and let the
+                        // supervisor hand them to another worker.
+                        Err(e) => broken = Some(e),
                     }
                 })?;
+                if let Some(e) = broken.take() {
+                    anyhow::bail!("a malformed hand-off from the supervisor: {e}");
+                }
             }
             // Publish the load before acknowledging: the supervisor's least-loaded
             // choice counts unacknowledged connections, then the published ones.

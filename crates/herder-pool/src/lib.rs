@@ -83,4 +83,6 @@ pub use listener::reuseport_listener;
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
 #[cfg(unix)]
-pub use worker::{CHANNEL_NAME, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready};
+pub use worker::{
+    CHANNEL_NAME, PEER_FRESH, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready,
+};

@@ -16,7 +16,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"HERDERSB");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 64;
 
 /// The name of the scoreboard among a worker's inherited descriptors.
@@ -138,12 +138,15 @@ impl Board {
     }
 
     /// The fewest open connections among the records in use, other than `except`,
-    /// whose worker takes connections from a shared listener.
-    pub(crate) fn least_active_accepting(&self, except: usize) -> Option<u64> {
+    /// whose worker takes connections from a shared listener and has shown a sign of
+    /// life (a heartbeat or a load figure) within `fresh_ms`.
+    pub(crate) fn least_active_accepting(&self, except: usize, fresh_ms: u64) -> Option<u64> {
         (0..self.capacity)
             .filter(|&i| i != except)
             .filter_map(|i| self.record(i))
-            .filter(|r| r.used.load(Ordering::Acquire) == 1 && r.is_accepting())
+            .filter(|r| {
+                r.used.load(Ordering::Acquire) == 1 && r.is_accepting() && r.silent_ms() <= fresh_ms
+            })
             .map(Record::active)
             .min()
     }
@@ -161,6 +164,7 @@ impl Record {
     }
     pub(crate) fn set_active(&self, n: u64) {
         self.active.store(n, Ordering::Relaxed);
+        self.heartbeat();
     }
     pub(crate) fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
@@ -177,6 +181,12 @@ impl Record {
     }
     pub(crate) fn is_accepting(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & ACCEPTING != 0
+    }
+    /// Makes the last heartbeat `ms` old.
+    #[cfg(test)]
+    pub(crate) fn age(&self, ms: u64) {
+        self.heartbeat_ms
+            .store(sys::monotonic_ms().saturating_sub(ms), Ordering::Relaxed);
     }
     /// Milliseconds since the last heartbeat.
     pub(crate) fn silent_ms(&self) -> u64 {

@@ -230,6 +230,10 @@ fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
     Ok(names.into_iter().zip(fds).collect())
 }
 
+/// How recent a peer's heartbeat or load figure must be for it to count in
+/// [`Scorecard::accept_allowance`].
+pub const PEER_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A worker's record in its supervisor's scoreboard, in shared memory: the heartbeat
 /// that tells the supervisor the worker is not hung, and the load figures that feed
 /// least-loaded dispatch, scaling and status. Writing is a few atomic stores; cheap
@@ -261,7 +265,9 @@ impl Scorecard {
         }
     }
 
-    /// Sets the number of connections this worker has open.
+    /// Sets the number of connections this worker has open; it also counts as a
+    /// heartbeat (a loop that publishes its load is alive). Call it after every poll:
+    /// peers ignore a worker that has published nothing for [`PEER_FRESH`].
     pub fn set_active(&self, n: u64) {
         if let Some(r) = self.record() {
             r.set_active(n);
@@ -279,9 +285,11 @@ impl Scorecard {
     }
 
     /// The fewest open connections among the other accepting workers of the pool
-    /// (those that called [`Scorecard::set_accepting`]), or `None` if there are none.
+    /// (those that called [`Scorecard::set_accepting`] and published a heartbeat or
+    /// their load within [`PEER_FRESH`]), or `None` if there are none.
     pub fn least_active_peer(&self) -> Option<u64> {
-        self.board.least_active_accepting(self.index)
+        self.board
+            .least_active_accepting(self.index, PEER_FRESH.as_millis() as u64)
     }
 
     /// How many more connections a worker with `active` open ones may accept before
@@ -295,8 +303,10 @@ impl Scorecard {
     /// again, and accepts at most its allowance per wake-up, so the worker that keeps
     /// winning the lock, or that `EPOLLEXCLUSIVE` keeps waking, does not end up with
     /// every long-lived connection. The least-loaded worker always has an allowance,
-    /// so some worker always accepts. The counts are those the workers last published
-    /// with [`Scorecard::set_active`].
+    /// so some worker always accepts; a peer that is stuck (in a long computation,
+    /// stopped, hung) stops counting once it has published nothing for
+    /// [`PEER_FRESH`], so it holds the others back for at most that long. The counts
+    /// are those the workers last published with [`Scorecard::set_active`].
     ///
     /// ```
     /// # fn f(card: &herder_pool::Scorecard, active: u64) {
@@ -374,6 +384,23 @@ mod tests {
         assert_eq!(c[0].accept_allowance(5), Some(32 + 4 - 5));
         assert_eq!(c[1].accept_allowance(32), Some(0));
         assert_eq!(c[1].accept_allowance(5), Some(1));
+    }
+
+    #[test]
+    fn a_silent_peer_stops_counting_and_counts_again_when_it_publishes() {
+        let c = cards(2);
+        c[1].set_accepting(true);
+        c[1].set_active(0);
+        assert_eq!(c[0].accept_allowance(5), Some(0));
+        // Stuck (no heartbeat, no load figure) for longer than PEER_FRESH.
+        c[1].record()
+            .unwrap()
+            .age(super::PEER_FRESH.as_millis() as u64 + 500);
+        assert_eq!(c[0].least_active_peer(), None);
+        assert_eq!(c[0].accept_allowance(5), None);
+        // Back: publishing its load is a sign of life.
+        c[1].set_active(0);
+        assert_eq!(c[0].accept_allowance(5), Some(0));
     }
 
     #[test]

@@ -223,7 +223,8 @@ pub struct Stats {
     pub accepted: u64,
     /// Connections open now.
     pub active: usize,
-    /// Failed `accept` calls other than `WouldBlock`.
+    /// Failed `accept` calls other than `WouldBlock`, and failed re-arms of an
+    /// exclusive listener.
     pub accept_errors: u64,
     /// Re-registrations of `EPOLLEXCLUSIVE` listeners (Linux).
     pub rearms: u64,
@@ -422,13 +423,12 @@ impl<Svc: Service + 'static> Server<Svc> {
                 return;
             }
         };
-        if !paused
-            && self
-                .reactor
-                .modify(key, Interest::READABLE, Mode::Level)
-                .is_ok()
-        {
-            self.stats.rearms += 1;
+        if !paused {
+            match self.reactor.modify(key, Interest::READABLE, Mode::Level) {
+                Ok(()) => self.stats.rearms += 1,
+                // Out of the poll set until the next re-arm adds it again.
+                Err(_) => self.stats.accept_errors += 1,
+            }
         }
     }
 
