@@ -387,12 +387,25 @@ mod unix {
             // Publish the load before acknowledging: the supervisor's least-loaded
             // choice counts unacknowledged connections, then the published ones.
             link.report(&server);
-            if let Some(id) = last_id {
-                // Acknowledge before serving: the supervisor keeps its copies until then.
-                match link.channel.send(format!("ack {me} {id}").as_bytes(), &[]) {
-                    Ok(()) => last_id = None,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => log!(1, "acknowledging: {e}"),
+            if let Some(id) = last_id.take() {
+                // Acknowledge before serving: the supervisor keeps its copies until
+                // then, and would hand a connection this worker had begun to serve to
+                // another if it died unacknowledged. So the acknowledgement waits for
+                // room in the channel rather than let the next poll serve first.
+                let ack = format!("ack {me} {id}");
+                let mut sent = link.channel.send(ack.as_bytes(), &[]);
+                if sent
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+                {
+                    link.channel.set_nonblocking(false)?;
+                    sent = link.channel.send(ack.as_bytes(), &[]);
+                    link.channel.set_nonblocking(true)?;
+                }
+                // A supervisor that is gone needs no acknowledgement (the worker
+                // drains when its channel reports the end).
+                if let Err(e) = sent {
+                    log!(1, "acknowledging: {e}");
                 }
             }
             if server.is_draining() && server.is_empty() {

@@ -27,6 +27,14 @@ pub(crate) struct Common {
     /// How long a graceful stop or reload waits for open connections, in seconds.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Crashes of one slot within 30 s after which it is no longer restarted (the
+    /// crash-loop breaker); 0 never stops restarting.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) crash_limit: usize,
+    /// The longest wait before restarting a slot that keeps crashing, in
+    /// milliseconds (the back-off doubles from 100 ms up to this).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) backoff_max_ms: u64,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
     pub(crate) log_level: String,
@@ -67,6 +75,12 @@ pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
         config.workers = n.max(1);
     }
     config.drain_timeout = Duration::from_secs(c.drain_timeout);
+    config.breaker_failures = match c.crash_limit {
+        0 => usize::MAX,
+        n => n,
+    };
+    config.backoff_max = Duration::from_millis(c.backoff_max_ms);
+    config.backoff_initial = config.backoff_initial.min(config.backoff_max);
     config.heartbeat_timeout = Some(Duration::from_secs(10));
     config
 }
