@@ -99,25 +99,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// The supervisor's children and their states (`Z` for a zombie).
-fn children(pid: u32) -> Vec<(u32, char)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        if f[1].parse::<u32>().ok() == Some(pid) {
-            out.push((child, f[0].chars().next().unwrap()));
-        }
-    }
-    out
-}
-
 /// Waits (bounded) until every slot has a ready worker.
 fn all_ready(ctl: &std::path::Path, n: usize) -> Vec<(u32, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -232,7 +213,7 @@ fn soak(server: &str, args: &[&str]) {
     let pids = all_ready(&ctl, 2);
     let deadline = Instant::now() + Duration::from_secs(10);
     let (fds1, kids) = loop {
-        let (fds, kids) = (open_fds(sup), children(sup));
+        let (fds, kids) = (open_fds(sup), util::children(sup));
         if (fds == fds0 && kids.len() == 2) || Instant::now() > deadline {
             break (fds, kids);
         }

@@ -1,7 +1,8 @@
 //! Both servers: a worker killed with SIGKILL takes only its own connections with it —
 //! new connections keep succeeding, and its replacement shows up in `status`; a slow
 //! client does not hold up the others; a real HTTP client (curl) is answered; 1 000
-//! concurrent echo clients get their bytes back.
+//! concurrent echo clients get their bytes back; workers out of descriptors neither
+//! spin nor lose a client.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -149,5 +150,89 @@ fn a_thousand_concurrent_echo_clients() {
             h.join().unwrap();
         }
         server.stop(name);
+    }
+}
+
+/// Workers at their descriptor limit (`RLIMIT_NOFILE` 40, inherited from the
+/// supervisor) while more clients arrive than they can hold: the workers pause their
+/// listener instead of spinning on `EMFILE`, the waiting clients stay in the backlog,
+/// and every one is served once descriptors free up.
+#[test]
+fn workers_out_of_descriptors_wait_and_recover() {
+    const CLIENTS: usize = 80;
+    for strategy in ["exclusive", "reuseport", "flock"] {
+        let server = util::start_limited(
+            "shared_listener_server",
+            &["--workers", "2", "--protocol", "echo", "--accept", strategy],
+            Some(40),
+        );
+        let addr = server.addr;
+        let workers = util::children(server.child.id());
+        assert_eq!(workers.len(), 2, "{strategy}: {workers:?}");
+        let (served_tx, served_rx) = std::sync::mpsc::channel();
+        // Set once the test lets the served clients go.
+        let release =
+            std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (served_tx, release) = (served_tx.clone(), release.clone());
+                std::thread::spawn(move || {
+                    let mut c = TcpStream::connect(addr).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    c.write_all(&[i as u8]).unwrap();
+                    let mut b = [0u8; 1];
+                    c.read_exact(&mut b).unwrap();
+                    assert_eq!(b[0], i as u8);
+                    served_tx.send(i).unwrap();
+                    // Hold the connection until the test lets go; the clients still
+                    // waiting are served as these close.
+                    let (lock, cv) = &*release;
+                    let mut go = lock.lock().unwrap();
+                    while !*go {
+                        go = cv.wait(go).unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(served_tx);
+        // Fill up: wait until no client has been served for a second.
+        let mut served = 0;
+        while served_rx.recv_timeout(Duration::from_secs(1)).is_ok() {
+            served += 1;
+        }
+        assert!(
+            served < CLIENTS,
+            "{strategy}: every client was served at once; the limit was not reached"
+        );
+        // At the limit, for 2 s: a worker spinning on EMFILE would burn a core.
+        let cpu = |pids: &[(u32, char)]| -> Duration {
+            pids.iter().map(|(p, _)| util::cpu_time(*p)).sum()
+        };
+        let before = cpu(&workers);
+        std::thread::sleep(Duration::from_secs(2));
+        let spent = cpu(&workers) - before;
+        assert!(
+            spent < Duration::from_secs(1),
+            "{strategy}: the workers used {spent:?} of CPU while out of descriptors"
+        );
+        // Let the served clients go: the waiting ones get their turn.
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        let mut rest = 0;
+        while rest < CLIENTS - served {
+            served_rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{strategy}: {rest} of {} waiting clients served",
+                        CLIENTS - served
+                    )
+                });
+            rest += 1;
+        }
+        for c in clients {
+            c.join().unwrap();
+        }
+        server.stop(strategy);
     }
 }

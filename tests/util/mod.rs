@@ -217,3 +217,22 @@ pub fn start_controlled(name: &str, args: &[&str]) -> Controlled {
     let server = start(name, &all);
     Controlled { server, ctl, dir }
 }
+
+/// The children of `pid` and their states (`Z` for a zombie), from `/proc`.
+pub fn children(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        if f[1].parse::<u32>().ok() == Some(pid) {
+            out.push((child, f[0].chars().next().unwrap()));
+        }
+    }
+    out
+}
