@@ -77,6 +77,9 @@ mod unix {
             next_id: 0,
             retry: None,
             flush_timer: None,
+            max: (args.common.max_connections > 0).then_some(args.common.max_connections as u64),
+            shed: 0,
+            shed_logged: None,
             stopping: false,
         };
         log!(
@@ -103,6 +106,12 @@ mod unix {
         retry: Option<TimerId>,
         /// A retry of the connections in `pending` (every worker was busy or absent).
         flush_timer: Option<TimerId>,
+        /// Connections per worker at most (`--max-connections`).
+        max: Option<u64>,
+        /// Connections shed because every worker was full, and when that was last
+        /// logged (at most once a second).
+        shed: u64,
+        shed_logged: Option<Instant>,
         stopping: bool,
     }
 
@@ -193,7 +202,17 @@ mod unix {
         /// chosen for each slot in this batch.
         fn candidates(&mut self, pool: &Pool, extra: &[u64]) -> Vec<usize> {
             let n = pool.len();
-            let mut slots: Vec<usize> = (0..n).filter(|&s| pool.load(s).is_some()).collect();
+            let load = |s: usize| {
+                pool.load(s).map(|l| {
+                    l.active
+                        + self.inflight.get(&l.pid).map_or(0, |q| q.len() as u64)
+                        + extra.get(s).copied().unwrap_or(0)
+                })
+            };
+            // Ready workers below their connection limit.
+            let mut slots: Vec<usize> = (0..n)
+                .filter(|&s| load(s).is_some_and(|l| self.max.is_none_or(|m| l < m)))
+                .collect();
             // Rotate the starting point: round-robin's order, and least-loaded's
             // tie-break (otherwise short connections, all finished by the time the
             // next arrives, would all go to the first slot).
@@ -205,15 +224,7 @@ mod unix {
             } else {
                 // Open connections, plus those handed over but not yet acknowledged:
                 // a credit window, so a slow worker does not pile up connections.
-                slots.sort_by_key(|&s| {
-                    let load = pool.load(s).expect("filtered above");
-                    (
-                        load.active
-                            + self.inflight.get(&load.pid).map_or(0, |q| q.len() as u64)
-                            + extra.get(s).copied().unwrap_or(0),
-                        turn(s),
-                    )
-                });
+                slots.sort_by_key(|&s| (load(s).unwrap_or(u64::MAX), turn(s)));
             }
             slots
         }
@@ -234,6 +245,7 @@ mod unix {
                         extra[slot] += 1;
                         groups[slot].push(conn);
                     }
+                    None if (0..n).any(|s| pool.load(s).is_some()) => self.shed(conn),
                     None => self.wait(pool, conn),
                 }
             }
@@ -324,6 +336,24 @@ mod unix {
                 }
             }
             self.wait(pool, (stream, peer));
+        }
+
+        /// Closes a connection no worker has room for (every ready one holds
+        /// `--max-connections`): shedding, rather than a queue that grows.
+        fn shed(&mut self, conn: (TcpStream, SocketAddr)) {
+            drop(conn);
+            self.shed += 1;
+            if self
+                .shed_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                self.shed_logged = Some(Instant::now());
+                log!(
+                    1,
+                    "every worker holds its maximum of connections: {} shed so far",
+                    self.shed
+                );
+            }
         }
 
         /// Keeps a connection until a worker can take it (a worker becomes ready,

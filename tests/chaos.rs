@@ -209,13 +209,20 @@ fn soak(server: &str, args: &[&str]) {
         c.join().unwrap();
     }
 
-    // Recovered: every slot ready again, and the supervisor as it was.
-    let pids = all_ready(&ctl, 2);
+    // Recovered: every slot ready again, and the supervisor as it was. (A kill sent
+    // just before the loop ended may still be in flight: wait for things to settle.)
+    all_ready(&ctl, 2);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (fds1, kids) = loop {
+    let (fds1, kids, pids) = loop {
+        let pids: std::collections::BTreeSet<u32> = workers(&ctl)
+            .into_iter()
+            .filter(|(_, s)| s == "ready")
+            .map(|(p, _)| p)
+            .collect();
         let (fds, kids) = (open_fds(sup), util::children(sup));
-        if (fds == fds0 && kids.len() == 2) || Instant::now() > deadline {
-            break (fds, kids);
+        let kid_pids: std::collections::BTreeSet<u32> = kids.iter().map(|(p, _)| *p).collect();
+        if (fds == fds0 && pids.len() == 2 && kid_pids == pids) || Instant::now() > deadline {
+            break (fds, kids, pids);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -241,8 +248,8 @@ fn soak(server: &str, args: &[&str]) {
         kids.iter()
             .map(|(p, _)| *p)
             .collect::<std::collections::BTreeSet<_>>(),
-        pids.iter().map(|(p, _)| *p).collect(),
-        "the supervisor's children are not its workers"
+        pids,
+        "the supervisor's children are not its ready workers"
     );
     assert!(kids.iter().all(|(_, s)| *s != 'Z'), "a zombie: {kids:?}");
     // Shared memory is anonymous (memfd) on Linux: nothing may appear in /dev/shm.

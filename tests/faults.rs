@@ -2,7 +2,7 @@
 //! new connections keep succeeding, and its replacement shows up in `status`; a slow
 //! client does not hold up the others; a real HTTP client (curl) is answered; 1 000
 //! concurrent echo clients get their bytes back; workers out of descriptors neither
-//! spin nor lose a client.
+//! spin nor lose a client; the per-worker connection limit holds.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -235,4 +235,98 @@ fn workers_out_of_descriptors_wait_and_recover() {
         }
         server.stop(strategy);
     }
+}
+
+/// One round trip on a new connection; the connection stays open.
+fn held(addr: std::net::SocketAddr) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"h").unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).unwrap();
+    c
+}
+
+/// `--max-connections`: a full shared-listener worker leaves new connections in the
+/// backlog until one of its own closes; a hand-off supervisor whose workers are all
+/// full sheds new connections (closes them) instead of queueing them.
+#[test]
+fn the_per_worker_connection_limit_holds() {
+    let args = [
+        "--workers",
+        "1",
+        "--protocol",
+        "echo",
+        "--max-connections",
+        "2",
+    ];
+
+    let server = util::start("shared_listener_server", &args);
+    let first = held(server.addr);
+    let _second = held(server.addr);
+    let mut third = TcpStream::connect(server.addr).unwrap();
+    third.write_all(b"3").unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        third.read_exact(&mut b).is_err(),
+        "a third connection was served past the limit of 2"
+    );
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    third.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"3", "the waiting connection is served once one closes");
+    server.stop("shared_listener_server");
+
+    let util::Controlled {
+        server,
+        ctl,
+        dir: _dir,
+    } = util::start_controlled("handoff_server", &args);
+    let first = held(server.addr);
+    let _second = held(server.addr);
+    // The supervisor dispatches on the load the worker published.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while util::status(&ctl)["workers"][0]["active"].as_u64() != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never reported 2 connections"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut shed = TcpStream::connect(server.addr).unwrap();
+    shed.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = shed.write_all(b"3");
+    let mut rest = Vec::new();
+    // Closed by the supervisor: end of stream (or a reset), and no echo.
+    let _ = shed.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "a shed connection was answered: {rest:?}");
+    drop(first);
+    // Room again: a new connection is served (the worker may take a moment to
+    // publish the close).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = TcpStream::connect(server.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = c.write_all(b"4");
+        let mut back = Vec::new();
+        let mut b = [0u8; 1];
+        if c.read_exact(&mut b).is_ok() {
+            back.push(b[0]);
+        }
+        if back == b"4" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection served after one closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop("handoff_server");
 }

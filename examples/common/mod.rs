@@ -27,6 +27,11 @@ pub(crate) struct Common {
     /// How long a graceful stop or reload waits for open connections, in seconds.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// The most connections one worker holds at once; at the limit it stops
+    /// accepting (the hand-off supervisor sheds new connections when every worker is
+    /// full). 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_connections: usize,
     /// Crashes of one slot within 30 s after which it is no longer restarted (the
     /// crash-loop breaker); 0 never stops restarting.
     #[arg(long, default_value_t = 5)]
@@ -174,6 +179,7 @@ pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
     let mut config = Config::default();
     config.idle_timeout = Some(Duration::from_secs(60));
     config.max_input = MAX_HEAD + MAX_BODY + 1;
+    config.max_connections = (c.max_connections > 0).then_some(c.max_connections);
     let protocol = c.protocol.clone();
     Server::new(config, move |_| {
         Protocol::named(&protocol).expect("checked by clap")

@@ -39,6 +39,11 @@ pub struct Config {
     /// so that the last reply is not lost to a reset (a "lingering close", as in
     /// nginx). Zero closes at once. Default 2 s.
     pub linger: Duration,
+    /// The most connections open at once. At the limit the server stops accepting
+    /// (the listeners pause, so the kernel's backlog holds new connections, or a
+    /// peer process sharing the listener takes them) and resumes when one closes;
+    /// [`Server::add_connection`] refuses a connection over it. Default: none.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -52,9 +57,14 @@ impl Default for Config {
             nodelay: true,
             accept_backoff: Duration::from_millis(100),
             linger: Duration::from_secs(2),
+            max_connections: None,
         }
     }
 }
+
+/// The message of the error [`Server::add_connection`] returns at
+/// [`Config::max_connections`].
+pub const LIMIT_REACHED: &str = "the server holds its maximum number of connections";
 
 /// A connected byte stream a [`Server`] serves.
 #[derive(Debug)]
@@ -282,6 +292,8 @@ pub struct Server<Svc: Service + 'static> {
     /// Connection timers (idle or linger) and the connection each belongs to.
     conn_timers: HashMap<TimerId, Key>,
     listener_retry: HashMap<TimerId, Key>,
+    /// Listeners paused because the server holds `max_connections`.
+    full_paused: Vec<Key>,
     /// Re-arm timers of `EPOLLEXCLUSIVE` listeners, and their current keys.
     rearm: HashMap<TimerId, Key>,
     drain_deadline: Option<TimerId>,
@@ -308,6 +320,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             events: Vec::new(),
             conn_timers: HashMap::new(),
             listener_retry: HashMap::new(),
+            full_paused: Vec::new(),
             rearm: HashMap::new(),
             drain_deadline: None,
             draining: false,
@@ -416,7 +429,11 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// `EMFILE`) stays paused.
     fn rearm_exclusive(&mut self, id: TimerId, key: Key) {
         let paused = match self.listener_mut(key) {
-            Ok(l) => l.user_paused || self.listener_retry.values().any(|k| *k == key),
+            Ok(l) => {
+                l.user_paused
+                    || self.listener_retry.values().any(|k| *k == key)
+                    || self.full_paused.contains(&key)
+            }
             Err(_) => {
                 self.rearm.remove(&id);
                 self.reactor.cancel_timer(id);
@@ -466,7 +483,8 @@ impl<Svc: Service + 'static> Server<Svc> {
     ///
     /// # Errors
     ///
-    /// As [`Reactor::register`]; the stream is dropped on error.
+    /// As [`Reactor::register`]; a [`LIMIT_REACHED`] error (kind `Other`) at
+    /// [`Config::max_connections`]. The stream is dropped (closed) on error.
     ///
     /// # Examples
     ///
@@ -500,6 +518,9 @@ impl<Svc: Service + 'static> Server<Svc> {
         svc: Svc,
         initial: &[u8],
     ) -> io::Result<Key> {
+        if self.is_full() {
+            return Err(io::Error::other(LIMIT_REACHED));
+        }
         let stream = stream.into();
         stream.set_nonblocking()?;
         if let (Stream::Tcp(s), true) = (&stream, self.config.nodelay) {
@@ -697,8 +718,9 @@ impl<Svc: Service + 'static> Server<Svc> {
                     } else if let Some(key) = self.rearm.get(&id).copied() {
                         self.rearm_exclusive(id, key);
                     } else if let Some(key) = self.listener_retry.remove(&id) {
+                        let full = self.full_paused.contains(&key);
                         if let Ok(l) = self.listener_mut(key) {
-                            if !l.user_paused {
+                            if !l.user_paused && !full {
                                 let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
                             }
                         }
@@ -718,8 +740,43 @@ impl<Svc: Service + 'static> Server<Svc> {
         Ok(())
     }
 
+    /// Whether the server holds [`Config::max_connections`].
+    pub fn is_full(&self) -> bool {
+        self.config
+            .max_connections
+            .is_some_and(|max| self.stats.active >= max)
+    }
+
+    /// Resumes the listeners paused at the connection limit, once below it.
+    fn unfill(&mut self) {
+        if self.full_paused.is_empty() || self.is_full() {
+            return;
+        }
+        for key in std::mem::take(&mut self.full_paused) {
+            let paused = match self.listener_mut(key) {
+                Ok(l) => l.user_paused,
+                Err(_) => continue,
+            };
+            if !paused && !self.listener_retry.values().any(|k| *k == key) {
+                let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
+            }
+        }
+    }
+
     fn accept(&mut self, key: Key) {
         for _ in 0..self.config.accept_burst.max(1) {
+            if self.is_full() {
+                // Level-triggered, the listener would wake us at once again.
+                if !self.full_paused.contains(&key)
+                    && self
+                        .reactor
+                        .modify(key, Interest::NONE, Mode::Level)
+                        .is_ok()
+                {
+                    self.full_paused.push(key);
+                }
+                return;
+            }
             let accepted = match self.reactor.get(key) {
                 Some(Entry::Listener(l)) => l.listener.accept(),
                 _ => return,
@@ -892,6 +949,7 @@ impl<Svc: Service + 'static> Server<Svc> {
     fn close(&mut self, key: Key, reason: CloseReason) {
         if let Ok(Entry::Conn(mut c)) = self.reactor.deregister(key) {
             self.stats.active -= 1;
+            self.unfill();
             if let Some(id) = c.timer.take() {
                 self.conn_timers.remove(&id);
                 self.reactor.cancel_timer(id);

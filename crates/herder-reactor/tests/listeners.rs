@@ -1,8 +1,9 @@
-//! Listener control: pause and resume, and the calls refuse keys of another kind.
+//! Listener control: pause and resume, the calls refuse keys of another kind, and
+//! the connection limit pauses accepting until a connection closes.
 
 mod util;
 
-use herder_reactor::{Config, Server};
+use herder_reactor::{Config, LIMIT_REACHED, Server};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -77,4 +78,66 @@ fn pause_resume_and_wrong_kinds_of_key() {
     assert_eq!(&b, b"hi");
     let listener = server.remove_listener(lkey).unwrap();
     assert_eq!(listener.local_addr().unwrap(), addr);
+}
+
+#[test]
+fn at_the_connection_limit_accepting_waits_for_a_close() {
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let c2 = closed.clone();
+    let mut config = Config::default();
+    config.max_connections = Some(2);
+    let mut server = Server::new(config, move |_| util::Echo { closed: c2.clone() }).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    server.add_listener(listener).unwrap();
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().accepted < 2 {
+        assert!(Instant::now() < deadline, "the first two never accepted");
+        server
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    // More polls: the third waits in the backlog.
+    for _ in 0..10 {
+        server
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    assert_eq!(server.stats().accepted, 2);
+    assert!(server.is_full());
+    // A connection from elsewhere is refused over the limit (and closed).
+    let (_peer, conn) = util::tcp_pair();
+    let err = server
+        .add_connection(
+            conn,
+            util::Echo {
+                closed: closed.clone(),
+            },
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), LIMIT_REACHED);
+
+    // One closes: the waiting one is accepted and served.
+    drop(clients.remove(0));
+    let mut third = clients.pop().unwrap();
+    third.write_all(b"x").unwrap();
+    third.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting client was never served"
+        );
+        server
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+        if let Ok(1) = third.read(&mut b) {
+            break;
+        }
+    }
+    assert_eq!(&b, b"x");
+    assert_eq!(server.stats().accepted, 3);
 }
