@@ -31,19 +31,6 @@ struct Tally {
     bytes: AtomicU64,
 }
 
-fn payload(seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let len = (x % (256 * 1024)) as usize + 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// One exchange: connect, send the payload while reading the echo, compare. `Err`
 /// when the connection failed; panics if a byte came back that was not sent there.
 fn exchange(addr: SocketAddr, data: &[u8]) -> Result<(), &'static str> {
@@ -139,7 +126,7 @@ fn soak(server: &str, args: &[&str]) {
     all_ready(&ctl, 2);
     // At rest: warm up one exchange per worker, then measure.
     for i in 0..4 {
-        exchange(addr, &payload(i)).unwrap();
+        exchange(addr, &util::payload(i, 256 * 1024)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));
     let (fds0, rss0) = (open_fds(sup), rss_kib(sup));
@@ -155,7 +142,7 @@ fn soak(server: &str, args: &[&str]) {
                 let mut failing_since: Option<Instant> = None;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let data = payload(c << 32 | i);
+                    let data = util::payload(c << 32 | i, 256 * 1024);
                     match exchange(addr, &data) {
                         Ok(()) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);

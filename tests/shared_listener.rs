@@ -11,19 +11,6 @@ use std::time::Duration;
 
 const SERVER: &str = "shared_listener_server";
 
-fn payload(i: usize) -> Vec<u8> {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let len = (x % 65_536) as usize + 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// 100 concurrent clients, each a random payload, each echoed back exactly.
 fn echo_clients(addr: SocketAddr) {
     let handles: Vec<_> = (0..100)
@@ -31,7 +18,7 @@ fn echo_clients(addr: SocketAddr) {
             std::thread::spawn(move || {
                 let mut c = TcpStream::connect(addr).unwrap();
                 c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                let data = payload(i);
+                let data = util::payload(i as u64, 65_536);
                 let mut w = c.try_clone().unwrap();
                 let send = data.clone();
                 let writer = std::thread::spawn(move || {

@@ -236,3 +236,17 @@ pub fn children(pid: u32) -> Vec<(u32, char)> {
     }
     out
 }
+
+/// A pseudo-random payload of 1 to `max` bytes, the same for the same `seed`.
+pub fn payload(seed: u64, max: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let len = (x % max as u64) as usize + 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -636,12 +636,7 @@ impl Pool {
         socket: &S,
         meta: &herder_fd::Handoff<'_>,
     ) -> Result<u32, Error> {
-        let pid = self
-            .slots
-            .get(slot)
-            .and_then(|s| s.current)
-            .ok_or(Error::NoWorker(slot))?;
-        let ch = self.ready_channel(slot)?;
+        let (pid, ch) = self.ready_worker(slot)?;
         ch.send_socket(socket, meta)
             .map_err(|source| Error::Channel { slot, source })?;
         Ok(pid)
@@ -660,18 +655,18 @@ impl Pool {
         slot: usize,
         items: &[(&S, herder_fd::Handoff<'_>)],
     ) -> Result<u32, Error> {
-        let pid = self
-            .slots
-            .get(slot)
-            .and_then(|s| s.current)
-            .ok_or(Error::NoWorker(slot))?;
-        let ch = self.ready_channel(slot)?;
+        let (pid, ch) = self.ready_worker(slot)?;
         ch.send_sockets(items)
             .map_err(|source| Error::Channel { slot, source })?;
         Ok(pid)
     }
 
     fn ready_channel(&mut self, slot: usize) -> Result<&mut Channel, Error> {
+        self.ready_worker(slot).map(|(_, ch)| ch)
+    }
+
+    /// The pid and channel of `slot`'s current worker, if it is ready and not draining.
+    fn ready_worker(&mut self, slot: usize) -> Result<(u32, &mut Channel), Error> {
         let pid = self
             .slots
             .get(slot)
@@ -681,6 +676,7 @@ impl Pool {
             .get_mut(&pid)
             .filter(|p| p.ready && !p.draining)
             .and_then(|p| p.channel.as_mut())
+            .map(|ch| (pid, ch))
             .ok_or(Error::NoWorker(slot))
     }
 
