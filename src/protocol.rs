@@ -289,6 +289,18 @@ impl Service for Http {
         out.write(&buf);
         Flow::Close
     }
+
+    /// A client silent in the middle of a request (which never reaches the head
+    /// timeout, checked as data arrives) gets `408` when the server's idle timeout
+    /// closes it; an idle keep-alive connection is closed without a word.
+    fn on_idle(&mut self, out: &mut Output<'_>) -> Flow {
+        if self.started.is_some() {
+            let mut buf = Vec::new();
+            response(&mut buf, Refusal::Timeout.status(), true, false);
+            out.write(&buf);
+        }
+        Flow::Close
+    }
 }
 
 #[cfg(test)]
@@ -559,6 +571,13 @@ impl Service for Protocol {
         match self {
             Protocol::Echo(s) => s.on_input_limit(out),
             Protocol::Http(s) => s.on_input_limit(out),
+        }
+    }
+
+    fn on_idle(&mut self, out: &mut Output<'_>) -> Flow {
+        match self {
+            Protocol::Echo(s) => s.on_idle(out),
+            Protocol::Http(s) => s.on_idle(out),
         }
     }
 }

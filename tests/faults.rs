@@ -330,3 +330,91 @@ fn the_per_worker_connection_limit_holds() {
     }
     server.stop("handoff_server");
 }
+
+/// Ten thousand slow clients, each stuck halfway through its request head: the
+/// workers hold them in bounded memory, and the idle timeout (3 s here) answers each
+/// with `408` and closes it.
+#[test]
+fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
+    const CLIENTS: usize = 10_000;
+    let util::Controlled {
+        server,
+        ctl,
+        dir: _dir,
+    } = util::start_controlled(
+        "shared_listener_server",
+        &[
+            "--workers",
+            "2",
+            "--protocol",
+            "http",
+            "--idle-timeout",
+            "3",
+        ],
+    );
+    let workers = util::children(server.child.id());
+    let rss = |pids: &[(u32, char)]| -> u64 {
+        pids.iter()
+            .map(|(p, _)| {
+                let s = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                    .unwrap()
+            })
+            .sum()
+    };
+    let before = rss(&workers);
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut c = TcpStream::connect(server.addr).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\n").unwrap();
+        clients.push(c);
+    }
+    let active = |ctl: &std::path::Path| -> u64 {
+        util::status(ctl)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["active"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while active(&ctl) < CLIENTS as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {CLIENTS} slow clients held",
+            active(&ctl)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = rss(&workers);
+    let per_client = (held.saturating_sub(before)) * 1024 / CLIENTS as u64;
+    println!(
+        "{CLIENTS} slow clients: workers' RSS {before} KiB -> {held} KiB, {per_client} bytes each"
+    );
+    // A buffer per connection would be 64 KiB each (640 MB); the partial head is all
+    // a connection keeps.
+    assert!(
+        per_client <= 4096,
+        "{per_client} bytes of worker memory per slow client"
+    );
+    // The idle timeout answers them and closes them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while active(&ctl) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} slow clients still open",
+            active(&ctl)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in clients.iter_mut().step_by(997) {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 408"), "a slow client got {out:?}");
+    }
+    drop(clients);
+    server.stop("shared_listener_server");
+}

@@ -27,6 +27,10 @@ pub(crate) struct Common {
     /// How long a graceful stop or reload waits for open connections, in seconds.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Close a connection that reads and writes nothing for this long, in seconds
+    /// (HTTP: `408` if it stopped in the middle of a request).
+    #[arg(long, default_value_t = 60)]
+    pub(crate) idle_timeout: u64,
     /// The most connections one worker holds at once; at the limit it stops
     /// accepting (the hand-off supervisor sheds new connections when every worker is
     /// full). 0: no limit.
@@ -177,7 +181,7 @@ pub(crate) fn supervise(
 /// timeout, and room for the largest HTTP request.
 pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
     let mut config = Config::default();
-    config.idle_timeout = Some(Duration::from_secs(60));
+    config.idle_timeout = Some(Duration::from_secs(c.idle_timeout.max(1)));
     config.max_input = MAX_HEAD + MAX_BODY + 1;
     config.max_connections = (c.max_connections > 0).then_some(c.max_connections);
     let protocol = c.protocol.clone();
