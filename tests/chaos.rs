@@ -78,14 +78,6 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Waits (bounded) until every slot has a ready worker.
 fn all_ready(ctl: &std::path::Path, n: usize) -> Vec<(u32, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -129,7 +121,7 @@ fn soak(server: &str, args: &[&str]) {
         exchange(addr, &util::payload(i, 256 * 1024)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));
-    let (fds0, rss0) = (open_fds(sup), rss_kib(sup));
+    let (fds0, rss0) = (open_fds(sup), util::rss_kib(sup));
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -213,7 +205,7 @@ fn soak(server: &str, args: &[&str]) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let rss1 = rss_kib(sup);
+    let rss1 = util::rss_kib(sup);
     let (ok, broken, refused) = (
         tally.ok.load(Ordering::Relaxed),
         tally.broken.load(Ordering::Relaxed),

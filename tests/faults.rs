@@ -353,17 +353,7 @@ fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
         ],
     );
     let workers = util::children(server.child.id());
-    let rss = |pids: &[(u32, char)]| -> u64 {
-        pids.iter()
-            .map(|(p, _)| {
-                let s = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-                    .unwrap()
-            })
-            .sum()
-    };
+    let rss = |pids: &[(u32, char)]| -> u64 { pids.iter().map(|(p, _)| util::rss_kib(*p)).sum() };
     let before = rss(&workers);
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {

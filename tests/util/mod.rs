@@ -250,3 +250,12 @@ pub fn payload(seed: u64, max: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The resident memory of `pid`, in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
