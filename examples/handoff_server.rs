@@ -209,9 +209,16 @@ mod unix {
                         + extra.get(s).copied().unwrap_or(0)
                 })
             };
-            // Ready workers below their connection limit.
+            // Ready workers below their connection limit, by the count they published
+            // (which includes what they acknowledged) plus this batch: a connection
+            // both published and not yet acknowledged here must not count twice
+            // against the limit. (The worker refuses one over it itself.)
+            let fill = |s: usize| {
+                pool.load(s)
+                    .map(|l| l.active + extra.get(s).copied().unwrap_or(0))
+            };
             let mut slots: Vec<usize> = (0..n)
-                .filter(|&s| load(s).is_some_and(|l| self.max.is_none_or(|m| l < m)))
+                .filter(|&s| fill(s).is_some_and(|f| self.max.is_none_or(|m| f < m)))
                 .collect();
             // Rotate the starting point: round-robin's order, and least-loaded's
             // tie-break (otherwise short connections, all finished by the time the
