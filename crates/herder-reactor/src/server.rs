@@ -428,17 +428,10 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// instead of favouring the same one. A paused listener (by the caller, or after
     /// `EMFILE`) stays paused.
     fn rearm_exclusive(&mut self, id: TimerId, key: Key) {
-        let paused = match self.listener_mut(key) {
-            Ok(l) => {
-                l.user_paused
-                    || self.listener_retry.values().any(|k| *k == key)
-                    || self.full_paused.contains(&key)
-            }
-            Err(_) => {
-                self.rearm.remove(&id);
-                self.reactor.cancel_timer(id);
-                return;
-            }
+        let Some(paused) = self.held_off(key) else {
+            self.rearm.remove(&id);
+            self.reactor.cancel_timer(id);
+            return;
         };
         if !paused {
             match self.reactor.modify(key, Interest::READABLE, Mode::Level) {
@@ -446,6 +439,19 @@ impl<Svc: Service + 'static> Server<Svc> {
                 // Out of the poll set until the next re-arm adds it again.
                 Err(_) => self.stats.accept_errors += 1,
             }
+        }
+    }
+
+    /// Whether listener `key` is held off for any reason: paused by the caller, in
+    /// its `EMFILE` back-off, or at the connection limit; `None` if it is no listener.
+    fn held_off(&self, key: Key) -> Option<bool> {
+        match self.reactor.get(key) {
+            Some(Entry::Listener(l)) => Some(
+                l.user_paused
+                    || self.listener_retry.values().any(|k| *k == key)
+                    || self.full_paused.contains(&key),
+            ),
+            _ => None,
         }
     }
 
@@ -718,11 +724,8 @@ impl<Svc: Service + 'static> Server<Svc> {
                     } else if let Some(key) = self.rearm.get(&id).copied() {
                         self.rearm_exclusive(id, key);
                     } else if let Some(key) = self.listener_retry.remove(&id) {
-                        let full = self.full_paused.contains(&key);
-                        if let Ok(l) = self.listener_mut(key) {
-                            if !l.user_paused && !full {
-                                let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
-                            }
+                        if self.held_off(key) == Some(false) {
+                            let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
                         }
                     } else if self.drain_deadline == Some(id) {
                         self.drain_deadline = None;
@@ -753,11 +756,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             return;
         }
         for key in std::mem::take(&mut self.full_paused) {
-            let paused = match self.listener_mut(key) {
-                Ok(l) => l.user_paused,
-                Err(_) => continue,
-            };
-            if !paused && !self.listener_retry.values().any(|k| *k == key) {
+            if self.held_off(key) == Some(false) {
                 let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
             }
         }
