@@ -116,11 +116,24 @@ fn soak(server: &str, args: &[&str]) {
     let sup = running.child.id();
     let addr = running.addr;
     all_ready(&ctl, 2);
-    // At rest: warm up one exchange per worker, then measure.
+    // At rest: warm up a few exchanges, wait until the workers report them all
+    // closed (the supervisor has answered, so it has read their acknowledgements),
+    // then measure.
     for i in 0..4 {
         exchange(addr, &util::payload(i, 256 * 1024)).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while util::counts(&util::status(&ctl), "active")
+        .iter()
+        .sum::<u64>()
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "warm-up connections never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (fds0, rss0) = (open_fds(sup), util::rss_kib(sup));
 
     let stop = Arc::new(AtomicBool::new(false));

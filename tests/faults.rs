@@ -362,14 +362,8 @@ fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
         c.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\n").unwrap();
         clients.push(c);
     }
-    let active = |ctl: &std::path::Path| -> u64 {
-        util::status(ctl)["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["active"].as_u64().unwrap_or(0))
-            .sum()
-    };
+    let active =
+        |ctl: &std::path::Path| -> u64 { util::counts(&util::status(ctl), "active").iter().sum() };
     let deadline = Instant::now() + Duration::from_secs(60);
     while active(&ctl) < CLIENTS as u64 {
         assert!(

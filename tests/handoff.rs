@@ -99,12 +99,7 @@ fn status_accounts_for_every_connection_and_both_workers_serve() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let per_worker = loop {
         let s = util::status(&ctl);
-        let counts: Vec<u64> = s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["accepted"].as_u64().unwrap())
-            .collect();
+        let counts = util::counts(&s, "accepted");
         if counts.iter().sum::<u64>() == 100 {
             break counts;
         }

@@ -165,12 +165,7 @@ fn status_accounts_for_every_connection() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let s = util::status(&ctl);
-        let total: u64 = s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["accepted"].as_u64().unwrap())
-            .sum();
+        let total: u64 = util::counts(&s, "accepted").iter().sum();
         if total == 60 {
             break;
         }
@@ -223,12 +218,7 @@ fn long_lived_connections_are_balanced_over_the_workers() {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let active = loop {
             let s = util::status(&ctl);
-            let active: Vec<u64> = s["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|w| w["active"].as_u64().unwrap())
-                .collect();
+            let active = util::counts(&s, "active");
             if active.iter().sum::<u64>() == CONNS as u64 {
                 break active;
             }

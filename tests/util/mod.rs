@@ -154,6 +154,16 @@ pub fn status(ctl: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&s).unwrap()
 }
 
+/// One count per worker from a `status` reply: `accepted` or `active`.
+pub fn counts(status: &serde_json::Value, field: &str) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[field].as_u64().unwrap())
+        .collect()
+}
+
 /// Sends `request` on a new connection and reads until the server closes it.
 pub fn http(addr: SocketAddr, request: &[u8]) -> String {
     use std::io::{Read, Write};
