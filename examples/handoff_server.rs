@@ -28,7 +28,6 @@ mod unix {
     use clap::Parser;
     use herder::fd::Handoff;
     use herder::pool::{Pool, PoolEvent, Worker};
-    use herder::protocol::Protocol;
     use herder::reactor::{Event, Interest, Mode, TimerId};
     use std::collections::{HashMap, VecDeque};
     use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -388,7 +387,6 @@ mod unix {
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
         let mut server = common::server(&args.common)?;
-        let protocol = args.common.protocol.clone();
         let mut link = Link::ready(&mut worker, &mut server, &args.common)?;
         let me = std::process::id();
         let mut events = Vec::new();
@@ -404,7 +402,7 @@ mod unix {
                                 last_id = last_id.max(Some(got.id));
                                 let data = std::mem::take(&mut got.data);
                                 if let Ok(stream) = got.into_tcp_stream() {
-                                    let svc = Protocol::named(&protocol).expect("checked by clap");
+                                    let svc = common::service(&args.common);
                                     if let Err(e) = server.add_connection(stream, svc, &data) {
                                         log!(1, "serving a handed-off connection: {e}");
                                     }

@@ -60,15 +60,15 @@ pub const BODY: &[u8] = b"Hello, world!";
 pub struct Http {
     /// When the first byte of the request being read arrived.
     started: Option<Instant>,
+    /// While a body is arriving: how many bytes of the request were there, and when
+    /// that count last grew.
+    body_progress: Option<(usize, Instant)>,
     head_timeout: Duration,
 }
 
 impl Default for Http {
     fn default() -> Http {
-        Http {
-            started: None,
-            head_timeout: HEAD_TIMEOUT,
-        }
+        Http::with_head_timeout(HEAD_TIMEOUT)
     }
 }
 
@@ -216,13 +216,29 @@ fn response(out: &mut Vec<u8>, status: &str, close: bool, head_only: bool) {
 }
 
 impl Http {
-    /// A service whose requests must have their head complete within `timeout`
-    /// (default [`HEAD_TIMEOUT`]); a slower one gets `408` and is closed.
+    /// A service whose requests must have their head complete within `timeout` of
+    /// its first byte (default [`HEAD_TIMEOUT`]), and whose bodies must not pause for
+    /// longer than `timeout`; a slower request gets `408` and the connection is
+    /// closed. As a [`Service`] this is enforced by a timer
+    /// ([`Service::deadline`]), so a client that goes silent halfway through a
+    /// request is answered at the timeout, not at the server's idle timeout.
     pub fn with_head_timeout(timeout: Duration) -> Http {
         Http {
             started: None,
+            body_progress: None,
             head_timeout: timeout,
         }
+    }
+
+    /// When the request being read must have progressed by: its head complete, or
+    /// more of its body arrived. `None` between requests.
+    pub fn deadline(&self) -> Option<Instant> {
+        let since = match (self.body_progress, self.started) {
+            (Some((_, at)), _) => at,
+            (None, Some(started)) => started,
+            (None, None) => return None,
+        };
+        since.checked_add(self.head_timeout)
     }
 
     /// Answers every complete request at the start of `input`, appending responses to
@@ -237,6 +253,7 @@ impl Http {
             let rest = &input[parsed.consumed..];
             if rest.is_empty() {
                 self.started = None;
+                self.body_progress = None;
                 return (parsed, false);
             }
             let started = *self.started.get_or_insert_with(Instant::now);
@@ -249,12 +266,17 @@ impl Http {
                 Err(refusal) => return self.refuse(refusal, parsed, out),
             };
             if rest.len() < head.len + head.body {
-                return (parsed, false); // the body is still coming
+                // The body is still coming; the clock restarts whenever more arrives.
+                if self.body_progress.is_none_or(|(seen, _)| seen != rest.len()) {
+                    self.body_progress = Some((rest.len(), Instant::now()));
+                }
+                return (parsed, false);
             }
             response(out, "200 OK", head.close, head.head_only);
             parsed.consumed += head.len + head.body;
             parsed.responses += 1;
             self.started = None;
+            self.body_progress = None;
             if head.close {
                 return (parsed, true);
             }
@@ -264,6 +286,7 @@ impl Http {
     fn refuse(&mut self, why: Refusal, parsed: Parsed, out: &mut Vec<u8>) -> (Parsed, bool) {
         response(out, why.status(), true, false);
         self.started = None;
+        self.body_progress = None;
         (
             Parsed {
                 consumed: parsed.consumed,
@@ -290,9 +313,26 @@ impl Service for Http {
         Flow::Close
     }
 
-    /// A client silent in the middle of a request (which never reaches the head
-    /// timeout, checked as data arrives) gets `408` when the server's idle timeout
-    /// closes it; an idle keep-alive connection is closed without a word.
+    fn deadline(&self) -> Option<Instant> {
+        Http::deadline(self)
+    }
+
+    /// A request that did not complete in time gets `408`.
+    fn on_deadline(&mut self, out: &mut Output<'_>) -> Flow {
+        if self.deadline().is_none_or(|d| d > Instant::now()) {
+            return Flow::Continue; // the request completed meanwhile
+        }
+        self.started = None;
+        self.body_progress = None;
+        let mut buf = Vec::new();
+        response(&mut buf, Refusal::Timeout.status(), true, false);
+        out.write(&buf);
+        Flow::Close
+    }
+
+    /// A client silent in the middle of a request gets `408` (when the idle timeout
+    /// is shorter than the request timeout); an idle keep-alive connection is closed
+    /// without a word.
     fn on_idle(&mut self, out: &mut Output<'_>) -> Flow {
         if self.started.is_some() {
             let mut buf = Vec::new();
@@ -416,6 +456,52 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         let (_, close) = http.respond(b"GET / HTTP/1.1\r\n\r\n", &mut out);
         assert!(!close && out.starts_with(b"HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn the_deadline_follows_the_request_being_read() {
+        let t = Duration::from_secs(5);
+        let mut http = Http::with_head_timeout(t);
+        let mut out = Vec::new();
+        assert_eq!(http.deadline(), None);
+        let before = Instant::now();
+        http.respond(b"GET / HTTP/1.1\r\n", &mut out);
+        let head = http.deadline().expect("a head is being read");
+        assert!(head >= before + t && head <= Instant::now() + t);
+        // More of the head does not move it: the whole head must come in time.
+        http.respond(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut out);
+        assert_eq!(http.deadline(), Some(head));
+        // Once the head is complete, each arrival of body bytes restarts the clock.
+        let req = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab";
+        http.respond(req, &mut out);
+        let body = http.deadline().expect("a body is being read");
+        assert!(body >= head);
+        http.respond(req, &mut out);
+        assert_eq!(http.deadline(), Some(body), "no new bytes, same deadline");
+        let (p, _) = http.respond(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd", &mut out);
+        assert_eq!(p.responses, 1);
+        assert_eq!(http.deadline(), None, "between requests");
+    }
+
+    #[test]
+    fn a_passed_deadline_answers_408_and_a_stale_one_does_not() {
+        use crate::reactor::Service as _;
+        let mut http = Http::with_head_timeout(Duration::from_millis(1));
+        let mut buf = Vec::new();
+        http.respond(b"GET / HT", &mut buf);
+        assert!(buf.is_empty());
+        // Let the deadline pass.
+        while http.deadline().is_some_and(|d| d > Instant::now()) {
+            std::thread::yield_now();
+        }
+        let mut out = Vec::new();
+        let flow = http.on_deadline(&mut crate::reactor::Output::new(&mut out));
+        assert_eq!(flow, Flow::Close);
+        assert!(out.starts_with(b"HTTP/1.1 408"));
+        assert_eq!(http.deadline(), None);
+        let mut out = Vec::new();
+        let flow = http.on_deadline(&mut crate::reactor::Output::new(&mut out));
+        assert_eq!((flow, out.len()), (Flow::Continue, 0));
     }
 
     #[test]
@@ -578,6 +664,20 @@ impl Service for Protocol {
         match self {
             Protocol::Echo(s) => s.on_idle(out),
             Protocol::Http(s) => s.on_idle(out),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Protocol::Echo(s) => s.deadline(),
+            Protocol::Http(s) => Service::deadline(s),
+        }
+    }
+
+    fn on_deadline(&mut self, out: &mut Output<'_>) -> Flow {
+        match self {
+            Protocol::Echo(s) => s.on_deadline(out),
+            Protocol::Http(s) => s.on_deadline(out),
         }
     }
 }

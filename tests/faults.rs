@@ -66,7 +66,10 @@ fn a_killed_worker_takes_only_its_own_connections() {
 #[test]
 fn a_slow_client_does_not_hold_up_the_others() {
     for name in util::SERVERS {
-        let server = util::start(name, &["--workers", "1", "--protocol", "http"]);
+        let server = util::start(
+            name,
+            &["--workers", "1", "--protocol", "http", "--request-timeout", "1"],
+        );
         // A client that sends its headers a byte at a time, and never finishes.
         let mut slow = TcpStream::connect(server.addr).unwrap();
         for b in b"GET / HTTP/1.1\r\nHost: slow" {
@@ -76,6 +79,13 @@ fn a_slow_client_does_not_hold_up_the_others() {
         for _ in 0..20 {
             assert!(util::get(server.addr).ends_with("Hello, world!"), "{name}");
         }
+        // Silent since, it is answered at the 1 s request timeout: the idle timeout
+        // (60 s) is beyond this read's limit.
+        slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut out = String::new();
+        slow.read_to_string(&mut out)
+            .unwrap_or_else(|e| panic!("{name}: the slow client was not answered: {e}"));
+        assert!(out.starts_with("HTTP/1.1 408"), "{name}: {out:?}");
         drop(slow);
         server.stop(name);
     }
@@ -332,8 +342,9 @@ fn the_per_worker_connection_limit_holds() {
 }
 
 /// Ten thousand slow clients, each stuck halfway through its request head: the
-/// workers hold them in bounded memory, and the idle timeout (15 s here: longer than
-/// opening them all takes on a busy machine) answers each with `408` and closes it.
+/// workers hold them in bounded memory, and the request timeout (15 s here: longer
+/// than opening them all takes on a busy machine) answers each with `408` and closes
+/// it.
 #[test]
 fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
     const CLIENTS: usize = 10_000;
@@ -348,7 +359,7 @@ fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
             "2",
             "--protocol",
             "http",
-            "--idle-timeout",
+            "--request-timeout",
             "15",
         ],
     );
@@ -384,7 +395,7 @@ fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
         per_client <= 4096,
         "{per_client} bytes of worker memory per slow client"
     );
-    // The idle timeout answers them and closes them.
+    // The request timeout answers them and closes them.
     let deadline = Instant::now() + Duration::from_secs(60);
     while active(&ctl) > 0 {
         assert!(

@@ -4,7 +4,7 @@
 
 use herder::fd::{Channel, Message};
 use herder::pool::{Pool, PoolEvent, Scorecard, Worker};
-use herder::protocol::{MAX_BODY, MAX_HEAD, Protocol};
+use herder::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
 use herder::reactor::{Config, Event, Interest, Key, Mode, Server, Signal, TimerId};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -31,6 +31,10 @@ pub(crate) struct Common {
     /// (HTTP: `408` if it stopped in the middle of a request).
     #[arg(long, default_value_t = 60)]
     pub(crate) idle_timeout: u64,
+    /// HTTP: how long a request's head may take to arrive, and its body may pause,
+    /// in seconds; a slower request gets `408`.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) request_timeout: u64,
     /// The most connections one worker holds at once; at the limit it stops
     /// accepting (the hand-off supervisor sheds new connections when every worker is
     /// full). 0: no limit.
@@ -184,10 +188,18 @@ pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
     config.idle_timeout = Some(Duration::from_secs(c.idle_timeout.max(1)));
     config.max_input = MAX_HEAD + MAX_BODY + 1;
     config.max_connections = (c.max_connections > 0).then_some(c.max_connections);
-    let protocol = c.protocol.clone();
-    Server::new(config, move |_| {
-        Protocol::named(&protocol).expect("checked by clap")
-    })
+    let c = c.clone();
+    Server::new(config, move |_| service(&c))
+}
+
+/// A fresh service of the chosen protocol for one connection.
+pub(crate) fn service(c: &Common) -> Protocol {
+    match c.protocol.as_str() {
+        "http" => Protocol::Http(Http::with_head_timeout(Duration::from_secs(
+            c.request_timeout.max(1),
+        ))),
+        _ => Protocol::Echo(Echo),
+    }
 }
 
 /// A worker's side of its supervisor: the channel in the event loop, drain requests,

@@ -205,6 +205,8 @@ struct Conn<Svc> {
     /// The connection's timer: the idle timeout, or the linger deadline once
     /// lingering.
     timer: Option<TimerId>,
+    /// When `timer` fires.
+    timer_at: Option<Instant>,
     /// Whether `timer` is the linger deadline.
     timer_is_linger: bool,
 }
@@ -547,6 +549,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             close_reason: None,
             lingering: false,
             timer: None,
+            timer_at: None,
             timer_is_linger: false,
         };
         let key =
@@ -826,19 +829,22 @@ impl<Svc: Service + 'static> Server<Svc> {
         let id = self.reactor.add_timer(at, None);
         if let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) {
             c.timer = Some(id);
+            c.timer_at = Some(at);
             c.timer_is_linger = linger;
         }
         self.conn_timers.insert(id, key);
     }
 
     fn on_conn_timer(&mut self, key: Key, id: TimerId) {
-        let (lingering, last, stuck) = match self.reactor.get_mut_inner(key) {
+        let (lingering, last, stuck, deadline) = match self.reactor.get_mut_inner(key) {
             Some(Entry::Conn(c)) if c.timer == Some(id) => {
                 c.timer = None;
+                c.timer_at = None;
                 (
                     c.lingering,
                     c.last_active,
                     c.closing || !c.output.is_empty(),
+                    c.svc.deadline().filter(|_| !c.closing),
                 )
             }
             _ => return,
@@ -851,13 +857,23 @@ impl<Svc: Service + 'static> Server<Svc> {
             self.close(key, reason.unwrap_or(CloseReason::Service));
             return;
         }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            let outcome = self.with_conn(key, |c, b| {
+                let flow = call(c, b.obuf, |svc, out| svc.on_deadline(out))?;
+                apply(c, flow, CloseReason::Deadline)
+            });
+            self.settle(key, outcome);
+            self.arm_next(key, self.config.idle_timeout.map(|t| later(last, t)));
+            return;
+        }
         let Some(timeout) = self.config.idle_timeout else {
+            self.arm_next(key, None);
             return;
         };
-        let now = Instant::now();
         let due = later(last, timeout);
         if now < due {
-            self.arm(key, due, false);
+            self.arm_next(key, Some(due));
             return;
         }
         if stuck {
@@ -869,10 +885,27 @@ impl<Svc: Service + 'static> Server<Svc> {
             let flow = call(c, b.obuf, |svc, out| svc.on_idle(out))?;
             apply(c, flow, CloseReason::Idle)
         });
-        if outcome.is_ok() {
-            self.arm(key, later(now, timeout), false);
-        }
         self.settle(key, outcome);
+        self.arm_next(key, Some(later(now, timeout)));
+    }
+
+    /// After a connection's timer fired: arms it for whichever comes first of
+    /// `idle_due`, the service's deadline and a timer armed meanwhile.
+    fn arm_next(&mut self, key: Key, idle_due: Option<Instant>) {
+        let (due, armed) = match self.reactor.get(key) {
+            Some(Entry::Conn(c)) if !c.lingering => {
+                let deadline = c.svc.deadline().filter(|_| !c.closing);
+                let due = [c.timer_at, idle_due, deadline]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                (due, c.timer_at)
+            }
+            _ => return,
+        };
+        if let Some(due) = due.filter(|&d| Some(d) != armed) {
+            self.arm(key, due, false);
+        }
     }
 
     /// Runs `f` on the connection at `key` with the server's buffers, then applies the
@@ -926,6 +959,13 @@ impl<Svc: Service + 'static> Server<Svc> {
         );
         if linger {
             self.arm(key, later(Instant::now(), self.config.linger), true);
+        } else if let Some(Entry::Conn(c)) = self.reactor.get(key) {
+            // A service deadline earlier than the connection's timer moves it.
+            if let Some(d) = c.svc.deadline() {
+                if !c.lingering && !c.closing && c.timer_at.is_none_or(|at| d < at) {
+                    self.arm(key, d, false);
+                }
+            }
         }
         let high = self.config.high_water;
         let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) else {

@@ -1,6 +1,7 @@
 //! The per-connection service trait and the buffers it works on.
 
 use std::io;
+use std::time::Instant;
 
 /// A byte-stream protocol: one value per connection, driven by a
 /// [`Server`](crate::Server).
@@ -43,6 +44,26 @@ pub trait Service {
 
     /// Nothing was read or written for the idle timeout. The default closes.
     fn on_idle(&mut self, out: &mut Output<'_>) -> Flow {
+        let _ = out;
+        Flow::Close
+    }
+
+    /// A deadline of the service's own, such as the time by which a request must be
+    /// complete. The server asks after every callback and calls
+    /// [`on_deadline`](Self::on_deadline) when it passes, whether or not anything
+    /// arrives in between. The default is none.
+    ///
+    /// Return the same instant for as long as the deadline stands: the server arms a
+    /// timer when the deadline comes earlier than the one it has, and checks the
+    /// deadline again when that timer fires.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The [`deadline`](Self::deadline) passed. The default closes, with
+    /// [`CloseReason::Deadline`]; a service may write a reply first (e.g. HTTP `408`)
+    /// or move its deadline and go on.
+    fn on_deadline(&mut self, out: &mut Output<'_>) -> Flow {
         let _ = out;
         Flow::Close
     }
@@ -94,6 +115,8 @@ pub enum CloseReason {
     Eof,
     /// The idle timeout passed.
     Idle,
+    /// The service's [`deadline`](Service::deadline) passed.
+    Deadline,
     /// The input limit was passed.
     InputLimit,
     /// The drain deadline passed, or the server was dropped.
@@ -110,7 +133,25 @@ pub struct Input<'a> {
 }
 
 impl<'a> Input<'a> {
-    pub(crate) fn new(data: &'a [u8]) -> Input<'a> {
+    /// Input over `data`, nothing consumed: what a [`Server`](crate::Server) hands a
+    /// service, made by hand to test a [`Service`] without one.
+    ///
+    /// ```
+    /// use herder_reactor::{Flow, Input, Output, Service};
+    /// # struct Echo;
+    /// # impl Service for Echo {
+    /// #     fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+    /// #         out.write(input.data());
+    /// #         input.consume(input.len());
+    /// #         Flow::Continue
+    /// #     }
+    /// # }
+    /// let mut reply = Vec::new();
+    /// let mut input = Input::new(b"ping");
+    /// let flow = Echo.on_data(&mut input, &mut Output::new(&mut reply));
+    /// assert_eq!((flow, input.len(), &reply[..]), (Flow::Continue, 0, &b"ping"[..]));
+    /// ```
+    pub fn new(data: &'a [u8]) -> Input<'a> {
         Input { data, consumed: 0 }
     }
 
@@ -147,7 +188,9 @@ pub struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Output<'a> {
+    /// Output appending to `buf`: what a [`Server`](crate::Server) hands a service,
+    /// made by hand to test a [`Service`] without one (see [`Input::new`]).
+    pub fn new(buf: &'a mut Vec<u8>) -> Output<'a> {
         Output { buf }
     }
 
