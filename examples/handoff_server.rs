@@ -56,11 +56,13 @@ mod unix {
             .with_context(|| format!("binding {}", args.common.listen))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let mut pool = Pool::new(common::pool_config(&args.common), Vec::new())?;
+        let config = common::pool_config(&args.common)?;
+        let mut pool = Pool::new(config.clone(), Vec::new())?;
         pool.handle_signals()?;
         if let Some(path) = &args.common.control {
             pool.listen_control(path)?;
         }
+        common::drop_privileges(&args.common, &config, None)?;
         let key = pool.add_source(
             Box::new(listener.try_clone()?),
             Interest::READABLE,

@@ -8,7 +8,8 @@
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
+use herder::pool::Command;
+use serde_json::Value;
 
 #[derive(Debug, Parser)]
 #[command(about = "Control a running herder server")]
@@ -40,12 +41,19 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Like other command-line tools, end quietly when the reader of our output goes
+    // away (`herderctl status | head -2`) instead of failing on EPIPE.
+    #[cfg(unix)]
+    // SAFETY: sets the disposition of SIGPIPE before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     let request = match &args.cmd {
-        Cmd::Status { .. } => json!({ "cmd": "status" }),
-        Cmd::Reload => json!({ "cmd": "reload" }),
-        Cmd::Scale { workers } => json!({ "cmd": "scale", "workers": workers }),
-        Cmd::Stop => json!({ "cmd": "stop" }),
+        Cmd::Status { .. } => Command::Status,
+        Cmd::Reload => Command::Reload,
+        Cmd::Scale { workers } => Command::Scale(*workers),
+        Cmd::Stop => Command::Stop,
     };
     let answer = ask(&args.control, &request)?;
     if answer["ok"] != true {
@@ -63,20 +71,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(unix)]
-fn ask(path: &std::path::Path, request: &Value) -> anyhow::Result<Value> {
+fn ask(path: &std::path::Path, request: &Command) -> anyhow::Result<Value> {
     use anyhow::Context;
     use std::io::{BufRead, BufReader, Write};
     let mut conn = std::os::unix::net::UnixStream::connect(path)
         .with_context(|| format!("connecting to {}", path.display()))?;
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    writeln!(conn, "{request}")?;
+    conn.write_all(&request.to_line())?;
     let mut line = String::new();
     BufReader::new(conn).read_line(&mut line)?;
     serde_json::from_str(&line).with_context(|| format!("not a JSON answer: {line:?}"))
 }
 
 #[cfg(not(unix))]
-fn ask(_: &std::path::Path, _: &Value) -> anyhow::Result<Value> {
+fn ask(_: &std::path::Path, _: &Command) -> anyhow::Result<Value> {
     bail!("the control socket is a Unix socket; Windows servers are not there yet")
 }
 

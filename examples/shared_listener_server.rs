@@ -60,7 +60,7 @@ mod unix {
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
-        let mut config = common::pool_config(&args.common);
+        let mut config = common::pool_config(&args.common)?;
         let lock = match args.accept.as_str() {
             "flock" => Some(AcceptLockKind::Flock),
             "fcntl" => Some(AcceptLockKind::Fcntl),
@@ -84,7 +84,7 @@ mod unix {
         } else {
             (listeners, Vec::new())
         };
-        let mut pool = Pool::new(config, shared)?;
+        let mut pool = Pool::new(config.clone(), shared)?;
         if !per_slot.is_empty() {
             let mut first = per_slot.into_iter().next();
             pool.set_slot_listeners(move |_slot| {
@@ -99,6 +99,12 @@ mod unix {
         if let Some(path) = &args.common.control {
             pool.listen_control(path)?;
         }
+        // A replacement slot's listener joins the SO_REUSEPORT group, which only a
+        // socket of the same user may.
+        let refuse = (args.accept == "reuseport").then_some(
+            "--accept reuseport binds each new slot's listener as the user that bound the first",
+        );
+        common::drop_privileges(&args.common, &config, refuse)?;
         log!(
             2,
             "supervisor: {} workers, accept strategy {}, protocol {}",

@@ -267,7 +267,10 @@ impl Http {
             };
             if rest.len() < head.len + head.body {
                 // The body is still coming; the clock restarts whenever more arrives.
-                if self.body_progress.is_none_or(|(seen, _)| seen != rest.len()) {
+                if self
+                    .body_progress
+                    .is_none_or(|(seen, _)| seen != rest.len())
+                {
                     self.body_progress = Some((rest.len(), Instant::now()));
                 }
                 return (parsed, false);
@@ -478,7 +481,10 @@ mod tests {
         assert!(body >= head);
         http.respond(req, &mut out);
         assert_eq!(http.deadline(), Some(body), "no new bytes, same deadline");
-        let (p, _) = http.respond(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd", &mut out);
+        let (p, _) = http.respond(
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd",
+            &mut out,
+        );
         assert_eq!(p.responses, 1);
         assert_eq!(http.deadline(), None, "between requests");
     }

@@ -68,7 +68,14 @@ fn a_slow_client_does_not_hold_up_the_others() {
     for name in util::SERVERS {
         let server = util::start(
             name,
-            &["--workers", "1", "--protocol", "http", "--request-timeout", "1"],
+            &[
+                "--workers",
+                "1",
+                "--protocol",
+                "http",
+                "--request-timeout",
+                "1",
+            ],
         );
         // A client that sends its headers a byte at a time, and never finishes.
         let mut slow = TcpStream::connect(server.addr).unwrap();
@@ -81,7 +88,8 @@ fn a_slow_client_does_not_hold_up_the_others() {
         }
         // Silent since, it is answered at the 1 s request timeout: the idle timeout
         // (60 s) is beyond this read's limit.
-        slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut out = String::new();
         slow.read_to_string(&mut out)
             .unwrap_or_else(|e| panic!("{name}: the slow client was not answered: {e}"));

@@ -1,5 +1,6 @@
 //! Both servers through a rolling restart under load (no failed connection, every
-//! worker new) and a graceful stop with a request in flight (answered, then exit 0).
+//! worker new), a graceful stop with a request in flight (answered, then exit 0), and
+//! privilege separation (`--user`).
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -133,4 +134,146 @@ fn a_graceful_stop_answers_the_request_in_flight() {
             "{name}"
         );
     }
+}
+
+/// `(real, effective, saved, filesystem)` user ids and the supplementary groups of
+/// `pid`, from `/proc/<pid>/status`.
+fn ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    (field("Uid:"), field("Groups:"))
+}
+
+/// The Unix sockets `pid` holds and the path each is bound to, if any (from
+/// `/proc/<pid>/fd` and `/proc/net/unix`).
+fn unix_sockets(pid: u32) -> Vec<(u64, Option<String>)> {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let bound: std::collections::HashMap<u64, Option<String>> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(6)?.parse().ok()?, f.get(7).map(|p| p.to_string())))
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let inode = l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            let inode: u64 = inode.parse().ok()?;
+            Some((inode, bound.get(&inode)?.clone()))
+        })
+        .collect()
+}
+
+/// Privilege separation, as root: `--user nobody` runs the workers as nobody (and
+/// nobody's group only), replacements too; the supervisor keeps root unless
+/// `--unprivileged-supervisor`; the control socket is 0600 and nobody's processes
+/// cannot use it; a worker's only Unix sockets are its channel, bound to no path.
+#[test]
+fn workers_run_as_nobody() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("HERDER_SKIP_ROOT_TESTS").is_some(),
+            "this test switches users and must run as root; set HERDER_SKIP_ROOT_TESTS=1 to skip it"
+        );
+        eprintln!("skipped: not root (HERDER_SKIP_ROOT_TESTS)");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let cases: [(&str, &[&str], u32); 3] = [
+        ("handoff_server", &[], 0),
+        ("handoff_server", &["--unprivileged-supervisor"], NOBODY),
+        (
+            "shared_listener_server",
+            &["--accept", "flock", "--unprivileged-supervisor"],
+            NOBODY,
+        ),
+    ];
+    for (name, extra, supervisor_uid) in cases {
+        let what = format!("{name} {extra:?}");
+        let mut args = vec!["--workers", "2", "--user", "nobody", "--group", "nogroup"];
+        args.extend_from_slice(extra);
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &args);
+        let supervisor = server.child.id();
+        assert_eq!(ids(supervisor).0, [supervisor_uid; 4], "{what}: supervisor");
+        let workers = pids(&util::status(&ctl));
+        assert_eq!(workers.len(), 2, "{what}");
+        for &w in &workers {
+            let (uids, groups) = ids(w as u32);
+            assert_eq!(uids, [NOBODY; 4], "{what}: worker {w}");
+            assert_eq!(groups, [NOBODY], "{what}: worker {w}'s groups");
+            let sockets = unix_sockets(w as u32);
+            assert!(!sockets.is_empty(), "{what}: worker {w} has no channel");
+            assert!(
+                sockets.iter().all(|(_, path)| path.is_none()),
+                "{what}: worker {w} holds a Unix socket bound to a path: {sockets:?}"
+            );
+        }
+        // It serves.
+        let data = util::payload(7, 64 * 1024);
+        assert_eq!(util::echo(server.addr, &data), data, "{what}");
+        // The control socket: root's own, 0600, refused to nobody's processes.
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(&ctl).unwrap();
+        assert_eq!(
+            (meta.permissions().mode() & 0o777, meta.uid()),
+            (0o600, 0),
+            "{what}"
+        );
+        use std::os::unix::process::CommandExt;
+        let as_nobody = std::process::Command::new(util::example("herderctl"))
+            .arg("--control")
+            .arg(&ctl)
+            .arg("stop")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .unwrap();
+        assert!(
+            !as_nobody.status.success(),
+            "{what}: nobody controlled the pool"
+        );
+        // A worker killed is replaced by another nobody.
+        replacement_runs_as_nobody(&ctl, &workers, workers[0], &what);
+        server.stop(&what);
+    }
+}
+
+/// Kills worker `victim` of `before` and checks that its replacement runs as nobody.
+fn replacement_runs_as_nobody(ctl: &std::path::Path, before: &[u64], victim: u64, what: &str) {
+    // SAFETY: kill sends a signal to a worker this test's server started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replacement = loop {
+        let s = util::status(ctl);
+        let new = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "ready")
+            .filter_map(|w| w["pid"].as_u64())
+            .find(|p| !before.contains(p));
+        if let Some(new) = new {
+            break new;
+        }
+        assert!(Instant::now() < deadline, "{what}: no replacement");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ids(replacement as u32).0, [65534; 4], "{what}: replacement");
 }

@@ -48,6 +48,18 @@ pub(crate) struct Common {
     /// milliseconds (the back-off doubles from 100 ms up to this).
     #[arg(long, default_value_t = 10_000)]
     pub(crate) backoff_max_ms: u64,
+    /// Run the workers as this user (a name or a numeric id); the supervisor keeps
+    /// its own. Needs root.
+    #[arg(long)]
+    pub(crate) user: Option<String>,
+    /// The group for `--user` (default: the user's primary group).
+    #[arg(long, requires = "user")]
+    pub(crate) group: Option<String>,
+    /// The supervisor switches to `--user` too, once it has bound its sockets (not
+    /// with `--accept reuseport`, whose replacement listeners need the binding
+    /// user).
+    #[arg(long, requires = "user")]
+    pub(crate) unprivileged_supervisor: bool,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
     pub(crate) log_level: String,
@@ -82,8 +94,14 @@ macro_rules! log {
 }
 
 /// The pool configuration both servers start from.
-pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
+pub(crate) fn pool_config(c: &Common) -> anyhow::Result<herder::pool::Config> {
     let mut config = herder::pool::Config::default();
+    if let Some(user) = &c.user {
+        use anyhow::Context;
+        let who = herder::pool::Credentials::lookup(user, c.group.as_deref())
+            .with_context(|| format!("--user {user}"))?;
+        config.worker_credentials = Some(who);
+    }
     if let Some(n) = c.workers {
         config.workers = n.max(1);
     }
@@ -95,7 +113,35 @@ pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
     config.backoff_max = Duration::from_millis(c.backoff_max_ms);
     config.backoff_initial = config.backoff_initial.min(config.backoff_max);
     config.heartbeat_timeout = Some(Duration::from_secs(10));
-    config
+    Ok(config)
+}
+
+/// After binding: with `--unprivileged-supervisor`, the supervisor switches to the
+/// workers' user (`--user`) too. `refuse` says why it cannot, if it cannot.
+pub(crate) fn drop_privileges(
+    c: &Common,
+    config: &herder::pool::Config,
+    refuse: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(who) = config.worker_credentials else {
+        return Ok(());
+    };
+    if !c.unprivileged_supervisor {
+        log!(2, "workers run as uid {} gid {}", who.uid, who.gid);
+        return Ok(());
+    }
+    if let Some(why) = refuse {
+        anyhow::bail!("--unprivileged-supervisor: {why}");
+    }
+    use anyhow::Context;
+    who.apply().context("switching the supervisor to --user")?;
+    log!(
+        2,
+        "supervisor and workers run as uid {} gid {}",
+        who.uid,
+        who.gid
+    );
+    Ok(())
 }
 
 /// Runs the supervisor until a graceful stop ends: logs the pool's events, prints the

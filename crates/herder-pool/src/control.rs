@@ -29,8 +29,43 @@ pub enum Command {
     Stop,
 }
 
+impl Command {
+    /// Parses one request line (with or without its newline), as the pool does with
+    /// what a control client sends.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the line, as the pool sends it back in
+    /// `{"ok":false,"error":…}`: not JSON, no `"cmd"`, an unknown command, or a
+    /// `scale` count outside 1–4096.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herder_pool::Command;
+    /// assert_eq!(Command::parse(br#"{"cmd":"scale","workers":4}"#), Ok(Command::Scale(4)));
+    /// assert!(Command::parse(b"status").is_err());
+    /// assert_eq!(Command::parse(&Command::Reload.to_line()), Ok(Command::Reload));
+    /// ```
+    pub fn parse(line: &[u8]) -> Result<Command, String> {
+        parse(line)
+    }
+
+    /// The request line for this command, with its newline: what a control client
+    /// writes.
+    pub fn to_line(&self) -> Vec<u8> {
+        let v = match self {
+            Command::Status => json!({ "cmd": "status" }),
+            Command::Reload => json!({ "cmd": "reload" }),
+            Command::Scale(n) => json!({ "cmd": "scale", "workers": n }),
+            Command::Stop => json!({ "cmd": "stop" }),
+        };
+        response(v)
+    }
+}
+
 /// Parses one request line.
-pub(crate) fn parse(line: &[u8]) -> Result<Command, String> {
+fn parse(line: &[u8]) -> Result<Command, String> {
     let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
     let cmd = v
         .get("cmd")

@@ -59,6 +59,8 @@
 mod accept_lock;
 #[cfg(unix)]
 mod control;
+#[cfg(unix)]
+mod credentials;
 mod error;
 mod listener;
 #[cfg(unix)]
@@ -78,6 +80,8 @@ mod sys;
 pub use accept_lock::{AcceptLock, AcceptLockKind};
 #[cfg(unix)]
 pub use control::Command;
+#[cfg(unix)]
+pub use credentials::Credentials;
 pub use error::Error;
 pub use listener::reuseport_listener;
 #[cfg(unix)]

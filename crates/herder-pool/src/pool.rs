@@ -84,6 +84,10 @@ pub struct Config {
     ///
     /// [`Worker::accept_lock`]: crate::Worker::accept_lock
     pub accept_lock: Option<crate::AcceptLockKind>,
+    /// The user and group workers run as (privilege separation: a supervisor
+    /// started as root keeps root, its workers do not). Default: none (workers run as
+    /// the supervisor does).
+    pub worker_credentials: Option<crate::Credentials>,
 }
 
 impl Default for Config {
@@ -105,6 +109,7 @@ impl Default for Config {
             kill_grace: Duration::from_secs(5),
             scoreboard_capacity: 1024,
             accept_lock: None,
+            worker_credentials: None,
             max_connections: None,
             autoscale: None,
         }
@@ -443,6 +448,9 @@ pub struct Pool {
     monitor: Option<TimerId>,
     /// The control socket's path, removed on drop.
     control_path: Option<PathBuf>,
+    /// The user the control socket answers (with root): the one that opened it, even
+    /// if the supervisor switched users since.
+    control_owner: u32,
     control_conns: HashMap<Key, ControlConn>,
     /// Whether the operator's signals are handled ([`Pool::handle_signals`]).
     signals: bool,
@@ -534,6 +542,7 @@ impl Pool {
             board,
             monitor,
             control_path: None,
+            control_owner: sys::geteuid(),
             control_conns: HashMap::new(),
             signals: false,
             recycling: None,
@@ -957,8 +966,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Listens for control requests on a Unix socket at `path` (mode 0600; only this
-    /// user's processes are answered). A stale socket file left by a dead supervisor
+    /// Listens for control requests on a Unix socket at `path` (mode 0600; only
+    /// processes of the user calling this, and root, are answered, even after the
+    /// supervisor switches to another user). A stale socket file left by a dead supervisor
     /// is replaced; a live one is an error.
     ///
     /// # Errors
@@ -1005,6 +1015,7 @@ impl Pool {
             .map_err(Error::io("watching the control socket"))?;
         self.watches.insert(key, Watch::ControlListener);
         self.control_path = Some(path.to_path_buf());
+        self.control_owner = sys::geteuid();
         Ok(())
     }
 
@@ -1033,9 +1044,12 @@ impl Pool {
                     return;
                 }
             };
-            // Only processes of the user running the pool may control it, and only
-            // a bounded number at once.
-            let own = herder_fd::peer_credentials(&conn).is_ok_and(|c| c.uid == sys::geteuid());
+            // Only processes of the user that opened the socket (or root) may control
+            // the pool, and only a bounded number at once. Workers running as another
+            // user (`worker_credentials`) are not answered.
+            let owner = self.control_owner;
+            let own =
+                herder_fd::peer_credentials(&conn).is_ok_and(|c| c.uid == owner || c.uid == 0);
             if !own
                 || self.control_conns.len() >= MAX_CONTROL_CONNS
                 || conn.set_nonblocking(true).is_err()
@@ -1098,7 +1112,7 @@ impl Pool {
                     break;
                 };
                 let line: Vec<u8> = state.input.drain(..=end).collect();
-                let reply = match crate::control::parse(&line) {
+                let reply = match crate::Command::parse(&line) {
                     Ok(cmd) => {
                         let reply = self.execute(&cmd, events);
                         events.push(PoolEvent::Command(cmd));
@@ -1406,7 +1420,13 @@ impl Pool {
         if record.is_some() {
             fds.push((self.board.0.as_fd(), SCOREBOARD_NAME));
         }
-        let spawned = match sys::spawn(&self.program, &self.args, &env, &fds) {
+        let spawned = match sys::spawn(
+            &self.program,
+            &self.args,
+            &env,
+            &fds,
+            self.config.worker_credentials,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(r) = record {

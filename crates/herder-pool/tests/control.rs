@@ -131,3 +131,66 @@ fn a_path_that_is_not_a_socket_is_left_alone() {
     assert!(pool.listen_control(&path).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
 }
+
+/// Another user's process is not answered even when the socket file lets it connect:
+/// the supervisor checks the peer's uid. Runs as root (as CI does), to act as nobody.
+#[test]
+fn another_users_connection_is_closed_unanswered() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("HERDER_SKIP_ROOT_TESTS").is_some(),
+            "this test acts as another user and must run as root; set HERDER_SKIP_ROOT_TESTS=1 to skip it"
+        );
+        eprintln!("skipped: not root (HERDER_SKIP_ROOT_TESTS)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut pool = Pool::new(util::config(1, "ready"), Vec::new()).unwrap();
+    pool.listen_control(&path).unwrap();
+    util::start_ready(&mut pool, 1);
+    // Loosen the directory and the file, so that only the uid check stands.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let ask = |as_nobody: bool| {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            const KEEP: libc::uid_t = libc::uid_t::MAX;
+            // The raw system call changes this thread's effective uid only (libc's
+            // wrapper would change every thread's).
+            // SAFETY: setresuid takes plain ids; this thread switches back below.
+            if as_nobody {
+                assert_eq!(
+                    unsafe { libc::syscall(libc::SYS_setresuid, KEEP, 65534, KEEP) },
+                    0
+                );
+            }
+            let c = UnixStream::connect(&path);
+            // SAFETY: as above; the real and saved uids are still root's.
+            if as_nobody {
+                assert_eq!(
+                    unsafe { libc::syscall(libc::SYS_setresuid, KEEP, 0, KEEP) },
+                    0
+                );
+            }
+            let mut c = c.unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            c.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(c).read_line(&mut line);
+            line
+        })
+    };
+    let nobody = ask(true);
+    let root = ask(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(nobody.is_finished() && root.is_finished()) {
+        assert!(Instant::now() < deadline, "the clients did not finish");
+        pool.poll(&mut Vec::new(), Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+    assert_eq!(nobody.join().unwrap(), "", "nobody was answered");
+    let answer: serde_json::Value = serde_json::from_str(&root.join().unwrap()).unwrap();
+    assert_eq!(answer["ok"], true, "root was not answered: {answer}");
+}

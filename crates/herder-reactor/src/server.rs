@@ -895,10 +895,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         let (due, armed) = match self.reactor.get(key) {
             Some(Entry::Conn(c)) if !c.lingering => {
                 let deadline = c.svc.deadline().filter(|_| !c.closing);
-                let due = [c.timer_at, idle_due, deadline]
-                    .into_iter()
-                    .flatten()
-                    .min();
+                let due = [c.timer_at, idle_due, deadline].into_iter().flatten().min();
                 (due, c.timer_at)
             }
             _ => return,

@@ -59,8 +59,12 @@ pub(crate) fn spawn(
     args: &[OsString],
     env: &[(OsString, OsString)],
     fds: &[(BorrowedFd<'_>, &str)],
+    credentials: Option<crate::Credentials>,
 ) -> io::Result<Spawned> {
     // Everything the child touches is built here, before fork.
+    let switch = credentials
+        .filter(|c| !c.is_current())
+        .map(|c| (c.uid, c.gid));
     let prog = cstring(program.as_os_str().as_bytes())?;
     let mut argv_owned = vec![prog.clone()];
     for a in args {
@@ -101,20 +105,34 @@ pub(crate) fn spawn(
     let sources: Vec<RawFd> = fds.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
     let mut temps: Vec<RawFd> = vec![-1; sources.len()];
 
-    let result = fork_exec(&prog, &argv, &envp, &sources, &mut temps, listen_pid);
+    let plan = Exec {
+        prog: &prog,
+        argv: &argv,
+        envp: &envp,
+        sources: &sources,
+        listen_pid,
+        switch,
+    };
+    let result = fork_exec(&plan, &mut temps);
     // SAFETY: `listen_pid` came from `CString::into_raw` above and is used no more.
     drop(unsafe { CString::from_raw(listen_pid) });
     result
 }
 
-fn fork_exec(
-    prog: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    sources: &[RawFd],
-    temps: &mut [RawFd],
+/// What the child of [`fork_exec`] does, all prepared before the fork.
+struct Exec<'a> {
+    prog: &'a CString,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    /// The descriptors to map to 3, 4, ….
+    sources: &'a [RawFd],
+    /// The `LISTEN_PID=` entry of `envp`, whose digits the child writes.
     listen_pid: *mut libc::c_char,
-) -> io::Result<Spawned> {
+    /// The user and group to switch to.
+    switch: Option<(u32, u32)>,
+}
+
+fn fork_exec(plan: &Exec<'_>, temps: &mut [RawFd]) -> io::Result<Spawned> {
     let (err_read, err_write) = cloexec_pipe()?;
     // Block every signal around the fork, so that none reaches the child while it
     // still has the supervisor's handlers (which write to the supervisor's signal
@@ -138,17 +156,7 @@ fn fork_exec(
     let pid = forked?;
     if pid == 0 {
         // SAFETY: we are the child of a fork: see `child_exec`.
-        unsafe {
-            child_exec(
-                prog,
-                argv,
-                envp,
-                sources,
-                temps,
-                listen_pid,
-                err_write.as_raw_fd(),
-            )
-        }
+        unsafe { child_exec(plan, temps, err_write.as_raw_fd()) }
     }
     drop(err_write);
     // Zero bytes: the exec succeeded and closed the pipe. Four: an errno.
@@ -189,15 +197,15 @@ fn fork_exec(
 /// Must run in the child of a `fork`, where only async-signal-safe calls are allowed:
 /// it allocates nothing and takes no lock. All pointers point at memory prepared
 /// before the fork.
-unsafe fn child_exec(
-    prog: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    sources: &[RawFd],
-    temps: &mut [RawFd],
-    listen_pid: *mut libc::c_char,
-    err: RawFd,
-) -> ! {
+unsafe fn child_exec(plan: &Exec<'_>, temps: &mut [RawFd], err: RawFd) -> ! {
+    let Exec {
+        prog,
+        argv,
+        envp,
+        sources,
+        listen_pid,
+        switch,
+    } = *plan;
     let fail = |err: RawFd| -> ! {
         // SAFETY: errno location and write/_exit are async-signal-safe.
         unsafe {
@@ -264,6 +272,12 @@ unsafe fn child_exec(
                 *digits.add(i) = buf[len - 1 - i];
             }
             *digits.add(len) = 0;
+        }
+        // Privilege separation: the supplementary groups, the group, then the user.
+        if let Some((uid, gid)) = switch {
+            if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                fail(err);
+            }
         }
         // Handlers would run the supervisor's code: back to the default for every
         // caught signal (ignored ones stay ignored, as exec keeps them), and SIGPIPE
@@ -695,4 +709,137 @@ pub(crate) mod robust {
         // SAFETY: the mapping holds an initialised mutex, held by this thread.
         check(unsafe { libc::pthread_mutex_unlock(mutex(map)) })
     }
+}
+
+/// Runs a `get*_r` lookup with a buffer that grows on `ERANGE`; `Ok(false)` when the
+/// entry does not exist.
+fn lookup_r(mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, bool)) -> io::Result<bool> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        let (r, found) = call(&mut buf);
+        match r {
+            0 => return Ok(found),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            libc::EINTR => continue,
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// `getpwnam_r`: the user's id and primary group.
+pub(crate) fn user_by_name(name: &str) -> io::Result<Option<(u32, u32)>> {
+    let Ok(name) = CString::new(name) else {
+        return Ok(None);
+    };
+    let mut ids = None;
+    lookup_r(|buf| {
+        // SAFETY: passwd is plain data; getpwnam_r writes it and its strings into
+        // `buf` (within its length) and sets `out` to it or to null.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut out = std::ptr::null_mut();
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            )
+        };
+        if r == 0 && !out.is_null() {
+            ids = Some((pw.pw_uid, pw.pw_gid));
+        }
+        (r, !out.is_null())
+    })?;
+    Ok(ids)
+}
+
+/// `getpwuid_r`: the user's id and primary group.
+pub(crate) fn user_by_id(uid: u32) -> io::Result<Option<(u32, u32)>> {
+    let mut ids = None;
+    lookup_r(|buf| {
+        // SAFETY: as in `user_by_name`.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut out = std::ptr::null_mut();
+        // SAFETY: as in `user_by_name`.
+        let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+        if r == 0 && !out.is_null() {
+            ids = Some((pw.pw_uid, pw.pw_gid));
+        }
+        (r, !out.is_null())
+    })?;
+    Ok(ids)
+}
+
+/// `getgrnam_r`: the group's id.
+pub(crate) fn group_by_name(name: &str) -> io::Result<Option<u32>> {
+    let Ok(name) = CString::new(name) else {
+        return Ok(None);
+    };
+    let mut gid = None;
+    lookup_r(|buf| {
+        // SAFETY: group is plain data; getgrnam_r writes it and its strings into
+        // `buf` (within its length) and sets `out` to it or to null.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut out = std::ptr::null_mut();
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            )
+        };
+        if r == 0 && !out.is_null() {
+            gid = Some(gr.gr_gid);
+        }
+        (r, !out.is_null())
+    })?;
+    Ok(gid)
+}
+
+/// Real and effective user ids, real and effective group ids.
+pub(crate) fn current_ids() -> (u32, u32, u32, u32) {
+    // SAFETY: these calls have no preconditions and cannot fail.
+    unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+        )
+    }
+}
+
+/// Switches to `uid`/`gid` for good (supplementary groups, group, then user), makes
+/// the process non-dumpable (Linux), and checks that the old user cannot be taken
+/// back.
+pub(crate) fn switch_ids(uid: u32, gid: u32) -> io::Result<()> {
+    let (ruid, euid, _, _) = current_ids();
+    // SAFETY: setgroups reads one gid from a valid pointer; setgid/setuid take plain
+    // ids.
+    unsafe {
+        cvt(libc::setgroups(1, &gid))?;
+        cvt(libc::setgid(gid))?;
+        cvt(libc::setuid(uid))?;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    // SAFETY: PR_SET_DUMPABLE takes a plain value. Not dumpable: processes of the new
+    // user (a worker, say) cannot trace this one or read its memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+    }
+    if uid != 0 && (ruid == 0 || euid == 0) {
+        // SAFETY: as above; this must fail now.
+        if unsafe { libc::setuid(0) } == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "root could be taken back after switching users",
+            ));
+        }
+    }
+    Ok(())
 }
