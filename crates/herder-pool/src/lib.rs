@@ -57,7 +57,6 @@
 
 #[cfg(unix)]
 mod accept_lock;
-#[cfg(unix)]
 mod control;
 #[cfg(unix)]
 mod credentials;
@@ -78,7 +77,6 @@ mod sys;
 
 #[cfg(unix)]
 pub use accept_lock::{AcceptLock, AcceptLockKind};
-#[cfg(unix)]
 pub use control::Command;
 #[cfg(unix)]
 pub use credentials::Credentials;
