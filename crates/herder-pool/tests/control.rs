@@ -156,23 +156,21 @@ fn another_users_connection_is_closed_unanswered() {
     let ask = |as_nobody: bool| {
         let path = path.clone();
         std::thread::spawn(move || {
-            const KEEP: libc::uid_t = libc::uid_t::MAX;
             // The raw system call changes this thread's effective uid only (libc's
-            // wrapper would change every thread's).
-            // SAFETY: setresuid takes plain ids; this thread switches back below.
+            // wrapper would change every thread's); the real and saved uids stay
+            // root's, so the thread can switch back.
+            let set_euid = |uid: libc::uid_t| {
+                const KEEP: libc::uid_t = libc::uid_t::MAX;
+                // SAFETY: setresuid takes plain ids and affects only this thread.
+                let r = unsafe { libc::syscall(libc::SYS_setresuid, KEEP, uid, KEEP) };
+                assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+            };
             if as_nobody {
-                assert_eq!(
-                    unsafe { libc::syscall(libc::SYS_setresuid, KEEP, 65534, KEEP) },
-                    0
-                );
+                set_euid(65534);
             }
             let c = UnixStream::connect(&path);
-            // SAFETY: as above; the real and saved uids are still root's.
             if as_nobody {
-                assert_eq!(
-                    unsafe { libc::syscall(libc::SYS_setresuid, KEEP, 0, KEEP) },
-                    0
-                );
+                set_euid(0);
             }
             let mut c = c.unwrap();
             c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
