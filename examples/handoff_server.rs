@@ -24,7 +24,6 @@ fn main() {
 mod unix {
     use super::common::{self, Common, Link};
     use crate::log;
-    use anyhow::Context;
     use clap::Parser;
     use herder::fd::Handoff;
     use herder::pool::{Pool, PoolEvent, Worker};
@@ -52,8 +51,7 @@ mod unix {
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
-        let listener = TcpListener::bind(args.common.listen)
-            .with_context(|| format!("binding {}", args.common.listen))?;
+        let (listener, _) = common::listener(&args.common)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let config = common::pool_config(&args.common)?;

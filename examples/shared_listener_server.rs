@@ -69,13 +69,17 @@ mod unix {
         };
         config.accept_lock = lock;
         let (listeners, addr) = if args.accept == "reuseport" {
+            if !herder::pool::systemd::listen_fds()?.is_empty() {
+                anyhow::bail!(
+                    "--accept reuseport binds a listener per worker; with socket activation, choose another --accept"
+                );
+            }
             // One listener per slot, in one SO_REUSEPORT group; the first picks the port.
             let first = reuseport_listener(args.common.listen).context("binding")?;
             let addr = first.local_addr()?;
             (vec![("http".to_string(), OwnedFd::from(first))], addr)
         } else {
-            let l = TcpListener::bind(args.common.listen)
-                .with_context(|| format!("binding {}", args.common.listen))?;
+            let (l, _) = common::listener(&args.common)?;
             let addr = l.local_addr()?;
             (vec![("http".to_string(), OwnedFd::from(l))], addr)
         };

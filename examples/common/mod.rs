@@ -116,6 +116,30 @@ pub(crate) fn pool_config(c: &Common) -> anyhow::Result<herder::pool::Config> {
     Ok(config)
 }
 
+/// The listener: the one systemd passed (socket activation, `LISTEN_FDS`), or else
+/// one bound to `--listen`. Whether it came from systemd, too.
+pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, bool)> {
+    use anyhow::Context;
+    let mut activated = herder::pool::systemd::listen_fds().context("socket activation")?;
+    match activated.len() {
+        0 => {
+            let l = std::net::TcpListener::bind(c.listen)
+                .with_context(|| format!("binding {}", c.listen))?;
+            Ok((l, false))
+        }
+        1 => {
+            let (name, fd) = activated.remove(0);
+            let l = std::net::TcpListener::from(fd);
+            let addr = l
+                .local_addr()
+                .with_context(|| format!("the socket systemd passed ({name}) is not TCP"))?;
+            log!(2, "socket {name:?} from systemd: {addr}");
+            Ok((l, true))
+        }
+        n => anyhow::bail!("systemd passed {n} sockets; this server serves one"),
+    }
+}
+
 /// After binding: with `--unprivileged-supervisor`, the supervisor switches to the
 /// workers' user (`--user`) too. `refuse` says why it cannot, if it cannot.
 pub(crate) fn drop_privileges(

@@ -50,14 +50,26 @@ pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Running 
             });
         }
     }
+    cmd.args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args(args);
+    start_command(name, cmd)
+}
+
+/// Starts `cmd` (a server, or something that runs one) and waits (30 s at most) for
+/// its `listening on` line.
+pub fn start_command(name: &str, mut cmd: Command) -> Running {
     let mut child = cmd
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
-        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
     let stdout = child.stdout.take().unwrap();
+    adopt(name, child, stdout)
+}
+
+/// A started server whose `stdout` is a pipe: waits (30 s at most) for its
+/// `listening on` line.
+pub fn adopt(name: &str, mut child: Child, stdout: std::process::ChildStdout) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();

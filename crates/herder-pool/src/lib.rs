@@ -69,6 +69,8 @@ mod protocol;
 #[cfg(unix)]
 mod scoreboard;
 #[cfg(unix)]
+pub mod systemd;
+#[cfg(unix)]
 mod worker;
 
 #[cfg(unix)]

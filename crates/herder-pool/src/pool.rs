@@ -88,6 +88,11 @@ pub struct Config {
     /// started as root keeps root, its workers do not). Default: none (workers run as
     /// the supervisor does).
     pub worker_credentials: Option<crate::Credentials>,
+    /// Speak systemd's `sd_notify` protocol when `NOTIFY_SOCKET` is set: `READY=1`,
+    /// `RELOADING=1`, `STOPPING=1`, `STATUS=` and the watchdog (see
+    /// [`systemd`](crate::systemd)). Default: true. Workers never see the
+    /// variables.
+    pub systemd_notify: bool,
 }
 
 impl Default for Config {
@@ -110,6 +115,7 @@ impl Default for Config {
             scoreboard_capacity: 1024,
             accept_lock: None,
             worker_credentials: None,
+            systemd_notify: true,
             max_connections: None,
             autoscale: None,
         }
@@ -448,6 +454,10 @@ pub struct Pool {
     monitor: Option<TimerId>,
     /// The control socket's path, removed on drop.
     control_path: Option<PathBuf>,
+    /// What the pool tells systemd, when `NOTIFY_SOCKET` is set.
+    systemd: Option<crate::systemd::Reporter>,
+    /// The repeating timer of systemd's watchdog ping.
+    watchdog: Option<TimerId>,
     /// The user the control socket answers (with root): the one that opened it, even
     /// if the supervisor switched users since.
     control_owner: u32,
@@ -490,7 +500,10 @@ impl Pool {
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
         let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(k, _)| {
-                !sys::is_listen_var(k) && k != WORKER_ENV && k != crate::accept_lock::LOCK_ENV
+                !sys::is_listen_var(k)
+                    && !sys::is_notify_var(k)
+                    && k != WORKER_ENV
+                    && k != crate::accept_lock::LOCK_ENV
             })
             .chain(config.env.iter().cloned())
             .collect();
@@ -515,6 +528,15 @@ impl Pool {
         let monitor = config.heartbeat_timeout.map(|t| {
             let every = (t / 4).max(Duration::from_millis(10));
             reactor.add_timer(Instant::now() + every, Some(every))
+        });
+        let systemd = match config.systemd_notify {
+            true => crate::systemd::Notifier::from_env()
+                .map_err(|e| Error::Environment(e.to_string()))?,
+            false => None,
+        };
+        let watchdog = systemd.as_ref().and_then(|n| n.watchdog()).map(|t| {
+            let every = (t / 2).max(Duration::from_millis(10));
+            reactor.add_timer(Instant::now(), Some(every))
         });
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -551,6 +573,8 @@ impl Pool {
             idle_ticks: 0,
             slot_listeners: None,
             reap_timer: None,
+            systemd: systemd.map(crate::systemd::Reporter::new),
+            watchdog,
         })
         .map(|mut pool: Pool| {
             if !cfg!(any(target_os = "linux", target_os = "android")) {
@@ -566,6 +590,32 @@ impl Pool {
     pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
         let n = self.config.workers;
         self.scale(n, events);
+        self.report();
+    }
+
+    /// Tells systemd (`sd_notify`) what changed, if it listens.
+    fn report(&mut self) {
+        let Some(reporter) = self.systemd.as_mut() else {
+            return;
+        };
+        let ready = self
+            .slots
+            .iter()
+            .filter(|s| s.state == State::Ready)
+            .count();
+        let snapshot = crate::systemd::Snapshot {
+            ready,
+            slots: self.slots.len(),
+            settled: !self
+                .slots
+                .iter()
+                .any(|s| matches!(s.state, State::Starting | State::Backoff)),
+            reloading: self.reloading.is_some() || self.reload_pending,
+            stopping: self.stopping,
+            generation: self.generation,
+            processes: self.procs.len(),
+        };
+        reporter.update(&snapshot);
     }
 
     /// The current generation: 1 at start, one more for each [`reload`](Self::reload).
@@ -871,6 +921,7 @@ impl Pool {
             }
         }
         self.check_reloaded(events);
+        self.report();
     }
 
     /// Starts a graceful stop: no more restarts, every worker is told to drain, and
@@ -896,6 +947,7 @@ impl Pool {
         if self.procs.is_empty() {
             events.push(PoolEvent::Stopped);
         }
+        self.report();
     }
 
     /// Whether a [`stop`](Self::stop) has finished: no worker is left.
@@ -932,6 +984,11 @@ impl Pool {
                     None => {}
                 },
                 Event::Timer(id) if Some(id) == self.monitor => self.check_heartbeats(events),
+                Event::Timer(id) if Some(id) == self.watchdog => {
+                    if let Some(r) = &self.systemd {
+                        let _ = r.notifier.notify("WATCHDOG=1");
+                    }
+                }
                 Event::Timer(id) if Some(id) == self.reap_timer => {
                     let pids: Vec<u32> = self.procs.keys().copied().collect();
                     for pid in pids {
@@ -963,6 +1020,7 @@ impl Pool {
             }
         }
         self.events = evs;
+        self.report();
         Ok(())
     }
 

@@ -202,7 +202,7 @@ pub fn is_drain_request(payload: &[u8]) -> bool {
 }
 
 /// Parses `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, and adopts the descriptors.
-fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
+pub(crate) fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
     let var = |name: &str| std::env::var(name).ok();
     let Some(pid) = var("LISTEN_PID") else {
         return Ok(Vec::new());

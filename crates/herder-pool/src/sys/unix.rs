@@ -391,11 +391,20 @@ pub(crate) fn adopt_inherited(count: usize) -> io::Result<Vec<OwnedFd>> {
 }
 
 /// Whether a variable name is one of the socket-activation variables the spawn sets
-/// itself.
+/// itself (or, for the supervisor's own, must not pass on).
 pub(crate) fn is_listen_var(name: &OsStr) -> bool {
     matches!(
         name.as_bytes(),
         b"LISTEN_FDS" | b"LISTEN_FDNAMES" | b"LISTEN_PID"
+    )
+}
+
+/// Whether a variable name is one of systemd's notification variables, which are the
+/// supervisor's, not its workers'.
+pub(crate) fn is_notify_var(name: &OsStr) -> bool {
+    matches!(
+        name.as_bytes(),
+        b"NOTIFY_SOCKET" | b"WATCHDOG_USEC" | b"WATCHDOG_PID"
     )
 }
 
@@ -541,11 +550,25 @@ pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> 
 
 /// Milliseconds of `CLOCK_MONOTONIC`: one clock for every process of the machine.
 pub(crate) fn monotonic_ms() -> u64 {
+    monotonic().as_millis() as u64
+}
+
+/// `CLOCK_MONOTONIC` since its start (boot, on Linux).
+pub(crate) fn monotonic() -> std::time::Duration {
     // SAFETY: timespec is plain data; clock_gettime fills it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `ts` is writable; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Whether `fd` is a socket (`fstat`).
+pub(crate) fn is_socket(fd: impl AsFd) -> io::Result<bool> {
+    // SAFETY: stat is plain data; fstat fills it for an open descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` is writable.
+    cvt(unsafe { libc::fstat(fd.as_fd().as_raw_fd(), &mut st) })?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
 /// An anonymous regular file to lock: a `memfd` on Linux; elsewhere a file in the

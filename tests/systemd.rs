@@ -1,0 +1,221 @@
+//! systemd integration of the example servers: socket activation under
+//! `systemd-socket-activate`, the `sd_notify` messages on a `NOTIFY_SOCKET` made here,
+//! and malformed activation variables refused.
+#![cfg(target_os = "linux")]
+
+mod util;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released: the activation tool binds it again).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn socket_activation_serves_on_the_passed_socket() {
+    for (name, extra) in [
+        ("handoff_server", &[][..]),
+        ("shared_listener_server", &["--accept", "exclusive"][..]),
+    ] {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.args(["--listen", &listen, "--fdname=web"])
+            .arg(util::example(name))
+            .args(["--workers", "2", "--log-level", "warn"])
+            .args(extra);
+        // The tool starts the server at the first connection: wait until it listens.
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (Debian's systemd package)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = loop {
+            match std::net::TcpStream::connect(&listen) {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("{name}: systemd-socket-activate never listened: {e}"),
+            }
+        };
+        // Hand the child over to the usual helper: it reads the listening line.
+        let stdout = child.stdout.take().unwrap();
+        let server = util::adopt(name, child, stdout);
+        assert_eq!(
+            server.addr.to_string(),
+            listen,
+            "{name} listens where systemd bound"
+        );
+        // The connection made before the server started waited in the backlog.
+        drop(first);
+        let data = util::payload(3, 100_000);
+        for _ in 0..20 {
+            assert_eq!(util::echo(server.addr, &data), data, "{name}");
+        }
+        server.stop(name);
+    }
+}
+
+/// Reads notifications until one has every `want` line, or 30 s pass.
+fn expect(socket: &UnixDatagram, want: &[&str], seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no notification with {want:?}; got {seen:#?}"
+        );
+        socket.set_read_timeout(Some(left)).unwrap();
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(msg.clone());
+        if want
+            .iter()
+            .all(|w| msg.lines().any(|l| l == *w || l.starts_with(w)))
+        {
+            return msg;
+        }
+    }
+}
+
+fn field<'a>(msg: &'a str, key: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {msg:?}"))
+}
+
+fn monotonic_usec() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is writable; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_micros()
+}
+
+#[test]
+fn the_supervisor_notifies_systemd() {
+    for name in util::SERVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let mut cmd = Command::new(util::example(name));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--workers",
+            "2",
+        ])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000");
+        let server = util::start_command(name, cmd);
+        let pid = server.child.id();
+        let mut seen = Vec::new();
+        let ready = expect(&socket, &["READY=1", "MAINPID=", "STATUS="], &mut seen);
+        assert_eq!(field(&ready, "MAINPID="), pid.to_string(), "{name}");
+        assert_eq!(
+            field(&ready, "STATUS="),
+            "2 of 2 workers ready, generation 1",
+            "{name}"
+        );
+        // The watchdog, at half of WATCHDOG_USEC.
+        expect(&socket, &["WATCHDOG=1"], &mut seen);
+        expect(&socket, &["WATCHDOG=1"], &mut seen);
+        // The workers do not see the variables.
+        for (worker, _) in util::children(pid) {
+            let env = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+            for var in env.split(|&b| b == 0) {
+                assert!(
+                    !var.starts_with(b"NOTIFY_SOCKET=") && !var.starts_with(b"WATCHDOG_"),
+                    "{name}: worker {worker} has {}",
+                    String::from_utf8_lossy(var)
+                );
+            }
+        }
+        // A rolling restart: RELOADING=1 with the time it began, then READY=1.
+        let before = monotonic_usec();
+        server.signal(libc::SIGHUP);
+        let reloading = expect(&socket, &["RELOADING=1", "MONOTONIC_USEC="], &mut seen);
+        let at: u128 = field(&reloading, "MONOTONIC_USEC=").parse().unwrap();
+        assert!(
+            before <= at && at <= monotonic_usec(),
+            "{name}: MONOTONIC_USEC {at} is not the reload's time"
+        );
+        let reloaded = expect(&socket, &["READY=1"], &mut seen);
+        assert!(!reloaded.contains("MAINPID="), "{name}: {reloaded:?}");
+        // A graceful stop.
+        server.signal(libc::SIGTERM);
+        expect(&socket, &["STOPPING=1"], &mut seen);
+        assert_eq!(
+            server.wait(Duration::from_secs(30)).code(),
+            Some(0),
+            "{name}"
+        );
+        // In order: nothing after STOPPING=1 but status.
+        let stopping = seen.iter().position(|m| m.contains("STOPPING=1")).unwrap();
+        assert!(
+            seen[..stopping]
+                .iter()
+                .filter(|m| m.contains("READY=1"))
+                .count()
+                == 2,
+            "{name}: {seen:#?}"
+        );
+    }
+}
+
+#[test]
+fn malformed_activation_is_refused_and_foreign_variables_ignored() {
+    let server = util::example("handoff_server");
+    // Descriptor 3 is a file, not a socket; LISTEN_PID is the shell's pid, which the
+    // server keeps through `exec`.
+    for (setup, expected) in [
+        ("exec 3</dev/null; LISTEN_FDS=1", "not a socket"),
+        ("LISTEN_FDS=one", "LISTEN_FDS"),
+        (
+            "exec 3</dev/null; LISTEN_FDS=1 LISTEN_FDNAMES=a:b",
+            "LISTEN_FDNAMES",
+        ),
+    ] {
+        let script = format!("{setup} LISTEN_PID=$$ exec \"$0\" --listen 127.0.0.1:0 --workers 1");
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .arg(&server)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{setup}: started anyway");
+        assert!(stderr.contains(expected), "{setup}: {stderr}");
+    }
+    // Variables meant for another process are not ours: the server binds by itself.
+    let mut cmd = Command::new(&server);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "warn",
+        "--workers",
+        "1",
+    ])
+    .env("LISTEN_PID", "1")
+    .env("LISTEN_FDS", "1");
+    let running = util::start_command("handoff_server", cmd);
+    assert_eq!(util::echo(running.addr, b"ok"), b"ok");
+    running.stop("handoff_server");
+}
