@@ -1,5 +1,7 @@
 //! Chaos soak: clients keep exchanging echo payloads with a server while a chaos loop
-//! kills a random worker with `SIGKILL` every few hundred milliseconds.
+//! kills a worker with `SIGKILL` every few hundred milliseconds: the accept lock's
+//! holder when one can be seen (`flock` in `/proc/locks`, the robust `pthread`
+//! mutex's owner in its shared memory), a random worker otherwise.
 //!
 //! For each server configuration it checks that no client ever receives a byte that
 //! is not the next one it sent (only connections owned by a killed worker may end
@@ -70,6 +72,50 @@ fn workers(ctl: &std::path::Path) -> Vec<(u32, String)> {
             )
         })
         .collect()
+}
+
+/// The worker holding the accept lock, if the lock is `flock` or `pthread` and held.
+/// The lock's memfd is found among a worker's descriptors (`flock`) or mappings
+/// (`pthread`, which keeps only the mapping).
+fn lock_holder(workers: &[u32]) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    const NAME: &str = "/memfd:herder-accept-lock";
+    let worker = *workers.first()?;
+    let by_fd = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_link(p).is_ok_and(|l| l.to_string_lossy().starts_with(NAME)));
+    let by_map = || {
+        let maps = std::fs::read_to_string(format!("/proc/{worker}/maps")).ok()?;
+        let range = maps
+            .lines()
+            .find(|l| l.contains(NAME))?
+            .split_whitespace()
+            .next()?;
+        Some(std::path::PathBuf::from(format!(
+            "/proc/{worker}/map_files/{range}"
+        )))
+    };
+    let fd = by_fd.or_else(by_map)?;
+    let inode = std::fs::metadata(&fd).ok()?.ino();
+    // flock: a FLOCK line of /proc/locks names the holder's pid and the inode.
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let flock = locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5)?.ends_with(&format!(":{inode}")))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    });
+    if flock.is_some() {
+        return flock;
+    }
+    // A robust pthread mutex (glibc): its first word is the owner's thread id (the
+    // worker's pid: workers are single-threaded), with two flag bits.
+    let mut word = [0u8; 4];
+    std::fs::File::open(&fd).ok()?.read_exact(&mut word).ok()?;
+    let owner = u32::from_ne_bytes(word) & 0x3fff_ffff;
+    workers.contains(&owner).then_some(owner)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -175,9 +221,10 @@ fn soak(server: &str, args: &[&str]) {
         })
         .collect();
 
-    // The chaos loop: a random ready worker, every 200–400 ms.
+    // The chaos loop, every 200–400 ms: the lock's holder if there is one to see, else
+    // a random ready worker.
     let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ sup as u64;
-    let mut kills = 0;
+    let (mut kills, mut holders) = (0, 0);
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         x ^= x << 13;
@@ -189,10 +236,13 @@ fn soak(server: &str, args: &[&str]) {
             .filter(|(pid, s)| *pid != 0 && s == "ready")
             .map(|(pid, _)| pid)
             .collect();
-        if let Some(&pid) = ready.get((x >> 8) as usize % ready.len().max(1)) {
+        let holder = lock_holder(&ready);
+        let victim = holder.or_else(|| ready.get((x >> 8) as usize % ready.len().max(1)).copied());
+        if let Some(pid) = victim {
             // SAFETY: kills a worker of the server this test started, by pid.
             if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
                 kills += 1;
+                holders += usize::from(holder.is_some());
             }
         }
     }
@@ -226,7 +276,8 @@ fn soak(server: &str, args: &[&str]) {
     );
     let longest = Duration::from_millis(longest_outage.load(Ordering::Relaxed));
     println!(
-        "chaos {server} {args:?}: {secs} s, {kills} workers killed, {ok} exchanges whole \
+        "chaos {server} {args:?}: {secs} s, {kills} workers killed ({holders} holding the \
+         accept lock), {ok} exchanges whole \
          ({} MiB), {broken} cut by a kill, {refused} refused, longest outage for one client \
          {longest:?}; supervisor descriptors {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB",
         tally.bytes.load(Ordering::Relaxed) >> 20

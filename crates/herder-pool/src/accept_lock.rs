@@ -107,7 +107,7 @@ impl AcceptLock {
             AcceptLockKind::Fcntl => sys::anonymous_file(),
             #[cfg(target_os = "linux")]
             AcceptLockKind::Pthread => {
-                let (fd, map) = sys::shared_memory(sys::robust::LEN)?;
+                let (fd, map) = sys::shared_memory(c"herder-accept-lock", sys::robust::LEN)?;
                 sys::robust::init(&map)?;
                 Ok(fd)
             }

@@ -55,7 +55,7 @@ pub(crate) struct Board {
 impl Board {
     /// Creates a scoreboard for `capacity` worker processes.
     pub(crate) fn create(capacity: usize) -> io::Result<(OwnedFd, Board)> {
-        let (fd, map) = sys::shared_memory(HEADER + capacity * 64)?;
+        let (fd, map) = sys::shared_memory(c"herder-scoreboard", HEADER + capacity * 64)?;
         let board = Board { map, capacity };
         let h = board.header();
         h.version.store(VERSION, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 //! What this backend provides: [`spawn`], [`try_wait`], [`signal`], [`adopt_inherited`]
 //! and [`getpid`].
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -443,8 +443,8 @@ impl Drop for Mapping {
 /// Creates an anonymous shared memory object of `len` zero bytes and maps it. Nothing
 /// is left behind by name: `memfd_create` on Linux; elsewhere `shm_open` with a random
 /// name, unlinked at once.
-pub(crate) fn shared_memory(len: usize) -> io::Result<(OwnedFd, Mapping)> {
-    let fd = anonymous_shm()?;
+pub(crate) fn shared_memory(name: &CStr, len: usize) -> io::Result<(OwnedFd, Mapping)> {
+    let fd = anonymous_shm(name)?;
     // SAFETY: sizes a descriptor we own.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
     let map = map_shared(fd.as_fd(), len)?;
@@ -453,16 +453,17 @@ pub(crate) fn shared_memory(len: usize) -> io::Result<(OwnedFd, Mapping)> {
 
 use std::os::fd::AsFd;
 
+/// `name` shows in `/proc/PID/fd` (Linux).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn anonymous_shm() -> io::Result<OwnedFd> {
-    // SAFETY: the name is a NUL-terminated literal; the result is a new descriptor.
-    let fd = cvt(unsafe { libc::memfd_create(c"herder-scoreboard".as_ptr(), libc::MFD_CLOEXEC) })?;
+fn anonymous_shm(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: the name is NUL-terminated; the result is a new descriptor.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: a new descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn anonymous_shm() -> io::Result<OwnedFd> {
+fn anonymous_shm(_: &CStr) -> io::Result<OwnedFd> {
     let fd = create_unnamed(
         Path::new("/herder-shm"),
         // SAFETY: the name is NUL-terminated; O_EXCL never opens someone else's object.
