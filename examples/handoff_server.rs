@@ -61,6 +61,8 @@ mod unix {
             pool.listen_control(path)?;
         }
         common::drop_privileges(&args.common, &config, None)?;
+        // An upgrade's new supervisor gets the listener too.
+        pool.pass_on_upgrade("http", std::os::fd::OwnedFd::from(listener.try_clone()?));
         let key = pool.add_source(
             Box::new(listener.try_clone()?),
             Interest::READABLE,
@@ -159,7 +161,7 @@ mod unix {
                         self.dispatch_all(pool, conns);
                     }
                 }
-                PoolEvent::Command(herder::pool::Command::Stop) => {
+                PoolEvent::Command(herder::pool::Command::Stop) | PoolEvent::Upgraded { .. } => {
                     // Stop accepting at once; the workers drain what they have.
                     self.stopping = true;
                     let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);

@@ -3,7 +3,7 @@
 //! ```text
 //! herderctl --control /tmp/herder.sock status          # a table
 //! herderctl --control /tmp/herder.sock status --json   # the raw answer
-//! herderctl --control /tmp/herder.sock reload | stop | scale 4
+//! herderctl --control /tmp/herder.sock reload | stop | scale 4 | upgrade
 //! ```
 
 use anyhow::bail;
@@ -38,6 +38,8 @@ enum Cmd {
     },
     /// A graceful stop.
     Stop,
+    /// A zero-downtime upgrade to the program now on disk.
+    Upgrade,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Reload => Command::Reload,
         Cmd::Scale { workers } => Command::Scale(*workers),
         Cmd::Stop => Command::Stop,
+        Cmd::Upgrade => Command::Upgrade,
     };
     let answer = ask(&args.control, &request)?;
     if answer["ok"] != true {

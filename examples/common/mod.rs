@@ -133,7 +133,10 @@ pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, boo
             let addr = l
                 .local_addr()
                 .with_context(|| format!("the socket systemd passed ({name}) is not TCP"))?;
-            log!(2, "socket {name:?} from systemd: {addr}");
+            log!(
+                2,
+                "socket {name:?} inherited (from systemd or an upgrade): {addr}"
+            );
             Ok((l, true))
         }
         n => anyhow::bail!("systemd passed {n} sockets; this server serves one"),
@@ -227,6 +230,18 @@ pub(crate) fn supervise(
                     )
                 }
                 PoolEvent::Command(cmd) => log!(2, "command: {cmd:?}"),
+                PoolEvent::UpgradeStarted { pid } => {
+                    log!(2, "upgrade: new supervisor {pid} starting")
+                }
+                PoolEvent::Upgraded { pid } => {
+                    log!(
+                        2,
+                        "upgrade: new supervisor {pid} ready; draining and exiting"
+                    )
+                }
+                PoolEvent::UpgradeFailed { reason } => {
+                    log!(0, "upgrade failed, going on: {reason}")
+                }
                 PoolEvent::Stopped => {
                     log!(2, "stopped");
                     return Ok(());
@@ -243,9 +258,11 @@ pub(crate) fn supervise(
                 .all(|w| w.state == herder::pool::State::Ready)
         {
             announced = true;
-            println!("listening on {addr}");
+            // Whoever reads stdout may be gone (after an upgrade, say): never a reason
+            // to stop serving.
             use std::io::Write;
-            std::io::stdout().flush()?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
         }
         pool.poll(&mut events, Some(Duration::from_millis(500)))?;
     }

@@ -6,6 +6,7 @@
 //! {"cmd":"reload"}              → {"ok":true}      (rolling restart, as SIGHUP)
 //! {"cmd":"scale","workers":4}   → {"ok":true}      (as SIGTTIN/SIGTTOU)
 //! {"cmd":"stop"}                → {"ok":true}      (graceful stop, as SIGTERM)
+//! {"cmd":"upgrade"}             → {"ok":true,"pid":…}  (binary upgrade, as SIGUSR2)
 //! anything else                 → {"ok":false,"error":"…"}
 //! ```
 
@@ -28,6 +29,9 @@ pub enum Command {
     Scale(usize),
     /// `{"cmd":"stop"}`: a graceful stop.
     Stop,
+    /// `{"cmd":"upgrade"}`: a zero-downtime upgrade to the program on disk (as
+    /// `SIGUSR2`).
+    Upgrade,
 }
 
 impl Command {
@@ -60,6 +64,7 @@ impl Command {
             Command::Reload => json!({ "cmd": "reload" }),
             Command::Scale(n) => json!({ "cmd": "scale", "workers": n }),
             Command::Stop => json!({ "cmd": "stop" }),
+            Command::Upgrade => json!({ "cmd": "upgrade" }),
         };
         response(v)
     }
@@ -76,6 +81,7 @@ fn parse(line: &[u8]) -> Result<Command, String> {
         "status" => Ok(Command::Status),
         "reload" => Ok(Command::Reload),
         "stop" => Ok(Command::Stop),
+        "upgrade" => Ok(Command::Upgrade),
         "scale" => {
             let n = v
                 .get("workers")
@@ -141,8 +147,8 @@ mod tests {
             let line = format!(r#"{{"cmd":"{cmd}","workers":{n}}}"#);
             match parse(line.as_bytes()) {
                 Ok(Command::Scale(w)) => proptest::prop_assert!(cmd == "scale" && (1..=4096).contains(&w) && w as i64 == n),
-                Ok(_) => proptest::prop_assert!(["status", "reload", "stop"].contains(&cmd.as_str())),
-                Err(_) => proptest::prop_assert!(cmd != "status" && cmd != "reload" && cmd != "stop"),
+                Ok(_) => proptest::prop_assert!(["status", "reload", "stop", "upgrade"].contains(&cmd.as_str())),
+                Err(_) => proptest::prop_assert!(!["status", "reload", "stop", "upgrade"].contains(&cmd.as_str())),
             }
         }
     }

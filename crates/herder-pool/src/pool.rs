@@ -13,7 +13,7 @@ use std::fmt;
 use std::io;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -247,6 +247,25 @@ pub enum PoolEvent {
         /// The slots that kept their old worker.
         slots: Vec<usize>,
     },
+    /// A zero-downtime upgrade began ([`Pool::upgrade`]): the program now on disk
+    /// runs as a new supervisor with this pool's listeners.
+    UpgradeStarted {
+        /// The new supervisor's pid.
+        pid: u32,
+    },
+    /// The new supervisor reported ready: this pool hands its control socket over
+    /// and stops gracefully (a [`Stopped`](Self::Stopped) follows). Stop accepting
+    /// on listeners of your own now.
+    Upgraded {
+        /// The new supervisor's pid.
+        pid: u32,
+    },
+    /// The upgrade was abandoned: the new supervisor could not start, exited, or was
+    /// not ready within the ready timeout (then it was stopped). This pool goes on.
+    UpgradeFailed {
+        /// Why.
+        reason: String,
+    },
     /// A graceful stop finished: every worker has exited.
     Stopped,
     /// A control-socket request or an operator's signal was carried out.
@@ -370,6 +389,8 @@ enum Source {
     ControlConn(UnixStream),
     /// A source of the caller's ([`Pool::add_source`]).
     User(Box<dyn herder_reactor::Source>),
+    /// The socket a new supervisor reports its readiness on during an upgrade.
+    Datagram(UnixDatagram),
 }
 
 impl AsFd for Source {
@@ -379,6 +400,7 @@ impl AsFd for Source {
             Source::ControlListener(l) => l.as_fd(),
             Source::ControlConn(c) => c.as_fd(),
             Source::User(u) => u.as_fd(),
+            Source::Datagram(d) => d.as_fd(),
         }
     }
 }
@@ -389,6 +411,7 @@ enum Watch {
     Exit(u32),
     ControlListener,
     ControlConn,
+    UpgradeReady,
 }
 
 /// A control connection's buffers.
@@ -407,6 +430,24 @@ const MAX_CONTROL_CONNS: usize = 64;
 /// The most unwritten response bytes per control connection.
 const MAX_CONTROL_OUTPUT: usize = 4 << 20;
 
+/// An upgrade in progress.
+struct Upgrade {
+    /// The new supervisor.
+    pid: u32,
+    /// The private directory of the readiness socket.
+    dir: PathBuf,
+    /// The readiness socket's key.
+    key: Key,
+    /// The periodic check.
+    timer: TimerId,
+    /// When the new supervisor must be ready by.
+    deadline: Instant,
+    /// Why it is being stopped, once it is.
+    failed: Option<String>,
+    /// When to kill it if `SIGTERM` did not end it.
+    kill_at: Option<Instant>,
+}
+
 #[derive(Clone, Copy)]
 enum TimerFor {
     /// A slot's back-off.
@@ -415,6 +456,8 @@ enum TimerFor {
     Proc(u32),
     /// The control listener's pause after a failed accept.
     ControlRetry(Key),
+    /// The periodic check of an upgrade in progress.
+    Upgrade,
 }
 
 /// A pool of worker processes, supervised: each slot runs one worker, started by
@@ -454,6 +497,16 @@ pub struct Pool {
     monitor: Option<TimerId>,
     /// The control socket's path, removed on drop.
     control_path: Option<PathBuf>,
+    /// Descriptors a new supervisor inherits at an upgrade, besides the listeners.
+    upgrade_fds: Vec<(String, OwnedFd)>,
+    /// The upgrade in progress.
+    upgrade: Option<Upgrade>,
+    /// Why the last upgrade failed, for `status`.
+    upgrade_failed: Option<String>,
+    /// This program, as it was found at start (the path an upgrade runs again).
+    own_exe: Option<PathBuf>,
+    /// The old supervisor waiting for this one to be ready, during an upgrade.
+    parent: Option<crate::systemd::Notifier>,
     /// What the pool tells systemd, when `NOTIFY_SOCKET` is set.
     systemd: Option<crate::systemd::Reporter>,
     /// The repeating timer of systemd's watchdog ping.
@@ -502,6 +555,7 @@ impl Pool {
             .filter(|(k, _)| {
                 !sys::is_listen_var(k)
                     && !sys::is_notify_var(k)
+                    && k != crate::systemd::UPGRADE_ENV
                     && k != WORKER_ENV
                     && k != crate::accept_lock::LOCK_ENV
             })
@@ -538,6 +592,14 @@ impl Pool {
             let every = (t / 2).max(Duration::from_millis(10));
             reactor.add_timer(Instant::now(), Some(every))
         });
+        // Started by a supervisor being upgraded: tell it when ready.
+        let parent = match std::env::var_os(crate::systemd::UPGRADE_ENV) {
+            Some(path) => Some(
+                crate::systemd::Notifier::to_path(std::path::Path::new(&path))
+                    .map_err(Error::io("reaching the supervisor being upgraded"))?,
+            ),
+            None => None,
+        };
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -575,6 +637,11 @@ impl Pool {
             reap_timer: None,
             systemd: systemd.map(crate::systemd::Reporter::new),
             watchdog,
+            upgrade_fds: Vec::new(),
+            upgrade: None,
+            upgrade_failed: None,
+            own_exe: std::env::current_exe().ok(),
+            parent,
         })
         .map(|mut pool: Pool| {
             if !cfg!(any(target_os = "linux", target_os = "android")) {
@@ -593,11 +660,12 @@ impl Pool {
         self.report();
     }
 
-    /// Tells systemd (`sd_notify`) what changed, if it listens.
+    /// Tells systemd (`sd_notify`) what changed, if it listens, and a supervisor
+    /// upgrading to this one that it is ready.
     fn report(&mut self) {
-        let Some(reporter) = self.systemd.as_mut() else {
+        if self.systemd.is_none() && self.parent.is_none() {
             return;
-        };
+        }
         let ready = self
             .slots
             .iter()
@@ -615,7 +683,14 @@ impl Pool {
             generation: self.generation,
             processes: self.procs.len(),
         };
-        reporter.update(&snapshot);
+        if snapshot.settled && snapshot.ready > 0 && !self.stopping {
+            if let Some(parent) = self.parent.take() {
+                let _ = parent.notify(&format!("READY=1\nMAINPID={}", sys::getpid()));
+            }
+        }
+        if let Some(reporter) = self.systemd.as_mut() {
+            reporter.update(&snapshot);
+        }
     }
 
     /// The current generation: 1 at start, one more for each [`reload`](Self::reload).
@@ -950,6 +1025,224 @@ impl Pool {
         self.report();
     }
 
+    /// Adds a descriptor a new supervisor inherits at an [`upgrade`](Self::upgrade),
+    /// under `name` in its `LISTEN_FDNAMES`: a listener of the caller's own (the
+    /// pool's listeners are passed anyway). The new program finds it with
+    /// [`systemd::listen_fds`](crate::systemd::listen_fds), as if systemd had passed
+    /// it.
+    pub fn pass_on_upgrade(&mut self, name: &str, fd: OwnedFd) {
+        self.upgrade_fds.push((name.to_string(), fd));
+    }
+
+    /// Starts a zero-downtime upgrade (`SIGUSR2`, or `upgrade` on the control
+    /// socket): runs the program now on disk at this program's path as a new
+    /// supervisor, with the same arguments, handing it the listeners (the pool's
+    /// and [`pass_on_upgrade`](Self::pass_on_upgrade)'s) and the control socket as
+    /// inherited descriptors named in `LISTEN_FDS`/`LISTEN_FDNAMES`. Both serve
+    /// while the new one starts. When the new supervisor's workers are all ready it
+    /// says so ([`PoolEvent::Upgraded`]), and this pool stops gracefully; if it exits
+    /// first or is not ready within the ready timeout, it is stopped and this pool
+    /// carries on ([`PoolEvent::UpgradeFailed`]).
+    ///
+    /// The new program must take its listeners with
+    /// [`systemd::listen_fds`](crate::systemd::listen_fds) before binding, and open
+    /// its control socket at the same path. Not with per-slot listeners
+    /// ([`set_slot_listeners`](Self::set_slot_listeners)).
+    pub fn upgrade(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping || self.upgrade.is_some() {
+            return;
+        }
+        match self.start_upgrade() {
+            Ok(u) => {
+                let pid = u.pid;
+                self.upgrade = Some(u);
+                self.upgrade_failed = None;
+                events.push(PoolEvent::UpgradeStarted { pid });
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.upgrade_failed = Some(reason.clone());
+                events.push(PoolEvent::UpgradeFailed { reason });
+            }
+        }
+    }
+
+    fn start_upgrade(&mut self) -> Result<Upgrade, Error> {
+        if self.slot_listeners.is_some() {
+            return Err(Error::Environment(
+                "an upgrade cannot pass per-slot listeners".into(),
+            ));
+        }
+        let program = self
+            .own_exe
+            .clone()
+            .ok_or_else(|| Error::Environment("this program's path is unknown".into()))?;
+        let dir = sys::private_dir().map_err(Error::io("creating the upgrade's directory"))?;
+        let ready =
+            UnixDatagram::bind(dir.join("ready")).and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let ready = match ready {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Error::Io {
+                    what: "binding the upgrade's readiness socket",
+                    source: e,
+                });
+            }
+        };
+        // The supervisor's own environment, without what was meant for this process
+        // alone; systemd's notification socket stays, for the new main process.
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !sys::is_listen_var(k) && k != "WATCHDOG_PID" && k != crate::systemd::UPGRADE_ENV
+            })
+            .collect();
+        env.push((
+            crate::systemd::UPGRADE_ENV.into(),
+            dir.join("ready").into_os_string(),
+        ));
+        let control = self
+            .watches
+            .iter()
+            .find(|(_, w)| matches!(w, Watch::ControlListener))
+            .and_then(|(k, _)| match self.reactor.get(*k) {
+                Some(Source::ControlListener(l)) => Some(l.as_fd()),
+                _ => None,
+            });
+        let mut fds: Vec<(BorrowedFd<'_>, &str)> = self
+            .listeners
+            .iter()
+            .filter(|(n, _)| n != crate::accept_lock::LOCK_NAME)
+            .chain(&self.upgrade_fds)
+            .map(|(n, fd)| (fd.as_fd(), n.as_str()))
+            .collect();
+        if let Some(c) = control {
+            fds.push((c, crate::systemd::CONTROL_NAME));
+        }
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let spawned = sys::spawn(&program, &args, &env, &fds, None);
+        drop(fds);
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Error::Io {
+                    what: "starting the new program",
+                    source: e,
+                });
+            }
+        };
+        let key = self
+            .reactor
+            .register(Source::Datagram(ready), Interest::READABLE, Mode::Level)
+            .map_err(Error::io("watching the upgrade's readiness socket"))?;
+        self.watches.insert(key, Watch::UpgradeReady);
+        let every = Duration::from_millis(50);
+        let timer = self.reactor.add_timer(Instant::now() + every, Some(every));
+        self.timers.insert(timer, TimerFor::Upgrade);
+        Ok(Upgrade {
+            pid: spawned.pid,
+            dir,
+            key,
+            timer,
+            deadline: Instant::now() + self.config.ready_timeout,
+            failed: None,
+            kill_at: None,
+        })
+    }
+
+    /// The new supervisor wrote to the readiness socket.
+    fn on_upgrade_ready(&mut self, events: &mut Vec<PoolEvent>) {
+        let Some(u) = &self.upgrade else { return };
+        let mut ready = false;
+        if let Some(Source::Datagram(socket)) = self.reactor.get(u.key) {
+            let mut buf = [0u8; 512];
+            // Bounded: whatever else arrives waits for the next wake-up.
+            for _ in 0..16 {
+                let Ok(n) = socket.recv(&mut buf) else { break };
+                ready |= buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1");
+            }
+        }
+        if ready && u.failed.is_none() {
+            self.end_upgrade(Ok(()), events);
+        }
+    }
+
+    /// The upgrade's periodic check: the new supervisor's exit, the ready timeout,
+    /// the kill after the grace period.
+    fn on_upgrade_tick(&mut self, timer: TimerId, events: &mut Vec<PoolEvent>) {
+        let grace = self.config.kill_grace;
+        let ready_timeout = self.config.ready_timeout;
+        let Some(u) = self.upgrade.as_mut() else {
+            self.reactor.cancel_timer(timer);
+            return;
+        };
+        self.timers.insert(timer, TimerFor::Upgrade);
+        match sys::try_wait(u.pid) {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                let reason = u.failed.take().unwrap_or_else(|| {
+                    format!("the new supervisor exited before it was ready ({status})")
+                });
+                self.end_upgrade(Err(reason), events);
+                return;
+            }
+            Err(e) => {
+                self.end_upgrade(Err(format!("the new supervisor was lost: {e}")), events);
+                return;
+            }
+        }
+        let now = Instant::now();
+        if u.failed.is_none() && now >= u.deadline {
+            u.failed = Some(format!(
+                "the new supervisor was not ready within {ready_timeout:?}"
+            ));
+            let _ = sys::signal(u.pid, libc::SIGTERM);
+            u.kill_at = Some(now + grace);
+        }
+        if u.kill_at.is_some_and(|at| now >= at) {
+            let _ = sys::signal(u.pid, libc::SIGKILL);
+            u.kill_at = None;
+        }
+    }
+
+    /// Ends the upgrade in progress: on success, hands over and stops; on failure,
+    /// goes on (the new supervisor is gone already).
+    fn end_upgrade(&mut self, result: Result<(), String>, events: &mut Vec<PoolEvent>) {
+        let Some(u) = self.upgrade.take() else { return };
+        self.watches.remove(&u.key);
+        let _ = self.reactor.deregister(u.key);
+        self.timers.remove(&u.timer);
+        self.reactor.cancel_timer(u.timer);
+        let _ = std::fs::remove_dir_all(&u.dir);
+        match result {
+            Ok(()) => {
+                if let Some(r) = &self.systemd {
+                    let _ = r.notifier.notify(&format!("MAINPID={}", u.pid));
+                }
+                // The control socket is the new supervisor's now: stop answering on
+                // it, and leave the path alone.
+                let keys: Vec<Key> = self
+                    .watches
+                    .iter()
+                    .filter(|(_, w)| matches!(w, Watch::ControlListener))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in keys {
+                    self.watches.remove(&key);
+                    let _ = self.reactor.deregister(key);
+                }
+                self.control_path = None;
+                events.push(PoolEvent::Upgraded { pid: u.pid });
+                self.stop(events);
+            }
+            Err(reason) => {
+                self.upgrade_failed = Some(reason.clone());
+                events.push(PoolEvent::UpgradeFailed { reason });
+            }
+        }
+    }
+
     /// Whether a [`stop`](Self::stop) has finished: no worker is left.
     pub fn is_stopped(&self) -> bool {
         self.stopping && self.procs.is_empty()
@@ -978,6 +1271,7 @@ impl Pool {
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
                     Some(Watch::ControlListener) => self.accept_control(key),
                     Some(Watch::ControlConn) => self.serve_control(key, events),
+                    Some(Watch::UpgradeReady) => self.on_upgrade_ready(events),
                     None if matches!(self.reactor.get(key), Some(Source::User(_))) => {
                         events.push(PoolEvent::Other(ev))
                     }
@@ -1008,6 +1302,7 @@ impl Pool {
                     Some(TimerFor::ControlRetry(key)) => {
                         let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
                     }
+                    Some(TimerFor::Upgrade) => self.on_upgrade_tick(id, events),
                     None => events.push(PoolEvent::Other(ev)),
                 },
                 Event::Signal(Signal::Child) if self.sigchld => {
@@ -1036,6 +1331,10 @@ impl Pool {
     pub fn listen_control(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
         use std::os::unix::fs::FileTypeExt;
         let path = path.as_ref();
+        // Upgraded from a supervisor that listened there: go on with its socket.
+        if let Some(listener) = crate::systemd::inherited_control(path) {
+            return self.watch_control(listener, path);
+        }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             let in_use = || Error::Io {
                 what: "binding the control socket",
@@ -1060,6 +1359,10 @@ impl Pool {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(Error::io("restricting the control socket"))?;
+        self.watch_control(listener, path)
+    }
+
+    fn watch_control(&mut self, listener: UnixListener, path: &Path) -> Result<(), Error> {
         listener
             .set_nonblocking(true)
             .map_err(Error::io("binding the control socket"))?;
@@ -1073,7 +1376,10 @@ impl Pool {
             .map_err(Error::io("watching the control socket"))?;
         self.watches.insert(key, Watch::ControlListener);
         self.control_path = Some(path.to_path_buf());
-        self.control_owner = sys::geteuid();
+        // The user that made the socket file: the one that opened it, even for a
+        // socket inherited from the supervisor before an upgrade.
+        use std::os::unix::fs::MetadataExt;
+        self.control_owner = std::fs::metadata(path).map_or(sys::geteuid(), |m| m.uid());
         Ok(())
     }
 
@@ -1234,6 +1540,8 @@ impl Pool {
                     "pid": sys::getpid(),
                     "generation": self.generation,
                     "stopping": self.stopping,
+                    "upgrading": self.upgrade.as_ref().map(|u| u.pid),
+                    "upgrade_failed": self.upgrade_failed,
                     "workers": workers,
                 }))
             }
@@ -1248,6 +1556,14 @@ impl Pool {
             crate::Command::Stop => {
                 self.stop(events);
                 crate::control::response(json!({ "ok": true }))
+            }
+            crate::Command::Upgrade => {
+                self.upgrade(events);
+                match (&self.upgrade, &self.upgrade_failed) {
+                    (Some(u), _) => crate::control::response(json!({ "ok": true, "pid": u.pid })),
+                    (None, Some(why)) => crate::control::error(why),
+                    (None, None) => crate::control::error("no upgrade started"),
+                }
             }
         }
     }
@@ -1281,6 +1597,7 @@ impl Pool {
                 Signal::Hangup,
                 Signal::TtyIn,
                 Signal::TtyOut,
+                Signal::User2,
             ])
             .map_err(Error::io("watching signals"))?;
         self.signals = true;
@@ -1293,6 +1610,7 @@ impl Pool {
             Signal::Hangup => crate::Command::Reload,
             Signal::TtyIn => crate::Command::Scale(self.slots.len() + 1),
             Signal::TtyOut => crate::Command::Scale(self.slots.len().saturating_sub(1).max(1)),
+            Signal::User2 => crate::Command::Upgrade,
             other => {
                 events.push(PoolEvent::Other(Event::Signal(other)));
                 return;
@@ -1969,6 +2287,11 @@ fn wait_blocking(pid: u32) -> io::Result<()> {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if let Some(u) = self.upgrade.take() {
+            // A new supervisor half started: it must not outlive this one's exit.
+            let _ = sys::signal(u.pid, libc::SIGTERM);
+            let _ = std::fs::remove_dir_all(&u.dir);
+        }
         if let Some(path) = &self.control_path {
             let _ = std::fs::remove_file(path);
         }

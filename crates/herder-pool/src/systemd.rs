@@ -12,10 +12,21 @@ use crate::Error;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 static ACTIVATED: AtomicBool = AtomicBool::new(false);
+
+/// The control socket inherited from a supervisor being upgraded, until
+/// [`Pool::listen_control`](crate::Pool::listen_control) takes it.
+static CONTROL: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// The name of the inherited control socket in `LISTEN_FDNAMES` during an upgrade.
+pub(crate) const CONTROL_NAME: &str = "herder-control";
+
+/// Where a new supervisor reports its readiness to the one upgrading to it.
+pub(crate) const UPGRADE_ENV: &str = "HERDER_UPGRADE_READY";
 
 /// The listening sockets systemd passed to this process (socket activation), with
 /// their names from `LISTEN_FDNAMES` (`"unknown"` without it).
@@ -24,6 +35,10 @@ static ACTIVATED: AtomicBool = AtomicBool::new(false);
 /// on a second call: the descriptors are adopted once. Each is checked to be an open
 /// socket and made close-on-exec. The variables are left in the environment; the
 /// pool does not pass them on to its workers.
+///
+/// A supervisor upgrading to this program ([`Pool::upgrade`](crate::Pool::upgrade))
+/// passes its listeners the same way; its control socket, among them, is kept for
+/// [`Pool::listen_control`](crate::Pool::listen_control) and not returned here.
 ///
 /// # Errors
 ///
@@ -48,7 +63,13 @@ pub fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
     if ACTIVATED.swap(true, Ordering::AcqRel) {
         return Ok(Vec::new());
     }
-    let fds = crate::worker::listen_fds()?;
+    let mut fds = crate::worker::listen_fds()?;
+    if let Some(i) = fds.iter().position(|(n, _)| n == CONTROL_NAME) {
+        let (_, control) = fds.remove(i);
+        if let Ok(mut slot) = CONTROL.lock() {
+            *slot = Some(control);
+        }
+    }
     for (name, fd) in &fds {
         if !crate::sys::is_socket(fd)
             .map_err(|e| Error::Environment(format!("LISTEN_FDS descriptor {name:?}: {e}")))?
@@ -59,6 +80,16 @@ pub fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
         }
     }
     Ok(fds)
+}
+
+/// The control socket inherited during an upgrade, if it is bound to `path`.
+pub(crate) fn inherited_control(
+    path: &std::path::Path,
+) -> Option<std::os::unix::net::UnixListener> {
+    let fd = CONTROL.lock().ok()?.take()?;
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    let bound = listener.local_addr().ok()?;
+    (bound.as_pathname() == Some(path)).then_some(listener)
 }
 
 /// A connection to systemd's notification socket (`NOTIFY_SOCKET`).
@@ -113,6 +144,15 @@ impl Notifier {
             target,
             watchdog,
         }))
+    }
+
+    /// A notifier for the datagram socket at `path`, without a watchdog.
+    pub(crate) fn to_path(path: &std::path::Path) -> io::Result<Notifier> {
+        Ok(Notifier {
+            socket: UnixDatagram::unbound()?,
+            target: std::os::unix::net::SocketAddr::from_pathname(path)?,
+            watchdog: None,
+        })
     }
 
     /// Sends `state`: newline-separated `KEY=VALUE` assignments, as `sd_notify(3)`.

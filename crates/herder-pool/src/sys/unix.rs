@@ -8,7 +8,7 @@
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -866,4 +866,18 @@ pub(crate) fn switch_ids(uid: u32, gid: u32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new directory only this user can enter (`mkdtemp`, mode 0700), in the temporary
+/// directory.
+pub(crate) fn private_dir() -> io::Result<std::path::PathBuf> {
+    let template = std::env::temp_dir().join("herder-XXXXXX");
+    let mut bytes = cstring(template.as_os_str().as_bytes())?.into_bytes_with_nul();
+    // SAFETY: `bytes` is a NUL-terminated template that mkdtemp rewrites in place.
+    let r = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if r.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    bytes.pop();
+    Ok(std::path::PathBuf::from(OsString::from_vec(bytes)))
 }
