@@ -30,6 +30,7 @@ mod unix {
     use herder::reactor::{Event, Interest, Mode, TimerId};
     use std::collections::{HashMap, VecDeque};
     use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     #[derive(Debug, Parser)]
@@ -40,6 +41,26 @@ mod unix {
         /// How a connection's worker is chosen.
         #[arg(long, default_value = "least-loaded", value_parser = ["least-loaded", "round-robin"])]
         dispatch: String,
+    }
+
+    /// Connections handed to workers, and shed because every worker was full: for
+    /// `--metrics`.
+    static HANDED_OFF: AtomicU64 = AtomicU64::new(0);
+    static SHED: AtomicU64 = AtomicU64::new(0);
+
+    fn handoff_metrics(out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP herder_handoffs_total Connections handed to a worker.\n\
+             # TYPE herder_handoffs_total counter\n\
+             herder_handoffs_total {}\n\
+             # HELP herder_handoffs_shed_total Connections closed because every worker was full.\n\
+             # TYPE herder_handoffs_shed_total counter\n\
+             herder_handoffs_shed_total {}",
+            HANDED_OFF.load(Ordering::Relaxed),
+            SHED.load(Ordering::Relaxed)
+        );
     }
 
     /// Connections waiting for a ready worker, at most.
@@ -89,7 +110,13 @@ mod unix {
             args.dispatch,
             args.common.protocol
         );
-        common::supervise(&mut pool, addr, |pool, event| d.on_event(pool, event))
+        common::supervise(
+            &mut pool,
+            addr,
+            &args.common,
+            &handoff_metrics,
+            |pool, event| d.on_event(pool, event),
+        )
     }
 
     struct Dispatcher {
@@ -304,6 +331,7 @@ mod unix {
             };
             match sent {
                 Ok(pid) => {
+                    HANDED_OFF.fetch_add(group.len() as u64, Ordering::Relaxed);
                     let q = self.inflight.entry(pid).or_default();
                     for ((stream, peer), id) in group.into_iter().zip(first..) {
                         q.push_back((id, stream, peer));
@@ -332,6 +360,7 @@ mod unix {
                 };
                 match pool.send_socket(slot, &stream, &meta) {
                     Ok(pid) => {
+                        HANDED_OFF.fetch_add(1, Ordering::Relaxed);
                         self.inflight.entry(pid).or_default().push_back((
                             self.next_id,
                             stream,
@@ -351,6 +380,7 @@ mod unix {
         fn shed(&mut self, conn: (TcpStream, SocketAddr)) {
             drop(conn);
             self.shed += 1;
+            SHED.fetch_add(1, Ordering::Relaxed);
             if self
                 .shed_logged
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))

@@ -69,7 +69,7 @@ mod unix {
         };
         config.accept_lock = lock;
         let (listeners, addr) = if args.accept == "reuseport" {
-            if !herder::pool::systemd::listen_fds()?.is_empty() {
+            if !common::inherited(|name| name != common::metrics::NAME)?.is_empty() {
                 anyhow::bail!(
                     "--accept reuseport binds a listener per worker; with socket activation, choose another --accept"
                 );
@@ -116,7 +116,7 @@ mod unix {
             args.accept,
             args.common.protocol
         );
-        common::supervise(&mut pool, addr, |_, _| {})
+        common::supervise(&mut pool, addr, &args.common, &|_| {}, |_, _| {})
     }
 
     fn pool_size(args: &Args) -> usize {

@@ -277,3 +277,88 @@ fn replacement_runs_as_nobody(ctl: &std::path::Path, before: &[u64], victim: u64
     };
     assert_eq!(ids(replacement as u32).0, [65534; 4], "{what}: replacement");
 }
+
+/// One scrape of `--metrics`: the body, parsed into `name{labels}` → value.
+fn scrape(addr: &str, path: &str) -> (String, std::collections::HashMap<String, u64>) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let values = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    (head.lines().next().unwrap().to_string(), values)
+}
+
+/// The sum of a metric over its labels.
+fn total(values: &std::collections::HashMap<String, u64>, name: &str) -> u64 {
+    values
+        .iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_follow_the_pool() {
+    for name in util::SERVERS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &["--workers", "2", "--metrics", &metrics]);
+        for i in 0..5 {
+            assert_eq!(util::echo(server.addr, &[i; 10]), [i; 10]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let wait = |what: &str, pred: &dyn Fn(&std::collections::HashMap<String, u64>) -> bool| {
+            loop {
+                let (status, values) = scrape(&metrics, "/metrics");
+                assert_eq!(status, "HTTP/1.1 200 OK", "{name}");
+                if pred(&values) {
+                    return values;
+                }
+                assert!(Instant::now() < deadline, "{name}: {what}: {values:?}");
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        };
+        let v = wait("5 accepted", &|v| {
+            total(v, "herder_worker_accepted_total") == 5
+        });
+        assert_eq!(v["herder_workers{state=\"ready\"}"], 2, "{name}");
+        assert_eq!(v["herder_generation"], 1, "{name}");
+        if name == "handoff_server" {
+            assert_eq!(v["herder_handoffs_total"], 5, "{name}");
+            assert_eq!(v["herder_handoffs_shed_total"], 0, "{name}");
+        }
+        // A worker killed: a restart counted.
+        let victim = pids(&util::status(&ctl))[0];
+        // SAFETY: kills a worker of the server this test started.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        wait("the restart", &|v| {
+            total(v, "herder_worker_restarts_total") == 1
+                && v["herder_workers{state=\"ready\"}"] == 2
+        });
+        // A rolling restart: counted, and the generation moves.
+        server.signal(libc::SIGHUP);
+        wait("the reload", &|v| {
+            v["herder_reloads_total"] == 1 && v["herder_generation"] == 2
+        });
+        let (status, _) = scrape(&metrics, "/elsewhere");
+        assert!(status.starts_with("HTTP/1.1 404"), "{name}: {status}");
+        server.stop(name);
+    }
+}

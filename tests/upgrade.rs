@@ -67,7 +67,16 @@ fn an_upgrade_under_load_fails_no_connection_and_a_broken_binary_is_rolled_back(
         let real = std::fs::read(util::example(name)).unwrap();
         replace(&binary, &real);
         let ctl = dir.path().join("ctl.sock");
+        let metrics = format!(
+            "127.0.0.1:{}",
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        );
         let mut cmd = std::process::Command::new(&binary);
+        cmd.args(["--metrics", &metrics]);
         cmd.args([
             "--listen",
             "127.0.0.1:0",
@@ -137,6 +146,17 @@ fn an_upgrade_under_load_fails_no_connection_and_a_broken_binary_is_rolled_back(
             server.wait(Duration::from_secs(30)).code(),
             Some(0),
             "{name}: the old supervisor's exit"
+        );
+        // The metrics listener went over too: the new supervisor answers on it.
+        let mut c = std::net::TcpStream::connect(&metrics).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        use std::io::{Read, Write};
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut scraped = String::new();
+        c.read_to_string(&mut scraped).unwrap();
+        assert!(
+            scraped.contains("herder_workers{state=\"ready\"} 2"),
+            "{name}: {scraped}"
         );
         let served_before = ok.load(Ordering::Relaxed);
         // Serving goes on under the new supervisor.

@@ -2,6 +2,8 @@
 //! main loop.
 #![allow(dead_code, missing_docs)]
 
+pub(crate) mod metrics;
+
 use herder::fd::{Channel, Message};
 use herder::pool::{Pool, PoolEvent, Scorecard, Worker};
 use herder::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
@@ -60,6 +62,9 @@ pub(crate) struct Common {
     /// user).
     #[arg(long, requires = "user")]
     pub(crate) unprivileged_supervisor: bool,
+    /// Serve the supervisor's figures for Prometheus at `http://ADDR/metrics`.
+    #[arg(long)]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
     pub(crate) log_level: String,
@@ -116,11 +121,34 @@ pub(crate) fn pool_config(c: &Common) -> anyhow::Result<herder::pool::Config> {
     Ok(config)
 }
 
+/// The inherited sockets (systemd's, or an upgraded supervisor's), adopted once.
+static INHERITED: std::sync::Mutex<Option<Vec<(String, std::os::fd::OwnedFd)>>> =
+    std::sync::Mutex::new(None);
+
+/// Takes the inherited sockets whose name `wanted` accepts.
+pub(crate) fn inherited(
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+    use anyhow::Context;
+    let mut all = INHERITED
+        .lock()
+        .map_err(|_| anyhow::anyhow!("inherited sockets: poisoned"))?;
+    if all.is_none() {
+        *all = Some(herder::pool::systemd::listen_fds().context("socket activation")?);
+    }
+    let all = all.get_or_insert_with(Vec::new);
+    let (taken, rest) = std::mem::take(all)
+        .into_iter()
+        .partition(|(name, _)| wanted(name));
+    *all = rest;
+    Ok(taken)
+}
+
 /// The listener: the one systemd passed (socket activation, `LISTEN_FDS`), or else
 /// one bound to `--listen`. Whether it came from systemd, too.
 pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, bool)> {
     use anyhow::Context;
-    let mut activated = herder::pool::systemd::listen_fds().context("socket activation")?;
+    let mut activated = inherited(|name| name != metrics::NAME)?;
     match activated.len() {
         0 => {
             let l = std::net::TcpListener::bind(c.listen)
@@ -177,13 +205,34 @@ pub(crate) fn drop_privileges(
 pub(crate) fn supervise(
     pool: &mut Pool,
     addr: std::net::SocketAddr,
+    c: &Common,
+    extra_metrics: &dyn Fn(&mut String),
     mut other: impl FnMut(&mut Pool, &PoolEvent),
 ) -> anyhow::Result<()> {
+    let mut metrics = match c.metrics {
+        Some(addr) => Some(metrics::Metrics::start(pool, addr)?),
+        None => None,
+    };
+    let tally = std::cell::RefCell::new(metrics::Tally::default());
+    let render = |pool: &Pool, out: &mut String| {
+        metrics::render_pool(pool, &tally.borrow(), out);
+        extra_metrics(out);
+    };
     let mut events = Vec::new();
     pool.start(&mut events);
     let mut announced = false;
     loop {
         for e in events.drain(..) {
+            if let Some(m) = metrics.as_mut() {
+                if m.on_event(pool, &e, &render) {
+                    continue;
+                }
+            }
+            match &e {
+                PoolEvent::Reloaded { .. } => tally.borrow_mut().reloads += 1,
+                PoolEvent::UpgradeFailed { .. } => tally.borrow_mut().upgrades_failed += 1,
+                _ => {}
+            }
             match &e {
                 PoolEvent::Spawned {
                     slot,

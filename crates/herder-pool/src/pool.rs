@@ -876,6 +876,33 @@ impl Pool {
             .map_err(Error::io("changing a source"))
     }
 
+    /// Stops watching a source of the caller's and gives it back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]: `NotFound` if `key` is not a source added with
+    /// [`add_source`](Self::add_source).
+    pub fn remove_source(&mut self, key: Key) -> Result<Box<dyn herder_reactor::Source>, Error> {
+        let not_found = || Error::Io {
+            what: "removing a source",
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a source added with add_source",
+            ),
+        };
+        if !matches!(self.reactor.get(key), Some(Source::User(_))) {
+            return Err(not_found());
+        }
+        match self.reactor.deregister(key) {
+            Ok(Source::User(s)) => Ok(s),
+            Ok(_) => Err(not_found()),
+            Err(e) => Err(Error::Io {
+                what: "removing a source",
+                source: e,
+            }),
+        }
+    }
+
     /// A source of the caller's.
     pub fn source(&self, key: Key) -> Option<&dyn herder_reactor::Source> {
         match self.reactor.get(key)? {

@@ -1,0 +1,254 @@
+//! `--metrics ADDR`: the supervisor's figures in Prometheus's text format, served over
+//! HTTP from its own event loop (non-blocking, a few connections at a time).
+
+use herder::pool::{Pool, PoolEvent, State};
+use herder::reactor::{Event, Interest, Key, Mode};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The metrics listener's name among the descriptors an upgrade passes on.
+pub(crate) const NAME: &str = "herder-metrics";
+
+/// Scrapers served at once; more are closed at once.
+const MAX_CONNS: usize = 16;
+/// How long a scraper has to send its request and read the answer.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Counters the supervisor keeps besides the pool's own.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) reloads: u64,
+    pub(crate) upgrades_failed: u64,
+}
+
+struct Conn {
+    stream: TcpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    until: Instant,
+}
+
+/// The metrics listener and its connections.
+pub(crate) struct Metrics {
+    listener: TcpListener,
+    key: Key,
+    conns: HashMap<Key, Conn>,
+}
+
+impl Metrics {
+    /// Binds `addr` (or takes the listener a supervisor upgrading to this one
+    /// passed on), and watches it in the pool's loop.
+    pub(crate) fn start(pool: &mut Pool, addr: SocketAddr) -> anyhow::Result<Metrics> {
+        use anyhow::Context;
+        let listener = match super::inherited(|name| name == NAME)?.pop() {
+            Some((_, fd)) => TcpListener::from(fd),
+            None => TcpListener::bind(addr).with_context(|| format!("binding --metrics {addr}"))?,
+        };
+        listener.set_nonblocking(true)?;
+        pool.pass_on_upgrade(NAME, std::os::fd::OwnedFd::from(listener.try_clone()?));
+        let key = pool.add_source(
+            Box::new(listener.try_clone()?),
+            Interest::READABLE,
+            Mode::Level,
+        )?;
+        crate::log!(2, "metrics on http://{}/metrics", listener.local_addr()?);
+        Ok(Metrics {
+            listener,
+            key,
+            conns: HashMap::new(),
+        })
+    }
+
+    /// Handles `event` if it is one of the metrics sockets'; `render` writes the
+    /// figures. Returns whether it was.
+    pub(crate) fn on_event(
+        &mut self,
+        pool: &mut Pool,
+        event: &PoolEvent,
+        render: &dyn Fn(&Pool, &mut String),
+    ) -> bool {
+        let PoolEvent::Other(Event::Io { key, .. }) = event else {
+            return false;
+        };
+        if *key == self.key {
+            self.accept(pool);
+            return true;
+        }
+        if !self.conns.contains_key(key) {
+            return false;
+        }
+        self.serve(pool, *key, render);
+        true
+    }
+
+    fn accept(&mut self, pool: &mut Pool) {
+        self.expire(pool);
+        for _ in 0..MAX_CONNS {
+            let Ok((stream, _)) = self.listener.accept() else {
+                return;
+            };
+            if self.conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let Ok(watched) = stream.try_clone() else {
+                continue;
+            };
+            let Ok(key) = pool.add_source(Box::new(watched), Interest::READABLE, Mode::Level)
+            else {
+                continue;
+            };
+            self.conns.insert(
+                key,
+                Conn {
+                    stream,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    written: 0,
+                    until: Instant::now() + DEADLINE,
+                },
+            );
+        }
+    }
+
+    /// Closes connections past their deadline.
+    fn expire(&mut self, pool: &mut Pool) {
+        let now = Instant::now();
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.until < now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            self.close(pool, key);
+        }
+    }
+
+    fn close(&mut self, pool: &mut Pool, key: Key) {
+        self.conns.remove(&key);
+        let _ = pool.remove_source(key);
+    }
+
+    fn serve(&mut self, pool: &mut Pool, key: Key, render: &dyn Fn(&Pool, &mut String)) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.output.is_empty() {
+            let mut buf = [0u8; 1024];
+            match c.stream.read(&mut buf) {
+                Ok(0) => return self.close(pool, key),
+                Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.close(pool, key),
+            }
+            if c.input.len() > 8192 {
+                return self.close(pool, key);
+            }
+            let Some(end) = c.input.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&c.input[..end]);
+            let path = head.split(' ').nth(1).unwrap_or("");
+            let (status, body) = if head.starts_with("GET ") && (path == "/metrics" || path == "/")
+            {
+                let mut body = String::new();
+                render(pool, &mut body);
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            c.output = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
+            let _ = pool.modify_source(key, Interest::WRITABLE, Mode::Level);
+        }
+        match c.stream.write(&c.output[c.written..]) {
+            Ok(n) => c.written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => return self.close(pool, key),
+        }
+        if c.written == c.output.len() {
+            self.close(pool, key);
+        }
+    }
+}
+
+/// The pool's figures, and the supervisor's `tally`.
+pub(crate) fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
+    let workers = pool.workers();
+    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let per_slot = |f: &dyn Fn(&herder::pool::WorkerInfo) -> u64| -> Vec<(String, u64)> {
+        workers
+            .iter()
+            .map(|w| (format!("{{slot=\"{}\"}}", w.slot), f(w)))
+            .collect()
+    };
+    let states = [
+        ("starting", State::Starting),
+        ("ready", State::Ready),
+        ("backoff", State::Backoff),
+        ("tripped", State::Tripped),
+        ("fatal", State::Fatal),
+        ("stopped", State::Stopped),
+    ];
+    let by_state: Vec<(String, u64)> = states
+        .iter()
+        .map(|(n, s)| {
+            let count = workers.iter().filter(|w| w.state == *s).count() as u64;
+            (format!("{{state=\"{n}\"}}"), count)
+        })
+        .collect();
+    metric(
+        "herder_workers",
+        "gauge",
+        "Worker slots by state.",
+        &by_state,
+    );
+    metric(
+        "herder_worker_accepted_total",
+        "counter",
+        "Connections the slot's current worker took.",
+        &per_slot(&|w| w.accepted),
+    );
+    metric(
+        "herder_worker_active_connections",
+        "gauge",
+        "Connections the slot's current worker has open.",
+        &per_slot(&|w| w.active),
+    );
+    metric(
+        "herder_worker_restarts_total",
+        "counter",
+        "Times the slot's worker was restarted after exiting.",
+        &per_slot(&|w| w.restarts as u64),
+    );
+    metric(
+        "herder_generation",
+        "gauge",
+        "The workers' generation: one more per rolling restart.",
+        &[(String::new(), pool.generation())],
+    );
+    metric(
+        "herder_reloads_total",
+        "counter",
+        "Rolling restarts finished.",
+        &[(String::new(), tally.reloads)],
+    );
+    metric(
+        "herder_upgrades_failed_total",
+        "counter",
+        "Binary upgrades abandoned.",
+        &[(String::new(), tally.upgrades_failed)],
+    );
+}
