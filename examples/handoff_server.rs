@@ -68,7 +68,7 @@ mod unix {
 
     pub(crate) fn main() -> anyhow::Result<()> {
         let args = Args::parse();
-        common::set_log_level(&args.common.log_level);
+        let _span = common::init_logging(&args.common);
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
@@ -98,6 +98,7 @@ mod unix {
             pending: VecDeque::new(),
             next_id: 0,
             retry: None,
+            emfile_logged: None,
             flush_timer: None,
             max: (args.common.max_connections > 0).then_some(args.common.max_connections as u64),
             shed: 0,
@@ -130,6 +131,8 @@ mod unix {
         /// Accepted, not yet handed over (no worker ready).
         pending: VecDeque<(TcpStream, SocketAddr)>,
         next_id: u64,
+        /// When running out of descriptors was last logged.
+        emfile_logged: Option<Instant>,
         /// The listener's pause after `EMFILE`.
         retry: Option<TimerId>,
         /// A retry of the connections in `pending` (every worker was busy or absent).
@@ -213,8 +216,18 @@ mod unix {
                             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                         ) =>
                     {
-                        // Out of descriptors: neither spin nor die; shed and retry soon.
-                        log!(1, "accept: {e}; pausing the listener for 100 ms");
+                        // Out of descriptors: neither spin nor die; shed and retry soon,
+                        // and say so at most once a second.
+                        if self
+                            .emfile_logged
+                            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+                        {
+                            self.emfile_logged = Some(Instant::now());
+                            log!(
+                                1,
+                                "accept: {e}: out of descriptors; pausing the listener for 100 ms at a time"
+                            );
+                        }
                         let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
                         self.retry =
                             Some(pool.add_timer(Instant::now() + Duration::from_millis(100), None));

@@ -56,7 +56,7 @@ mod unix {
 
     pub(crate) fn main() -> anyhow::Result<()> {
         let args = Args::parse();
-        common::set_log_level(&args.common.log_level);
+        let _span = common::init_logging(&args.common);
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }

@@ -179,6 +179,7 @@ fn a_thousand_concurrent_echo_clients() {
 fn workers_out_of_descriptors_wait_and_recover() {
     const CLIENTS: usize = 80;
     for strategy in ["exclusive", "reuseport", "flock"] {
+        let started = Instant::now();
         let server = util::start_limited(
             "shared_listener_server",
             &["--workers", "2", "--protocol", "echo", "--accept", strategy],
@@ -251,6 +252,14 @@ fn workers_out_of_descriptors_wait_and_recover() {
         for c in clients {
             c.join().unwrap();
         }
+        // It said so, without flooding the log: at most a line a second per worker.
+        let said = server.logged("out of descriptors").len() as u64;
+        let secs = started.elapsed().as_secs() + 1;
+        println!("{strategy}: {said} lines about running out of descriptors in {secs} s");
+        assert!(
+            (1..=2 * secs).contains(&said),
+            "{strategy}: {said} log lines about running out of descriptors in {secs} s"
+        );
         server.stop(strategy);
     }
 }

@@ -120,6 +120,7 @@ fn status_accounts_for_every_connection_and_both_workers_serve() {
 /// it neither spins nor dies, and every client is served once descriptors free up.
 #[test]
 fn out_of_descriptors_the_supervisor_waits_and_recovers() {
+    let started = std::time::Instant::now();
     let server = util::start_limited(SERVER, &["--workers", "2", "--protocol", "http"], Some(48));
     let addr = server.addr;
     let cpu_before = util::cpu_time(server.child.id());
@@ -147,6 +148,13 @@ fn out_of_descriptors_the_supervisor_waits_and_recovers() {
     assert!(
         cpu < Duration::from_secs(5),
         "the supervisor used {cpu:?} of CPU"
+    );
+    // Logged, but at most a line a second.
+    let said = server.logged("out of descriptors").len() as u64;
+    let secs = started.elapsed().as_secs() + 1;
+    assert!(
+        said <= secs,
+        "{said} log lines about running out of descriptors in {secs} s"
     );
     server.stop(SERVER);
 }

@@ -362,3 +362,52 @@ fn metrics_follow_the_pool() {
         server.stop(name);
     }
 }
+
+/// `--log-format json`: every line a JSON object; the pool's own lines (from
+/// herder-pool, through `tracing`) carry the supervisor's pid and structured fields.
+#[test]
+fn logs_are_json_lines_with_the_crates_events() {
+    let mut cmd = std::process::Command::new(util::example("shared_listener_server"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    ]);
+    let server = util::start_command("shared_listener_server", cmd);
+    let supervisor = server.child.id();
+    let victim = util::children(supervisor)[0].0;
+    // SAFETY: kills a worker of the server this test started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.logged("restarting it").is_empty() {
+        assert!(Instant::now() < deadline, "no line about the restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.log.clone();
+    server.stop("shared_listener_server");
+    let lines = log.lock().unwrap().clone();
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let exited = parsed
+        .iter()
+        .find(|v| v["fields"]["message"] == "worker exited; restarting it")
+        .expect("the pool's line about the exit");
+    assert_eq!(exited["level"], "WARN");
+    assert_eq!(exited["target"], "herder_pool::pool");
+    assert_eq!(exited["fields"]["pid"], victim);
+    assert_eq!(exited["span"]["pid"], supervisor);
+    assert_eq!(exited["span"]["role"], "supervisor");
+    assert!(
+        parsed
+            .iter()
+            .any(|v| v["fields"]["message"] == "stopped" && v["span"]["pid"] == supervisor),
+        "no line about the stop"
+    );
+}

@@ -8,7 +8,6 @@ use herder::fd::{Channel, Message};
 use herder::pool::{Pool, PoolEvent, Scorecard, Worker};
 use herder::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
 use herder::reactor::{Config, Event, Interest, Key, Mode, Server, Signal, TimerId};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 /// The options both servers take.
@@ -68,34 +67,46 @@ pub(crate) struct Common {
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
     pub(crate) log_level: String,
+    /// `text` lines, or `json` (one object per line).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
 }
 
-static LEVEL: AtomicU8 = AtomicU8::new(2);
-
-/// Sets the log level from its name.
-pub(crate) fn set_log_level(name: &str) {
-    let n = match name {
-        "error" => 0,
-        "warn" => 1,
-        "info" => 2,
-        _ => 3,
+/// Installs the `tracing` subscriber: to stderr, at `level`, as text or JSON lines.
+/// Everything this process logs, the crates' lines included, carries its pid.
+/// Returns the guard of the process's span; keep it for the life of `main`.
+pub(crate) fn init_logging(c: &Common) -> tracing::span::EnteredSpan {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match c.log_level.as_str() {
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "info" => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
     };
-    LEVEL.store(n, Ordering::Relaxed);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(false);
+    // A second subscriber (none is ever set first here) would only be refused.
+    let _ = match c.log_format.as_str() {
+        "json" => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+    let role = if std::env::var_os(herder::pool::WORKER_ENV).is_some() {
+        "worker"
+    } else {
+        "supervisor"
+    };
+    tracing::info_span!("herder", pid = std::process::id(), role).entered()
 }
 
-/// Whether messages of `level` (0 error … 3 debug) are shown.
-pub(crate) fn enabled(level: u8) -> bool {
-    level <= LEVEL.load(Ordering::Relaxed)
-}
-
-/// Logs to stderr with the process's role and pid.
+/// Logs through `tracing`: 0 error, 1 warn, 2 info, 3 debug.
 #[macro_export]
 macro_rules! log {
-    ($level:expr, $($arg:tt)*) => {
-        if $crate::common::enabled($level) {
-            eprintln!("[{}] {}", std::process::id(), format_args!($($arg)*));
-        }
-    };
+    (0, $($arg:tt)*) => { tracing::error!($($arg)*) };
+    (1, $($arg:tt)*) => { tracing::warn!($($arg)*) };
+    (2, $($arg:tt)*) => { tracing::info!($($arg)*) };
+    (3, $($arg:tt)*) => { tracing::debug!($($arg)*) };
 }
 
 /// The pool configuration both servers start from.
@@ -231,70 +242,8 @@ pub(crate) fn supervise(
             match &e {
                 PoolEvent::Reloaded { .. } => tally.borrow_mut().reloads += 1,
                 PoolEvent::UpgradeFailed { .. } => tally.borrow_mut().upgrades_failed += 1,
-                _ => {}
-            }
-            match &e {
-                PoolEvent::Spawned {
-                    slot,
-                    pid,
-                    generation,
-                } => {
-                    log!(
-                        2,
-                        "worker {pid} started in slot {slot} (generation {generation})"
-                    )
-                }
-                PoolEvent::Ready { slot, pid } => log!(2, "worker {pid} ready in slot {slot}"),
-                PoolEvent::Exited {
-                    slot,
-                    pid,
-                    status,
-                    restart_in,
-                } => match restart_in {
-                    Some(d) if d.is_zero() => log!(
-                        1,
-                        "worker {pid} in slot {slot} exited ({status}); restarting it"
-                    ),
-                    Some(d) => log!(
-                        1,
-                        "worker {pid} in slot {slot} exited ({status}); restart in {d:?}"
-                    ),
-                    None => log!(2, "worker {pid} in slot {slot} exited ({status})"),
-                },
-                PoolEvent::SpawnFailed { slot, error } => log!(0, "slot {slot}: {error}"),
-                PoolEvent::BreakerTripped { slot, failures } => {
-                    log!(0, "slot {slot} stopped after {failures} crashes in a row")
-                }
-                PoolEvent::Hung { slot, pid, silent } => {
-                    log!(
-                        0,
-                        "worker {pid} in slot {slot} silent for {silent:?}: terminated"
-                    )
-                }
-                PoolEvent::Reloaded { generation } => log!(2, "reloaded: generation {generation}"),
-                PoolEvent::ReloadFailed { generation, slots } => {
-                    log!(
-                        0,
-                        "reload to generation {generation} failed in slots {slots:?}"
-                    )
-                }
-                PoolEvent::Command(cmd) => log!(2, "command: {cmd:?}"),
-                PoolEvent::UpgradeStarted { pid } => {
-                    log!(2, "upgrade: new supervisor {pid} starting")
-                }
-                PoolEvent::Upgraded { pid } => {
-                    log!(
-                        2,
-                        "upgrade: new supervisor {pid} ready; draining and exiting"
-                    )
-                }
-                PoolEvent::UpgradeFailed { reason } => {
-                    log!(0, "upgrade failed, going on: {reason}")
-                }
-                PoolEvent::Stopped => {
-                    log!(2, "stopped");
-                    return Ok(());
-                }
+                // The pool logged it; a graceful stop ends here.
+                PoolEvent::Stopped => return Ok(()),
                 _ => {}
             }
             other(pool, &e);

@@ -14,6 +14,9 @@ pub const SERVERS: [&str; 2] = ["handoff_server", "shared_listener_server"];
 pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,
+    /// What the server (and its workers) logged on stderr so far, line by line;
+    /// each line is also passed on to the test's stderr.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// The path of an example binary, built by `cargo test` next to the test binaries.
@@ -61,15 +64,34 @@ pub fn start_command(name: &str, mut cmd: Command) -> Running {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
     let stdout = child.stdout.take().unwrap();
     adopt(name, child, stdout)
 }
 
+/// Collects `stderr`'s lines (until every writer closed it), passing each on.
+fn collect_log(stderr: std::process::ChildStderr) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            lines.lock().unwrap().push(line);
+        }
+    });
+    log
+}
+
 /// A started server whose `stdout` is a pipe: waits (30 s at most) for its
 /// `listening on` line.
 pub fn adopt(name: &str, mut child: Child, stdout: std::process::ChildStdout) -> Running {
+    let log = match child.stderr.take() {
+        Some(stderr) => collect_log(stderr),
+        None => Default::default(),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -91,6 +113,20 @@ pub fn adopt(name: &str, mut child: Child, stdout: std::process::ChildStdout) ->
     Running {
         child,
         addr: addr.parse().unwrap(),
+        log,
+    }
+}
+
+impl Running {
+    /// The logged lines that contain `text`.
+    pub fn logged(&self, text: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
     }
 }
 

@@ -655,8 +655,14 @@ impl Pool {
     /// to start is reported ([`PoolEvent::SpawnFailed`]) and retried; it never stops
     /// the others.
     pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
+        let before = events.len();
+        self.start_inner(events);
+        trace_events(&events[before..]);
+    }
+
+    fn start_inner(&mut self, events: &mut Vec<PoolEvent>) {
         let n = self.config.workers;
-        self.scale(n, events);
+        self.scale_inner(n, events);
         self.report();
     }
 
@@ -950,6 +956,12 @@ impl Pool {
     /// Changes the number of slots to `n`: new slots start a worker; removed slots
     /// (the highest) have their workers drained.
     pub fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) {
+        let before = events.len();
+        self.scale_inner(n, events);
+        trace_events(&events[before..]);
+    }
+
+    fn scale_inner(&mut self, n: usize, events: &mut Vec<PoolEvent>) {
         if self.stopping {
             return;
         }
@@ -1000,6 +1012,12 @@ impl Pool {
     /// for while the previous one is still draining starts when it is done.
     /// [`PoolEvent::Reloaded`] reports the end.
     pub fn reload(&mut self, events: &mut Vec<PoolEvent>) {
+        let before = events.len();
+        self.reload_inner(events);
+        trace_events(&events[before..]);
+    }
+
+    fn reload_inner(&mut self, events: &mut Vec<PoolEvent>) {
         if self.stopping {
             return;
         }
@@ -1030,6 +1048,12 @@ impl Pool {
     /// those still running after the drain timeout are killed.
     /// [`PoolEvent::Stopped`] reports the end; [`is_stopped`](Self::is_stopped) tells.
     pub fn stop(&mut self, events: &mut Vec<PoolEvent>) {
+        let before = events.len();
+        self.stop_inner(events);
+        trace_events(&events[before..]);
+    }
+
+    fn stop_inner(&mut self, events: &mut Vec<PoolEvent>) {
         if self.stopping {
             return;
         }
@@ -1076,6 +1100,12 @@ impl Pool {
     /// its control socket at the same path. Not with per-slot listeners
     /// ([`set_slot_listeners`](Self::set_slot_listeners)).
     pub fn upgrade(&mut self, events: &mut Vec<PoolEvent>) {
+        let before = events.len();
+        self.upgrade_inner(events);
+        trace_events(&events[before..]);
+    }
+
+    fn upgrade_inner(&mut self, events: &mut Vec<PoolEvent>) {
         if self.stopping || self.upgrade.is_some() {
             return;
         }
@@ -1261,7 +1291,7 @@ impl Pool {
                 }
                 self.control_path = None;
                 events.push(PoolEvent::Upgraded { pid: u.pid });
-                self.stop(events);
+                self.stop_inner(events);
             }
             Err(reason) => {
                 self.upgrade_failed = Some(reason.clone());
@@ -1287,6 +1317,7 @@ impl Pool {
         events: &mut Vec<PoolEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), Error> {
+        let before = events.len();
         let mut evs = std::mem::take(&mut self.events);
         self.reactor
             .poll(&mut evs, timeout)
@@ -1343,6 +1374,7 @@ impl Pool {
         }
         self.events = evs;
         self.report();
+        trace_events(&events[before..]);
         Ok(())
     }
 
@@ -1573,19 +1605,19 @@ impl Pool {
                 }))
             }
             crate::Command::Reload => {
-                self.reload(events);
+                self.reload_inner(events);
                 crate::control::response(json!({ "ok": true, "generation": self.generation }))
             }
             crate::Command::Scale(n) => {
-                self.scale(*n, events);
+                self.scale_inner(*n, events);
                 crate::control::response(json!({ "ok": true, "workers": self.slots.len() }))
             }
             crate::Command::Stop => {
-                self.stop(events);
+                self.stop_inner(events);
                 crate::control::response(json!({ "ok": true }))
             }
             crate::Command::Upgrade => {
-                self.upgrade(events);
+                self.upgrade_inner(events);
                 match (&self.upgrade, &self.upgrade_failed) {
                     (Some(u), _) => crate::control::response(json!({ "ok": true, "pid": u.pid })),
                     (None, Some(why)) => crate::control::error(why),
@@ -1664,7 +1696,7 @@ impl Pool {
             self.recycling = None;
             if self.reload_pending && !self.procs.values().any(|p| p.draining) {
                 self.reload_pending = false;
-                self.reload(events);
+                self.reload_inner(events);
                 return;
             }
         }
@@ -1721,7 +1753,7 @@ impl Pool {
             let add = self.scale_step.min(auto.max - n);
             self.scale_step = (self.scale_step * 2).min(32);
             self.idle_ticks = 0;
-            self.scale(n + add, events);
+            self.scale_inner(n + add, events);
             return;
         }
         self.scale_step = 1;
@@ -1729,7 +1761,7 @@ impl Pool {
             self.idle_ticks += 1;
             if Duration::from_secs(u64::from(self.idle_ticks)) >= auto.idle_after {
                 self.idle_ticks = 0;
-                self.scale(n - 1, events);
+                self.scale_inner(n - 1, events);
             }
         } else {
             self.idle_ticks = 0;
@@ -2114,7 +2146,7 @@ impl Pool {
             && !self.procs.values().any(|p| p.draining)
         {
             self.reload_pending = false;
-            self.reload(events);
+            self.reload_inner(events);
         }
     }
 
@@ -2335,5 +2367,72 @@ impl fmt::Debug for Pool {
             .field("program", &self.program)
             .field("workers", &self.workers())
             .finish_non_exhaustive()
+    }
+}
+
+/// Logs what a pool call did, through `tracing` (nothing shows unless the
+/// application installs a subscriber).
+fn trace_events(events: &[PoolEvent]) {
+    for e in events {
+        match e {
+            PoolEvent::Spawned {
+                slot,
+                pid,
+                generation,
+            } => tracing::info!(slot, pid, generation, "worker started"),
+            PoolEvent::Ready { slot, pid } => tracing::info!(slot, pid, "worker ready"),
+            PoolEvent::SpawnFailed { slot, error } => {
+                tracing::error!(slot, %error, "starting a worker failed")
+            }
+            PoolEvent::Exited {
+                slot,
+                pid,
+                status,
+                restart_in,
+            } => match restart_in {
+                Some(delay) => {
+                    tracing::warn!(slot, pid, %status, restart_in = ?delay, "worker exited; restarting it")
+                }
+                None => tracing::info!(slot, pid, %status, "worker exited"),
+            },
+            PoolEvent::BreakerTripped { slot, failures } => tracing::error!(
+                slot,
+                failures,
+                "worker crashed too often: its slot is no longer restarted"
+            ),
+            PoolEvent::ChannelError { slot, error } => {
+                tracing::error!(slot, %error, "worker channel failed; killing the worker")
+            }
+            PoolEvent::Hung { slot, pid, silent } => {
+                tracing::error!(slot, pid, silent = ?silent, "worker hung; terminating it")
+            }
+            PoolEvent::Reloaded { generation } => {
+                tracing::info!(generation, "rolling restart finished")
+            }
+            PoolEvent::ReloadFailed { generation, slots } => tracing::error!(
+                generation,
+                slots = ?slots,
+                "rolling restart failed in some slots; their old workers go on"
+            ),
+            PoolEvent::Recycling { slot, pid } => {
+                tracing::info!(
+                    slot,
+                    pid,
+                    "worker reached its connection limit; recycling it"
+                )
+            }
+            PoolEvent::UpgradeStarted { pid } => {
+                tracing::info!(pid, "upgrade: new supervisor starting")
+            }
+            PoolEvent::Upgraded { pid } => {
+                tracing::info!(pid, "upgrade: new supervisor ready; handing over")
+            }
+            PoolEvent::UpgradeFailed { reason } => {
+                tracing::error!(%reason, "upgrade failed; going on")
+            }
+            PoolEvent::Command(cmd) => tracing::info!(command = ?cmd, "command"),
+            PoolEvent::Stopped => tracing::info!("stopped"),
+            PoolEvent::Message { .. } | PoolEvent::Other(_) => {}
+        }
     }
 }

@@ -296,6 +296,8 @@ pub struct Server<Svc: Service + 'static> {
     listener_retry: HashMap<TimerId, Key>,
     /// Listeners paused because the server holds `max_connections`.
     full_paused: Vec<Key>,
+    /// When running out of descriptors was last logged.
+    out_of_descriptors_logged: Option<Instant>,
     /// Re-arm timers of `EPOLLEXCLUSIVE` listeners, and their current keys.
     rearm: HashMap<TimerId, Key>,
     drain_deadline: Option<TimerId>,
@@ -323,6 +325,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             conn_timers: HashMap::new(),
             listener_retry: HashMap::new(),
             full_paused: Vec::new(),
+            out_of_descriptors_logged: None,
             rearm: HashMap::new(),
             drain_deadline: None,
             draining: false,
@@ -795,6 +798,20 @@ impl<Svc: Service + 'static> Server<Svc> {
                 Err(e) => {
                     self.stats.accept_errors += 1;
                     if is_out_of_descriptors(&e) {
+                        // At most one line a second, however long the shortage lasts.
+                        let now = Instant::now();
+                        if self
+                            .out_of_descriptors_logged
+                            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+                        {
+                            self.out_of_descriptors_logged = Some(now);
+                            tracing::warn!(
+                                error = %e,
+                                backoff = ?self.config.accept_backoff,
+                                accept_errors = self.stats.accept_errors,
+                                "accept: out of descriptors or memory; pausing the listener"
+                            );
+                        }
                         // Level-triggered, the listener would wake us at once again:
                         // pause it and retry later instead of spinning.
                         if self
@@ -808,6 +825,7 @@ impl<Svc: Service + 'static> Server<Svc> {
                         }
                     }
                     // ECONNABORTED and the like concern one connection only.
+                    tracing::debug!(error = %e, "accept failed");
                     if is_out_of_descriptors(&e) {
                         return;
                     }
