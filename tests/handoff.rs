@@ -158,3 +158,51 @@ fn out_of_descriptors_the_supervisor_waits_and_recovers() {
     );
     server.stop(SERVER);
 }
+
+/// The tokio example: workers serve the handed-off connections with hyper on a tokio
+/// runtime; both serve, a killed one is replaced, and a graceful stop exits 0.
+#[test]
+fn tokio_workers_serve_with_hyper() {
+    let util::Controlled {
+        server,
+        ctl,
+        dir: _dir,
+    } = util::start_controlled("tokio_handoff", &["--workers", "2"]);
+    let mut by = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let answer = util::get(server.addr);
+        let pid = answer
+            .trim_end()
+            .rsplit_once("Hello from worker ")
+            .unwrap_or_else(|| panic!("{answer:?}"))
+            .1
+            .to_string();
+        *by.entry(pid).or_insert(0) += 1;
+    }
+    assert_eq!(by.len(), 2, "both workers serve: {by:?}");
+    // A worker killed is replaced, and connections keep being served.
+    let status = util::status(&ctl);
+    let victim = status["workers"][0]["pid"].as_u64().unwrap();
+    // SAFETY: kills a worker of the server this test started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = util::status(&ctl);
+        let ready: Vec<u64> = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "ready")
+            .filter_map(|w| w["pid"].as_u64())
+            .collect();
+        if ready.len() == 2 && !ready.contains(&victim) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no replacement: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..20 {
+        assert!(util::get(server.addr).contains("Hello from worker "));
+    }
+    server.stop("tokio_handoff");
+}

@@ -65,6 +65,10 @@ pub use channel::{
     PeerCredentials, is_cloexec, peer_credentials, recv_fds, send_fds,
 };
 
+#[cfg(all(unix, feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio;
+
 #[cfg(windows)]
 mod channel_windows;
 #[cfg(windows)]

@@ -544,3 +544,14 @@ pub(crate) fn adopt_from_env(var: &str) -> io::Result<Option<OwnedFd>> {
     set_cloexec(fd.as_fd(), true)?;
     Ok(Some(fd))
 }
+
+/// Registers `channel` with the current tokio runtime.
+#[cfg(feature = "tokio")]
+pub(crate) fn register_async(
+    channel: crate::Channel,
+) -> io::Result<::tokio::io::unix::AsyncFd<crate::Channel>> {
+    // SAFETY: a `Channel` owns its descriptor (an `OwnedFd`), which stays open and
+    // the same until the channel is dropped or taken back with `into_inner`, and
+    // `as_raw_fd` always returns it.
+    unsafe { ::tokio::io::unix::AsyncFd::register(channel) }.map_err(io::Error::from)
+}
