@@ -72,23 +72,7 @@ mod unix {
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
-        let (listener, _) = common::listener(&args.common)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let config = common::pool_config(&args.common)?;
-        let mut pool = Pool::new(config.clone(), Vec::new())?;
-        pool.handle_signals()?;
-        if let Some(path) = &args.common.control {
-            pool.listen_control(path)?;
-        }
-        common::drop_privileges(&args.common, &config, None)?;
-        // An upgrade's new supervisor gets the listener too.
-        pool.pass_on_upgrade("http", std::os::fd::OwnedFd::from(listener.try_clone()?));
-        let key = pool.add_source(
-            Box::new(listener.try_clone()?),
-            Interest::READABLE,
-            Mode::Level,
-        )?;
+        let (mut pool, listener, key, addr) = common::handoff_supervisor(&args.common)?;
         let mut d = Dispatcher {
             listener,
             key,

@@ -11,15 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn pids(s: &serde_json::Value) -> Vec<u64> {
-    s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w["pid"].as_u64())
-        .collect()
-}
-
 /// One HTTP request on a new connection; whether the full answer came back.
 fn request(addr: SocketAddr) -> bool {
     let Ok(mut c) = TcpStream::connect(addr) else {
@@ -43,7 +34,7 @@ fn a_rolling_restart_under_load_fails_no_connection() {
             ctl,
             dir: _dir,
         } = util::start_controlled(name, &["--workers", "2", "--protocol", "http"]);
-        let before = pids(&util::status(&ctl));
+        let before = util::pids(&util::status(&ctl));
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let clients: Vec<_> = (0..4)
@@ -65,7 +56,7 @@ fn a_rolling_restart_under_load_fails_no_connection() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let s = util::status(&ctl);
-            let now = pids(&s);
+            let now = util::pids(&s);
             let ready = s["workers"].as_array().unwrap().iter().all(|w| {
                 w["state"] == "ready" && w["draining"].as_array().is_some_and(Vec::is_empty)
             });
@@ -212,7 +203,7 @@ fn workers_run_as_nobody() {
         } = util::start_controlled(name, &args);
         let supervisor = server.child.id();
         assert_eq!(ids(supervisor).0, [supervisor_uid; 4], "{what}: supervisor");
-        let workers = pids(&util::status(&ctl));
+        let workers = util::pids(&util::status(&ctl));
         assert_eq!(workers.len(), 2, "{what}");
         for &w in &workers {
             let (uids, groups) = ids(w as u32);
@@ -345,7 +336,7 @@ fn metrics_follow_the_pool() {
             assert_eq!(v["herder_handoffs_shed_total"], 0, "{name}");
         }
         // A worker killed: a restart counted.
-        let victim = pids(&util::status(&ctl))[0];
+        let victim = util::pids(&util::status(&ctl))[0];
         // SAFETY: kills a worker of the server this test started.
         unsafe { libc::kill(victim as i32, libc::SIGKILL) };
         wait("the restart", &|v| {

@@ -9,15 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn pids(s: &serde_json::Value) -> Vec<u64> {
-    s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w["pid"].as_u64())
-        .collect()
-}
-
 /// Waits (bounded) until `status` satisfies `pred`, and returns it.
 fn wait_status(
     ctl: &std::path::Path,
@@ -91,7 +82,7 @@ fn an_upgrade_under_load_fails_no_connection_and_a_broken_binary_is_rolled_back(
         let server = util::start_command(name, cmd);
         let addr = server.addr;
         let old = util::status(&ctl);
-        let old_pids = pids(&old);
+        let old_pids = util::pids(&old);
 
         // Clients: echo exchanges on new connections, all the time.
         let stop = Arc::new(AtomicBool::new(false));
@@ -127,7 +118,7 @@ fn an_upgrade_under_load_fails_no_connection_and_a_broken_binary_is_rolled_back(
             "{name}: {s}"
         );
         assert_eq!(s["pid"], old["pid"], "{name}: the supervisor changed");
-        assert_eq!(pids(&s), old_pids, "{name}: the workers changed");
+        assert_eq!(util::pids(&s), old_pids, "{name}: the workers changed");
 
         // The real binary again, through the control socket this time.
         replace(&binary, &real);
@@ -173,7 +164,7 @@ fn an_upgrade_under_load_fails_no_connection_and_a_broken_binary_is_rolled_back(
             c.join().unwrap();
         }
         let new_pid = new["pid"].as_u64().unwrap() as u32;
-        let new_pids = pids(&new);
+        let new_pids = util::pids(&new);
         assert!(
             new_pids.iter().all(|p| !old_pids.contains(p)),
             "{name}: old workers {old_pids:?} remain in {new_pids:?}"

@@ -182,6 +182,33 @@ pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, boo
     }
 }
 
+/// The supervisor of the hand-off model: its listener (inherited or bound,
+/// non-blocking) watched in the pool's loop and passed on at an upgrade, the pool
+/// with signals and control socket, and privileges dropped as asked. Returns the
+/// pool, the listener, its key and its address.
+pub(crate) fn handoff_supervisor(
+    c: &Common,
+) -> anyhow::Result<(Pool, std::net::TcpListener, Key, std::net::SocketAddr)> {
+    let (listener, _) = listener(c)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let config = pool_config(c)?;
+    let mut pool = Pool::new(config.clone(), Vec::new())?;
+    pool.handle_signals()?;
+    if let Some(path) = &c.control {
+        pool.listen_control(path)?;
+    }
+    drop_privileges(c, &config, None)?;
+    // An upgrade's new supervisor gets the listener too.
+    pool.pass_on_upgrade("http", std::os::fd::OwnedFd::from(listener.try_clone()?));
+    let key = pool.add_source(
+        Box::new(listener.try_clone()?),
+        Interest::READABLE,
+        Mode::Level,
+    )?;
+    Ok((pool, listener, key, addr))
+}
+
 /// After binding: with `--unprivileged-supervisor`, the supervisor switches to the
 /// workers' user (`--user`) too. `refuse` says why it cannot, if it cannot.
 pub(crate) fn drop_privileges(

@@ -276,6 +276,16 @@ pub fn start_controlled(name: &str, args: &[&str]) -> Controlled {
     Controlled { server, ctl, dir }
 }
 
+/// The workers' pids in a `status` answer, slot by slot.
+pub fn pids(status: &serde_json::Value) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["pid"].as_u64())
+        .collect()
+}
+
 /// The children of `pid` and their states (`Z` for a zombie), from `/proc`.
 pub fn children(pid: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();

@@ -819,8 +819,7 @@ impl Channel {
         socket: &S,
         meta: &Handoff<'_>,
     ) -> io::Result<()> {
-        let mut payload = Vec::with_capacity(crate::handoff::MAX_META_LEN + meta.data.len());
-        crate::handoff::encode(S::KIND, meta, &mut payload);
+        let payload = crate::handoff::encoded(S::KIND, meta);
         self.send(&payload, &[socket.as_fd()])
     }
 

@@ -195,8 +195,7 @@ impl Channel {
         meta: &Handoff<'_>,
     ) -> io::Result<()> {
         let info = sys::duplicate_socket(socket.as_socket(), self.peer_pid)?;
-        let mut payload = Vec::with_capacity(crate::handoff::MAX_META_LEN + meta.data.len());
-        crate::handoff::encode(S::KIND, meta, &mut payload);
+        let payload = crate::handoff::encoded(S::KIND, meta);
         self.write_frame(&payload, &[&info])?;
         let Some((ack, infos)) = self.read_frame()? else {
             return Err(io::Error::new(

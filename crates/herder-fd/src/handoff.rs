@@ -92,9 +92,11 @@ pub struct Handoff<'a> {
     pub data: &'a [u8],
 }
 
-pub(crate) fn encode(kind: SocketKind, h: &Handoff<'_>, out: &mut Vec<u8>) {
-    out.clear();
-    append(kind, h, out);
+/// One hand-off's header and data, as a message payload.
+pub(crate) fn encoded(kind: SocketKind, h: &Handoff<'_>) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(MAX_META_LEN + h.data.len());
+    append(kind, h, &mut payload);
+    payload
 }
 
 /// Encodes a batch of hand-offs of one kind. The caller checks that there are at most
@@ -249,14 +251,13 @@ mod tests {
             Some("10.1.2.3:443".parse().unwrap()),
             Some("[fe80::1%7]:8080".parse().unwrap()),
         ];
-        let mut buf = Vec::new();
         for peer in peers {
             let h = Handoff {
                 id: u64::MAX - 3,
                 peer,
                 data: b"GET / HTTP/1.1\r\n",
             };
-            encode(SocketKind::TcpStream, &h, &mut buf);
+            let buf = encoded(SocketKind::TcpStream, &h);
             assert!(buf.len() <= MAX_META_LEN + h.data.len());
             let m = decode(&buf).unwrap();
             assert_eq!((m.kind, m.id, m.peer), (SocketKind::TcpStream, h.id, peer));
@@ -315,13 +316,12 @@ mod tests {
 
     #[test]
     fn every_prefix_of_a_header_is_rejected_or_consistent() {
-        let mut buf = Vec::new();
         let h = Handoff {
             id: 1,
             peer: Some("[::1]:1".parse().unwrap()),
             data: b"",
         };
-        encode(SocketKind::UnixStream, &h, &mut buf);
+        let buf = encoded(SocketKind::UnixStream, &h);
         for cut in 0..buf.len() {
             assert_eq!(
                 decode(&buf[..cut]).unwrap_err().kind(),
@@ -369,9 +369,8 @@ mod tests {
             #[test]
             fn every_header_round_trips(id in any::<u64>(), peer in peer(),
                                         data in proptest::collection::vec(any::<u8>(), 0..64)) {
-                let mut buf = Vec::new();
                 let h = Handoff { id, peer, data: &data };
-                encode(SocketKind::UdpSocket, &h, &mut buf);
+                let buf = encoded(SocketKind::UdpSocket, &h);
                 let m = decode(&buf).unwrap();
                 prop_assert_eq!((m.kind, m.id, m.peer), (SocketKind::UdpSocket, id, peer));
                 prop_assert_eq!(&buf[m.data..], &data[..]);
