@@ -180,6 +180,11 @@ mod unix {
             let want = match lock.as_mut() {
                 Some(l) => {
                     held = !draining && !yielding && l.try_lock()?;
+                    if !held && !draining && !yielding {
+                        if let Some(card) = &card {
+                            card.add_lock_waits(1);
+                        }
+                    }
                     held
                 }
                 None => !yielding,

@@ -299,7 +299,12 @@ fn total(values: &std::collections::HashMap<String, u64>, name: &str) -> u64 {
 
 #[test]
 fn metrics_follow_the_pool() {
-    for name in util::SERVERS {
+    for (name, extra) in [
+        ("handoff_server", &[][..]),
+        ("shared_listener_server", &[][..]),
+        ("shared_listener_server", &["--accept", "flock"][..]),
+    ] {
+        let locked = !extra.is_empty();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -310,7 +315,10 @@ fn metrics_follow_the_pool() {
             server,
             ctl,
             dir: _dir,
-        } = util::start_controlled(name, &["--workers", "2", "--metrics", &metrics]);
+        } = util::start_controlled(
+            name,
+            &[&["--workers", "2", "--metrics", &metrics][..], extra].concat(),
+        );
         for i in 0..5 {
             assert_eq!(util::echo(server.addr, &[i; 10]), [i; 10]);
         }
@@ -334,6 +342,18 @@ fn metrics_follow_the_pool() {
         if name == "handoff_server" {
             assert_eq!(v["herder_handoffs_total"], 5, "{name}");
             assert_eq!(v["herder_handoffs_shed_total"], 0, "{name}");
+        }
+        // With a lock, the worker without it keeps finding it held; without one, never.
+        if locked {
+            wait("lock waits", &|v| {
+                total(v, "herder_worker_accept_lock_waits_total") > 0
+            });
+        } else {
+            assert_eq!(
+                total(&v, "herder_worker_accept_lock_waits_total"),
+                0,
+                "{name}"
+            );
         }
         // A worker killed: a restart counted.
         let victim = util::pids(&util::status(&ctl))[0];

@@ -228,6 +228,12 @@ pub(crate) fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
         &per_slot(&|w| w.active),
     );
     metric(
+        "herder_worker_accept_lock_waits_total",
+        "counter",
+        "Times the slot's current worker wanted to accept but found the accept lock held.",
+        &per_slot(&|w| w.lock_waits),
+    );
+    metric(
         "herder_worker_restarts_total",
         "counter",
         "Times the slot's worker was restarted after exiting.",

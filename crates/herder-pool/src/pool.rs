@@ -319,6 +319,11 @@ pub struct WorkerInfo {
     pub accepted: u64,
     /// Connections the current worker has open, from the scoreboard.
     pub active: u64,
+    /// How many times the slot's current worker found the accept lock held by
+    /// another when it wanted to accept ([`Scorecard::add_lock_waits`]).
+    ///
+    /// [`Scorecard::add_lock_waits`]: crate::Scorecard::add_lock_waits
+    pub lock_waits: u64,
     /// How many times the slot's worker was replaced.
     pub restarts: u32,
     /// How the previous worker of the slot ended.
@@ -728,6 +733,7 @@ impl Pool {
         Some(WorkerInfo {
             accepted: record.map_or(0, |r| r.accepted()),
             active: record.map_or(0, |r| r.active()),
+            lock_waits: record.map_or(0, |r| r.lock_waits()),
             slot,
             pid: s.current,
             generation: s.generation,
@@ -1588,6 +1594,7 @@ impl Pool {
                             "state": state_name(w.state),
                             "accepted": w.accepted,
                             "active": w.active,
+                            "lock_waits": w.lock_waits,
                             "restarts": w.restarts,
                             "last_exit": w.last_exit.map(|s| s.to_string()),
                             "draining": w.draining,

@@ -4,7 +4,7 @@
 //! ```text
 //! header (64 bytes): magic "HERDERSB", version, capacity
 //! record (64 bytes each): pid, state, slot, generation, heartbeat (ms of
-//!                         CLOCK_MONOTONIC), accepted, active, flags
+//!                         CLOCK_MONOTONIC), accepted, active, flags, lock waits
 //! ```
 //!
 //! Records belong to processes, not slots: during a rolling restart a slot's old and
@@ -41,6 +41,9 @@ pub(crate) struct Record {
     active: AtomicU64,
     /// Bit 0: the worker takes new connections from a shared listener.
     flags: AtomicU32,
+    /// Times the worker found the accept lock held by another. (Bytes that were
+    /// padding before: a supervisor that does not know them reads nothing there.)
+    lock_waits: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Record>() == 64 && std::mem::size_of::<Header>() == 64);
@@ -118,6 +121,7 @@ impl Board {
             r.accepted.store(0, Ordering::Relaxed);
             r.active.store(0, Ordering::Relaxed);
             r.flags.store(0, Ordering::Relaxed);
+            r.lock_waits.store(0, Ordering::Relaxed);
             true
         })
     }
@@ -133,6 +137,7 @@ impl Board {
     pub(crate) fn release(&self, index: usize) {
         if let Some(r) = self.record(index) {
             r.flags.store(0, Ordering::Relaxed);
+            r.lock_waits.store(0, Ordering::Relaxed);
             r.used.store(0, Ordering::Release);
         }
     }
@@ -178,6 +183,12 @@ impl Record {
         } else {
             self.flags.fetch_and(!ACCEPTING, Ordering::Relaxed);
         }
+    }
+    pub(crate) fn add_lock_waits(&self, n: u64) {
+        self.lock_waits.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn lock_waits(&self) -> u64 {
+        self.lock_waits.load(Ordering::Relaxed)
     }
     pub(crate) fn is_accepting(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & ACCEPTING != 0

@@ -265,6 +265,14 @@ impl Scorecard {
         }
     }
 
+    /// Counts `n` times more that this worker wanted to accept but found the accept
+    /// lock held by another (the supervisor's `lock_waits`).
+    pub fn add_lock_waits(&self, n: u64) {
+        if let Some(r) = self.record() {
+            r.add_lock_waits(n);
+        }
+    }
+
     /// Sets the number of connections this worker has open; it also counts as a
     /// heartbeat (a loop that publishes its load is alive). Call it after every poll:
     /// peers ignore a worker that has published nothing for [`PEER_FRESH`].
