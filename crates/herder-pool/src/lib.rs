@@ -64,7 +64,6 @@ mod error;
 mod listener;
 #[cfg(unix)]
 mod pool;
-#[cfg(unix)]
 mod protocol;
 #[cfg(unix)]
 mod scoreboard;
@@ -76,6 +75,17 @@ mod worker;
 #[cfg(unix)]
 #[path = "sys/unix.rs"]
 mod sys;
+#[cfg(windows)]
+#[path = "sys/windows.rs"]
+mod sys;
+
+#[cfg(windows)]
+mod pool_windows;
+#[cfg(windows)]
+pub use pool_windows::{
+    AcceptLock, Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WORKER_ENV, Worker, WorkerInfo,
+    is_drain_request, request_stop,
+};
 
 #[cfg(unix)]
 pub use accept_lock::{AcceptLock, AcceptLockKind};

@@ -1,0 +1,883 @@
+//! The pool on Windows: worker processes started with `CreateProcess` (through
+//! `std::process::Command`), each handed the pool's listeners with
+//! `WSADuplicateSocketW` over its own channel, supervised, restarted with back-off
+//! and a crash-loop breaker, and stopped gracefully with a drain message (there are
+//! no signals).
+//!
+//! A worker's channel is a loopback TCP connection that the worker opens to the
+//! supervisor at start, presenting a one-time token from its environment: nothing
+//! is inherited but the standard handles, and another local process cannot take a
+//! worker's place without the token.
+
+use crate::Error;
+use herder_fd::{Channel, Handoff, Message};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The variable that tells a worker its slot and generation, `SLOT:GENERATION`.
+pub const WORKER_ENV: &str = "HERDER_WORKER";
+/// The variable that tells a worker where its channel is: `ADDR TOKEN NAMES`, the
+/// supervisor's loopback address, the token to present, and the names of the
+/// listeners that follow, separated by `:`.
+const CHANNEL_ENV: &str = "HERDER_WORKER_CHANNEL";
+/// The variable naming the accept lock's mutex.
+const LOCK_ENV: &str = "HERDER_ACCEPT_MUTEX";
+/// A worker that exits with this code is not restarted.
+pub const FATAL_EXIT_CODE: i32 = 78;
+
+/// The pool's settings. As on Unix, where they exist there.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Worker processes. Default: the number of CPUs.
+    pub workers: usize,
+    /// The program workers run. Default: this program.
+    pub program: Option<PathBuf>,
+    /// The workers' arguments. Default: this process's.
+    pub args: Option<Vec<OsString>>,
+    /// Variables added to the workers' environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// The second consecutive crash of a slot waits this long; the delay doubles
+    /// with each further one (the first is restarted at once). Default 100 ms.
+    pub backoff_initial: Duration,
+    /// The longest restart delay. Default 10 s.
+    pub backoff_max: Duration,
+    /// A worker that ran this long starts its slot's back-off afresh. Default 10 s.
+    pub stable_after: Duration,
+    /// This many crashes of one slot within `breaker_window` stop restarting it.
+    /// Default 5.
+    pub breaker_failures: usize,
+    /// See `breaker_failures`. Default 30 s.
+    pub breaker_window: Duration,
+    /// A worker exiting with this code is not restarted. Default
+    /// [`FATAL_EXIT_CODE`].
+    pub fatal_exit_code: Option<i32>,
+    /// A worker not ready this long after its start is terminated and counts as a
+    /// crash. Default 30 s.
+    pub ready_timeout: Duration,
+    /// How long a draining worker may take before it is terminated. Default 30 s.
+    pub drain_timeout: Duration,
+    /// A named mutex for the workers to take turns accepting with
+    /// ([`Worker::accept_lock`]). Default: none.
+    pub accept_lock: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            program: None,
+            args: None,
+            env: Vec::new(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            stable_after: Duration::from_secs(10),
+            breaker_failures: 5,
+            breaker_window: Duration::from_secs(30),
+            fatal_exit_code: Some(FATAL_EXIT_CODE),
+            ready_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            accept_lock: false,
+        }
+    }
+}
+
+/// A slot's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// Its worker started and is not ready yet.
+    Starting,
+    /// Its worker is ready.
+    Ready,
+    /// Waiting to restart its worker.
+    Backoff,
+    /// Its worker crashed too often: no more restarts.
+    Tripped,
+    /// Its worker exited with the fatal code: no more restarts.
+    Fatal,
+    /// The pool is stopping.
+    Stopped,
+}
+
+/// What [`Pool::poll`] reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PoolEvent {
+    /// A worker process was started.
+    Spawned {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+    },
+    /// Starting a worker failed; the slot backs off and retries.
+    SpawnFailed {
+        /// The slot.
+        slot: usize,
+        /// What failed.
+        error: Error,
+    },
+    /// A worker reported ready.
+    Ready {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A worker exited.
+    Exited {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// Its exit code.
+        status: ExitStatus,
+        /// When its replacement starts, if one does.
+        restart_in: Option<Duration>,
+    },
+    /// The crash-loop breaker stopped restarting a slot.
+    BreakerTripped {
+        /// The slot.
+        slot: usize,
+    },
+    /// A message from a worker that is not the pool's own.
+    Message {
+        /// Its slot.
+        slot: usize,
+        /// The message.
+        message: Message,
+    },
+    /// A graceful stop finished: every worker has exited.
+    Stopped,
+}
+
+/// A snapshot of one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// The slot.
+    pub slot: usize,
+    /// Its current worker's pid.
+    pub pid: Option<u32>,
+    /// Its state.
+    pub state: State,
+    /// How many times its worker was replaced.
+    pub restarts: u32,
+}
+
+struct Slot {
+    state: State,
+    current: Option<u32>,
+    restarts: u32,
+    /// Consecutive crashes, for the back-off.
+    streak: u32,
+    /// When recent crashes happened, for the breaker.
+    crashes: Vec<Instant>,
+    /// When the back-off ends.
+    restart_at: Option<Instant>,
+}
+
+struct Proc {
+    child: Child,
+    slot: usize,
+    started: Instant,
+    token: String,
+    ready: bool,
+    draining: bool,
+    /// Where the pool writes to the worker; the reading half is with a thread.
+    channel: Option<Channel>,
+    /// When it is terminated if still running (ready timeout, drain deadline).
+    deadline: Option<Instant>,
+}
+
+/// What the channel threads report.
+enum Report {
+    Message(u32, Message),
+    Closed(u32),
+}
+
+/// A pool of worker processes on Windows. See the [crate documentation](crate) and
+/// `docs/platforms.md` for what differs from Unix.
+pub struct Pool {
+    config: Config,
+    program: PathBuf,
+    args: Vec<OsString>,
+    listeners: Vec<(String, TcpListener)>,
+    /// Where workers connect their channels.
+    rendezvous: TcpListener,
+    slots: Vec<Slot>,
+    procs: HashMap<u32, Proc>,
+    reports: mpsc::Receiver<Report>,
+    reporter: mpsc::Sender<Report>,
+    /// The accept lock's mutex: held open here so that it exists while workers come
+    /// and go.
+    lock: Option<(String, std::os::windows::io::OwnedHandle)>,
+    /// Signaled by [`request_stop`] from another process: a graceful stop.
+    stop_event: std::os::windows::io::OwnedHandle,
+    stopping: bool,
+    stopped_reported: bool,
+    rng: u64,
+}
+
+impl Pool {
+    /// A pool that will hand `listeners` to each of its workers, by name. No worker
+    /// starts before [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the program cannot be found, or the rendezvous socket or the
+    /// accept lock cannot be made.
+    pub fn new(config: Config, listeners: Vec<(String, TcpListener)>) -> Result<Pool, Error> {
+        let io = |what: &'static str| move |source| Error::Io { what, source };
+        let program = match &config.program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(io("finding the current executable"))?,
+        };
+        let args = config
+            .args
+            .clone()
+            .unwrap_or_else(|| std::env::args_os().skip(1).collect());
+        if listeners
+            .iter()
+            .any(|(n, _)| n.is_empty() || n.contains(':'))
+        {
+            return Err(Error::Environment(
+                "listener names must be non-empty and without ':'".into(),
+            ));
+        }
+        let rendezvous = TcpListener::bind("127.0.0.1:0").map_err(io("binding the rendezvous"))?;
+        rendezvous
+            .set_nonblocking(true)
+            .map_err(io("binding the rendezvous"))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let lock = if config.accept_lock {
+            let name = format!("Local\\herder-accept-{}-{nanos}", std::process::id());
+            let handle = crate::sys::create_mutex(&name).map_err(io("creating the accept lock"))?;
+            Some((name, handle))
+        } else {
+            None
+        };
+        let stop_event = crate::sys::create_event(&stop_event_name(std::process::id()))
+            .map_err(io("creating the stop event"))?;
+        let (reporter, reports) = mpsc::channel();
+        Ok(Pool {
+            config,
+            program,
+            args,
+            listeners,
+            rendezvous,
+            slots: Vec::new(),
+            procs: HashMap::new(),
+            reports,
+            reporter,
+            lock,
+            stop_event,
+            stopping: false,
+            stopped_reported: false,
+            rng: nanos | 1,
+        })
+    }
+
+    /// Starts a worker in each of the configured number of slots.
+    pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
+        for slot in 0..self.config.workers.max(1) {
+            self.slots.push(Slot {
+                state: State::Starting,
+                current: None,
+                restarts: 0,
+                streak: 0,
+                crashes: Vec::new(),
+                restart_at: None,
+            });
+            self.spawn(slot, events);
+        }
+    }
+
+    /// A snapshot of every slot.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| WorkerInfo {
+                slot,
+                pid: s.current,
+                state: s.state,
+                restarts: s.restarts,
+            })
+            .collect()
+    }
+
+    /// Sends an application message to the ready worker of `slot`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoWorker`] if the slot has no ready worker, [`Error::Channel`] if
+    /// sending fails.
+    pub fn send(&mut self, slot: usize, payload: &[u8]) -> Result<u32, Error> {
+        let pid = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.current)
+            .ok_or(Error::NoWorker(slot))?;
+        let p = self.procs.get_mut(&pid).ok_or(Error::NoWorker(slot))?;
+        let ch = p.channel.as_mut().ok_or(Error::NoWorker(slot))?;
+        ch.send(payload)
+            .map_err(|source| Error::Channel { slot, source })?;
+        Ok(pid)
+    }
+
+    /// Starts a graceful stop: no more restarts, every worker is told to drain, and
+    /// those still running after the drain timeout are terminated.
+    /// [`PoolEvent::Stopped`] reports the end.
+    pub fn stop(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        for s in &mut self.slots {
+            s.state = State::Stopped;
+            s.restart_at = None;
+        }
+        let deadline = Instant::now() + self.config.drain_timeout;
+        for p in self.procs.values_mut() {
+            drain(p, deadline);
+        }
+        self.check_stopped(events);
+    }
+
+    /// Whether a [`stop`](Self::stop) has finished.
+    pub fn is_stopped(&self) -> bool {
+        self.stopping && self.procs.is_empty()
+    }
+
+    /// Waits up to `timeout` for something to happen, handles it, and appends what
+    /// happened to `events`.
+    ///
+    /// # Errors
+    ///
+    /// None yet; failures of single workers are events.
+    pub fn poll(
+        &mut self,
+        events: &mut Vec<PoolEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
+        // Exits and deadlines are checked on a short tick; channel messages wake the
+        // wait at once.
+        let tick = Duration::from_millis(20);
+        let wait = timeout.map_or(tick, |t| t.min(tick));
+        let end = Instant::now() + timeout.unwrap_or(Duration::MAX.min(Duration::from_secs(3600)));
+        loop {
+            if !self.stopping && crate::sys::event_signaled(&self.stop_event) {
+                self.stop(events);
+            }
+            self.accept_channels(events);
+            match self.reports.recv_timeout(wait) {
+                Ok(r) => self.on_report(r, events),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            while let Ok(r) = self.reports.try_recv() {
+                self.on_report(r, events);
+            }
+            self.reap(events);
+            self.timers(events);
+            self.check_stopped(events);
+            if !events.is_empty() || Instant::now() >= end {
+                return Ok(());
+            }
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let token = format!("{:016x}{:08x}", self.rng, slot);
+        let addr = match self.rendezvous.local_addr() {
+            Ok(a) => a,
+            Err(source) => {
+                let error = Error::Spawn { slot, source };
+                events.push(PoolEvent::SpawnFailed { slot, error });
+                self.crashed(slot, None, events);
+                return;
+            }
+        };
+        let names: Vec<&str> = self.listeners.iter().map(|(n, _)| n.as_str()).collect();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
+            .env(WORKER_ENV, format!("{slot}:1"))
+            .env(CHANNEL_ENV, format!("{addr} {token} {}", names.join(":")))
+            .stdin(Stdio::null());
+        match &self.lock {
+            Some((name, _)) => cmd.env(LOCK_ENV, name),
+            None => cmd.env_remove(LOCK_ENV),
+        };
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id();
+                self.procs.insert(
+                    pid,
+                    Proc {
+                        child,
+                        slot,
+                        started: Instant::now(),
+                        token,
+                        ready: false,
+                        draining: false,
+                        channel: None,
+                        deadline: Some(Instant::now() + self.config.ready_timeout),
+                    },
+                );
+                let s = &mut self.slots[slot];
+                s.current = Some(pid);
+                s.state = State::Starting;
+                events.push(PoolEvent::Spawned { slot, pid });
+            }
+            Err(source) => {
+                events.push(PoolEvent::SpawnFailed {
+                    slot,
+                    error: Error::Spawn { slot, source },
+                });
+                self.crashed(slot, None, events);
+            }
+        }
+    }
+
+    /// Takes the channel connections of starting workers: checks the token, hands
+    /// over the listeners, and starts the thread that reads the channel.
+    fn accept_channels(&mut self, events: &mut Vec<PoolEvent>) {
+        loop {
+            let (stream, _) = match self.rendezvous.accept() {
+                Ok(c) => c,
+                Err(_) => return,
+            };
+            let _ = self.adopt_channel(stream, events);
+        }
+    }
+
+    fn adopt_channel(&mut self, stream: TcpStream, events: &mut Vec<PoolEvent>) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut hello = Channel::new(stream.try_clone()?, 0);
+        let token = hello
+            .recv()?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no token"))?;
+        let Some((&pid, p)) = self
+            .procs
+            .iter_mut()
+            .find(|(_, p)| p.channel.is_none() && p.token.as_bytes() == token.payload())
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "unknown token",
+            ));
+        };
+        let mut channel = Channel::new(stream.try_clone()?, pid);
+        for (i, (name, listener)) in self.listeners.iter().enumerate() {
+            let meta = Handoff {
+                id: i as u64,
+                peer: None,
+                data: name.as_bytes(),
+            };
+            if let Err(source) = channel.send_socket(listener, &meta) {
+                let slot = p.slot;
+                events.push(PoolEvent::SpawnFailed {
+                    slot,
+                    error: Error::Channel { slot, source },
+                });
+                let _ = p.child.kill();
+                return Ok(());
+            }
+        }
+        stream.set_read_timeout(None)?;
+        p.channel = Some(channel);
+        let reporter = self.reporter.clone();
+        let mut reader = Channel::new(stream, pid);
+        std::thread::spawn(move || {
+            while let Ok(Some(message)) = reader.recv() {
+                if reporter.send(Report::Message(pid, message)).is_err() {
+                    return;
+                }
+            }
+            let _ = reporter.send(Report::Closed(pid));
+        });
+        Ok(())
+    }
+
+    fn on_report(&mut self, report: Report, events: &mut Vec<PoolEvent>) {
+        match report {
+            Report::Message(pid, message) => {
+                let Some(p) = self.procs.get_mut(&pid) else {
+                    return;
+                };
+                let slot = p.slot;
+                if message.payload() == crate::protocol::READY {
+                    if !p.ready {
+                        p.ready = true;
+                        if !p.draining {
+                            p.deadline = None;
+                            if self.slots[slot].current == Some(pid) {
+                                self.slots[slot].state = State::Ready;
+                            }
+                        }
+                        events.push(PoolEvent::Ready { slot, pid });
+                    }
+                } else if !crate::protocol::is_pool_message(message.payload()) {
+                    events.push(PoolEvent::Message { slot, message });
+                }
+            }
+            // Its exit follows and `reap` handles it; nothing more can be said to it.
+            Report::Closed(pid) => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.channel = None;
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self, events: &mut Vec<PoolEvent>) {
+        let exited: Vec<(u32, ExitStatus)> = self
+            .procs
+            .iter_mut()
+            .filter_map(|(pid, p)| match p.child.try_wait() {
+                Ok(Some(status)) => Some((*pid, status)),
+                _ => None,
+            })
+            .collect();
+        for (pid, status) in exited {
+            let Some(p) = self.procs.remove(&pid) else {
+                continue;
+            };
+            let slot = p.slot;
+            let current = self.slots[slot].current == Some(pid);
+            if !current || self.stopping || p.draining {
+                if current {
+                    self.slots[slot].current = None;
+                }
+                events.push(PoolEvent::Exited {
+                    slot,
+                    pid,
+                    status,
+                    restart_in: None,
+                });
+                continue;
+            }
+            self.slots[slot].current = None;
+            if self.config.fatal_exit_code.is_some() && status.code() == self.config.fatal_exit_code
+            {
+                self.slots[slot].state = State::Fatal;
+                events.push(PoolEvent::Exited {
+                    slot,
+                    pid,
+                    status,
+                    restart_in: None,
+                });
+                continue;
+            }
+            let stable = p.started.elapsed() >= self.config.stable_after;
+            let delay = self.crashed(slot, Some(stable), events);
+            events.push(PoolEvent::Exited {
+                slot,
+                pid,
+                status,
+                restart_in: delay,
+            });
+        }
+    }
+
+    /// Records a crash of `slot` and schedules its restart; `None` if the breaker
+    /// tripped. `stable`: whether the worker ran long enough to reset the back-off.
+    fn crashed(
+        &mut self,
+        slot: usize,
+        stable: Option<bool>,
+        events: &mut Vec<PoolEvent>,
+    ) -> Option<Duration> {
+        let config = &self.config;
+        let s = &mut self.slots[slot];
+        let now = Instant::now();
+        s.restarts += 1;
+        if stable == Some(true) {
+            s.streak = 0;
+        }
+        s.crashes
+            .retain(|t| now.duration_since(*t) < config.breaker_window);
+        s.crashes.push(now);
+        if s.crashes.len() >= config.breaker_failures {
+            s.state = State::Tripped;
+            s.restart_at = None;
+            events.push(PoolEvent::BreakerTripped { slot });
+            return None;
+        }
+        let delay = match s.streak {
+            0 => Duration::ZERO,
+            n => config
+                .backoff_initial
+                .saturating_mul(1 << (n - 1).min(20))
+                .min(config.backoff_max),
+        };
+        s.streak += 1;
+        s.state = State::Backoff;
+        s.restart_at = Some(now + delay);
+        Some(delay)
+    }
+
+    fn timers(&mut self, events: &mut Vec<PoolEvent>) {
+        let now = Instant::now();
+        for p in self.procs.values_mut() {
+            if p.deadline.is_some_and(|d| now >= d) {
+                // Not ready in time, or past its drain deadline.
+                p.deadline = None;
+                let _ = p.child.kill();
+            }
+        }
+        if self.stopping {
+            return;
+        }
+        let due: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == State::Backoff && s.restart_at.is_some_and(|t| now >= t))
+            .map(|(i, _)| i)
+            .collect();
+        for slot in due {
+            self.slots[slot].restart_at = None;
+            self.spawn(slot, events);
+        }
+    }
+
+    fn check_stopped(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping && self.procs.is_empty() && !self.stopped_reported {
+            self.stopped_reported = true;
+            events.push(PoolEvent::Stopped);
+        }
+    }
+
+    /// The pool's listeners' addresses, by name.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(n, l)| Some((n.clone(), l.local_addr().ok()?)))
+            .collect()
+    }
+}
+
+/// The name of the event that stops the pool of supervisor `pid`.
+fn stop_event_name(pid: u32) -> String {
+    format!("Local\\herder-stop-{pid}")
+}
+
+/// Asks the pool of supervisor `pid` (in this session, of this user) to stop
+/// gracefully, as `SIGTERM` does on Unix: Windows has no signals, and a server
+/// without a console gets no Ctrl-C. The pool polls its stop event and starts a
+/// graceful stop when it is signaled.
+///
+/// # Errors
+///
+/// `NotFound` if no pool of that pid exists; what `SetEvent` returns.
+pub fn request_stop(pid: u32) -> io::Result<()> {
+    crate::sys::signal_event(&stop_event_name(pid))
+}
+
+/// Tells a worker to drain, by `deadline`.
+fn drain(p: &mut Proc, deadline: Instant) {
+    p.draining = true;
+    p.deadline = Some(deadline);
+    let told = p
+        .channel
+        .as_mut()
+        .is_some_and(|ch| ch.send(crate::protocol::DRAIN).is_ok());
+    if !told {
+        // No channel yet (or a broken one): nothing to drain.
+        let _ = p.child.kill();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for p in self.procs.values_mut() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// A worker's side: what [`Worker::from_env`] found.
+pub struct Worker {
+    slot: usize,
+    channel: Channel,
+    listeners: Vec<(String, TcpListener)>,
+}
+
+impl Worker {
+    /// Detects the worker role: `Ok(None)` in a process the pool did not start.
+    /// Connects the channel to the supervisor and receives the listeners.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Environment`] when the variables are malformed, [`Error::Io`] when
+    /// the channel cannot be set up.
+    pub fn from_env() -> Result<Option<Worker>, Error> {
+        let Some(role) = std::env::var_os(WORKER_ENV) else {
+            return Ok(None);
+        };
+        let bad = |what: &str| Error::Environment(what.to_string());
+        let slot = role
+            .to_str()
+            .and_then(|r| r.split(':').next()?.parse().ok())
+            .ok_or_else(|| bad("HERDER_WORKER"))?;
+        let spec = std::env::var(CHANNEL_ENV).map_err(|_| bad("HERDER_WORKER_CHANNEL"))?;
+        let mut parts = spec.splitn(3, ' ');
+        let (Some(addr), Some(token), names) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("HERDER_WORKER_CHANNEL"));
+        };
+        let addr: SocketAddr = addr.parse().map_err(|_| bad("HERDER_WORKER_CHANNEL"))?;
+        let io = |what: &'static str| move |source| Error::Io { what, source };
+        let stream = TcpStream::connect(addr).map_err(io("connecting the channel"))?;
+        let _ = stream.set_nodelay(true);
+        let mut channel = Channel::new(stream, 0);
+        channel
+            .send(token.as_bytes())
+            .map_err(io("presenting the channel's token"))?;
+        let count = names.map_or(0, |n| n.split(':').filter(|n| !n.is_empty()).count());
+        let mut listeners = Vec::with_capacity(count);
+        for _ in 0..count {
+            let got = channel
+                .recv_socket()
+                .map_err(io("receiving a listener"))?
+                .ok_or_else(|| bad("the supervisor closed the channel"))?;
+            let name = String::from_utf8_lossy(&got.data).into_owned();
+            let herder_fd::Socket::TcpListener(listener) = got.socket else {
+                return Err(bad("a listener that is not a TCP listener"));
+            };
+            listeners.push((name, listener));
+        }
+        Ok(Some(Worker {
+            slot,
+            channel,
+            listeners,
+        }))
+    }
+
+    /// This worker's slot.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Takes the listener named `name`.
+    pub fn take_listener(&mut self, name: &str) -> Option<TcpListener> {
+        let i = self.listeners.iter().position(|(n, _)| n == name)?;
+        Some(self.listeners.remove(i).1)
+    }
+
+    /// The channel to the supervisor: read it for the drain request
+    /// ([`is_drain_request`](crate::is_drain_request)).
+    pub fn channel(&mut self) -> &mut Channel {
+        &mut self.channel
+    }
+
+    /// Takes the channel, e.g. to wait for the drain request on a thread of its own
+    /// (after [`ready`](Self::ready)).
+    pub fn into_channel(self) -> Channel {
+        self.channel
+    }
+
+    /// Tells the supervisor this worker is ready.
+    ///
+    /// # Errors
+    ///
+    /// What sending returns.
+    pub fn ready(&mut self) -> io::Result<()> {
+        self.channel.send(crate::protocol::READY)
+    }
+
+    /// The pool's accept lock, this worker's handle on it; `None` without one.
+    ///
+    /// # Errors
+    ///
+    /// What opening the named mutex returns.
+    pub fn accept_lock(&self) -> io::Result<Option<AcceptLock>> {
+        match std::env::var(LOCK_ENV) {
+            Ok(name) => Ok(Some(AcceptLock {
+                mutex: crate::sys::open_mutex(&name)?,
+                held: false,
+                recovered: 0,
+            })),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// Whether a message from the supervisor asks the worker to drain and exit.
+pub fn is_drain_request(payload: &[u8]) -> bool {
+    payload == crate::protocol::DRAIN
+}
+
+/// The accept lock on Windows: a named mutex. A holder that ends without releasing
+/// it leaves it *abandoned*; the next taker gets it (`WAIT_ABANDONED`) and counts the
+/// recovery.
+#[derive(Debug)]
+pub struct AcceptLock {
+    mutex: std::os::windows::io::OwnedHandle,
+    held: bool,
+    recovered: u64,
+}
+
+impl AcceptLock {
+    /// Takes the lock if it is free (or abandoned); `Ok(false)` if another holds it.
+    ///
+    /// # Errors
+    ///
+    /// What `WaitForSingleObject` returns.
+    pub fn try_lock(&mut self) -> io::Result<bool> {
+        if self.held {
+            return Ok(true);
+        }
+        self.held = match crate::sys::try_lock_mutex(&self.mutex)? {
+            crate::sys::Taken::Yes => true,
+            crate::sys::Taken::Abandoned => {
+                self.recovered += 1;
+                true
+            }
+            crate::sys::Taken::No => false,
+        };
+        Ok(self.held)
+    }
+
+    /// Releases the lock, if held.
+    ///
+    /// # Errors
+    ///
+    /// What `ReleaseMutex` returns.
+    pub fn unlock(&mut self) -> io::Result<()> {
+        if self.held {
+            self.held = false;
+            crate::sys::unlock_mutex(&self.mutex)?;
+        }
+        Ok(())
+    }
+
+    /// How many times this handle took the lock from a holder that ended without
+    /// releasing it.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
+    }
+}
+
+impl Drop for AcceptLock {
+    fn drop(&mut self) {
+        let _ = self.unlock();
+    }
+}

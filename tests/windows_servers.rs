@@ -1,0 +1,180 @@
+//! The shared-listener server on Windows (run under Wine in CI): 2 workers on
+//! 127.0.0.1, 200 concurrent echo clients byte-exact, a terminated worker replaced
+//! while new connections keep succeeding, both workers serving (each reports its
+//! count when it exits), and a graceful stop through the pool's stop event.
+#![cfg(windows)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples").join(format!("{name}.exe"))
+}
+
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn echo(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut r = c.try_clone().unwrap();
+    let len = data.len();
+    let reader = std::thread::spawn(move || {
+        let mut back = vec![0u8; len];
+        r.read_exact(&mut back).map(|()| back)
+    });
+    c.write_all(data).unwrap();
+    reader.join().unwrap().unwrap()
+}
+
+/// Waits (60 s at most) until a line of `log` satisfies `pred`; returns it.
+fn logged(log: &Mutex<Vec<String>>, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(l) = log.lock().unwrap().iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:#?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pid in a `Spawned { slot: S, pid: P }` line.
+fn spawned_pid(line: &str) -> u32 {
+    line.split("pid: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches([' ', '}'])
+        .parse()
+        .unwrap()
+}
+
+fn terminate(pid: u32) {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_TERMINATE, TerminateProcess};
+    // SAFETY: opens a worker of the server this test started, terminates it, closes
+    // the handle.
+    unsafe {
+        let h = OpenProcess(PROCESS_TERMINATE, 0, pid);
+        assert!(!h.is_null(), "OpenProcess({pid})");
+        assert_ne!(TerminateProcess(h, 9), 0);
+        CloseHandle(h);
+    }
+}
+
+#[test]
+fn shared_listener_server_on_windows() {
+    use std::os::windows::process::CommandExt;
+    const CREATE_NEW_PROCESS_GROUP: u32 = 0x200;
+    let mut child = Command::new(example("shared_listener_server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--accept",
+            "mutex",
+        ])
+        .creation_flags(CREATE_NEW_PROCESS_GROUP)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr: SocketAddr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .parse()
+        .unwrap();
+
+    // 200 clients at once, each with its own payload, byte-exact.
+    let clients: Vec<_> = (0..200u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = payload(i, 1 + (i as usize * 997) % 32_768);
+                assert_eq!(echo(addr, &data), data, "client {i}");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    // Terminate the worker of slot 0: it is replaced, and connections keep working.
+    let victim = spawned_pid(&logged(&log, "slot 0 started", |l| {
+        l.contains("Spawned { slot: 0,")
+    }));
+    terminate(victim);
+    logged(&log, "the replacement", |l| {
+        l.contains("Ready { slot: 0,") && !l.contains(&format!("pid: {victim} "))
+    });
+    for i in 0..100u64 {
+        let data = payload(1000 + i, 2048);
+        assert_eq!(echo(addr, &data), data);
+    }
+
+    // A graceful stop through the pool's stop event (what a service manager or a
+    // tool uses; headless Wine has no console to send Ctrl-Break to); each worker
+    // reports what it accepted.
+    herder::pool::request_stop(child.id()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no graceful stop: {:#?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // Every writer of stderr (the supervisor and its workers) is gone once it ends.
+    reader.join().unwrap();
+    let counts: Vec<u64> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.split("worker exits: accepted ").nth(1))
+        .filter_map(|r| r.split(',').next()?.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "{:#?}", log.lock().unwrap());
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "a worker served nothing: {counts:?}"
+    );
+}
