@@ -189,3 +189,52 @@ fn an_upgrade_under_load_fails_no_connection_and_a_broken_binary_is_rolled_back(
         );
     }
 }
+
+/// A stop while an upgrade is in progress stops the new supervisor too: it must not
+/// outlive the stop the operator asked for.
+#[test]
+fn a_stop_during_an_upgrade_ends_the_new_supervisor() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain flag.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("handoff_server");
+    replace(
+        &binary,
+        &std::fs::read(util::example("handoff_server")).unwrap(),
+    );
+    let ctl = dir.path().join("ctl.sock");
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "warn",
+        "--workers",
+        "1",
+    ])
+    .arg("--control")
+    .arg(&ctl);
+    let server = util::start_command("handoff_server", cmd);
+    // A new binary that never gets ready.
+    replace(&binary, b"#!/bin/sh\nexec sleep 120\n");
+    server.signal(libc::SIGUSR2);
+    let s = wait_status(&ctl, "the upgrade under way", |s| s["upgrading"].is_u64());
+    let new = s["upgrading"].as_u64().unwrap() as i32;
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+    // It was told to stop: either the old supervisor reaped it before exiting, or
+    // it became our child (as the subreaper) and is reaped here.
+    let mut status = 0;
+    // SAFETY: waits for a process that is ours (directly, or as the subreaper).
+    let r = unsafe { libc::waitpid(new, &mut status, 0) };
+    if r == new {
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM,
+            "the new supervisor ended with {status:#x}"
+        );
+    } else {
+        // SAFETY: kill with signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(new, 0) } == 0;
+        assert!(!alive, "the new supervisor {new} outlived the stop");
+    }
+}

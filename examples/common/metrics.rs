@@ -37,6 +37,8 @@ pub(crate) struct Metrics {
     listener: TcpListener,
     key: Key,
     conns: HashMap<Key, Conn>,
+    /// The listener's pause after a failed accept (out of descriptors, say).
+    retry: Option<herder::reactor::TimerId>,
 }
 
 impl Metrics {
@@ -60,6 +62,7 @@ impl Metrics {
             listener,
             key,
             conns: HashMap::new(),
+            retry: None,
         })
     }
 
@@ -71,6 +74,14 @@ impl Metrics {
         event: &PoolEvent,
         render: &dyn Fn(&Pool, &mut String),
     ) -> bool {
+        if let PoolEvent::Other(Event::Timer(id)) = event {
+            if Some(*id) == self.retry {
+                self.retry = None;
+                let _ = pool.modify_source(self.key, Interest::READABLE, Mode::Level);
+                return true;
+            }
+            return false;
+        }
         let PoolEvent::Other(Event::Io { key, .. }) = event else {
             return false;
         };
@@ -88,8 +99,21 @@ impl Metrics {
     fn accept(&mut self, pool: &mut Pool) {
         self.expire(pool);
         for _ in 0..MAX_CONNS {
-            let Ok((stream, _)) = self.listener.accept() else {
-                return;
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // Level-triggered, the listener would wake the loop at once again:
+                    // look again in 100 ms instead of spinning.
+                    if pool
+                        .modify_source(self.key, Interest::NONE, Mode::Level)
+                        .is_ok()
+                    {
+                        let at = Instant::now() + Duration::from_millis(100);
+                        self.retry = Some(pool.add_timer(at, None));
+                    }
+                    return;
+                }
             };
             if self.conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
                 continue;

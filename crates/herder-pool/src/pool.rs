@@ -512,6 +512,9 @@ pub struct Pool {
     own_exe: Option<PathBuf>,
     /// The old supervisor waiting for this one to be ready, during an upgrade.
     parent: Option<crate::systemd::Notifier>,
+    /// The inherited control socket's path, while the old supervisor has not handed
+    /// over yet.
+    inherited_control_path: Option<PathBuf>,
     /// What the pool tells systemd, when `NOTIFY_SOCKET` is set.
     systemd: Option<crate::systemd::Reporter>,
     /// The repeating timer of systemd's watchdog ping.
@@ -647,6 +650,7 @@ impl Pool {
             upgrade_failed: None,
             own_exe: std::env::current_exe().ok(),
             parent,
+            inherited_control_path: None,
         })
         .map(|mut pool: Pool| {
             if !cfg!(any(target_os = "linux", target_os = "android")) {
@@ -694,9 +698,16 @@ impl Pool {
             generation: self.generation,
             processes: self.procs.len(),
         };
-        if snapshot.settled && snapshot.ready > 0 && !self.stopping {
+        // A supervisor upgrading to this one hands over only when every slot is
+        // ready: a build whose workers crash does not take over.
+        if snapshot.ready == snapshot.slots && snapshot.ready > 0 && !self.stopping {
             if let Some(parent) = self.parent.take() {
                 let _ = parent.notify(&format!("READY=1\nMAINPID={}", sys::getpid()));
+                // The control socket's file is this process's to remove from now on;
+                // before, a failed start must not remove the old supervisor's.
+                if self.control_path.is_none() {
+                    self.control_path = self.inherited_control_path.take();
+                }
             }
         }
         if let Some(reporter) = self.systemd.as_mut() {
@@ -1066,6 +1077,16 @@ impl Pool {
         self.stopping = true;
         self.reload_pending = false;
         self.reloading = None;
+        // An upgrade in progress is abandoned: the new supervisor must not outlive
+        // a stop the operator asked for.
+        let grace = self.config.kill_grace;
+        if let Some(u) = self.upgrade.as_mut() {
+            if u.failed.is_none() {
+                u.failed = Some("the pool is stopping".into());
+                let _ = sys::signal(u.pid, libc::SIGTERM);
+                u.kill_at = Some(Instant::now() + grace);
+            }
+        }
         for slot in 0..self.slots.len() {
             if let Some(t) = self.slots[slot].timer.take() {
                 self.cancel_timer(t);
@@ -1195,10 +1216,23 @@ impl Pool {
                 });
             }
         };
-        let key = self
-            .reactor
-            .register(Source::Datagram(ready), Interest::READABLE, Mode::Level)
-            .map_err(Error::io("watching the upgrade's readiness socket"))?;
+        let key =
+            match self
+                .reactor
+                .register(Source::Datagram(ready), Interest::READABLE, Mode::Level)
+            {
+                Ok(key) => key,
+                Err(source) => {
+                    // Unwatched, it must not go on.
+                    let _ = sys::signal(spawned.pid, libc::SIGKILL);
+                    let _ = sys::try_wait(spawned.pid);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(Error::Io {
+                        what: "watching the upgrade's readiness socket",
+                        source,
+                    });
+                }
+            };
         self.watches.insert(key, Watch::UpgradeReady);
         let every = Duration::from_millis(50);
         let timer = self.reactor.add_timer(Instant::now() + every, Some(every));
@@ -1280,8 +1314,13 @@ impl Pool {
         let _ = std::fs::remove_dir_all(&u.dir);
         match result {
             Ok(()) => {
-                if let Some(r) = &self.systemd {
+                if let Some(r) = self.systemd.take() {
                     let _ = r.notifier.notify(&format!("MAINPID={}", u.pid));
+                }
+                // The new main process speaks to systemd from now on: no STOPPING=1
+                // or watchdog ping from this one.
+                if let Some(t) = self.watchdog.take() {
+                    self.reactor.cancel_timer(t);
                 }
                 // The control socket is the new supervisor's now: stop answering on
                 // it, and leave the path alone.
@@ -1398,7 +1437,12 @@ impl Pool {
         let path = path.as_ref();
         // Upgraded from a supervisor that listened there: go on with its socket.
         if let Some(listener) = crate::systemd::inherited_control(path) {
-            return self.watch_control(listener, path);
+            self.watch_control(listener, path)?;
+            if self.parent.is_some() {
+                // Not ours to remove until the old supervisor handed over.
+                self.inherited_control_path = self.control_path.take();
+            }
+            return Ok(());
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             let in_use = || Error::Io {

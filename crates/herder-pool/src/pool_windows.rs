@@ -199,6 +199,14 @@ struct Proc {
 
 /// What the channel threads report.
 enum Report {
+    /// A connection to the rendezvous presented `token`; the thread waits for the
+    /// go-ahead (the pool first hands over the listeners on `stream`) before it reads
+    /// the channel for the worker whose pid it is sent.
+    Hello {
+        token: Vec<u8>,
+        stream: TcpStream,
+        go: mpsc::Sender<u32>,
+    },
     Message(u32, Message),
     Closed(u32),
 }
@@ -223,7 +231,6 @@ pub struct Pool {
     stop_event: std::os::windows::io::OwnedHandle,
     stopping: bool,
     stopped_reported: bool,
-    rng: u64,
 }
 
 impl Pool {
@@ -283,7 +290,6 @@ impl Pool {
             stop_event,
             stopping: false,
             stopped_reported: false,
-            rng: nanos | 1,
         })
     }
 
@@ -379,7 +385,7 @@ impl Pool {
             if !self.stopping && crate::sys::event_signaled(&self.stop_event) {
                 self.stop(events);
             }
-            self.accept_channels(events);
+            self.accept_channels();
             match self.reports.recv_timeout(wait) {
                 Ok(r) => self.on_report(r, events),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -398,10 +404,8 @@ impl Pool {
     }
 
     fn spawn(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let token = format!("{:016x}{:08x}", self.rng, slot);
+        // Unguessable: whoever presents it gets the worker's channel.
+        let token = format!("{:016x}{:016x}{slot:x}", random_u64(), random_u64());
         let addr = match self.rendezvous.local_addr() {
             Ok(a) => a,
             Err(source) => {
@@ -453,37 +457,36 @@ impl Pool {
         }
     }
 
-    /// Takes the channel connections of starting workers: checks the token, hands
-    /// over the listeners, and starts the thread that reads the channel.
-    fn accept_channels(&mut self, events: &mut Vec<PoolEvent>) {
-        loop {
-            let (stream, _) = match self.rendezvous.accept() {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-            let _ = self.adopt_channel(stream, events);
+    /// Takes the channel connections of starting workers. Each gets a thread that
+    /// reads its token (at most 5 s), so that a local process that connects and
+    /// says nothing holds up nothing but that thread.
+    fn accept_channels(&mut self) {
+        while let Ok((stream, _)) = self.rendezvous.accept() {
+            let reporter = self.reporter.clone();
+            std::thread::spawn(move || channel_thread(stream, reporter));
         }
     }
 
-    fn adopt_channel(&mut self, stream: TcpStream, events: &mut Vec<PoolEvent>) -> io::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut hello = Channel::new(stream.try_clone()?, 0);
-        let token = hello
-            .recv()?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no token"))?;
-        let Some((&pid, p)) = self
-            .procs
-            .iter_mut()
-            .find(|(_, p)| p.channel.is_none() && p.token.as_bytes() == token.payload())
-        else {
+    /// A connection presented `token`: if it is a starting worker's, hands over the
+    /// listeners and lets its thread read the channel.
+    fn adopt_channel(
+        &mut self,
+        token: &[u8],
+        stream: TcpStream,
+        go: &mpsc::Sender<u32>,
+        events: &mut Vec<PoolEvent>,
+    ) -> io::Result<()> {
+        let Some((&pid, p)) = self.procs.iter_mut().find(|(_, p)| {
+            p.channel.is_none() && !p.token.is_empty() && p.token.as_bytes() == token
+        }) else {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "unknown token",
             ));
         };
-        let mut channel = Channel::new(stream.try_clone()?, pid);
+        // A token serves once.
+        p.token.clear();
+        let mut channel = Channel::new(stream, pid);
         for (i, (name, listener)) in self.listeners.iter().enumerate() {
             let meta = Handoff {
                 id: i as u64,
@@ -500,23 +503,17 @@ impl Pool {
                 return Ok(());
             }
         }
-        stream.set_read_timeout(None)?;
         p.channel = Some(channel);
-        let reporter = self.reporter.clone();
-        let mut reader = Channel::new(stream, pid);
-        std::thread::spawn(move || {
-            while let Ok(Some(message)) = reader.recv() {
-                if reporter.send(Report::Message(pid, message)).is_err() {
-                    return;
-                }
-            }
-            let _ = reporter.send(Report::Closed(pid));
-        });
+        let _ = go.send(pid);
         Ok(())
     }
 
     fn on_report(&mut self, report: Report, events: &mut Vec<PoolEvent>) {
         match report {
+            Report::Hello { token, stream, go } => {
+                // Refused: the thread sees its go-ahead dropped and ends.
+                let _ = self.adopt_channel(&token, stream, &go, events);
+            }
             Report::Message(pid, message) => {
                 let Some(p) = self.procs.get_mut(&pid) else {
                     return;
@@ -614,7 +611,7 @@ impl Pool {
         s.crashes
             .retain(|t| now.duration_since(*t) < config.breaker_window);
         s.crashes.push(now);
-        if s.crashes.len() >= config.breaker_failures {
+        if s.crashes.len() >= config.breaker_failures.max(1) {
             s.state = State::Tripped;
             s.restart_at = None;
             events.push(PoolEvent::BreakerTripped { slot });
@@ -672,6 +669,59 @@ impl Pool {
             .filter_map(|(n, l)| Some((n.clone(), l.local_addr().ok()?)))
             .collect()
     }
+}
+
+/// A channel connection's thread: reads the token, reports it with a clone of the
+/// stream, and once the pool accepted it (and handed over the listeners), reads the
+/// worker's messages until the channel ends.
+fn channel_thread(stream: TcpStream, reporter: mpsc::Sender<Report>) {
+    let setup = || -> io::Result<(Vec<u8>, TcpStream, TcpStream)> {
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut hello = Channel::new(stream.try_clone()?, 0);
+        let token = hello
+            .recv()?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no token"))?;
+        stream.set_read_timeout(None)?;
+        Ok((
+            token.into_payload(),
+            stream.try_clone()?,
+            stream.try_clone()?,
+        ))
+    };
+    let Ok((token, for_pool, mine)) = setup() else {
+        return;
+    };
+    let (go, wait) = mpsc::channel();
+    if reporter
+        .send(Report::Hello {
+            token,
+            stream: for_pool,
+            go,
+        })
+        .is_err()
+    {
+        return;
+    }
+    let Ok(pid) = wait.recv() else {
+        return;
+    };
+    let mut reader = Channel::new(mine, pid);
+    while let Ok(Some(message)) = reader.recv() {
+        if reporter.send(Report::Message(pid, message)).is_err() {
+            return;
+        }
+    }
+    let _ = reporter.send(Report::Closed(pid));
+}
+
+/// 64 bits from the OS's random source (std seeds its hash keys from it).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x68_65_72_64_65_72);
+    h.finish()
 }
 
 /// The name of the event that stops the pool of supervisor `pid`.

@@ -745,6 +745,9 @@ fn lookup_r(mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, bool)) ->
             0 => return Ok(found),
             libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
             libc::EINTR => continue,
+            // Some C libraries say "no such entry" this way (a container without
+            // /etc/passwd, say).
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => return Ok(false),
             e => return Err(io::Error::from_raw_os_error(e)),
         }
     }
