@@ -15,9 +15,133 @@ fn main() -> anyhow::Result<()> {
     unix::main()
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+#[path = "common_windows/mod.rs"]
+mod common_windows;
+
+#[cfg(windows)]
+fn main() -> anyhow::Result<()> {
+    windows::main()
+}
+
+#[cfg(not(any(unix, windows)))]
 fn main() {
-    eprintln!("handoff_server runs on Unix for now");
+    eprintln!("handoff_server runs on Unix and Windows");
+}
+
+/// Windows: the supervisor accepts and hands each connection to the next ready
+/// worker, duplicated for its pid (`WSADuplicateSocketW`) and acknowledged before the
+/// supervisor closes its copy. Ctrl-C or Ctrl-Break stops gracefully.
+#[cfg(windows)]
+mod windows {
+    use super::common_windows::{self as common, Common, say};
+    use anyhow::Context;
+    use clap::Parser;
+    use herder::fd::Handoff;
+    use herder::pool::{Pool, Worker};
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    #[derive(Debug, Parser)]
+    #[command(about = "Supervisor hands connections to workers (Windows)")]
+    struct Args {
+        #[command(flatten)]
+        common: Common,
+        /// `round-robin` (the only dispatch on Windows so far).
+        #[arg(long, default_value = "round-robin", value_parser = ["round-robin"])]
+        dispatch: String,
+    }
+
+    pub(crate) fn main() -> anyhow::Result<()> {
+        let args = Args::parse();
+        if let Some(worker) = Worker::from_env()? {
+            return worker_main(worker, &args);
+        }
+        let listener = std::net::TcpListener::bind(args.common.listen)
+            .with_context(|| format!("binding {}", args.common.listen))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let mut pool = Pool::new(common::pool_config(&args.common), Vec::new())?;
+        let mut next = 0usize;
+        // The pool's loop wakes every 5 ms to accept: Windows has no pool-wide
+        // readiness for a socket of the caller's yet.
+        common::supervise(
+            &mut pool,
+            addr,
+            &args.common,
+            Duration::from_millis(5),
+            |pool| {
+                while let Ok((stream, peer)) = listener.accept() {
+                    let _ = stream.set_nonblocking(false);
+                    let n = pool.len();
+                    let sent = (0..n).any(|i| {
+                        let slot = (next + i) % n;
+                        let meta = Handoff {
+                            id: 0,
+                            peer: Some(peer),
+                            data: &[],
+                        };
+                        let ok = pool.send_socket(slot, &stream, &meta).is_ok();
+                        if ok {
+                            next = slot + 1;
+                        }
+                        ok
+                    });
+                    if !sent {
+                        say(format_args!("no ready worker for {peer}; closing it"));
+                    }
+                }
+            },
+        )
+    }
+
+    fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
+        let mut server = common::server(&args.common)?;
+        let mut handoff = worker
+            .take_handoff_channel()
+            .context("no hand-off channel")?;
+        worker.ready()?;
+        let drain = common::watch_drain(worker.into_channel(), &server);
+        // Connections arrive on a thread of their own (each receipt acknowledges),
+        // and join the event loop through a queue and its waker.
+        let (tx, rx) = mpsc::channel();
+        let waker = server.waker();
+        std::thread::spawn(move || {
+            while let Ok(Some(got)) = handoff.recv_socket() {
+                let data = got.data.clone();
+                if let Ok(stream) = got.into_tcp_stream() {
+                    if tx.send((stream, data)).is_err() {
+                        return;
+                    }
+                    let _ = waker.wake();
+                }
+            }
+        });
+        let drain_timeout = Duration::from_secs(args.common.drain_timeout);
+        let mut events = Vec::new();
+        loop {
+            for (stream, data) in rx.try_iter() {
+                let svc = common::service(&args.common.protocol);
+                if let Err(e) = server.add_connection(stream, svc, &data) {
+                    say(format_args!("serving a handed-off connection: {e}"));
+                }
+            }
+            if drain.load(Ordering::SeqCst) && !server.is_draining() {
+                server.drain(Instant::now() + drain_timeout);
+            }
+            if server.is_draining() && server.is_empty() {
+                break;
+            }
+            server.poll(&mut events, Some(Duration::from_millis(500)))?;
+            events.clear();
+        }
+        say(format_args!(
+            "worker exits: accepted {}, lock recovered 0",
+            server.stats().accepted
+        ));
+        Ok(())
+    }
 }
 
 #[cfg(unix)]

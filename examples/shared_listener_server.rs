@@ -15,6 +15,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(windows)]
+#[path = "common_windows/mod.rs"]
+mod common_windows;
+
+#[cfg(windows)]
 fn main() -> anyhow::Result<()> {
     windows::main()
 }
@@ -25,100 +29,41 @@ fn main() -> anyhow::Result<()> {
 /// lacks here.
 #[cfg(windows)]
 mod windows {
+    use super::common_windows::{self as common, Common, say};
     use anyhow::Context;
     use clap::Parser;
-    use herder::pool::{Config, Pool, PoolEvent, State, Worker, is_drain_request};
-    use herder::protocol::Protocol;
-    use herder::reactor::Server;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use herder::pool::{Pool, Worker};
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
     #[derive(Debug, Parser)]
     #[command(about = "Workers sharing one listener (Windows)")]
     struct Args {
-        /// Address to bind; port 0 picks a free port.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Worker processes (default: the number of CPUs).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// `echo` writes back every byte; `http` answers every request with 200 OK.
-        #[arg(long, default_value = "echo", value_parser = ["echo", "http"])]
-        protocol: String,
+        #[command(flatten)]
+        common: Common,
         /// `mutex`: the workers take turns with a named mutex; `none`: all poll.
         #[arg(long, default_value = "mutex", value_parser = ["mutex", "none"])]
         accept: String,
-        /// How long a graceful stop waits for open connections, in seconds.
-        #[arg(long, default_value_t = 30)]
-        drain_timeout: u64,
-        /// Close a connection silent for this long, in seconds.
-        #[arg(long, default_value_t = 60)]
-        idle_timeout: u64,
-        /// error, warn, info or debug.
-        #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
-        log_level: String,
-    }
-
-    static STOP: AtomicBool = AtomicBool::new(false);
-
-    /// Writes one log line to stderr in a single write: the workers share the
-    /// supervisor's stderr, and a line written in pieces could interleave with theirs.
-    fn say(line: std::fmt::Arguments<'_>) {
-        use std::io::Write;
-        let line = format!("[{}] {line}\n", std::process::id());
-        let _ = std::io::stderr().write_all(line.as_bytes());
-    }
-
-    unsafe extern "system" fn on_ctrl(_kind: u32) -> windows_sys::core::BOOL {
-        STOP.store(true, Ordering::SeqCst);
-        1
     }
 
     pub(crate) fn main() -> anyhow::Result<()> {
         let args = Args::parse();
-        let verbose = args.log_level == "info" || args.log_level == "debug";
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
-        let listener = std::net::TcpListener::bind(args.listen)
-            .with_context(|| format!("binding {}", args.listen))?;
+        let listener = std::net::TcpListener::bind(args.common.listen)
+            .with_context(|| format!("binding {}", args.common.listen))?;
         let addr = listener.local_addr()?;
-        let mut config = Config::default();
-        if let Some(n) = args.workers {
-            config.workers = n.max(1);
-        }
-        config.drain_timeout = Duration::from_secs(args.drain_timeout);
+        let mut config = common::pool_config(&args.common);
         config.accept_lock = args.accept == "mutex";
         let mut pool = Pool::new(config, vec![("http".into(), listener)])?;
-        // SAFETY: registers a handler that only stores to an atomic.
-        unsafe { windows_sys::Win32::System::Console::SetConsoleCtrlHandler(Some(on_ctrl), 1) };
-        let mut events = Vec::new();
-        pool.start(&mut events);
-        let mut announced = false;
-        loop {
-            for e in events.drain(..) {
-                match &e {
-                    PoolEvent::Stopped => return Ok(()),
-                    PoolEvent::Exited { .. }
-                    | PoolEvent::SpawnFailed { .. }
-                    | PoolEvent::BreakerTripped { .. } => say(format_args!("{e:?}")),
-                    _ if verbose => say(format_args!("{e:?}")),
-                    _ => {}
-                }
-            }
-            if !announced && pool.workers().iter().all(|w| w.state == State::Ready) {
-                announced = true;
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
-            }
-            if STOP.swap(false, Ordering::SeqCst) {
-                say(format_args!("stopping"));
-                pool.stop(&mut events);
-            }
-            pool.poll(&mut events, Some(Duration::from_millis(100)))?;
-        }
+        common::supervise(
+            &mut pool,
+            addr,
+            &args.common,
+            Duration::from_millis(100),
+            |_| {},
+        )
     }
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
@@ -126,34 +71,14 @@ mod windows {
             .take_listener("http")
             .context("no listener inherited")?;
         let mut lock = worker.accept_lock()?;
-        let mut config = herder::reactor::Config::default();
-        config.idle_timeout = Some(Duration::from_secs(args.idle_timeout.max(1)));
-        config.max_input = herder::protocol::MAX_HEAD + herder::protocol::MAX_BODY + 1;
-        let protocol = args.protocol.clone();
-        let mut server = Server::new(config, move |_| {
-            Protocol::named(&protocol).unwrap_or(Protocol::Echo(herder::protocol::Echo))
-        })?;
+        let mut server = common::server(&args.common)?;
         let key = server.add_listener(listener)?;
         if lock.is_some() {
             server.pause_listener(key)?;
         }
         worker.ready()?;
-        // The drain request (or the supervisor's end) arrives on the channel: a thread
-        // waits for it and wakes the loop.
-        let drain = Arc::new(AtomicBool::new(false));
-        let waker = server.waker();
-        let mut channel = worker.into_channel();
-        let flag = drain.clone();
-        std::thread::spawn(move || {
-            while let Ok(Some(message)) = channel.recv() {
-                if is_drain_request(message.payload()) {
-                    break;
-                }
-            }
-            flag.store(true, Ordering::SeqCst);
-            let _ = waker.wake();
-        });
-        let drain_timeout = Duration::from_secs(args.drain_timeout);
+        let drain = common::watch_drain(worker.into_channel(), &server);
+        let drain_timeout = Duration::from_secs(args.common.drain_timeout);
         let mut armed = lock.is_none();
         let mut events = Vec::new();
         // After a turn with the lock in which it accepted, a worker sits the next turn

@@ -1,4 +1,4 @@
-//! The shared-listener server on Windows (run under Wine in CI): 2 workers on
+//! Both example servers on Windows (run under Wine in CI): 2 workers on
 //! 127.0.0.1, 200 concurrent echo clients byte-exact, a terminated worker replaced
 //! while new connections keep succeeding, both workers serving (each reports its
 //! count when it exits), and a graceful stop through the pool's stop event.
@@ -81,18 +81,21 @@ fn terminate(pid: u32) {
 }
 
 #[test]
-fn shared_listener_server_on_windows() {
+fn servers_on_windows() {
+    for (name, extra) in [
+        ("shared_listener_server", &["--accept", "mutex"][..]),
+        ("handoff_server", &[][..]),
+    ] {
+        one_server(name, extra);
+    }
+}
+
+fn one_server(name: &'static str, extra: &[&str]) {
     use std::os::windows::process::CommandExt;
     const CREATE_NEW_PROCESS_GROUP: u32 = 0x200;
-    let mut child = Command::new(example("shared_listener_server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--accept",
-            "mutex",
-        ])
+    let mut child = Command::new(example(name))
+        .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+        .args(extra)
         .creation_flags(CREATE_NEW_PROCESS_GROUP)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -125,7 +128,7 @@ fn shared_listener_server_on_windows() {
         .map(|i| {
             std::thread::spawn(move || {
                 let data = payload(i, 1 + (i as usize * 997) % 32_768);
-                assert_eq!(echo(addr, &data), data, "client {i}");
+                assert_eq!(echo(addr, &data), data, "{name}: client {i}");
             })
         })
         .collect();
@@ -162,7 +165,7 @@ fn shared_listener_server_on_windows() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "{name}: {status:?}");
     // Every writer of stderr (the supervisor and its workers) is gone once it ends.
     reader.join().unwrap();
     let counts: Vec<u64> = log
@@ -175,6 +178,6 @@ fn shared_listener_server_on_windows() {
     assert_eq!(counts.len(), 2, "{:#?}", log.lock().unwrap());
     assert!(
         counts.iter().all(|&n| n > 0),
-        "a worker served nothing: {counts:?}"
+        "{name}: a worker served nothing: {counts:?}"
     );
 }

@@ -193,6 +193,11 @@ struct Proc {
     draining: bool,
     /// Where the pool writes to the worker; the reading half is with a thread.
     channel: Option<Channel>,
+    /// The second connection, for hand-offs: the pool's alone, so that it can wait
+    /// for each acknowledgement on it.
+    handoff: Option<Channel>,
+    /// READY arrived before the hand-off connection; reported once both are there.
+    ready_pending: bool,
     /// When it is terminated if still running (ready timeout, drain deadline).
     deadline: Option<Instant>,
 }
@@ -439,6 +444,8 @@ impl Pool {
                         ready: false,
                         draining: false,
                         channel: None,
+                        handoff: None,
+                        ready_pending: false,
                         deadline: Some(Instant::now() + self.config.ready_timeout),
                     },
                 );
@@ -476,16 +483,41 @@ impl Pool {
         go: &mpsc::Sender<u32>,
         events: &mut Vec<PoolEvent>,
     ) -> io::Result<()> {
+        // The hand-off connection presents the token with "/h" after it.
+        let (token, handoff) = match token.strip_suffix(b"/h") {
+            Some(t) => (t, true),
+            None => (token, false),
+        };
         let Some((&pid, p)) = self.procs.iter_mut().find(|(_, p)| {
-            p.channel.is_none() && !p.token.is_empty() && p.token.as_bytes() == token
+            let free = if handoff {
+                p.handoff.is_none()
+            } else {
+                p.channel.is_none()
+            };
+            free && !p.token.is_empty() && p.token.as_bytes() == token
         }) else {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "unknown token",
             ));
         };
-        // A token serves once.
-        p.token.clear();
+        if handoff {
+            // Bounded: a worker that stops acknowledging cannot hang the pool.
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            p.handoff = Some(Channel::new(stream, pid));
+            if p.channel.is_some() {
+                // Each connection once.
+                p.token.clear();
+            }
+            if std::mem::take(&mut p.ready_pending) {
+                let slot = p.slot;
+                self.mark_ready(pid, slot, events);
+            }
+            return Ok(());
+        }
+        if p.handoff.is_some() {
+            p.token.clear();
+        }
         let mut channel = Channel::new(stream, pid);
         for (i, (name, listener)) in self.listeners.iter().enumerate() {
             let meta = Handoff {
@@ -520,15 +552,12 @@ impl Pool {
                 };
                 let slot = p.slot;
                 if message.payload() == crate::protocol::READY {
-                    if !p.ready {
-                        p.ready = true;
-                        if !p.draining {
-                            p.deadline = None;
-                            if self.slots[slot].current == Some(pid) {
-                                self.slots[slot].state = State::Ready;
-                            }
+                    if !p.ready && !p.ready_pending {
+                        if p.handoff.is_some() {
+                            self.mark_ready(pid, slot, events);
+                        } else {
+                            p.ready_pending = true;
                         }
-                        events.push(PoolEvent::Ready { slot, pid });
                     }
                 } else if !crate::protocol::is_pool_message(message.payload()) {
                     events.push(PoolEvent::Message { slot, message });
@@ -541,6 +570,66 @@ impl Pool {
                 }
             }
         }
+    }
+
+    fn mark_ready(&mut self, pid: u32, slot: usize, events: &mut Vec<PoolEvent>) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        p.ready = true;
+        if !p.draining {
+            p.deadline = None;
+            if self.slots[slot].current == Some(pid) {
+                self.slots[slot].state = State::Ready;
+            }
+        }
+        events.push(PoolEvent::Ready { slot, pid });
+    }
+
+    /// Hands `socket` to the ready worker of `slot`, duplicated for its pid, and
+    /// waits for the worker's acknowledgement (5 s at most): the caller may close
+    /// its copy once this returns `Ok`. Returns the worker's pid.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoWorker`] if the slot has no ready worker (or it drains),
+    /// [`Error::Channel`] if the hand-off failed; a worker whose hand-off channel
+    /// failed is terminated and replaced.
+    pub fn send_socket<S: herder_fd::Transfer + std::os::windows::io::AsSocket>(
+        &mut self,
+        slot: usize,
+        socket: &S,
+        meta: &Handoff<'_>,
+    ) -> Result<u32, Error> {
+        let pid = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.current)
+            .ok_or(Error::NoWorker(slot))?;
+        let p = self.procs.get_mut(&pid).ok_or(Error::NoWorker(slot))?;
+        if !p.ready || p.draining {
+            return Err(Error::NoWorker(slot));
+        }
+        let ch = p.handoff.as_mut().ok_or(Error::NoWorker(slot))?;
+        match ch.send_socket(socket, meta) {
+            Ok(()) => Ok(pid),
+            Err(source) => {
+                // The framing is lost (or the worker is gone): it cannot take more.
+                p.handoff = None;
+                let _ = p.child.kill();
+                Err(Error::Channel { slot, source })
+            }
+        }
+    }
+
+    /// How many slots the pool has.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the pool has no slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     fn reap(&mut self, events: &mut Vec<PoolEvent>) {
@@ -768,6 +857,7 @@ impl Drop for Pool {
 pub struct Worker {
     slot: usize,
     channel: Channel,
+    handoff: Option<Channel>,
     listeners: Vec<(String, TcpListener)>,
 }
 
@@ -814,9 +904,17 @@ impl Worker {
             };
             listeners.push((name, listener));
         }
+        // The hand-off connection: sockets from the supervisor, acknowledged.
+        let stream = TcpStream::connect(addr).map_err(io("connecting the hand-off channel"))?;
+        let _ = stream.set_nodelay(true);
+        let mut handoff = Channel::new(stream, 0);
+        handoff
+            .send(format!("{token}/h").as_bytes())
+            .map_err(io("presenting the channel's token"))?;
         Ok(Some(Worker {
             slot,
             channel,
+            handoff: Some(handoff),
             listeners,
         }))
     }
@@ -836,6 +934,13 @@ impl Worker {
     /// ([`is_drain_request`](crate::is_drain_request)).
     pub fn channel(&mut self) -> &mut Channel {
         &mut self.channel
+    }
+
+    /// Takes the hand-off channel, on which the supervisor sends connections
+    /// ([`Pool::send_socket`]); read it with
+    /// [`Channel::recv_socket`](herder_fd::Channel::recv_socket), which acknowledges.
+    pub fn take_handoff_channel(&mut self) -> Option<Channel> {
+        self.handoff.take()
     }
 
     /// Takes the channel, e.g. to wait for the drain request on a thread of its own
