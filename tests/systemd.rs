@@ -18,35 +18,57 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `systemd-socket-activate` for the example `name` on a free loopback port,
+/// and waits until the tool says it listens there. A port taken by another process
+/// in between makes the tool exit: then another port is tried.
+fn activate(name: &str, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    for _ in 0..5 {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new("systemd-socket-activate")
+            .args(["--listen", &listen, "--fdname=web"])
+            .arg(util::example(name))
+            .args(["--workers", "2", "--log-level", "warn"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (Debian's systemd package)");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("Listening on") => return (child, listen),
+                Ok(_) => continue,
+                // The tool ended (the port was taken) or said nothing in time.
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("{name}: systemd-socket-activate never listened");
+}
+
 #[test]
 fn socket_activation_serves_on_the_passed_socket() {
     for (name, extra) in [
         ("handoff_server", &[][..]),
         ("shared_listener_server", &["--accept", "exclusive"][..]),
     ] {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new("systemd-socket-activate");
-        cmd.args(["--listen", &listen, "--fdname=web"])
-            .arg(util::example(name))
-            .args(["--workers", "2", "--log-level", "warn"])
-            .args(extra);
-        // The tool starts the server at the first connection: wait until it listens.
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("systemd-socket-activate (Debian's systemd package)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let first = loop {
-            match std::net::TcpStream::connect(&listen) {
-                Ok(c) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("{name}: systemd-socket-activate never listened: {e}"),
-            }
-        };
+        let (mut child, listen) = activate(name, extra);
+        // The tool starts the server at the first connection.
+        let first = std::net::TcpStream::connect(&listen).unwrap();
         // Hand the child over to the usual helper: it reads the listening line.
         let stdout = child.stdout.take().unwrap();
         let server = util::adopt(name, child, stdout);
