@@ -647,37 +647,25 @@ impl Pool {
             };
             let slot = p.slot;
             let current = self.slots[slot].current == Some(pid);
-            if !current || self.stopping || p.draining {
-                if current {
-                    self.slots[slot].current = None;
-                }
-                events.push(PoolEvent::Exited {
-                    slot,
-                    pid,
-                    status,
-                    restart_in: None,
-                });
-                continue;
+            if current {
+                self.slots[slot].current = None;
             }
-            self.slots[slot].current = None;
-            if self.config.fatal_exit_code.is_some() && status.code() == self.config.fatal_exit_code
+            let restart_in = if !current || self.stopping || p.draining {
+                None
+            } else if self.config.fatal_exit_code.is_some()
+                && status.code() == self.config.fatal_exit_code
             {
                 self.slots[slot].state = State::Fatal;
-                events.push(PoolEvent::Exited {
-                    slot,
-                    pid,
-                    status,
-                    restart_in: None,
-                });
-                continue;
-            }
-            let stable = p.started.elapsed() >= self.config.stable_after;
-            let delay = self.crashed(slot, Some(stable), events);
+                None
+            } else {
+                let stable = p.started.elapsed() >= self.config.stable_after;
+                self.crashed(slot, Some(stable), events)
+            };
             events.push(PoolEvent::Exited {
                 slot,
                 pid,
                 status,
-                restart_in: delay,
+                restart_in,
             });
         }
     }
