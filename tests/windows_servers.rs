@@ -4,8 +4,13 @@
 //! count when it exits), and a graceful stop through the pool's stop event.
 #![cfg(windows)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+#[path = "util/client.rs"]
+mod client;
+
+use client::{echo, payload};
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,31 +19,6 @@ fn example(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     dir.join("examples").join(format!("{name}.exe"))
-}
-
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn echo(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut r = c.try_clone().unwrap();
-    let len = data.len();
-    let reader = std::thread::spawn(move || {
-        let mut back = vec![0u8; len];
-        r.read_exact(&mut back).map(|()| back)
-    });
-    c.write_all(data).unwrap();
-    reader.join().unwrap().unwrap()
 }
 
 /// Waits (60 s at most) until a line of `log` satisfies `pred`; returns it.
@@ -127,7 +107,7 @@ fn one_server(name: &'static str, extra: &[&str]) {
     let clients: Vec<_> = (0..200u64)
         .map(|i| {
             std::thread::spawn(move || {
-                let data = payload(i, 1 + (i as usize * 997) % 32_768);
+                let data = payload(i, 32_768);
                 assert_eq!(echo(addr, &data), data, "{name}: client {i}");
             })
         })

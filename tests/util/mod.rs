@@ -2,6 +2,11 @@
 //! its address, stop it.
 #![allow(dead_code, unreachable_pub)]
 
+mod client;
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use client::{echo, payload};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -228,24 +233,6 @@ pub fn get(addr: SocketAddr) -> String {
     http(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
 }
 
-/// Sends `data` on a new connection (writing and reading at once), half-closes, and
-/// returns what came back.
-pub fn echo(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut w = c.try_clone().unwrap();
-    let send = data.to_vec();
-    let writer = std::thread::spawn(move || {
-        w.write_all(&send).unwrap();
-        w.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::new();
-    c.read_to_end(&mut back).unwrap();
-    writer.join().unwrap();
-    back
-}
-
 impl Running {
     /// A graceful stop: `SIGTERM`, then exit code 0 within 30 s.
     pub fn stop(self, what: &str) {
@@ -303,20 +290,6 @@ pub fn children(pid: u32) -> Vec<(u32, char)> {
         }
     }
     out
-}
-
-/// A pseudo-random payload of 1 to `max` bytes, the same for the same `seed`.
-pub fn payload(seed: u64, max: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let len = (x % max as u64) as usize + 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The resident memory of `pid`, in KiB, from `/proc/PID/status`.
