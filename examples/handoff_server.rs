@@ -299,7 +299,14 @@ mod unix {
                         self.dispatch_all(pool, conns);
                     }
                 }
-                PoolEvent::Command(herder::pool::Command::Stop) | PoolEvent::Upgraded { .. } => {
+                PoolEvent::Upgraded { .. } => {
+                    // The new supervisor accepts from now on; the connections already
+                    // taken here go to this pool's workers before they drain.
+                    let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
+                    self.flush(pool);
+                    self.stopping = true;
+                }
+                PoolEvent::Command(herder::pool::Command::Stop) => {
                     // Stop accepting at once; the workers drain what they have.
                     self.stopping = true;
                     let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);

@@ -254,8 +254,9 @@ pub enum PoolEvent {
         pid: u32,
     },
     /// The new supervisor reported ready: this pool hands its control socket over
-    /// and stops gracefully (a [`Stopped`](Self::Stopped) follows). Stop accepting
-    /// on listeners of your own now.
+    /// and stops gracefully from the next [`Pool::poll`] on (a
+    /// [`Stopped`](Self::Stopped) follows). Stop accepting on listeners of your own
+    /// now; the workers still take what you already accepted until then.
     Upgraded {
         /// The new supervisor's pid.
         pid: u32,
@@ -506,6 +507,8 @@ pub struct Pool {
     upgrade_fds: Vec<(String, OwnedFd)>,
     /// The upgrade in progress.
     upgrade: Option<Upgrade>,
+    /// The upgrade succeeded: stop at the next poll.
+    stop_after_upgrade: bool,
     /// Why the last upgrade failed, for `status`.
     upgrade_failed: Option<String>,
     /// This program, as it was found at start (the path an upgrade runs again).
@@ -648,6 +651,7 @@ impl Pool {
             upgrade_fds: Vec::new(),
             upgrade: None,
             upgrade_failed: None,
+            stop_after_upgrade: false,
             own_exe: std::env::current_exe().ok(),
             parent,
             inherited_control_path: None,
@@ -1336,7 +1340,10 @@ impl Pool {
                 }
                 self.control_path = None;
                 events.push(PoolEvent::Upgraded { pid: u.pid });
-                self.stop_inner(events);
+                // The graceful stop begins at the next poll: the caller first sees
+                // `Upgraded` while the workers still take connections (the hand-off
+                // supervisor's last ones).
+                self.stop_after_upgrade = true;
             }
             Err(reason) => {
                 self.upgrade_failed = Some(reason.clone());
@@ -1363,6 +1370,9 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> Result<(), Error> {
         let before = events.len();
+        if std::mem::take(&mut self.stop_after_upgrade) {
+            self.stop_inner(events);
+        }
         let mut evs = std::mem::take(&mut self.events);
         self.reactor
             .poll(&mut evs, timeout)
