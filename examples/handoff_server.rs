@@ -102,6 +102,7 @@ mod windows {
             .take_handoff_channel()
             .context("no hand-off channel")?;
         worker.ready()?;
+        let mut load = common::Load::new(&mut worker);
         let drain = common::watch_drain(worker.into_channel(), &server);
         // Connections arrive on a thread of their own (each receipt acknowledges),
         // and join the event loop through a queue and its waker.
@@ -135,6 +136,7 @@ mod windows {
             }
             server.poll(&mut events, Some(Duration::from_millis(500)))?;
             events.clear();
+            load.report(&server);
         }
         say(format_args!(
             "worker exits: accepted {}, lock recovered 0",
@@ -319,6 +321,11 @@ mod unix {
         /// Accepts what is pending (up to 64) and hands it over in batches, after
         /// the connections still waiting for a worker, so none is overtaken.
         fn accept(&mut self, pool: &mut Pool) {
+            // A readiness event can still come in the same batch as `Upgraded` or a
+            // stop: a connection accepted now would have no worker and be reset.
+            if self.stopping {
+                return;
+            }
             let mut batch: Vec<_> = self.pending.drain(..).collect();
             for _ in 0..64 {
                 match self.listener.accept() {

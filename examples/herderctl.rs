@@ -86,9 +86,36 @@ fn ask(path: &std::path::Path, request: &Command) -> anyhow::Result<Value> {
     serde_json::from_str(&line).with_context(|| format!("not a JSON answer: {line:?}"))
 }
 
-#[cfg(not(unix))]
+/// On Windows the control "socket" is a named pipe: `--control NAME` is
+/// `\\.\pipe\NAME`.
+#[cfg(windows)]
+fn ask(name: &std::path::Path, request: &Command) -> anyhow::Result<Value> {
+    use anyhow::Context;
+    use std::io::{BufRead, BufReader, Write};
+    let path = herder::pool::control_pipe_path(&name.to_string_lossy());
+    // Every instance busy (ERROR_PIPE_BUSY): the server makes another at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut conn = loop {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Err(e) if e.raw_os_error() == Some(231) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.with_context(|| format!("connecting to {path}"))?,
+        }
+    };
+    conn.write_all(&request.to_line())?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    serde_json::from_str(&line).with_context(|| format!("not a JSON answer: {line:?}"))
+}
+
+#[cfg(not(any(unix, windows)))]
 fn ask(_: &std::path::Path, _: &Command) -> anyhow::Result<Value> {
-    bail!("the control socket is a Unix socket; Windows servers are not there yet")
+    bail!("no control channel on this platform")
 }
 
 fn print_status(s: &Value) {

@@ -77,6 +77,7 @@ mod windows {
             server.pause_listener(key)?;
         }
         worker.ready()?;
+        let mut load = common::Load::new(&mut worker);
         let drain = common::watch_drain(worker.into_channel(), &server);
         let drain_timeout = Duration::from_secs(args.common.drain_timeout);
         let mut armed = lock.is_none();
@@ -122,6 +123,7 @@ mod windows {
                 }
                 yielding = server.stats().accepted > before;
             }
+            load.report(&server);
             events.clear();
             if draining && server.is_empty() {
                 break;

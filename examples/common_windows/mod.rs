@@ -27,6 +27,10 @@ pub(crate) struct Common {
     /// Close a connection silent for this long, in seconds.
     #[arg(long, default_value_t = 60)]
     pub(crate) idle_timeout: u64,
+    /// Answer control requests (`herderctl --control NAME`) on the named pipe
+    /// `\\.\pipe\NAME`.
+    #[arg(long)]
+    pub(crate) control: Option<String>,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
     pub(crate) log_level: String,
@@ -70,6 +74,9 @@ pub(crate) fn supervise(
     let verbose = c.log_level == "info" || c.log_level == "debug";
     // SAFETY: registers a handler that only stores to an atomic.
     unsafe { windows_sys::Win32::System::Console::SetConsoleCtrlHandler(Some(on_ctrl), 1) };
+    if let Some(name) = &c.control {
+        pool.listen_control(name)?;
+    }
     let mut events = Vec::new();
     pool.start(&mut events);
     let mut announced = false;
@@ -79,7 +86,8 @@ pub(crate) fn supervise(
                 PoolEvent::Stopped => return Ok(()),
                 PoolEvent::Exited { .. }
                 | PoolEvent::SpawnFailed { .. }
-                | PoolEvent::BreakerTripped { .. } => say(format_args!("{e:?}")),
+                | PoolEvent::BreakerTripped { .. }
+                | PoolEvent::ReloadFailed { .. } => say(format_args!("{e:?}")),
                 _ if verbose => say(format_args!("{e:?}")),
                 _ => {}
             }
@@ -133,4 +141,24 @@ pub(crate) fn watch_drain(
         let _ = waker.wake();
     });
     drain
+}
+
+/// Reports a worker's load to the supervisor after each turn of its loop, for
+/// `status` (only when it changed).
+pub(crate) struct Load(Option<herder::pool::LoadReporter>);
+
+impl Load {
+    pub(crate) fn new(worker: &mut herder::pool::Worker) -> Load {
+        Load(worker.load_reporter())
+    }
+
+    pub(crate) fn report(&mut self, server: &Server<Protocol>) {
+        let stats = server.stats();
+        if let Some(r) = self.0.as_mut() {
+            if r.report(stats.accepted, stats.active as u64).is_err() {
+                // The supervisor is gone; the drain watcher sees it too.
+                self.0 = None;
+            }
+        }
+    }
 }

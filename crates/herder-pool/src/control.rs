@@ -13,7 +13,6 @@
 use serde_json::{Value, json};
 
 /// The longest request line accepted; a longer one closes the connection.
-#[cfg(unix)]
 pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// A request from the control socket, as [`PoolEvent::Command`](crate::PoolEvent::Command)
@@ -103,7 +102,6 @@ pub(crate) fn response(v: Value) -> Vec<u8> {
     out
 }
 
-#[cfg(unix)]
 pub(crate) fn error(msg: &str) -> Vec<u8> {
     response(json!({ "ok": false, "error": msg }))
 }

@@ -83,8 +83,8 @@ mod sys;
 mod pool_windows;
 #[cfg(windows)]
 pub use pool_windows::{
-    AcceptLock, Config, FATAL_EXIT_CODE, Pool, PoolEvent, State, WORKER_ENV, Worker, WorkerInfo,
-    is_drain_request, request_stop,
+    AcceptLock, Config, FATAL_EXIT_CODE, LoadReporter, Pool, PoolEvent, State, WORKER_ENV, Worker,
+    WorkerInfo, control_pipe_path, is_drain_request, request_stop,
 };
 
 #[cfg(unix)]

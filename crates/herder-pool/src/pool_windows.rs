@@ -4,6 +4,11 @@
 //! and a crash-loop breaker, and stopped gracefully with a drain message (there are
 //! no signals).
 //!
+//! Rolling restarts ([`Pool::reload`]), scaling ([`Pool::scale`]) and the control
+//! pipe ([`Pool::listen_control`], the same JSON lines as the Unix control socket)
+//! work as on Unix. Workers report their load over their channel
+//! ([`Worker::load_reporter`]) instead of a shared scoreboard.
+//!
 //! A worker's channel is a loopback TCP connection that the worker opens to the
 //! supervisor at start, presenting a one-time token from its environment: nothing
 //! is inherited but the standard handles, and another local process cannot take a
@@ -15,9 +20,11 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::windows::io::OwnedHandle;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// The variable that tells a worker its slot and generation, `SLOT:GENERATION`.
@@ -154,6 +161,21 @@ pub enum PoolEvent {
         /// The message.
         message: Message,
     },
+    /// A rolling restart finished: every slot runs the new generation.
+    Reloaded {
+        /// The new generation.
+        generation: u64,
+    },
+    /// A rolling restart finished, but in these slots the new worker did not become
+    /// ready; their old workers go on.
+    ReloadFailed {
+        /// The generation that did not come up everywhere.
+        generation: u64,
+        /// The slots that kept their old worker.
+        slots: Vec<usize>,
+    },
+    /// A request from the control pipe, after the pool carried it out.
+    Command(crate::Command),
     /// A graceful stop finished: every worker has exited.
     Stopped,
 }
@@ -166,15 +188,31 @@ pub struct WorkerInfo {
     pub slot: usize,
     /// Its current worker's pid.
     pub pid: Option<u32>,
+    /// Its current worker's generation (1 at start, one more per rolling restart).
+    pub generation: u64,
     /// Its state.
     pub state: State,
     /// How many times its worker was replaced.
     pub restarts: u32,
+    /// Connections the current worker took, as it last reported
+    /// ([`LoadReporter`]).
+    pub accepted: u64,
+    /// Connections the current worker has open, as it last reported.
+    pub active: u64,
+    /// Pids of the slot's earlier workers still draining.
+    pub draining: Vec<u32>,
+    /// How the slot's last worker ended.
+    pub last_exit: Option<ExitStatus>,
 }
 
 struct Slot {
     state: State,
     current: Option<u32>,
+    /// The generation its next worker runs.
+    generation: u64,
+    /// During a rolling restart: the new worker, until it is ready.
+    successor: Option<u32>,
+    last_exit: Option<ExitStatus>,
     restarts: u32,
     /// Consecutive crashes, for the back-off.
     streak: u32,
@@ -187,6 +225,10 @@ struct Slot {
 struct Proc {
     child: Child,
     slot: usize,
+    generation: u64,
+    /// The load it last reported.
+    accepted: u64,
+    active: u64,
     started: Instant,
     token: String,
     ready: bool,
@@ -214,6 +256,11 @@ enum Report {
     },
     Message(u32, Message),
     Closed(u32),
+    /// A request line from the control pipe, and where its answer goes.
+    Control {
+        line: Vec<u8>,
+        reply: mpsc::Sender<Vec<u8>>,
+    },
 }
 
 /// A pool of worker processes on Windows. See the [crate documentation](crate) and
@@ -236,6 +283,16 @@ pub struct Pool {
     stop_event: std::os::windows::io::OwnedHandle,
     stopping: bool,
     stopped_reported: bool,
+    /// The newest generation.
+    generation: u64,
+    /// The generation a rolling restart is bringing up.
+    reloading: Option<u64>,
+    /// Slots whose new worker failed in the current rolling restart.
+    reload_failed: Vec<usize>,
+    /// A rolling restart asked for while one was under way.
+    reload_pending: bool,
+    /// The control pipe's path, once listening.
+    control_path: Option<String>,
 }
 
 impl Pool {
@@ -295,15 +352,29 @@ impl Pool {
             stop_event,
             stopping: false,
             stopped_reported: false,
+            generation: 1,
+            reloading: None,
+            reload_failed: Vec::new(),
+            reload_pending: false,
+            control_path: None,
         })
     }
 
     /// Starts a worker in each of the configured number of slots.
     pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
-        for slot in 0..self.config.workers.max(1) {
+        self.grow(self.config.workers.max(1), events);
+    }
+
+    /// Adds slots up to `n`, each starting a worker.
+    fn grow(&mut self, n: usize, events: &mut Vec<PoolEvent>) {
+        while self.slots.len() < n {
+            let slot = self.slots.len();
             self.slots.push(Slot {
                 state: State::Starting,
                 current: None,
+                generation: self.generation,
+                successor: None,
+                last_exit: None,
                 restarts: 0,
                 streak: 0,
                 crashes: Vec::new(),
@@ -313,16 +384,108 @@ impl Pool {
         }
     }
 
+    /// Changes the number of slots to `n` (at least 1): new slots start a worker;
+    /// the workers of removed slots (the highest) drain.
+    pub fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) {
+        if self.stopping {
+            return;
+        }
+        let n = n.max(1);
+        self.grow(n, events);
+        if self.slots.len() > n {
+            let deadline = Instant::now() + self.config.drain_timeout;
+            let removed: Vec<u32> = self
+                .slots
+                .drain(n..)
+                .flat_map(|s| [s.current, s.successor])
+                .flatten()
+                .collect();
+            for pid in removed {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    drain(p, deadline);
+                }
+            }
+            self.reload_failed.retain(|&s| s < n);
+            self.check_reloaded(events);
+        }
+    }
+
+    /// Starts a rolling restart: each slot starts a worker of a new generation, and
+    /// its old worker is told to drain only once the new one is ready, so a slot
+    /// always has a ready worker. A reload asked for while one is under way (or its
+    /// old workers still drain) follows when that is done. [`PoolEvent::Reloaded`]
+    /// or [`PoolEvent::ReloadFailed`] reports the end.
+    pub fn reload(&mut self, events: &mut Vec<PoolEvent>) {
+        if self.stopping {
+            return;
+        }
+        if self.reloading.is_some() || self.procs.values().any(|p| p.draining) {
+            self.reload_pending = true;
+            return;
+        }
+        self.generation += 1;
+        self.reloading = Some(self.generation);
+        self.reload_failed.clear();
+        for slot in 0..self.slots.len() {
+            match self.slots[slot].state {
+                State::Starting | State::Ready => {
+                    let generation = self.generation;
+                    match self.launch(slot, generation, events) {
+                        Some(pid) => self.slots[slot].successor = Some(pid),
+                        None => self.reload_failed.push(slot),
+                    }
+                }
+                // Slots between workers start the new generation next.
+                _ => self.slots[slot].generation = self.generation,
+            }
+        }
+        self.check_reloaded(events);
+    }
+
+    /// Reports the end of a rolling restart once no slot waits for its new worker.
+    fn check_reloaded(&mut self, events: &mut Vec<PoolEvent>) {
+        let Some(generation) = self.reloading else {
+            return;
+        };
+        if self.slots.iter().any(|s| s.successor.is_some()) {
+            return;
+        }
+        self.reloading = None;
+        if self.reload_failed.is_empty() {
+            events.push(PoolEvent::Reloaded { generation });
+        } else {
+            let mut slots = std::mem::take(&mut self.reload_failed);
+            slots.sort_unstable();
+            slots.dedup();
+            events.push(PoolEvent::ReloadFailed { generation, slots });
+        }
+    }
+
     /// A snapshot of every slot.
     pub fn workers(&self) -> Vec<WorkerInfo> {
         self.slots
             .iter()
             .enumerate()
-            .map(|(slot, s)| WorkerInfo {
-                slot,
-                pid: s.current,
-                state: s.state,
-                restarts: s.restarts,
+            .map(|(slot, s)| {
+                let current = s.current.and_then(|pid| self.procs.get(&pid));
+                let mut draining: Vec<u32> = self
+                    .procs
+                    .iter()
+                    .filter(|(pid, p)| p.slot == slot && p.draining && s.current != Some(**pid))
+                    .map(|(pid, _)| *pid)
+                    .collect();
+                draining.sort_unstable();
+                WorkerInfo {
+                    slot,
+                    pid: s.current,
+                    generation: current.map_or(s.generation, |p| p.generation),
+                    state: s.state,
+                    restarts: s.restarts,
+                    accepted: current.map_or(0, |p| p.accepted),
+                    active: current.map_or(0, |p| p.active),
+                    draining,
+                    last_exit: s.last_exit,
+                }
             })
             .collect()
     }
@@ -354,6 +517,8 @@ impl Pool {
             return;
         }
         self.stopping = true;
+        self.reloading = None;
+        self.reload_pending = false;
         for s in &mut self.slots {
             s.state = State::Stopped;
             s.restart_at = None;
@@ -401,6 +566,13 @@ impl Pool {
             }
             self.reap(events);
             self.timers(events);
+            if self.reload_pending
+                && self.reloading.is_none()
+                && !self.procs.values().any(|p| p.draining)
+            {
+                self.reload_pending = false;
+                self.reload(events);
+            }
             self.check_stopped(events);
             if !events.is_empty() || Instant::now() >= end {
                 return Ok(());
@@ -408,7 +580,23 @@ impl Pool {
         }
     }
 
+    /// Starts the worker of `slot` at the slot's generation.
     fn spawn(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
+        let generation = self.slots[slot].generation;
+        match self.launch(slot, generation, events) {
+            Some(pid) => {
+                let s = &mut self.slots[slot];
+                s.current = Some(pid);
+                s.state = State::Starting;
+            }
+            None => {
+                self.crashed(slot, None, events);
+            }
+        }
+    }
+
+    /// Starts a worker process for `slot`; `None` if that failed (reported).
+    fn launch(&mut self, slot: usize, generation: u64, events: &mut Vec<PoolEvent>) -> Option<u32> {
         // Unguessable: whoever presents it gets the worker's channel.
         let token = format!("{:016x}{:016x}{slot:x}", random_u64(), random_u64());
         let addr = match self.rendezvous.local_addr() {
@@ -416,15 +604,14 @@ impl Pool {
             Err(source) => {
                 let error = Error::Spawn { slot, source };
                 events.push(PoolEvent::SpawnFailed { slot, error });
-                self.crashed(slot, None, events);
-                return;
+                return None;
             }
         };
         let names: Vec<&str> = self.listeners.iter().map(|(n, _)| n.as_str()).collect();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
-            .env(WORKER_ENV, format!("{slot}:1"))
+            .env(WORKER_ENV, format!("{slot}:{generation}"))
             .env(CHANNEL_ENV, format!("{addr} {token} {}", names.join(":")))
             .stdin(Stdio::null());
         match &self.lock {
@@ -439,6 +626,9 @@ impl Pool {
                     Proc {
                         child,
                         slot,
+                        generation,
+                        accepted: 0,
+                        active: 0,
                         started: Instant::now(),
                         token,
                         ready: false,
@@ -449,17 +639,15 @@ impl Pool {
                         deadline: Some(Instant::now() + self.config.ready_timeout),
                     },
                 );
-                let s = &mut self.slots[slot];
-                s.current = Some(pid);
-                s.state = State::Starting;
                 events.push(PoolEvent::Spawned { slot, pid });
+                Some(pid)
             }
             Err(source) => {
                 events.push(PoolEvent::SpawnFailed {
                     slot,
                     error: Error::Spawn { slot, source },
                 });
-                self.crashed(slot, None, events);
+                None
             }
         }
     }
@@ -559,11 +747,24 @@ impl Pool {
                             p.ready_pending = true;
                         }
                     }
+                } else if let Some(load) = parse_load(message.payload()) {
+                    (p.accepted, p.active) = load;
                 } else if !crate::protocol::is_pool_message(message.payload()) {
                     events.push(PoolEvent::Message { slot, message });
                 }
             }
             // Its exit follows and `reap` handles it; nothing more can be said to it.
+            Report::Control { line, reply } => {
+                let answer = match crate::Command::parse(&line) {
+                    Ok(cmd) => {
+                        let answer = self.execute(&cmd, events);
+                        events.push(PoolEvent::Command(cmd));
+                        answer
+                    }
+                    Err(msg) => crate::control::error(&msg),
+                };
+                let _ = reply.send(answer);
+            }
             Report::Closed(pid) => {
                 if let Some(p) = self.procs.get_mut(&pid) {
                     p.channel = None;
@@ -577,13 +778,28 @@ impl Pool {
             return;
         };
         p.ready = true;
-        if !p.draining {
+        let draining = p.draining;
+        if !draining {
             p.deadline = None;
-            if self.slots[slot].current == Some(pid) {
-                self.slots[slot].state = State::Ready;
-            }
         }
         events.push(PoolEvent::Ready { slot, pid });
+        let Some(s) = self.slots.get_mut(slot).filter(|_| !draining) else {
+            return;
+        };
+        if s.successor == Some(pid) {
+            // A rolling restart's new worker: it takes the slot, the old one drains.
+            s.successor = None;
+            s.state = State::Ready;
+            if let Some(old) = s.current.replace(pid) {
+                let deadline = Instant::now() + self.config.drain_timeout;
+                if let Some(old) = self.procs.get_mut(&old) {
+                    drain(old, deadline);
+                }
+            }
+            self.check_reloaded(events);
+        } else if s.current == Some(pid) {
+            s.state = State::Ready;
+        }
     }
 
     /// Hands `socket` to the ready worker of `slot`, duplicated for its pid, and
@@ -646,9 +862,51 @@ impl Pool {
                 continue;
             };
             let slot = p.slot;
-            let current = self.slots[slot].current == Some(pid);
+            let Some(s) = self.slots.get_mut(slot) else {
+                // Its slot was scaled away.
+                events.push(PoolEvent::Exited {
+                    slot,
+                    pid,
+                    status,
+                    restart_in: None,
+                });
+                continue;
+            };
+            s.last_exit = Some(status);
+            if s.successor == Some(pid) {
+                // A rolling restart's new worker that never became ready: the old one
+                // goes on (or, if it is gone too, the slot restarts).
+                s.successor = None;
+                self.reload_failed.push(slot);
+                let restart_in = if s.current.is_none() && !self.stopping {
+                    self.crashed(slot, Some(false), events)
+                } else {
+                    None
+                };
+                events.push(PoolEvent::Exited {
+                    slot,
+                    pid,
+                    status,
+                    restart_in,
+                });
+                self.check_reloaded(events);
+                continue;
+            }
+            let current = s.current == Some(pid);
             if current {
-                self.slots[slot].current = None;
+                s.current = None;
+                if s.successor.is_some() && !p.draining {
+                    // The new worker being started takes the slot when it is ready.
+                    s.state = State::Starting;
+                    s.restarts += 1;
+                    events.push(PoolEvent::Exited {
+                        slot,
+                        pid,
+                        status,
+                        restart_in: None,
+                    });
+                    continue;
+                }
             }
             let restart_in = if !current || self.stopping || p.draining {
                 None
@@ -739,6 +997,85 @@ impl Pool {
         }
     }
 
+    /// Answers control requests on the named pipe `name` (`\\.\pipe\NAME`, or a
+    /// full `\\.\pipe\…` path): the JSON lines of the Unix control socket
+    /// ([`Command`](crate::Command)), carried out during [`poll`](Self::poll) and
+    /// reported as [`PoolEvent::Command`]. Only the current user, SYSTEM and the
+    /// administrators may open the pipe, and only from this machine. `upgrade` is
+    /// refused: binary upgrades are Unix-only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the pipe exists already (another server uses the name) or
+    /// cannot be made.
+    pub fn listen_control(&mut self, name: &str) -> Result<(), Error> {
+        let io = |what: &'static str| move |source| Error::Io { what, source };
+        let path = control_pipe_path(name);
+        let security = crate::sys::owner_only().map_err(io("securing the control pipe"))?;
+        let first = crate::sys::create_pipe(&path, true, &security)
+            .map_err(io("creating the control pipe"))?;
+        let reporter = self.reporter.clone();
+        let thread_path = path.clone();
+        std::thread::spawn(move || control_thread(&thread_path, first, &reporter));
+        self.control_path = Some(path);
+        Ok(())
+    }
+
+    /// The control pipe's path, once [`listen_control`](Self::listen_control)
+    /// succeeded.
+    pub fn control_path(&self) -> Option<&str> {
+        self.control_path.as_deref()
+    }
+
+    /// Carries out a control request; returns the answer line.
+    fn execute(&mut self, cmd: &crate::Command, events: &mut Vec<PoolEvent>) -> Vec<u8> {
+        use serde_json::json;
+        match cmd {
+            crate::Command::Status => {
+                let workers: Vec<serde_json::Value> = self
+                    .workers()
+                    .into_iter()
+                    .map(|w| {
+                        json!({
+                            "slot": w.slot,
+                            "pid": w.pid,
+                            "generation": w.generation,
+                            "state": state_name(w.state),
+                            "accepted": w.accepted,
+                            "active": w.active,
+                            "restarts": w.restarts,
+                            "last_exit": w.last_exit.map(|s| s.to_string()),
+                            "draining": w.draining,
+                        })
+                    })
+                    .collect();
+                crate::control::response(json!({
+                    "ok": true,
+                    "pid": std::process::id(),
+                    "generation": self.generation,
+                    "stopping": self.stopping,
+                    "reloading": self.reloading,
+                    "workers": workers,
+                }))
+            }
+            crate::Command::Reload => {
+                self.reload(events);
+                crate::control::response(json!({ "ok": true, "generation": self.generation }))
+            }
+            crate::Command::Scale(n) => {
+                self.scale(*n, events);
+                crate::control::response(json!({ "ok": true, "workers": self.slots.len() }))
+            }
+            crate::Command::Stop => {
+                self.stop(events);
+                crate::control::response(json!({ "ok": true }))
+            }
+            crate::Command::Upgrade => {
+                crate::control::error("binary upgrades are not supported on Windows")
+            }
+        }
+    }
+
     /// The pool's listeners' addresses, by name.
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
@@ -793,6 +1130,95 @@ fn channel_thread(stream: TcpStream, reporter: mpsc::Sender<Report>) {
     let _ = reporter.send(Report::Closed(pid));
 }
 
+/// Serves the control pipe: waits for a client on an instance, makes the next
+/// instance at once (so a second client need not wait), and answers each client on a
+/// thread of its own (16 at most; more are closed unanswered).
+fn control_thread(path: &str, first: OwnedHandle, reporter: &mpsc::Sender<Report>) {
+    let Ok(security) = crate::sys::owner_only() else {
+        return;
+    };
+    let busy = Arc::new(AtomicUsize::new(0));
+    let mut pipe = first;
+    loop {
+        let connected = crate::sys::connect_pipe(&pipe);
+        let next = loop {
+            match crate::sys::create_pipe(path, false, &security) {
+                Ok(next) => break next,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let conn = std::mem::replace(&mut pipe, next);
+        if connected.is_err() || busy.load(Ordering::SeqCst) >= 16 {
+            continue;
+        }
+        busy.fetch_add(1, Ordering::SeqCst);
+        let (reporter, busy) = (reporter.clone(), busy.clone());
+        std::thread::spawn(move || {
+            serve_control(std::fs::File::from(conn), &reporter);
+            busy.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Reads one request line from a control client, has the pool carry it out, and
+/// writes the answer.
+fn serve_control(mut conn: std::fs::File, reporter: &mpsc::Sender<Report>) {
+    use std::io::{Read, Write};
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+        }
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            let (reply, answer) = mpsc::channel();
+            if reporter.send(Report::Control { line, reply }).is_err() {
+                return;
+            }
+            break answer
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| crate::control::error("the supervisor did not answer"));
+        }
+        if line.len() > crate::control::MAX_LINE {
+            break crate::control::error("request line too long");
+        }
+    };
+    // Flushing waits for the client to read the answer; closing then cannot lose it.
+    let _ = conn.write_all(&answer).and_then(|()| conn.sync_all());
+}
+
+/// The full path of control pipe `name`: `\\.\pipe\NAME`, unless `name` is a
+/// path already.
+pub fn control_pipe_path(name: &str) -> String {
+    if name.starts_with(r"\\") {
+        name.to_string()
+    } else {
+        format!(r"\\.\pipe\{name}")
+    }
+}
+
+/// The load in a worker's `LOAD` message: connections accepted and open.
+fn parse_load(payload: &[u8]) -> Option<(u64, u64)> {
+    let rest = payload.strip_prefix(crate::protocol::LOAD)?;
+    let accepted: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    let active: [u8; 8] = rest.get(8..)?.try_into().ok()?;
+    Some((u64::from_le_bytes(accepted), u64::from_le_bytes(active)))
+}
+
+/// A slot state's name in control answers, as on Unix.
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Starting => "starting",
+        State::Ready => "ready",
+        State::Backoff => "backoff",
+        State::Tripped => "tripped",
+        State::Fatal => "fatal",
+        State::Stopped => "stopped",
+    }
+}
+
 /// 64 bits from the OS's random source (std seeds its hash keys from it).
 fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -844,7 +1270,10 @@ impl Drop for Pool {
 /// A worker's side: what [`Worker::from_env`] found.
 pub struct Worker {
     slot: usize,
+    generation: u64,
     channel: Channel,
+    /// A second handle on the channel's connection, for load reports.
+    load: Option<TcpStream>,
     handoff: Option<Channel>,
     listeners: Vec<(String, TcpListener)>,
 }
@@ -862,9 +1291,12 @@ impl Worker {
             return Ok(None);
         };
         let bad = |what: &str| Error::Environment(what.to_string());
-        let slot = role
+        let (slot, generation) = role
             .to_str()
-            .and_then(|r| r.split(':').next()?.parse().ok())
+            .and_then(|r| {
+                let (slot, generation) = r.split_once(':')?;
+                Some((slot.parse().ok()?, generation.parse().ok()?))
+            })
             .ok_or_else(|| bad("HERDER_WORKER"))?;
         let spec = std::env::var(CHANNEL_ENV).map_err(|_| bad("HERDER_WORKER_CHANNEL"))?;
         let mut parts = spec.splitn(3, ' ');
@@ -875,6 +1307,7 @@ impl Worker {
         let io = |what: &'static str| move |source| Error::Io { what, source };
         let stream = TcpStream::connect(addr).map_err(io("connecting the channel"))?;
         let _ = stream.set_nodelay(true);
+        let load = stream.try_clone().ok();
         let mut channel = Channel::new(stream, 0);
         channel
             .send(token.as_bytes())
@@ -901,7 +1334,9 @@ impl Worker {
             .map_err(io("presenting the channel's token"))?;
         Ok(Some(Worker {
             slot,
+            generation,
             channel,
+            load,
             handoff: Some(handoff),
             listeners,
         }))
@@ -910,6 +1345,20 @@ impl Worker {
     /// This worker's slot.
     pub fn slot(&self) -> usize {
         self.slot
+    }
+
+    /// This worker's generation: 1 at start, one more per rolling restart.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Takes the handle for reporting this worker's load to the supervisor, for
+    /// `status` (on Unix the shared scoreboard does this). `None` the second time.
+    pub fn load_reporter(&mut self) -> Option<LoadReporter> {
+        Some(LoadReporter {
+            channel: Channel::new(self.load.take()?, 0),
+            last: None,
+        })
     }
 
     /// Takes the listener named `name`.
@@ -960,6 +1409,33 @@ impl Worker {
             })),
             Err(_) => Ok(None),
         }
+    }
+}
+
+/// A worker's handle for reporting its load ([`Worker::load_reporter`]).
+pub struct LoadReporter {
+    channel: Channel,
+    last: Option<(u64, u64)>,
+}
+
+impl LoadReporter {
+    /// Reports connections accepted so far and open now, if they changed since the
+    /// last report. Call it after the worker's [`ready`](Worker::ready), from one
+    /// thread; the report is a message of a few bytes on the channel.
+    ///
+    /// # Errors
+    ///
+    /// What sending returns (the supervisor is gone).
+    pub fn report(&mut self, accepted: u64, active: u64) -> io::Result<()> {
+        if self.last == Some((accepted, active)) {
+            return Ok(());
+        }
+        let mut message = crate::protocol::LOAD.to_vec();
+        message.extend_from_slice(&accepted.to_le_bytes());
+        message.extend_from_slice(&active.to_le_bytes());
+        self.channel.send(&message)?;
+        self.last = Some((accepted, active));
+        Ok(())
     }
 }
 

@@ -9,6 +9,11 @@ pub(crate) const READY: &[u8] = b"PR";
 /// Supervisor to worker: stop accepting, drain and exit.
 pub(crate) const DRAIN: &[u8] = b"PD";
 
+/// Worker to supervisor on Windows (where there is no shared scoreboard): its load,
+/// followed by two little-endian `u64`s, connections accepted and open.
+#[cfg(windows)]
+pub(crate) const LOAD: &[u8] = b"PL";
+
 /// Whether a payload is one of the pool's own messages.
 pub(crate) fn is_pool_message(payload: &[u8]) -> bool {
     payload.len() == 2 && payload[0] == b'P'

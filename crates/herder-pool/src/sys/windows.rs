@@ -97,3 +97,156 @@ pub(crate) fn signal_event(name: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A security descriptor from `LocalAlloc`, freed on drop.
+pub(crate) struct SecurityDescriptor(windows_sys::Win32::Security::PSECURITY_DESCRIPTOR);
+
+impl Drop for SecurityDescriptor {
+    fn drop(&mut self) {
+        // SAFETY: allocated by ConvertStringSecurityDescriptorToSecurityDescriptorW
+        // with LocalAlloc, freed once.
+        unsafe { windows_sys::Win32::Foundation::LocalFree(self.0) };
+    }
+}
+
+/// The current user's SID as a string (`S-1-5-…`).
+fn current_user_sid() -> io::Result<String> {
+    use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser};
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+    let mut token = std::ptr::null_mut();
+    // SAFETY: the pseudo-handle of this process; `token` receives a new handle.
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let token = owned(token)?;
+    // A TOKEN_USER followed by its SID: a u64 buffer keeps it aligned.
+    let mut buf = vec![0u64; 64];
+    let mut len = 0u32;
+    // SAFETY: `buf` is writable for the length given; `len` receives the size used.
+    let ok = unsafe {
+        GetTokenInformation(
+            token.as_raw_handle(),
+            TokenUser,
+            buf.as_mut_ptr().cast(),
+            (buf.len() * 8) as u32,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: GetTokenInformation wrote a TOKEN_USER at the start of `buf`, aligned.
+    let sid = unsafe { (*(buf.as_ptr() as *const TOKEN_USER)).User.Sid };
+    let mut text: windows_sys::core::PWSTR = std::ptr::null_mut();
+    // SAFETY: `sid` points into `buf`, alive here; `text` receives a LocalAlloc'd
+    // NUL-terminated string.
+    if unsafe {
+        windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW(sid, &mut text)
+    } == 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `text` is NUL-terminated UTF-16 from the call above.
+    let len = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
+    // SAFETY: `len` u16s were just counted before the NUL.
+    let s = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
+    // SAFETY: allocated by ConvertSidToStringSidW with LocalAlloc, freed once.
+    unsafe { windows_sys::Win32::Foundation::LocalFree(text.cast()) };
+    Ok(s)
+}
+
+/// A descriptor whose access list lets only the current user, SYSTEM and the
+/// administrators in: what the control pipe is made with (the Unix control socket is
+/// mode 0600).
+pub(crate) fn owner_only() -> io::Result<SecurityDescriptor> {
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+    };
+    let sddl = wide(&format!(
+        "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;{})",
+        current_user_sid()?
+    ));
+    let mut sd = std::ptr::null_mut();
+    // SAFETY: `sddl` is NUL-terminated UTF-16; `sd` receives a LocalAlloc'd descriptor.
+    let ok = unsafe {
+        ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            sddl.as_ptr(),
+            SDDL_REVISION_1,
+            &mut sd,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(SecurityDescriptor(sd))
+}
+
+/// Creates an instance of the byte-mode named pipe `path` (`\\.\pipe\…`) for local
+/// clients, not inheritable. `first`: fail if the pipe exists already (another
+/// process owns the name).
+pub(crate) fn create_pipe(
+    path: &str,
+    first: bool,
+    security: &SecurityDescriptor,
+) -> io::Result<OwnedHandle> {
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
+    use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_FLAG_FIRST_PIPE_INSTANCE, PIPE_ACCESS_DUPLEX,
+    };
+    use windows_sys::Win32::System::Pipes::{
+        CreateNamedPipeW, PIPE_READMODE_BYTE, PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_BYTE,
+        PIPE_UNLIMITED_INSTANCES, PIPE_WAIT,
+    };
+    let name = wide(path);
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: security.0,
+        bInheritHandle: 0,
+    };
+    let mode = if first {
+        PIPE_ACCESS_DUPLEX | FILE_FLAG_FIRST_PIPE_INSTANCE
+    } else {
+        PIPE_ACCESS_DUPLEX
+    };
+    // SAFETY: `name` is NUL-terminated UTF-16, `attributes` and the descriptor it
+    // points to outlive the call; the result is a new handle or INVALID_HANDLE_VALUE.
+    let handle = unsafe {
+        CreateNamedPipeW(
+            name.as_ptr(),
+            mode,
+            PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS,
+            PIPE_UNLIMITED_INSTANCES,
+            64 * 1024,
+            64 * 1024,
+            0,
+            &attributes,
+        )
+    };
+    if handle == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    owned(handle)
+}
+
+/// Waits for a client to connect to a pipe instance.
+pub(crate) fn connect_pipe(pipe: &OwnedHandle) -> io::Result<()> {
+    use windows_sys::Win32::Foundation::ERROR_PIPE_CONNECTED;
+    // SAFETY: a valid pipe handle opened without overlapped I/O: this blocks.
+    if unsafe {
+        windows_sys::Win32::System::Pipes::ConnectNamedPipe(
+            pipe.as_raw_handle(),
+            std::ptr::null_mut(),
+        )
+    } != 0
+    {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    // A client that connected between creation and this call.
+    if e.raw_os_error() == Some(ERROR_PIPE_CONNECTED as i32) {
+        return Ok(());
+    }
+    Err(e)
+}
