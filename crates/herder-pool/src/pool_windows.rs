@@ -1011,6 +1011,17 @@ impl Pool {
     pub fn listen_control(&mut self, name: &str) -> Result<(), Error> {
         let io = |what: &'static str| move |source| Error::Io { what, source };
         let path = control_pipe_path(name);
+        // `FILE_FLAG_FIRST_PIPE_INSTANCE` refuses a name in use on Windows, not on
+        // every implementation of it (Wine): ask first as well.
+        if crate::sys::pipe_exists(&path) {
+            return Err(Error::Io {
+                what: "creating the control pipe",
+                source: io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{path} exists: another server uses the name"),
+                ),
+            });
+        }
         let security = crate::sys::owner_only().map_err(io("securing the control pipe"))?;
         let first = crate::sys::create_pipe(&path, true, &security)
             .map_err(io("creating the control pipe"))?;

@@ -1,6 +1,7 @@
 //! The pool on Windows (run under Wine in CI): workers start, get the listener and
 //! report ready; a terminated worker is replaced; a graceful stop drains them; the
-//! named-mutex accept lock is taken over from a holder terminated mid-hold.
+//! named-mutex accept lock is taken over from a holder terminated mid-hold; rolling
+//! restarts, scaling and load reports, driven through the control pipe.
 #![cfg(windows)]
 
 use herder_pool::{Config, Pool, PoolEvent, Worker, is_drain_request};
@@ -31,11 +32,25 @@ fn worker_entry() {
             std::thread::sleep(Duration::from_secs(60));
         }
     }
-    // Echo with the pid in front, on the pool's listener.
+    // Echo with the pid in front, on the pool's listener; each connection reported.
+    // A drain request stops the accepting after the exchange in progress: exiting
+    // in the middle of one would reset it.
     let listener = worker.take_listener("echo").expect("the listener");
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
+    listener.set_nonblocking(true).unwrap();
+    let mut load = worker.load_reporter().expect("a load reporter");
+    assert!(worker.load_reporter().is_none(), "a second reporter");
+    let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = draining.clone();
+    let server = std::thread::spawn(move || {
+        let mut accepted = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            accepted += 1;
+            let _ = load.report(accepted, 1);
+            let _ = conn.set_nonblocking(false);
             let mut buf = [0u8; 64];
             let n = conn.read(&mut buf).unwrap_or(0);
             let _ = write!(conn, "{} ", std::process::id());
@@ -45,9 +60,11 @@ fn worker_entry() {
     worker.ready().unwrap();
     while let Ok(Some(message)) = worker.channel().recv() {
         if is_drain_request(message.payload()) {
-            std::process::exit(0);
+            break;
         }
     }
+    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.join().unwrap();
     std::process::exit(0);
 }
 
@@ -183,4 +200,166 @@ fn the_named_mutex_is_taken_over_from_a_terminated_holder() {
     terminate(pool.workers()[0].pid.unwrap());
     let seen = until(&mut pool, "the next holder", |e| message(e).is_some());
     assert_eq!(seen.iter().find_map(message).unwrap(), "lock true 1");
+}
+
+/// Sends `line` on the control pipe `name` from a thread while this one runs the
+/// pool; returns the answer and the events seen meanwhile.
+fn control(pool: &mut Pool, name: &str, line: &str) -> (serde_json::Value, Vec<PoolEvent>) {
+    let path = herder_pool::control_pipe_path(name);
+    let line = format!("{line}\n");
+    let client = std::thread::spawn(move || {
+        let mut pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        pipe.write_all(line.as_bytes()).unwrap();
+        let mut answer = String::new();
+        pipe.read_to_string(&mut answer).unwrap();
+        answer
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !client.is_finished() {
+        assert!(Instant::now() < deadline, "no answer: {seen:?}");
+        pool.poll(&mut seen, Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+    let answer = client.join().unwrap();
+    assert!(answer.ends_with('\n'), "{answer:?}");
+    (serde_json::from_str(&answer).unwrap(), seen)
+}
+
+/// Polls until `pred` holds for the pool (60 s at most).
+fn settle(pool: &mut Pool, what: &str, pred: impl Fn(&Pool) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut events = Vec::new();
+    while !pred(pool) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:?} after {events:?}",
+            pool.workers()
+        );
+        pool.poll(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+}
+
+fn all_ready(pool: &Pool, n: usize) -> bool {
+    let w = pool.workers();
+    w.len() == n && w.iter().all(|w| w.state == herder_pool::State::Ready)
+}
+
+#[test]
+fn reload_scale_and_status_through_the_control_pipe() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut pool = Pool::new(config(2, "echo"), vec![("echo".into(), listener)]).unwrap();
+    let name = format!("herder-test-{}", std::process::id());
+    pool.listen_control(&name).unwrap();
+    assert_eq!(
+        pool.control_path(),
+        Some(format!(r"\\.\pipe\{name}").as_str())
+    );
+    // A second pool cannot take the same name.
+    let other = Pool::new(config(1, "echo"), Vec::new());
+    assert!(other.unwrap().listen_control(&name).is_err());
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    settle(&mut pool, "two workers ready", |p| all_ready(p, 2));
+
+    // Load reports reach `status`: every connection counted, by the worker that took it.
+    for _ in 0..10 {
+        assert!(ask(addr).ends_with(" hi"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (status, _) = control(&mut pool, &name, r#"{"cmd":"status"}"#);
+        let sum: u64 = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["accepted"].as_u64().unwrap())
+            .sum();
+        if sum == 10 {
+            break status;
+        }
+        assert!(sum < 10 && Instant::now() < deadline, "{status}");
+    };
+    assert_eq!(status["ok"], true);
+    assert_eq!(status["pid"], std::process::id());
+    assert_eq!(status["generation"], 1);
+    let before: Vec<u32> = pool.workers().iter().filter_map(|w| w.pid).collect();
+    for (w, pid) in status["workers"].as_array().unwrap().iter().zip(&before) {
+        assert_eq!(w["pid"], *pid, "{status}");
+        assert_eq!(w["state"], "ready", "{status}");
+        assert_eq!(w["active"], 1, "{status}");
+    }
+
+    // A rolling restart: new workers of generation 2, each old one drained once its
+    // successor was ready, serving throughout.
+    let (answer, mut seen) = control(&mut pool, &name, r#"{"cmd":"reload"}"#);
+    assert_eq!(answer["generation"], 2, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen
+        .iter()
+        .any(|e| matches!(e, PoolEvent::Reloaded { generation: 2 }))
+    {
+        assert!(Instant::now() < deadline, "no reload: {seen:?}");
+        assert!(ask(addr).ends_with(" hi"));
+        pool.poll(&mut seen, Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+    let after = pool.workers();
+    assert!(after.iter().all(|w| w.generation == 2), "{after:?}");
+    assert!(
+        after.iter().all(|w| !before.contains(&w.pid.unwrap())),
+        "{after:?}"
+    );
+    settle(&mut pool, "the old workers gone", |p| {
+        p.workers().iter().all(|w| w.draining.is_empty())
+    });
+    assert!(ask(addr).ends_with(" hi"));
+
+    // Scaling up and down.
+    let (answer, _) = control(&mut pool, &name, r#"{"cmd":"scale","workers":3}"#);
+    assert_eq!(answer["workers"], 3, "{answer}");
+    settle(&mut pool, "three ready", |p| all_ready(p, 3));
+    let (answer, seen) = control(&mut pool, &name, r#"{"cmd":"scale","workers":1}"#);
+    assert_eq!(answer["workers"], 1, "{answer}");
+    let exited = |e: &PoolEvent| {
+        matches!(
+            e,
+            PoolEvent::Exited {
+                restart_in: None,
+                ..
+            }
+        )
+    };
+    let mut exits = seen.iter().filter(|e| exited(e)).count();
+    if exits < 2 {
+        until(&mut pool, "two drained", |e| {
+            exits += usize::from(exited(e));
+            exits == 2
+        });
+    }
+    assert!(all_ready(&pool, 1));
+    assert!(ask(addr).ends_with(" hi"));
+
+    // Refused: garbage and upgrades (Unix-only).
+    let (answer, _) = control(&mut pool, &name, "status");
+    assert_eq!(answer["ok"], false, "{answer}");
+    let (answer, _) = control(&mut pool, &name, r#"{"cmd":"upgrade"}"#);
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("Windows"));
+
+    // A stop through the pipe.
+    let (answer, mut seen) = control(&mut pool, &name, r#"{"cmd":"stop"}"#);
+    assert_eq!(answer["ok"], true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.iter().any(|e| matches!(e, PoolEvent::Stopped)) {
+        assert!(Instant::now() < deadline, "no stop: {seen:?}");
+        pool.poll(&mut seen, Some(Duration::from_millis(20)))
+            .unwrap();
+    }
 }

@@ -230,6 +230,19 @@ pub(crate) fn create_pipe(
     owned(handle)
 }
 
+/// Whether a named pipe `path` exists (served by some process). `WaitNamedPipeW`
+/// tells without taking an instance: it fails with `ERROR_FILE_NOT_FOUND` only when
+/// there is none.
+pub(crate) fn pipe_exists(path: &str) -> bool {
+    use windows_sys::Win32::Foundation::ERROR_FILE_NOT_FOUND;
+    let name = wide(path);
+    // SAFETY: `name` is NUL-terminated UTF-16; waits at most 1 ms.
+    if unsafe { windows_sys::Win32::System::Pipes::WaitNamedPipeW(name.as_ptr(), 1) } != 0 {
+        return true;
+    }
+    io::Error::last_os_error().raw_os_error() != Some(ERROR_FILE_NOT_FOUND as i32)
+}
+
 /// Waits for a client to connect to a pipe instance.
 pub(crate) fn connect_pipe(pipe: &OwnedHandle) -> io::Result<()> {
     use windows_sys::Win32::Foundation::ERROR_PIPE_CONNECTED;

@@ -1,0 +1,279 @@
+//! Both example servers built for Windows, run under Wine with 2 workers on
+//! 127.0.0.1 and driven from the Linux side (Wine's sockets are the host's): 200
+//! concurrent echo clients byte-exact; `status` over the control pipe shows that both
+//! workers accepted connections; a worker terminated with `taskkill /f` is replaced
+//! and new connections keep succeeding; a rolling restart brings up a new generation;
+//! `herderctl stop` ends the server with exit code 0.
+//!
+//! Needs the Windows build of the examples (`target/cross/x86_64-pc-windows-gnu/
+//! debug/examples`, or `HERDER_WINDOWS_EXAMPLES`) and a prepared Wine prefix, both
+//! made by `.ci/run`; hence the `wine-tests` feature:
+//!
+//! ```text
+//! cargo test --features wine-tests --test wine_servers
+//! ```
+#![cfg(unix)]
+
+#[path = "util/client.rs"]
+mod client;
+
+use client::{echo, payload};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn windows_example(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HERDER_WINDOWS_EXAMPLES").map_or_else(
+        || repo().join("target/cross/x86_64-pc-windows-gnu/debug/examples"),
+        PathBuf::from,
+    );
+    let exe = dir.join(format!("{name}.exe"));
+    assert!(
+        exe.is_file(),
+        "{} is missing: build the examples for x86_64-pc-windows-gnu first",
+        exe.display()
+    );
+    exe
+}
+
+/// `wine PROGRAM ARGS` through `.ci/wine-run.sh` (the prefix, a time limit), in a
+/// process group of its own, output to files: Wine's helper processes can hold
+/// inherited pipes open long after the program ended.
+fn wine(program: impl AsRef<std::ffi::OsStr>, args: &[&str], out: &Path, err: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    Command::new(repo().join(".ci/wine-run.sh"))
+        .arg(program)
+        .args(args)
+        .env("WINE_RUN_TIMEOUT", "300")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(err).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` (at most `limit`).
+fn wait(child: &mut Child, what: &str, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a short Windows (or Wine builtin) program to its end; its output.
+fn run(dir: &Path, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+    let (out, err) = (dir.join("run.out"), dir.join("run.err"));
+    let mut child = wine(program, args, &out, &err);
+    let status = wait(&mut child, &format!("{args:?}"), Duration::from_secs(120));
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        status.success(),
+        "{args:?}: {status}\n{stdout}\n{}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    stdout
+}
+
+/// A server under Wine, its process group ended if the test fails midway.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    control: String,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: signals the process group this test started.
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Server {
+    fn start(name: &str, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let control = format!("herder-wine-{name}-{}", std::process::id());
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--log-level",
+            "warn",
+            "--control",
+            &control,
+        ];
+        args.extend_from_slice(extra);
+        let out = dir.path().join("server.out");
+        let child = wine(
+            windows_example(name),
+            &args,
+            &out,
+            &dir.path().join("server.err"),
+        );
+        let mut server = Server {
+            child,
+            dir,
+            control,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        server.addr = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("listening on ")) {
+                break addr.trim().parse().unwrap();
+            }
+            assert!(
+                server.child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+                "{name}: no `listening on` line: {text:?} {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.err")).unwrap_or_default()
+    }
+
+    /// `herderctl --control NAME ARGS`, under Wine.
+    fn ctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["--control", self.control.as_str()];
+        all.extend_from_slice(args);
+        run(self.dir.path(), windows_example("herderctl"), &all)
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ctl(&["status", "--json"])).unwrap()
+    }
+
+    /// Asks for `status` until `pred` accepts it (60 s at most).
+    fn status_until(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: {s}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn workers(s: &Value) -> &Vec<Value> {
+    s["workers"].as_array().unwrap()
+}
+
+fn field(s: &Value, name: &str) -> Vec<u64> {
+    workers(s)
+        .iter()
+        .map(|w| w[name].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// Every worker ready, of `generation`.
+fn settled(s: &Value, generation: u64) -> bool {
+    workers(s)
+        .iter()
+        .all(|w| w["state"] == "ready" && w["generation"] == generation)
+        && workers(s).len() == 2
+}
+
+#[test]
+fn windows_servers_under_wine() {
+    for (name, extra) in [
+        ("shared_listener_server", &["--accept", "mutex"][..]),
+        ("handoff_server", &[][..]),
+    ] {
+        one_server(name, extra);
+    }
+}
+
+fn one_server(name: &str, extra: &[&str]) {
+    let server = Server::start(name, extra);
+    let addr = server.addr;
+
+    // 200 clients at once from Linux, each with its own payload, byte-exact.
+    let clients: Vec<_> = (0..200u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = payload(i, 32_768);
+                echo(addr, &data) == data
+            })
+        })
+        .collect();
+    let exact = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(exact, 200, "{name}: byte-exact echoes");
+
+    // Both workers served, as `status` says (the workers report their counts).
+    let s = server.status_until("200 connections counted", |s| {
+        field(s, "accepted").iter().sum::<u64>() >= 200
+    });
+    let accepted = field(&s, "accepted");
+    println!("{name}: accepted per worker {accepted:?}");
+    assert!(
+        accepted.iter().all(|&n| n > 0),
+        "{name}: a worker served nothing: {s}"
+    );
+
+    // `taskkill /f` the worker of slot 0: it is replaced, connections keep working.
+    let victim = workers(&s)[0]["pid"].as_u64().unwrap();
+    run(
+        server.dir.path(),
+        "taskkill",
+        &["/f", "/pid", &victim.to_string()],
+    );
+    let s = server.status_until("the replacement", |s| {
+        let w = &workers(s)[0];
+        w["pid"].as_u64().is_some_and(|p| p != victim) && w["state"] == "ready"
+    });
+    assert!(workers(&s)[0]["restarts"].as_u64().unwrap() >= 1, "{s}");
+    for i in 0..100u64 {
+        let data = payload(1000 + i, 2048);
+        assert_eq!(echo(addr, &data), data, "{name}: after the replacement");
+    }
+
+    // A rolling restart: new workers of generation 2, the old ones drained.
+    let before: Vec<u64> = field(&s, "pid");
+    assert_eq!(server.ctl(&["reload"]).trim(), "ok");
+    let s = server.status_until("generation 2", |s| {
+        settled(s, 2)
+            && workers(s)
+                .iter()
+                .all(|w| w["draining"].as_array().is_some_and(Vec::is_empty))
+    });
+    assert!(
+        field(&s, "pid").iter().all(|p| !before.contains(p)),
+        "{name}: old workers remain: {s}"
+    );
+    for i in 0..50u64 {
+        let data = payload(2000 + i, 2048);
+        assert_eq!(echo(addr, &data), data, "{name}: after the reload");
+    }
+
+    // A graceful stop through the control pipe.
+    assert_eq!(server.ctl(&["stop"]).trim(), "ok");
+    let mut server = server;
+    let status = wait(&mut server.child, "the stop", Duration::from_secs(60));
+    assert!(status.success(), "{name}: {status}\n{}", server.log());
+}
