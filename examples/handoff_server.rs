@@ -29,9 +29,10 @@ fn main() {
     eprintln!("handoff_server runs on Unix and Windows");
 }
 
-/// Windows: the supervisor accepts and hands each connection to the next ready
-/// worker, duplicated for its pid (`WSADuplicateSocketW`) and acknowledged before the
-/// supervisor closes its copy. Ctrl-C or Ctrl-Break stops gracefully.
+/// Windows: the supervisor accepts and hands each connection to the least-loaded
+/// (or the next) ready worker, duplicated for its pid (`WSADuplicateSocketW`) and
+/// acknowledged before the supervisor closes its copy. Ctrl-C, Ctrl-Break or
+/// `herderctl stop` stops gracefully.
 #[cfg(windows)]
 mod windows {
     use super::common_windows::{self as common, Common, say};
@@ -39,6 +40,7 @@ mod windows {
     use clap::Parser;
     use herder::fd::Handoff;
     use herder::pool::{Pool, Worker};
+    use std::collections::HashMap;
     use std::sync::atomic::Ordering;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
@@ -48,8 +50,8 @@ mod windows {
     struct Args {
         #[command(flatten)]
         common: Common,
-        /// `round-robin` (the only dispatch on Windows so far).
-        #[arg(long, default_value = "round-robin", value_parser = ["round-robin"])]
+        /// How a connection's worker is chosen.
+        #[arg(long, default_value = "least-loaded", value_parser = ["least-loaded", "round-robin"])]
         dispatch: String,
     }
 
@@ -63,7 +65,11 @@ mod windows {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let mut pool = Pool::new(common::pool_config(&args.common), Vec::new())?;
-        let mut next = 0usize;
+        let mut dispatcher = Dispatcher {
+            least_loaded: args.dispatch == "least-loaded",
+            next: 0,
+            handed: HashMap::new(),
+        };
         // The pool's loop wakes every 5 ms to accept: Windows has no pool-wide
         // readiness for a socket of the caller's yet.
         common::supervise(
@@ -72,28 +78,74 @@ mod windows {
             &args.common,
             Duration::from_millis(5),
             |pool| {
+                // Stopping: the connections wait in the listener's queue for the next
+                // server instead of being taken here and closed.
+                if pool.is_stopping() {
+                    return;
+                }
                 while let Ok((stream, peer)) = listener.accept() {
                     let _ = stream.set_nonblocking(false);
-                    let n = pool.len();
-                    let sent = (0..n).any(|i| {
-                        let slot = (next + i) % n;
-                        let meta = Handoff {
-                            id: 0,
-                            peer: Some(peer),
-                            data: &[],
-                        };
-                        let ok = pool.send_socket(slot, &stream, &meta).is_ok();
-                        if ok {
-                            next = slot + 1;
-                        }
-                        ok
-                    });
-                    if !sent {
+                    if !dispatcher.dispatch(pool, &stream, peer) {
                         say(format_args!("no ready worker for {peer}; closing it"));
                     }
                 }
             },
         )
+    }
+
+    struct Dispatcher {
+        least_loaded: bool,
+        /// Where round-robin goes next, and least-loaded's tie-break.
+        next: usize,
+        /// Connections handed to each worker, by pid: those beyond the count it last
+        /// reported accepting are on their way, and count as its load.
+        handed: HashMap<u32, u64>,
+    }
+
+    impl Dispatcher {
+        /// Hands `stream` to a ready worker; whether one took it.
+        fn dispatch(
+            &mut self,
+            pool: &mut Pool,
+            stream: &std::net::TcpStream,
+            peer: std::net::SocketAddr,
+        ) -> bool {
+            let n = pool.len().max(1);
+            let start = self.next % n;
+            let turn = |s: usize| (s + n - start) % n;
+            let mut slots: Vec<usize> = (0..pool.len()).collect();
+            if self.least_loaded {
+                let load = |s: usize| {
+                    pool.load(s).map_or(u64::MAX, |l| {
+                        let handed = self.handed.get(&l.pid).copied().unwrap_or(0);
+                        l.active + handed.saturating_sub(l.accepted)
+                    })
+                };
+                slots.sort_by_key(|&s| (load(s), turn(s)));
+            } else {
+                slots.sort_by_key(|&s| turn(s));
+            }
+            let meta = Handoff {
+                id: 0,
+                peer: Some(peer),
+                data: &[],
+            };
+            for slot in slots {
+                if let Ok(pid) = pool.send_socket(slot, stream, &meta) {
+                    self.next = slot + 1;
+                    *self.handed.entry(pid).or_default() += 1;
+                    if self.handed.len() > 4 * n {
+                        // Forget the workers that are gone.
+                        let live: Vec<u32> = (0..pool.len())
+                            .filter_map(|s| Some(pool.load(s)?.pid))
+                            .collect();
+                        self.handed.retain(|pid, _| live.contains(pid));
+                    }
+                    return true;
+                }
+            }
+            false
+        }
     }
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {

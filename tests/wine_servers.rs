@@ -106,7 +106,11 @@ impl Drop for Server {
 impl Server {
     fn start(name: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let control = format!("herder-wine-{name}-{}", std::process::id());
+        let control = format!(
+            "herder-wine-{name}-{}-{}",
+            std::process::id(),
+            extra.join("")
+        );
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -199,7 +203,8 @@ fn settled(s: &Value, generation: u64) -> bool {
 fn windows_servers_under_wine() {
     for (name, extra) in [
         ("shared_listener_server", &["--accept", "mutex"][..]),
-        ("handoff_server", &[][..]),
+        ("handoff_server", &["--dispatch", "least-loaded"][..]),
+        ("handoff_server", &["--dispatch", "round-robin"][..]),
     ] {
         one_server(name, extra);
     }
@@ -230,7 +235,7 @@ fn one_server(name: &str, extra: &[&str]) {
         field(s, "accepted").iter().sum::<u64>() >= 200
     });
     let accepted = field(&s, "accepted");
-    println!("{name}: accepted per worker {accepted:?}");
+    println!("{name} {extra:?}: accepted per worker {accepted:?}");
     assert!(
         accepted.iter().all(|&n| n > 0),
         "{name}: a worker served nothing: {s}"

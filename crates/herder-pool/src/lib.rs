@@ -67,6 +67,7 @@ mod pool;
 mod protocol;
 #[cfg(unix)]
 mod scoreboard;
+mod state;
 #[cfg(unix)]
 pub mod systemd;
 #[cfg(unix)]
@@ -83,8 +84,8 @@ mod sys;
 mod pool_windows;
 #[cfg(windows)]
 pub use pool_windows::{
-    AcceptLock, Config, FATAL_EXIT_CODE, LoadReporter, Pool, PoolEvent, State, WORKER_ENV, Worker,
-    WorkerInfo, control_pipe_path, is_drain_request, request_stop,
+    AcceptLock, Config, FATAL_EXIT_CODE, Load, LoadReporter, Pool, PoolEvent, State, WORKER_ENV,
+    Worker, WorkerInfo, control_pipe_path, is_drain_request, request_stop,
 };
 
 #[cfg(unix)]

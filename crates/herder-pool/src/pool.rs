@@ -3,6 +3,8 @@
 use crate::error::Error;
 use crate::protocol;
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
+use crate::state::state_name;
+pub use crate::state::{Load, State};
 use crate::sys;
 use crate::worker::{CHANNEL_NAME, WORKER_ENV};
 use herder_fd::{Channel, Message};
@@ -151,24 +153,6 @@ impl Autoscale {
     }
 }
 
-/// Where a slot's worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum State {
-    /// Started, not ready yet.
-    Starting,
-    /// Ready: serving.
-    Ready,
-    /// Waiting out its back-off before the next start.
-    Backoff,
-    /// Stopped by the crash-loop breaker; [`Pool::reset`] starts it again.
-    Tripped,
-    /// Its worker exited with the fatal exit code; [`Pool::reset`] starts it again.
-    Fatal,
-    /// Stopped by [`Pool::stop`].
-    Stopped,
-}
-
 /// What [`Pool::poll`] reports.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -288,18 +272,6 @@ pub enum PoolEvent {
     },
     /// Something of the caller's: a source's readiness, a timer, a signal, a wake.
     Other(Event),
-}
-
-/// A ready worker's load, from [`Pool::load`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Load {
-    /// The worker's pid.
-    pub pid: u32,
-    /// Connections it took.
-    pub accepted: u64,
-    /// Connections it has open.
-    pub active: u64,
 }
 
 /// A snapshot of one slot.
@@ -2380,18 +2352,6 @@ fn flush_control(conn: &mut UnixStream, out: &mut Vec<u8>) -> bool {
         }
     }
     false
-}
-
-/// The state's name in status responses.
-pub(crate) fn state_name(s: State) -> &'static str {
-    match s {
-        State::Starting => "starting",
-        State::Ready => "ready",
-        State::Backoff => "backoff",
-        State::Tripped => "tripped",
-        State::Fatal => "fatal",
-        State::Stopped => "stopped",
-    }
 }
 
 fn wait_blocking(pid: u32) -> io::Result<()> {

@@ -15,6 +15,8 @@
 //! worker's place without the token.
 
 use crate::Error;
+use crate::state::state_name;
+pub use crate::state::{Load, State};
 use herder_fd::{Channel, Handoff, Message};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -93,24 +95,6 @@ impl Default for Config {
             accept_lock: false,
         }
     }
-}
-
-/// A slot's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum State {
-    /// Its worker started and is not ready yet.
-    Starting,
-    /// Its worker is ready.
-    Ready,
-    /// Waiting to restart its worker.
-    Backoff,
-    /// Its worker crashed too often: no more restarts.
-    Tripped,
-    /// Its worker exited with the fatal code: no more restarts.
-    Fatal,
-    /// The pool is stopping.
-    Stopped,
 }
 
 /// What [`Pool::poll`] reports.
@@ -488,6 +472,41 @@ impl Pool {
                 }
             })
             .collect()
+    }
+
+    /// The current worker of `slot` and its load as it last reported it
+    /// ([`LoadReporter`]), if it is ready.
+    pub fn load(&self, slot: usize) -> Option<Load> {
+        let pid = self.slots.get(slot)?.current?;
+        let p = self.procs.get(&pid).filter(|p| p.ready && !p.draining)?;
+        Some(Load {
+            pid,
+            accepted: p.accepted,
+            active: p.active,
+        })
+    }
+
+    /// Starts a slot stopped by the breaker or by a fatal exit again, with a fresh
+    /// back-off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoWorker`] if the slot does not exist or is not stopped that way.
+    pub fn reset(&mut self, slot: usize, events: &mut Vec<PoolEvent>) -> Result<(), Error> {
+        let s = self.slots.get_mut(slot).ok_or(Error::NoWorker(slot))?;
+        if !matches!(s.state, State::Tripped | State::Fatal) || self.stopping {
+            return Err(Error::NoWorker(slot));
+        }
+        s.streak = 0;
+        s.crashes.clear();
+        self.spawn(slot, events);
+        Ok(())
+    }
+
+    /// Whether a graceful stop was asked for ([`stop`](Self::stop), the control
+    /// pipe or [`request_stop`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
     }
 
     /// Sends an application message to the ready worker of `slot`.
@@ -1216,18 +1235,6 @@ fn parse_load(payload: &[u8]) -> Option<(u64, u64)> {
     let accepted: [u8; 8] = rest.get(..8)?.try_into().ok()?;
     let active: [u8; 8] = rest.get(8..)?.try_into().ok()?;
     Some((u64::from_le_bytes(accepted), u64::from_le_bytes(active)))
-}
-
-/// A slot state's name in control answers, as on Unix.
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Starting => "starting",
-        State::Ready => "ready",
-        State::Backoff => "backoff",
-        State::Tripped => "tripped",
-        State::Fatal => "fatal",
-        State::Stopped => "stopped",
-    }
 }
 
 /// 64 bits from the OS's random source (std seeds its hash keys from it).
