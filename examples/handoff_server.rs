@@ -175,7 +175,7 @@ mod windows {
         let mut events = Vec::new();
         loop {
             for (stream, data) in rx.try_iter() {
-                let svc = common::service(&args.common.protocol);
+                let svc = common::service(&args.common);
                 if let Err(e) = server.add_connection(stream, svc, &data) {
                     say(format_args!("serving a handed-off connection: {e}"));
                 }

@@ -2,75 +2,17 @@
 //! main loop.
 #![allow(dead_code, missing_docs)]
 
+mod flags;
 pub(crate) mod metrics;
+
+#[allow(unused_imports)]
+pub(crate) use flags::{Common, server, service};
 
 use herder::fd::{Channel, Message};
 use herder::pool::{Pool, PoolEvent, Scorecard, Worker};
-use herder::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
-use herder::reactor::{Config, Event, Interest, Key, Mode, Server, Signal, TimerId};
+use herder::protocol::Protocol;
+use herder::reactor::{Event, Interest, Key, Mode, Server, Signal, TimerId};
 use std::time::Duration;
-
-/// The options both servers take.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct Common {
-    /// Address to bind; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) listen: std::net::SocketAddr,
-    /// Worker processes (default: the number of CPUs).
-    #[arg(long)]
-    pub(crate) workers: Option<usize>,
-    /// `echo` writes back every byte; `http` answers every request with 200 OK.
-    #[arg(long, default_value = "echo", value_parser = ["echo", "http"])]
-    pub(crate) protocol: String,
-    /// Control socket (line-delimited JSON).
-    #[arg(long)]
-    pub(crate) control: Option<std::path::PathBuf>,
-    /// How long a graceful stop or reload waits for open connections, in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) drain_timeout: u64,
-    /// Close a connection that reads and writes nothing for this long, in seconds
-    /// (HTTP: `408` if it stopped in the middle of a request).
-    #[arg(long, default_value_t = 60)]
-    pub(crate) idle_timeout: u64,
-    /// HTTP: how long a request's head may take to arrive, and its body may pause,
-    /// in seconds; a slower request gets `408`.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) request_timeout: u64,
-    /// The most connections one worker holds at once; at the limit it stops
-    /// accepting (the hand-off supervisor sheds new connections when every worker is
-    /// full). 0: no limit.
-    #[arg(long, default_value_t = 0)]
-    pub(crate) max_connections: usize,
-    /// Crashes of one slot within 30 s after which it is no longer restarted (the
-    /// crash-loop breaker); 0 never stops restarting.
-    #[arg(long, default_value_t = 5)]
-    pub(crate) crash_limit: usize,
-    /// The longest wait before restarting a slot that keeps crashing, in
-    /// milliseconds (the back-off doubles from 100 ms up to this).
-    #[arg(long, default_value_t = 10_000)]
-    pub(crate) backoff_max_ms: u64,
-    /// Run the workers as this user (a name or a numeric id); the supervisor keeps
-    /// its own. Needs root.
-    #[arg(long)]
-    pub(crate) user: Option<String>,
-    /// The group for `--user` (default: the user's primary group).
-    #[arg(long, requires = "user")]
-    pub(crate) group: Option<String>,
-    /// The supervisor switches to `--user` too, once it has bound its sockets (not
-    /// with `--accept reuseport`, whose replacement listeners need the binding
-    /// user).
-    #[arg(long, requires = "user")]
-    pub(crate) unprivileged_supervisor: bool,
-    /// Serve the supervisor's figures for Prometheus at `http://ADDR/metrics`.
-    #[arg(long)]
-    pub(crate) metrics: Option<std::net::SocketAddr>,
-    /// error, warn, info or debug.
-    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
-    pub(crate) log_level: String,
-    /// `text` lines, or `json` (one object per line).
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub(crate) log_format: String,
-}
 
 /// Installs the `tracing` subscriber: to stderr, at `level`, as text or JSON lines.
 /// Everything this process logs, the crates' lines included, carries its pid.
@@ -109,25 +51,16 @@ macro_rules! log {
     (3, $($arg:tt)*) => { tracing::debug!($($arg)*) };
 }
 
-/// The pool configuration both servers start from.
+/// The pool configuration both servers start from: the common flags', the workers'
+/// user, and heartbeats.
 pub(crate) fn pool_config(c: &Common) -> anyhow::Result<herder::pool::Config> {
-    let mut config = herder::pool::Config::default();
+    let mut config = flags::pool_config(c);
     if let Some(user) = &c.user {
         use anyhow::Context;
         let who = herder::pool::Credentials::lookup(user, c.group.as_deref())
             .with_context(|| format!("--user {user}"))?;
         config.worker_credentials = Some(who);
     }
-    if let Some(n) = c.workers {
-        config.workers = n.max(1);
-    }
-    config.drain_timeout = Duration::from_secs(c.drain_timeout);
-    config.breaker_failures = match c.crash_limit {
-        0 => usize::MAX,
-        n => n,
-    };
-    config.backoff_max = Duration::from_millis(c.backoff_max_ms);
-    config.backoff_initial = config.backoff_initial.min(config.backoff_max);
     config.heartbeat_timeout = Some(Duration::from_secs(10));
     Ok(config)
 }
@@ -290,27 +223,6 @@ pub(crate) fn supervise(
             let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
         }
         pool.poll(&mut events, Some(Duration::from_millis(500)))?;
-    }
-}
-
-/// The server a worker of either example runs: the chosen protocol, a 60 s idle
-/// timeout, and room for the largest HTTP request.
-pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
-    let mut config = Config::default();
-    config.idle_timeout = Some(Duration::from_secs(c.idle_timeout.max(1)));
-    config.max_input = MAX_HEAD + MAX_BODY + 1;
-    config.max_connections = (c.max_connections > 0).then_some(c.max_connections);
-    let c = c.clone();
-    Server::new(config, move |_| service(&c))
-}
-
-/// A fresh service of the chosen protocol for one connection.
-pub(crate) fn service(c: &Common) -> Protocol {
-    match c.protocol.as_str() {
-        "http" => Protocol::Http(Http::with_head_timeout(Duration::from_secs(
-            c.request_timeout.max(1),
-        ))),
-        _ => Protocol::Echo(Echo),
     }
 }
 

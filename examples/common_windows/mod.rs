@@ -2,39 +2,17 @@
 //! supervisor's loop and the worker's.
 #![allow(dead_code, missing_docs)]
 
+#[path = "../common/flags.rs"]
+mod flags;
+
+#[allow(unused_imports)]
+pub(crate) use flags::{Common, pool_config, server, service};
 use herder::pool::{Pool, PoolEvent, State, is_drain_request};
 use herder::protocol::Protocol;
 use herder::reactor::Server;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// The flags both servers take on Windows (those of Unix that apply).
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct Common {
-    /// Address to bind; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) listen: std::net::SocketAddr,
-    /// Worker processes (default: the number of CPUs).
-    #[arg(long)]
-    pub(crate) workers: Option<usize>,
-    /// `echo` writes back every byte; `http` answers every request with 200 OK.
-    #[arg(long, default_value = "echo", value_parser = ["echo", "http"])]
-    pub(crate) protocol: String,
-    /// How long a graceful stop waits for open connections, in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) drain_timeout: u64,
-    /// Close a connection silent for this long, in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub(crate) idle_timeout: u64,
-    /// Answer control requests (`herderctl --control NAME`) on the named pipe
-    /// `\\.\pipe\NAME`.
-    #[arg(long)]
-    pub(crate) control: Option<String>,
-    /// error, warn, info or debug.
-    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
-    pub(crate) log_level: String,
-}
 
 /// Writes one log line to stderr in a single write: the workers share the
 /// supervisor's stderr, and a line written in pieces could interleave with theirs.
@@ -51,16 +29,6 @@ unsafe extern "system" fn on_ctrl(_kind: u32) -> windows_sys::core::BOOL {
     1
 }
 
-/// The pool configuration both servers start from.
-pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
-    let mut config = herder::pool::Config::default();
-    if let Some(n) = c.workers {
-        config.workers = n.max(1);
-    }
-    config.drain_timeout = Duration::from_secs(c.drain_timeout);
-    config
-}
-
 /// Runs the supervisor until a graceful stop ends (Ctrl-C, Ctrl-Break, or
 /// `herder_pool::request_stop`): logs the pool's events, prints the `listening on`
 /// line once every worker is ready, and calls `tick` after every poll.
@@ -75,7 +43,7 @@ pub(crate) fn supervise(
     // SAFETY: registers a handler that only stores to an atomic.
     unsafe { windows_sys::Win32::System::Console::SetConsoleCtrlHandler(Some(on_ctrl), 1) };
     if let Some(name) = &c.control {
-        pool.listen_control(name)?;
+        pool.listen_control(&name.to_string_lossy())?;
     }
     let mut events = Vec::new();
     pool.start(&mut events);
@@ -105,21 +73,6 @@ pub(crate) fn supervise(
         tick(pool);
         pool.poll(&mut events, Some(poll))?;
     }
-}
-
-/// The server a worker runs: the chosen protocol, the idle timeout, room for the
-/// largest HTTP request.
-pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
-    let mut config = herder::reactor::Config::default();
-    config.idle_timeout = Some(Duration::from_secs(c.idle_timeout.max(1)));
-    config.max_input = herder::protocol::MAX_HEAD + herder::protocol::MAX_BODY + 1;
-    let protocol = c.protocol.clone();
-    Server::new(config, move |_| service(&protocol))
-}
-
-/// A fresh service of `protocol`.
-pub(crate) fn service(protocol: &str) -> Protocol {
-    Protocol::named(protocol).unwrap_or(Protocol::Echo(herder::protocol::Echo))
 }
 
 /// Waits on a thread of its own for the drain request (or the supervisor's end) on
