@@ -4,6 +4,7 @@
 //! herderctl --control /tmp/herder.sock status          # a table
 //! herderctl --control /tmp/herder.sock status --json   # the raw answer
 //! herderctl --control /tmp/herder.sock reload | stop | scale 4 | upgrade
+//! herderctl --control herder status                    # Windows: \\.\pipe\herder
 //! ```
 
 use anyhow::bail;
@@ -14,7 +15,8 @@ use serde_json::Value;
 #[derive(Debug, Parser)]
 #[command(about = "Control a running herder server")]
 struct Args {
-    /// The server's control socket (its --control PATH).
+    /// The server's control socket (its --control PATH); on Windows, the name of its
+    /// control pipe.
     #[arg(long)]
     control: std::path::PathBuf,
     #[command(subcommand)]

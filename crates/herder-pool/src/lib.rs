@@ -33,9 +33,14 @@
 //!
 //! # Portability
 //!
-//! Unix for now; the Windows pool (workers started with `CreateProcess`, sockets
-//! duplicated with `WSADuplicateSocketW`) is not written yet, and on Windows this crate
-//! only exports [`Error`].
+//! On Windows the crate has a pool of its own with the same names and, where
+//! Windows allows, the same behaviour: workers started with `CreateProcess`, each
+//! handed the listeners (and, with `Pool::send_socket`, connections) with
+//! `WSADuplicateSocketW` over a loopback channel; restarts with the same back-off
+//! and breaker; rolling restarts, scaling and the control requests over a named pipe;
+//! a named-mutex `AcceptLock`. There is no scoreboard there (workers report their
+//! load over their channel), no signals (`request_stop`), and no binary upgrade.
+//! `docs/platforms.md` lists the differences.
 //!
 //! Each worker has a record in a scoreboard in shared memory (an anonymous
 //! `memfd`, nothing left behind by name): its heartbeat, connections taken and open,
