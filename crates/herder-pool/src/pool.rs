@@ -3,8 +3,8 @@
 use crate::error::Error;
 use crate::protocol;
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
-use crate::state::state_name;
-pub use crate::state::{Load, State};
+use crate::state::status_response;
+pub use crate::state::{Load, State, WorkerInfo};
 use crate::sys;
 use crate::worker::{CHANNEL_NAME, WORKER_ENV};
 use herder_fd::{Channel, Message};
@@ -272,35 +272,6 @@ pub enum PoolEvent {
     },
     /// Something of the caller's: a source's readiness, a timer, a signal, a wake.
     Other(Event),
-}
-
-/// A snapshot of one slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerInfo {
-    /// The slot.
-    pub slot: usize,
-    /// The pid of the slot's current worker (the one that serves, or is starting to).
-    pub pid: Option<u32>,
-    /// The current worker's generation.
-    pub generation: u64,
-    /// Where the slot is.
-    pub state: State,
-    /// Pids of the slot's earlier workers still draining.
-    pub draining: Vec<u32>,
-    /// Connections the current worker took, from the scoreboard.
-    pub accepted: u64,
-    /// Connections the current worker has open, from the scoreboard.
-    pub active: u64,
-    /// How many times the slot's current worker found the accept lock held by
-    /// another when it wanted to accept ([`Scorecard::add_lock_waits`]).
-    ///
-    /// [`Scorecard::add_lock_waits`]: crate::Scorecard::add_lock_waits
-    pub lock_waits: u64,
-    /// How many times the slot's worker was replaced.
-    pub restarts: u32,
-    /// How the previous worker of the slot ended.
-    pub last_exit: Option<ExitStatus>,
 }
 
 /// One worker process.
@@ -1609,33 +1580,14 @@ impl Pool {
         use serde_json::json;
         match cmd {
             crate::Command::Status => {
-                let workers: Vec<serde_json::Value> = self
-                    .workers()
-                    .into_iter()
-                    .map(|w| {
-                        json!({
-                            "slot": w.slot,
-                            "pid": w.pid,
-                            "generation": w.generation,
-                            "state": state_name(w.state),
-                            "accepted": w.accepted,
-                            "active": w.active,
-                            "lock_waits": w.lock_waits,
-                            "restarts": w.restarts,
-                            "last_exit": w.last_exit.map(|s| s.to_string()),
-                            "draining": w.draining,
-                        })
-                    })
-                    .collect();
-                crate::control::response(json!({
-                    "ok": true,
-                    "pid": sys::getpid(),
-                    "generation": self.generation,
-                    "stopping": self.stopping,
-                    "upgrading": self.upgrade.as_ref().map(|u| u.pid),
-                    "upgrade_failed": self.upgrade_failed,
-                    "workers": workers,
-                }))
+                let mut extra = serde_json::Map::new();
+                extra.insert("reloading".into(), self.reloading.into());
+                extra.insert(
+                    "upgrading".into(),
+                    self.upgrade.as_ref().map(|u| u.pid).into(),
+                );
+                extra.insert("upgrade_failed".into(), self.upgrade_failed.clone().into());
+                status_response(self.generation, self.stopping, self.workers(), extra)
             }
             crate::Command::Reload => {
                 self.reload_inner(events);

@@ -15,8 +15,8 @@
 //! worker's place without the token.
 
 use crate::Error;
-use crate::state::state_name;
-pub use crate::state::{Load, State};
+use crate::state::status_response;
+pub use crate::state::{Load, State, WorkerInfo};
 use herder_fd::{Channel, Handoff, Message};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -162,31 +162,6 @@ pub enum PoolEvent {
     Command(crate::Command),
     /// A graceful stop finished: every worker has exited.
     Stopped,
-}
-
-/// A snapshot of one slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerInfo {
-    /// The slot.
-    pub slot: usize,
-    /// Its current worker's pid.
-    pub pid: Option<u32>,
-    /// Its current worker's generation (1 at start, one more per rolling restart).
-    pub generation: u64,
-    /// Its state.
-    pub state: State,
-    /// How many times its worker was replaced.
-    pub restarts: u32,
-    /// Connections the current worker took, as it last reported
-    /// ([`LoadReporter`]).
-    pub accepted: u64,
-    /// Connections the current worker has open, as it last reported.
-    pub active: u64,
-    /// Pids of the slot's earlier workers still draining.
-    pub draining: Vec<u32>,
-    /// How the slot's last worker ended.
-    pub last_exit: Option<ExitStatus>,
 }
 
 struct Slot {
@@ -467,6 +442,7 @@ impl Pool {
                     restarts: s.restarts,
                     accepted: current.map_or(0, |p| p.accepted),
                     active: current.map_or(0, |p| p.active),
+                    lock_waits: 0,
                     draining,
                     last_exit: s.last_exit,
                 }
@@ -881,69 +857,60 @@ impl Pool {
                 continue;
             };
             let slot = p.slot;
-            let Some(s) = self.slots.get_mut(slot) else {
-                // Its slot was scaled away.
-                events.push(PoolEvent::Exited {
-                    slot,
-                    pid,
-                    status,
-                    restart_in: None,
-                });
-                continue;
-            };
-            s.last_exit = Some(status);
-            if s.successor == Some(pid) {
-                // A rolling restart's new worker that never became ready: the old one
-                // goes on (or, if it is gone too, the slot restarts).
-                s.successor = None;
-                self.reload_failed.push(slot);
-                let restart_in = if s.current.is_none() && !self.stopping {
-                    self.crashed(slot, Some(false), events)
-                } else {
-                    None
-                };
-                events.push(PoolEvent::Exited {
-                    slot,
-                    pid,
-                    status,
-                    restart_in,
-                });
-                self.check_reloaded(events);
-                continue;
-            }
-            let current = s.current == Some(pid);
-            if current {
-                s.current = None;
-                if s.successor.is_some() && !p.draining {
-                    // The new worker being started takes the slot when it is ready.
-                    s.state = State::Starting;
-                    s.restarts += 1;
-                    events.push(PoolEvent::Exited {
-                        slot,
-                        pid,
-                        status,
-                        restart_in: None,
-                    });
-                    continue;
-                }
-            }
-            let restart_in = if !current || self.stopping || p.draining {
-                None
-            } else if self.config.fatal_exit_code.is_some()
-                && status.code() == self.config.fatal_exit_code
-            {
-                self.slots[slot].state = State::Fatal;
-                None
-            } else {
-                let stable = p.started.elapsed() >= self.config.stable_after;
-                self.crashed(slot, Some(stable), events)
-            };
+            let restart_in = self.exited(pid, &p, status, events);
             events.push(PoolEvent::Exited {
                 slot,
                 pid,
                 status,
                 restart_in,
             });
+            self.check_reloaded(events);
+        }
+    }
+
+    /// Updates the slot of worker `pid`, which exited; when its replacement starts,
+    /// if one does.
+    fn exited(
+        &mut self,
+        pid: u32,
+        p: &Proc,
+        status: ExitStatus,
+        events: &mut Vec<PoolEvent>,
+    ) -> Option<Duration> {
+        let slot = p.slot;
+        // None: its slot was scaled away.
+        let s = self.slots.get_mut(slot)?;
+        s.last_exit = Some(status);
+        if s.successor == Some(pid) {
+            // A rolling restart's new worker that never became ready: the old one
+            // goes on (or, if it is gone too, the slot restarts).
+            s.successor = None;
+            self.reload_failed.push(slot);
+            if s.current.is_none() && !self.stopping {
+                return self.crashed(slot, Some(false), events);
+            }
+            return None;
+        }
+        let current = s.current == Some(pid);
+        if current {
+            s.current = None;
+            if s.successor.is_some() && !p.draining {
+                // The new worker being started takes the slot when it is ready.
+                s.state = State::Starting;
+                s.restarts += 1;
+                return None;
+            }
+        }
+        if !current || self.stopping || p.draining {
+            None
+        } else if self.config.fatal_exit_code.is_some()
+            && status.code() == self.config.fatal_exit_code
+        {
+            s.state = State::Fatal;
+            None
+        } else {
+            let stable = p.started.elapsed() >= self.config.stable_after;
+            self.crashed(slot, Some(stable), events)
         }
     }
 
@@ -1062,31 +1029,9 @@ impl Pool {
         use serde_json::json;
         match cmd {
             crate::Command::Status => {
-                let workers: Vec<serde_json::Value> = self
-                    .workers()
-                    .into_iter()
-                    .map(|w| {
-                        json!({
-                            "slot": w.slot,
-                            "pid": w.pid,
-                            "generation": w.generation,
-                            "state": state_name(w.state),
-                            "accepted": w.accepted,
-                            "active": w.active,
-                            "restarts": w.restarts,
-                            "last_exit": w.last_exit.map(|s| s.to_string()),
-                            "draining": w.draining,
-                        })
-                    })
-                    .collect();
-                crate::control::response(json!({
-                    "ok": true,
-                    "pid": std::process::id(),
-                    "generation": self.generation,
-                    "stopping": self.stopping,
-                    "reloading": self.reloading,
-                    "workers": workers,
-                }))
+                let mut extra = serde_json::Map::new();
+                extra.insert("reloading".into(), self.reloading.into());
+                status_response(self.generation, self.stopping, self.workers(), extra)
             }
             crate::Command::Reload => {
                 self.reload(events);

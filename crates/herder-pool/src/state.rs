@@ -1,5 +1,7 @@
 //! What both platforms' pools report about their slots.
 
+use std::process::ExitStatus;
+
 /// Where a slot's worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -28,6 +30,71 @@ pub struct Load {
     pub accepted: u64,
     /// Connections it has open.
     pub active: u64,
+}
+
+/// A snapshot of one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// The slot.
+    pub slot: usize,
+    /// The pid of the slot's current worker (the one that serves, or is starting to).
+    pub pid: Option<u32>,
+    /// The current worker's generation.
+    pub generation: u64,
+    /// Where the slot is.
+    pub state: State,
+    /// Pids of the slot's earlier workers still draining.
+    pub draining: Vec<u32>,
+    /// Connections the current worker took, as it reported them (the scoreboard on
+    /// Unix, its channel on Windows).
+    pub accepted: u64,
+    /// Connections the current worker has open, as it reported them.
+    pub active: u64,
+    /// How many times the slot's current worker found the accept lock held by
+    /// another when it wanted to accept (`Scorecard::add_lock_waits` on Unix; not
+    /// counted on Windows).
+    pub lock_waits: u64,
+    /// How many times the slot's worker was replaced.
+    pub restarts: u32,
+    /// How the previous worker of the slot ended.
+    pub last_exit: Option<ExitStatus>,
+}
+
+/// The `status` answer of the control requests: the pool's figures, `extra` fields
+/// of the platform's, and one object per slot.
+pub(crate) fn status_response(
+    generation: u64,
+    stopping: bool,
+    workers: Vec<WorkerInfo>,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Vec<u8> {
+    use serde_json::json;
+    let workers: Vec<serde_json::Value> = workers
+        .into_iter()
+        .map(|w| {
+            json!({
+                "slot": w.slot,
+                "pid": w.pid,
+                "generation": w.generation,
+                "state": state_name(w.state),
+                "accepted": w.accepted,
+                "active": w.active,
+                "lock_waits": w.lock_waits,
+                "restarts": w.restarts,
+                "last_exit": w.last_exit.map(|s| s.to_string()),
+                "draining": w.draining,
+            })
+        })
+        .collect();
+    let mut answer = serde_json::Map::new();
+    answer.insert("ok".into(), true.into());
+    answer.insert("pid".into(), std::process::id().into());
+    answer.insert("generation".into(), generation.into());
+    answer.insert("stopping".into(), stopping.into());
+    answer.extend(extra);
+    answer.insert("workers".into(), workers.into());
+    crate::control::response(answer.into())
 }
 
 /// A slot state's name in control answers.
