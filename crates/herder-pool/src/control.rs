@@ -69,6 +69,42 @@ impl Command {
     }
 }
 
+/// What a pool does for the control requests, on either platform; [`execute`] gives
+/// the answers their one shape.
+pub(crate) trait Controlled {
+    /// The whole `status` answer.
+    fn status(&self) -> Vec<u8>;
+    /// Starts a rolling restart; the generation it brings up.
+    fn reload(&mut self, events: &mut Vec<crate::PoolEvent>) -> u64;
+    /// Scales; the number of slots now.
+    fn scale(&mut self, n: usize, events: &mut Vec<crate::PoolEvent>) -> usize;
+    /// Starts a graceful stop.
+    fn stop(&mut self, events: &mut Vec<crate::PoolEvent>);
+    /// Starts a binary upgrade: the new supervisor's pid, or why not.
+    fn upgrade(&mut self, events: &mut Vec<crate::PoolEvent>) -> Result<u32, String>;
+}
+
+/// Carries out a control request; returns the answer line.
+pub(crate) fn execute(
+    pool: &mut impl Controlled,
+    cmd: &Command,
+    events: &mut Vec<crate::PoolEvent>,
+) -> Vec<u8> {
+    match cmd {
+        Command::Status => pool.status(),
+        Command::Reload => response(json!({ "ok": true, "generation": pool.reload(events) })),
+        Command::Scale(n) => response(json!({ "ok": true, "workers": pool.scale(*n, events) })),
+        Command::Stop => {
+            pool.stop(events);
+            response(json!({ "ok": true }))
+        }
+        Command::Upgrade => match pool.upgrade(events) {
+            Ok(pid) => response(json!({ "ok": true, "pid": pid })),
+            Err(why) => error(&why),
+        },
+    }
+}
+
 /// Parses one request line.
 fn parse(line: &[u8]) -> Result<Command, String> {
     let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;

@@ -1540,7 +1540,7 @@ impl Pool {
                 let line: Vec<u8> = state.input.drain(..=end).collect();
                 let reply = match crate::Command::parse(&line) {
                     Ok(cmd) => {
-                        let reply = self.execute(&cmd, events);
+                        let reply = crate::control::execute(self, &cmd, events);
                         events.push(PoolEvent::Command(cmd));
                         reply
                     }
@@ -1573,43 +1573,6 @@ impl Pool {
         };
         state.stream = Some(conn);
         let _ = self.reactor.modify(key, interest, Mode::Level);
-    }
-
-    /// Carries out a control request; returns the response line.
-    fn execute(&mut self, cmd: &crate::Command, events: &mut Vec<PoolEvent>) -> Vec<u8> {
-        use serde_json::json;
-        match cmd {
-            crate::Command::Status => {
-                let mut extra = serde_json::Map::new();
-                extra.insert("reloading".into(), self.reloading.into());
-                extra.insert(
-                    "upgrading".into(),
-                    self.upgrade.as_ref().map(|u| u.pid).into(),
-                );
-                extra.insert("upgrade_failed".into(), self.upgrade_failed.clone().into());
-                status_response(self.generation, self.stopping, self.workers(), extra)
-            }
-            crate::Command::Reload => {
-                self.reload_inner(events);
-                crate::control::response(json!({ "ok": true, "generation": self.generation }))
-            }
-            crate::Command::Scale(n) => {
-                self.scale_inner(*n, events);
-                crate::control::response(json!({ "ok": true, "workers": self.slots.len() }))
-            }
-            crate::Command::Stop => {
-                self.stop_inner(events);
-                crate::control::response(json!({ "ok": true }))
-            }
-            crate::Command::Upgrade => {
-                self.upgrade_inner(events);
-                match (&self.upgrade, &self.upgrade_failed) {
-                    (Some(u), _) => crate::control::response(json!({ "ok": true, "pid": u.pid })),
-                    (None, Some(why)) => crate::control::error(why),
-                    (None, None) => crate::control::error("no upgrade started"),
-                }
-            }
-        }
     }
 
     /// Gives every slot descriptors of its own, made by `make(slot)` when the slot is
@@ -1660,7 +1623,7 @@ impl Pool {
                 return;
             }
         };
-        self.execute(&cmd, events);
+        crate::control::execute(self, &cmd, events);
         events.push(PoolEvent::Command(cmd));
     }
 
@@ -2406,6 +2369,42 @@ fn trace_events(events: &[PoolEvent]) {
             PoolEvent::Command(cmd) => tracing::info!(command = ?cmd, "command"),
             PoolEvent::Stopped => tracing::info!("stopped"),
             PoolEvent::Message { .. } | PoolEvent::Other(_) => {}
+        }
+    }
+}
+
+impl crate::control::Controlled for Pool {
+    fn status(&self) -> Vec<u8> {
+        let mut extra = serde_json::Map::new();
+        extra.insert("reloading".into(), self.reloading.into());
+        extra.insert(
+            "upgrading".into(),
+            self.upgrade.as_ref().map(|u| u.pid).into(),
+        );
+        extra.insert("upgrade_failed".into(), self.upgrade_failed.clone().into());
+        status_response(self.generation, self.stopping, self.workers(), extra)
+    }
+
+    fn reload(&mut self, events: &mut Vec<PoolEvent>) -> u64 {
+        self.reload_inner(events);
+        self.generation
+    }
+
+    fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) -> usize {
+        self.scale_inner(n, events);
+        self.slots.len()
+    }
+
+    fn stop(&mut self, events: &mut Vec<PoolEvent>) {
+        self.stop_inner(events);
+    }
+
+    fn upgrade(&mut self, events: &mut Vec<PoolEvent>) -> Result<u32, String> {
+        self.upgrade_inner(events);
+        match (&self.upgrade, &self.upgrade_failed) {
+            (Some(u), _) => Ok(u.pid),
+            (None, Some(why)) => Err(why.clone()),
+            (None, None) => Err("no upgrade started".into()),
         }
     }
 }

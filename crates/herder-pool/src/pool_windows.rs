@@ -752,7 +752,7 @@ impl Pool {
             Report::Control { line, reply } => {
                 let answer = match crate::Command::parse(&line) {
                     Ok(cmd) => {
-                        let answer = self.execute(&cmd, events);
+                        let answer = crate::control::execute(self, &cmd, events);
                         events.push(PoolEvent::Command(cmd));
                         answer
                     }
@@ -1024,33 +1024,6 @@ impl Pool {
         self.control_path.as_deref()
     }
 
-    /// Carries out a control request; returns the answer line.
-    fn execute(&mut self, cmd: &crate::Command, events: &mut Vec<PoolEvent>) -> Vec<u8> {
-        use serde_json::json;
-        match cmd {
-            crate::Command::Status => {
-                let mut extra = serde_json::Map::new();
-                extra.insert("reloading".into(), self.reloading.into());
-                status_response(self.generation, self.stopping, self.workers(), extra)
-            }
-            crate::Command::Reload => {
-                self.reload(events);
-                crate::control::response(json!({ "ok": true, "generation": self.generation }))
-            }
-            crate::Command::Scale(n) => {
-                self.scale(*n, events);
-                crate::control::response(json!({ "ok": true, "workers": self.slots.len() }))
-            }
-            crate::Command::Stop => {
-                self.stop(events);
-                crate::control::response(json!({ "ok": true }))
-            }
-            crate::Command::Upgrade => {
-                crate::control::error("binary upgrades are not supported on Windows")
-            }
-        }
-    }
-
     /// The pool's listeners' addresses, by name.
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
@@ -1103,6 +1076,32 @@ fn channel_thread(stream: TcpStream, reporter: mpsc::Sender<Report>) {
         }
     }
     let _ = reporter.send(Report::Closed(pid));
+}
+
+impl crate::control::Controlled for Pool {
+    fn status(&self) -> Vec<u8> {
+        let mut extra = serde_json::Map::new();
+        extra.insert("reloading".into(), self.reloading.into());
+        status_response(self.generation, self.stopping, self.workers(), extra)
+    }
+
+    fn reload(&mut self, events: &mut Vec<PoolEvent>) -> u64 {
+        Pool::reload(self, events);
+        self.generation
+    }
+
+    fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) -> usize {
+        Pool::scale(self, n, events);
+        self.slots.len()
+    }
+
+    fn stop(&mut self, events: &mut Vec<PoolEvent>) {
+        Pool::stop(self, events);
+    }
+
+    fn upgrade(&mut self, _: &mut Vec<PoolEvent>) -> Result<u32, String> {
+        Err("binary upgrades are not supported on Windows".into())
+    }
 }
 
 /// Serves the control pipe: waits for a client on an instance, makes the next
