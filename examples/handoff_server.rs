@@ -67,8 +67,11 @@ mod windows {
         let mut pool = Pool::new(common::pool_config(&args.common), Vec::new())?;
         let mut dispatcher = Dispatcher {
             least_loaded: args.dispatch == "least-loaded",
+            max: (args.common.max_connections > 0).then_some(args.common.max_connections as u64),
             next: 0,
             handed: HashMap::new(),
+            shed: 0,
+            shed_logged: None,
         };
         // The pool's loop wakes every 5 ms to accept: Windows has no pool-wide
         // readiness for a socket of the caller's yet.
@@ -85,9 +88,7 @@ mod windows {
                 }
                 while let Ok((stream, peer)) = listener.accept() {
                     let _ = stream.set_nonblocking(false);
-                    if !dispatcher.dispatch(pool, &stream, peer) {
-                        say(format_args!("no ready worker for {peer}; closing it"));
-                    }
+                    dispatcher.dispatch(pool, &stream, peer);
                 }
             },
         )
@@ -95,32 +96,42 @@ mod windows {
 
     struct Dispatcher {
         least_loaded: bool,
+        /// `--max-connections`: a worker at this load gets no more.
+        max: Option<u64>,
         /// Where round-robin goes next, and least-loaded's tie-break.
         next: usize,
         /// Connections handed to each worker, by pid: those beyond the count it last
-        /// reported accepting are on their way, and count as its load.
+        /// reported receiving are on their way, and count as its load.
         handed: HashMap<u32, u64>,
+        /// Connections closed because every worker was full, and when that was last
+        /// logged (at most once a second).
+        shed: u64,
+        shed_logged: Option<Instant>,
     }
 
     impl Dispatcher {
-        /// Hands `stream` to a ready worker; whether one took it.
+        /// Hands `stream` to a ready worker below its limit; closes it (by dropping)
+        /// if there is none.
         fn dispatch(
             &mut self,
             pool: &mut Pool,
             stream: &std::net::TcpStream,
             peer: std::net::SocketAddr,
-        ) -> bool {
+        ) {
             let n = pool.len().max(1);
             let start = self.next % n;
             let turn = |s: usize| (s + n - start) % n;
-            let mut slots: Vec<usize> = (0..pool.len()).collect();
+            // Open connections by the worker's last report, plus those on their way.
+            let load = |s: usize| {
+                pool.load(s).map(|l| {
+                    let handed = self.handed.get(&l.pid).copied().unwrap_or(0);
+                    l.active + handed.saturating_sub(l.accepted)
+                })
+            };
+            let mut slots: Vec<usize> = (0..pool.len())
+                .filter(|&s| load(s).is_some_and(|l| self.max.is_none_or(|m| l < m)))
+                .collect();
             if self.least_loaded {
-                let load = |s: usize| {
-                    pool.load(s).map_or(u64::MAX, |l| {
-                        let handed = self.handed.get(&l.pid).copied().unwrap_or(0);
-                        l.active + handed.saturating_sub(l.accepted)
-                    })
-                };
                 slots.sort_by_key(|&s| (load(s), turn(s)));
             } else {
                 slots.sort_by_key(|&s| turn(s));
@@ -141,10 +152,28 @@ mod windows {
                             .collect();
                         self.handed.retain(|pid, _| live.contains(pid));
                     }
-                    return true;
+                    return;
                 }
             }
-            false
+            let full = (0..pool.len()).any(|s| pool.load(s).is_some());
+            self.shed += 1;
+            if self
+                .shed_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                self.shed_logged = Some(Instant::now());
+                if full {
+                    say(format_args!(
+                        "every worker holds its maximum of connections: {} shed so far",
+                        self.shed
+                    ));
+                } else {
+                    say(format_args!(
+                        "no ready worker for {peer}: {} closed so far",
+                        self.shed
+                    ));
+                }
+            }
         }
     }
 
@@ -173,8 +202,13 @@ mod windows {
         });
         let drain_timeout = Duration::from_secs(args.common.drain_timeout);
         let mut events = Vec::new();
+        // What it reports as accepted: every connection it received, served or
+        // refused (over `--max-connections`), so that the supervisor's count of those
+        // on their way comes back to 0.
+        let mut received = 0u64;
         loop {
             for (stream, data) in rx.try_iter() {
+                received += 1;
                 let svc = common::service(&args.common);
                 if let Err(e) = server.add_connection(stream, svc, &data) {
                     say(format_args!("serving a handed-off connection: {e}"));
@@ -188,7 +222,7 @@ mod windows {
             }
             server.poll(&mut events, Some(Duration::from_millis(500)))?;
             events.clear();
-            load.report(&server);
+            load.report_counts(received, &server);
         }
         say(format_args!(
             "worker exits: accepted {}, lock recovered 0",

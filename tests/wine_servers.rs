@@ -85,7 +85,8 @@ fn run(dir: &Path, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Strin
     stdout
 }
 
-/// A server under Wine, its process group ended if the test fails midway.
+/// A server under Wine (2 workers unless `extra` says otherwise), its process group
+/// ended if the test fails midway.
 struct Server {
     child: Child,
     dir: tempfile::TempDir,
@@ -111,16 +112,11 @@ impl Server {
             std::process::id(),
             extra.join("")
         );
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--log-level",
-            "warn",
-            "--control",
-            &control,
-        ];
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        if !extra.contains(&"--workers") {
+            args.extend(["--workers", "2"]);
+        }
+        args.extend(["--log-level", "warn", "--control", &control]);
         args.extend_from_slice(extra);
         let out = dir.path().join("server.out");
         let child = wine(
@@ -281,4 +277,60 @@ fn one_server(name: &str, extra: &[&str]) {
     let mut server = server;
     let status = wait(&mut server.child, "the stop", Duration::from_secs(60));
     assert!(status.success(), "{name}: {status}\n{}", server.log());
+}
+
+/// `handoff_server --max-connections 1` with one worker: while a connection is open,
+/// the next is closed by the supervisor (shed); once it closes, connections are
+/// served again.
+#[test]
+fn the_windows_handoff_server_sheds_over_its_limit() {
+    use std::io::{Read, Write};
+    let server = Server::start(
+        "handoff_server",
+        &["--workers", "1", "--max-connections", "1"],
+    );
+    let addr = server.addr;
+    let mut held = std::net::TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    held.write_all(b"x").unwrap();
+    let mut byte = [0u8; 1];
+    held.read_exact(&mut byte).unwrap();
+    assert_eq!(&byte, b"x", "the first connection is served");
+
+    // Over the limit: closed without a byte.
+    let mut shed = std::net::TcpStream::connect(addr).unwrap();
+    shed.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    match shed.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(server.log().contains("shed so far"), "{}", server.log());
+
+    // The held one still works; once it is closed (and the worker has said so),
+    // connections are served again.
+    held.write_all(b"y").unwrap();
+    held.read_exact(&mut byte).unwrap();
+    assert_eq!(&byte, b"y");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let data = payload(7, 100);
+        let served = std::panic::catch_unwind(|| echo(addr, &data) == data);
+        if served.unwrap_or(false) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not served again: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.ctl(&["stop"]).trim(), "ok");
+    let mut server = server;
+    let status = wait(&mut server.child, "the stop", Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", server.log());
 }

@@ -35,7 +35,7 @@ pub(crate) struct Common {
     pub(crate) request_timeout: u64,
     /// The most connections one worker holds at once; at the limit it stops
     /// accepting (the hand-off supervisor sheds new connections when every worker is
-    /// full). 0: no limit.
+    /// full, by the counts the workers last reported). 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub(crate) max_connections: usize,
     /// Crashes of one slot within 30 s after which it is no longer restarted (the

@@ -106,9 +106,14 @@ impl Load {
     }
 
     pub(crate) fn report(&mut self, server: &Server<Protocol>) {
-        let stats = server.stats();
+        self.report_counts(server.stats().accepted, server);
+    }
+
+    /// With `accepted` counted by the caller.
+    pub(crate) fn report_counts(&mut self, accepted: u64, server: &Server<Protocol>) {
+        let active = server.stats().active as u64;
         if let Some(r) = self.0.as_mut() {
-            if r.report(stats.accepted, stats.active as u64).is_err() {
+            if r.report(accepted, active).is_err() {
                 // The supervisor is gone; the drain watcher sees it too.
                 self.0 = None;
             }

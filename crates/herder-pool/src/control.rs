@@ -1,12 +1,13 @@
-//! The control socket: line-delimited JSON over a Unix socket, one request object
-//! per line, one response object per line.
+//! The control requests: line-delimited JSON, one request object per line, one
+//! response object per line, over a Unix socket (any number of requests per
+//! connection) or, on Windows, a named pipe (one request per connection).
 //!
 //! ```text
 //! {"cmd":"status"}              → {"ok":true,"generation":1,"workers":[{"slot":0,"pid":…,…}]}
-//! {"cmd":"reload"}              → {"ok":true}      (rolling restart, as SIGHUP)
-//! {"cmd":"scale","workers":4}   → {"ok":true}      (as SIGTTIN/SIGTTOU)
-//! {"cmd":"stop"}                → {"ok":true}      (graceful stop, as SIGTERM)
-//! {"cmd":"upgrade"}             → {"ok":true,"pid":…}  (binary upgrade, as SIGUSR2)
+//! {"cmd":"reload"}              → {"ok":true,"generation":2}  (rolling restart, as SIGHUP)
+//! {"cmd":"scale","workers":4}   → {"ok":true,"workers":4}     (as SIGTTIN/SIGTTOU)
+//! {"cmd":"stop"}                → {"ok":true}                 (graceful stop, as SIGTERM)
+//! {"cmd":"upgrade"}             → {"ok":true,"pid":…}  (binary upgrade, as SIGUSR2; Unix)
 //! anything else                 → {"ok":false,"error":"…"}
 //! ```
 
@@ -74,7 +75,8 @@ impl Command {
 pub(crate) trait Controlled {
     /// The whole `status` answer.
     fn status(&self) -> Vec<u8>;
-    /// Starts a rolling restart; the generation it brings up.
+    /// Starts a rolling restart (or queues it behind the one under way); the newest
+    /// generation.
     fn reload(&mut self, events: &mut Vec<crate::PoolEvent>) -> u64;
     /// Scales; the number of slots now.
     fn scale(&mut self, n: usize, events: &mut Vec<crate::PoolEvent>) -> usize;

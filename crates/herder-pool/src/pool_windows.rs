@@ -25,7 +25,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::windows::io::OwnedHandle;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub const WORKER_ENV: &str = "HERDER_WORKER";
 const CHANNEL_ENV: &str = "HERDER_WORKER_CHANNEL";
 /// The variable naming the accept lock's mutex.
 const LOCK_ENV: &str = "HERDER_ACCEPT_MUTEX";
+/// How long a control client waits for the pool to carry out its request.
+const CONTROL_WAIT: Duration = Duration::from_secs(30);
 /// A worker that exits with this code is not restarted.
 pub const FATAL_EXIT_CODE: i32 = 78;
 
@@ -188,6 +190,8 @@ struct Proc {
     /// The load it last reported.
     accepted: u64,
     active: u64,
+    /// Its slot was scaled away: it drains, and its exit concerns no slot.
+    orphan: bool,
     started: Instant,
     token: String,
     ready: bool,
@@ -215,10 +219,12 @@ enum Report {
     },
     Message(u32, Message),
     Closed(u32),
-    /// A request line from the control pipe, and where its answer goes.
+    /// A request line from the control pipe, where its answer goes, and when it
+    /// was asked.
     Control {
         line: Vec<u8>,
         reply: mpsc::Sender<Vec<u8>>,
+        asked: Instant,
     },
 }
 
@@ -252,6 +258,8 @@ pub struct Pool {
     reload_pending: bool,
     /// The control pipe's path, once listening.
     control_path: Option<String>,
+    /// Set when the pool is dropped: the control pipe's thread ends.
+    control_closed: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -316,6 +324,7 @@ impl Pool {
             reload_failed: Vec::new(),
             reload_pending: false,
             control_path: None,
+            control_closed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -361,6 +370,7 @@ impl Pool {
                 .collect();
             for pid in removed {
                 if let Some(p) = self.procs.get_mut(&pid) {
+                    p.orphan = true;
                     drain(p, deadline);
                 }
             }
@@ -406,7 +416,13 @@ impl Pool {
         let Some(generation) = self.reloading else {
             return;
         };
-        if self.slots.iter().any(|s| s.successor.is_some()) {
+        // As on Unix: done once every slot has its new worker and the old ones are gone.
+        if self.slots.iter().any(|s| s.successor.is_some())
+            || self
+                .procs
+                .values()
+                .any(|p| p.draining && p.generation < generation)
+        {
             return;
         }
         self.reloading = None;
@@ -430,7 +446,9 @@ impl Pool {
                 let mut draining: Vec<u32> = self
                     .procs
                     .iter()
-                    .filter(|(pid, p)| p.slot == slot && p.draining && s.current != Some(**pid))
+                    .filter(|(pid, p)| {
+                        p.slot == slot && p.draining && !p.orphan && s.current != Some(**pid)
+                    })
                     .map(|(pid, _)| *pid)
                     .collect();
                 draining.sort_unstable();
@@ -577,7 +595,9 @@ impl Pool {
 
     /// Starts the worker of `slot` at the slot's generation.
     fn spawn(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
-        let generation = self.slots[slot].generation;
+        // A slot's workers run the newest generation, whichever one it had before.
+        let generation = self.generation;
+        self.slots[slot].generation = generation;
         match self.launch(slot, generation, events) {
             Some(pid) => {
                 let s = &mut self.slots[slot];
@@ -624,6 +644,7 @@ impl Pool {
                         generation,
                         accepted: 0,
                         active: 0,
+                        orphan: false,
                         started: Instant::now(),
                         token,
                         ready: false,
@@ -748,8 +769,12 @@ impl Pool {
                     events.push(PoolEvent::Message { slot, message });
                 }
             }
-            // Its exit follows and `reap` handles it; nothing more can be said to it.
-            Report::Control { line, reply } => {
+            Report::Control { line, reply, asked } => {
+                // Its client was told there is no answer: carrying it out now would
+                // surprise whoever sent it.
+                if asked.elapsed() >= CONTROL_WAIT {
+                    return;
+                }
                 let answer = match crate::Command::parse(&line) {
                     Ok(cmd) => {
                         let answer = crate::control::execute(self, &cmd, events);
@@ -760,6 +785,7 @@ impl Pool {
                 };
                 let _ = reply.send(answer);
             }
+            // Its exit follows and `reap` handles it; nothing more can be said to it.
             Report::Closed(pid) => {
                 if let Some(p) = self.procs.get_mut(&pid) {
                     p.channel = None;
@@ -785,6 +811,7 @@ impl Pool {
             // A rolling restart's new worker: it takes the slot, the old one drains.
             s.successor = None;
             s.state = State::Ready;
+            s.generation = self.procs.get(&pid).map_or(s.generation, |p| p.generation);
             if let Some(old) = s.current.replace(pid) {
                 let deadline = Instant::now() + self.config.drain_timeout;
                 if let Some(old) = self.procs.get_mut(&old) {
@@ -877,10 +904,12 @@ impl Pool {
         status: ExitStatus,
         events: &mut Vec<PoolEvent>,
     ) -> Option<Duration> {
+        if p.orphan {
+            // Its slot was scaled away (another may have its number now).
+            return None;
+        }
         let slot = p.slot;
-        // None: its slot was scaled away.
         let s = self.slots.get_mut(slot)?;
-        s.last_exit = Some(status);
         if s.successor == Some(pid) {
             // A rolling restart's new worker that never became ready: the old one
             // goes on (or, if it is gone too, the slot restarts).
@@ -894,10 +923,10 @@ impl Pool {
         let current = s.current == Some(pid);
         if current {
             s.current = None;
+            s.last_exit = Some(status);
             if s.successor.is_some() && !p.draining {
                 // The new worker being started takes the slot when it is ready.
                 s.state = State::Starting;
-                s.restarts += 1;
                 return None;
             }
         }
@@ -925,7 +954,6 @@ impl Pool {
         let config = &self.config;
         let s = &mut self.slots[slot];
         let now = Instant::now();
-        s.restarts += 1;
         if stable == Some(true) {
             s.streak = 0;
         }
@@ -972,6 +1000,7 @@ impl Pool {
             .collect();
         for slot in due {
             self.slots[slot].restart_at = None;
+            self.slots[slot].restarts += 1;
             self.spawn(slot, events);
         }
     }
@@ -1013,7 +1042,10 @@ impl Pool {
             .map_err(io("creating the control pipe"))?;
         let reporter = self.reporter.clone();
         let thread_path = path.clone();
-        std::thread::spawn(move || control_thread(&thread_path, first, &reporter));
+        let closed = self.control_closed.clone();
+        std::thread::spawn(move || {
+            control_thread(&thread_path, first, &security, &reporter, &closed);
+        });
         self.control_path = Some(path);
         Ok(())
     }
@@ -1107,17 +1139,25 @@ impl crate::control::Controlled for Pool {
 /// Serves the control pipe: waits for a client on an instance, makes the next
 /// instance at once (so a second client need not wait), and answers each client on a
 /// thread of its own (16 at most; more are closed unanswered).
-fn control_thread(path: &str, first: OwnedHandle, reporter: &mpsc::Sender<Report>) {
-    let Ok(security) = crate::sys::owner_only() else {
-        return;
-    };
+fn control_thread(
+    path: &str,
+    first: OwnedHandle,
+    security: &crate::sys::SecurityDescriptor,
+    reporter: &mpsc::Sender<Report>,
+    closed: &AtomicBool,
+) {
     let busy = Arc::new(AtomicUsize::new(0));
     let mut pipe = first;
     loop {
         let connected = crate::sys::connect_pipe(&pipe);
+        if closed.load(Ordering::SeqCst) {
+            // The pool is gone (and its wake-up connection is this one).
+            return;
+        }
         let next = loop {
-            match crate::sys::create_pipe(path, false, &security) {
+            match crate::sys::create_pipe(path, false, security) {
                 Ok(next) => break next,
+                Err(_) if closed.load(Ordering::SeqCst) => return,
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
@@ -1148,11 +1188,15 @@ fn serve_control(mut conn: std::fs::File, reporter: &mpsc::Sender<Report>) {
         if let Some(end) = line.iter().position(|&b| b == b'\n') {
             line.truncate(end);
             let (reply, answer) = mpsc::channel();
-            if reporter.send(Report::Control { line, reply }).is_err() {
+            let asked = Instant::now();
+            if reporter
+                .send(Report::Control { line, reply, asked })
+                .is_err()
+            {
                 return;
             }
             break answer
-                .recv_timeout(Duration::from_secs(30))
+                .recv_timeout(CONTROL_WAIT)
                 .unwrap_or_else(|_| crate::control::error("the supervisor did not answer"));
         }
         if line.len() > crate::control::MAX_LINE {
@@ -1222,6 +1266,14 @@ fn drain(p: &mut Proc, deadline: Instant) {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        // End the control pipe's thread: it waits for a client, so be one.
+        self.control_closed.store(true, Ordering::SeqCst);
+        if let Some(path) = &self.control_path {
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path);
+        }
         for p in self.procs.values_mut() {
             let _ = p.child.kill();
             let _ = p.child.wait();
@@ -1383,7 +1435,8 @@ pub struct LoadReporter {
 impl LoadReporter {
     /// Reports connections accepted so far and open now, if they changed since the
     /// last report. Call it after the worker's [`ready`](Worker::ready), from one
-    /// thread; the report is a message of a few bytes on the channel.
+    /// thread; the report is a message of a few bytes on the channel's connection,
+    /// so nothing else may send on [`Worker::channel`] at the same time.
     ///
     /// # Errors
     ///

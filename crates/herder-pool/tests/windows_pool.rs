@@ -39,6 +39,7 @@ fn worker_entry() {
     listener.set_nonblocking(true).unwrap();
     let mut load = worker.load_reporter().expect("a load reporter");
     assert!(worker.load_reporter().is_none(), "a second reporter");
+    worker.ready().unwrap();
     let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = draining.clone();
     let server = std::thread::spawn(move || {
@@ -49,15 +50,15 @@ fn worker_entry() {
                 continue;
             };
             accepted += 1;
-            let _ = load.report(accepted, 1);
             let _ = conn.set_nonblocking(false);
             let mut buf = [0u8; 64];
             let n = conn.read(&mut buf).unwrap_or(0);
             let _ = write!(conn, "{} ", std::process::id());
             let _ = conn.write_all(&buf[..n]);
+            drop(conn);
+            let _ = load.report(accepted, 0);
         }
     });
-    worker.ready().unwrap();
     while let Ok(Some(message)) = worker.channel().recv() {
         if is_drain_request(message.payload()) {
             break;
@@ -268,9 +269,14 @@ fn reload_scale_and_status_through_the_control_pipe() {
     pool.start(&mut events);
     settle(&mut pool, "two workers ready", |p| all_ready(p, 2));
 
-    // Load reports reach `status`: every connection counted, by the worker that took it.
+    // Load reports reach `status`: every connection counted, by the worker that took
+    // it (each answer starts with the pid of the worker that served it).
+    let mut served: std::collections::HashMap<u64, u64> = Default::default();
     for _ in 0..10 {
-        assert!(ask(addr).ends_with(" hi"));
+        let answer = ask(addr);
+        let (pid, rest) = answer.split_once(' ').unwrap();
+        assert_eq!(rest, "hi");
+        *served.entry(pid.parse().unwrap()).or_default() += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -293,7 +299,12 @@ fn reload_scale_and_status_through_the_control_pipe() {
     for (w, pid) in status["workers"].as_array().unwrap().iter().zip(&before) {
         assert_eq!(w["pid"], *pid, "{status}");
         assert_eq!(w["state"], "ready", "{status}");
-        assert_eq!(w["active"], 1, "{status}");
+        assert_eq!(w["active"], 0, "{status}");
+        assert_eq!(
+            w["accepted"],
+            served.get(&u64::from(*pid)).copied().unwrap_or(0),
+            "{status} {served:?}"
+        );
     }
 
     // A rolling restart: new workers of generation 2, each old one drained once its
@@ -316,10 +327,26 @@ fn reload_scale_and_status_through_the_control_pipe() {
         after.iter().all(|w| !before.contains(&w.pid.unwrap())),
         "{after:?}"
     );
-    settle(&mut pool, "the old workers gone", |p| {
-        p.workers().iter().all(|w| w.draining.is_empty())
-    });
+    // Reported once the old workers are gone, each after its successor was ready.
+    assert!(after.iter().all(|w| w.draining.is_empty()), "{after:?}");
+    for (slot, old) in before.iter().enumerate() {
+        let new = after[slot].pid.unwrap();
+        let at = |pred: &dyn Fn(&PoolEvent) -> bool| seen.iter().position(pred);
+        let ready = at(&|e| matches!(e, PoolEvent::Ready { pid, .. } if *pid == new));
+        let exit = at(&|e| matches!(e, PoolEvent::Exited { pid, .. } if pid == old));
+        assert!(ready.is_some() && ready < exit, "slot {slot}: {seen:?}");
+    }
     assert!(ask(addr).ends_with(" hi"));
+
+    // A worker of the new generation that crashes comes back as that generation.
+    terminate(after[0].pid.unwrap());
+    settle(&mut pool, "the replacement", |p| {
+        let w = &p.workers()[0];
+        w.pid != after[0].pid && w.state == herder_pool::State::Ready
+    });
+    let w = &pool.workers()[0];
+    assert_eq!((w.generation, w.restarts), (2, 1), "{w:?}");
+    assert!(w.last_exit.is_some(), "{w:?}");
 
     // Scaling up and down.
     let (answer, _) = control(&mut pool, &name, r#"{"cmd":"scale","workers":3}"#);
@@ -361,5 +388,14 @@ fn reload_scale_and_status_through_the_control_pipe() {
         assert!(Instant::now() < deadline, "no stop: {seen:?}");
         pool.poll(&mut seen, Some(Duration::from_millis(20)))
             .unwrap();
+    }
+
+    // A dropped pool gives the name up: its pipe's thread ends.
+    drop(pool);
+    let mut again = Pool::new(config(1, "echo"), Vec::new()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = again.listen_control(&name) {
+        assert!(Instant::now() < deadline, "the name stays taken: {e}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,5 +1,5 @@
-//! Windows system calls of herder-pool: the named mutex behind the accept lock, and
-//! ending a process.
+//! Windows system calls of herder-pool: the named mutex behind the accept lock, the
+//! named stop event, and the control pipe with its access list.
 
 use std::io;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
@@ -100,6 +100,10 @@ pub(crate) fn signal_event(name: &str) -> io::Result<()> {
 
 /// A security descriptor from `LocalAlloc`, freed on drop.
 pub(crate) struct SecurityDescriptor(windows_sys::Win32::Security::PSECURITY_DESCRIPTOR);
+
+// SAFETY: the descriptor is memory this value owns alone and nothing writes to after
+// its creation; Windows only reads it. Moving it to another thread is sound.
+unsafe impl Send for SecurityDescriptor {}
 
 impl Drop for SecurityDescriptor {
     fn drop(&mut self) {
@@ -231,16 +235,18 @@ pub(crate) fn create_pipe(
 }
 
 /// Whether a named pipe `path` exists (served by some process). `WaitNamedPipeW`
-/// tells without taking an instance: it fails with `ERROR_FILE_NOT_FOUND` only when
-/// there is none.
+/// tells without taking an instance: it succeeds when one is free and times out when
+/// all are busy.
 pub(crate) fn pipe_exists(path: &str) -> bool {
-    use windows_sys::Win32::Foundation::ERROR_FILE_NOT_FOUND;
+    use windows_sys::Win32::Foundation::ERROR_SEM_TIMEOUT;
     let name = wide(path);
     // SAFETY: `name` is NUL-terminated UTF-16; waits at most 1 ms.
     if unsafe { windows_sys::Win32::System::Pipes::WaitNamedPipeW(name.as_ptr(), 1) } != 0 {
         return true;
     }
-    io::Error::last_os_error().raw_os_error() != Some(ERROR_FILE_NOT_FOUND as i32)
+    // Every instance busy: it exists. Any other error (a bad name) is left to the
+    // pipe's creation to report.
+    io::Error::last_os_error().raw_os_error() == Some(ERROR_SEM_TIMEOUT as i32)
 }
 
 /// Waits for a client to connect to a pipe instance.
