@@ -3,8 +3,8 @@
 use crate::error::Error;
 use crate::protocol;
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
-use crate::state::status_response;
 pub use crate::state::{Load, State, WorkerInfo};
+use crate::state::{reload_finished, status_response};
 use crate::sys;
 use crate::worker::{CHANNEL_NAME, WORKER_ENV};
 use herder_fd::{Channel, Message};
@@ -2118,14 +2118,8 @@ impl Pool {
             return;
         }
         self.reloading = None;
-        if self.reload_failed.is_empty() {
-            events.push(PoolEvent::Reloaded { generation });
-        } else {
-            let mut slots = std::mem::take(&mut self.reload_failed);
-            slots.sort_unstable();
-            slots.dedup();
-            events.push(PoolEvent::ReloadFailed { generation, slots });
-        }
+        let failed = std::mem::take(&mut self.reload_failed);
+        events.push(reload_finished(generation, failed));
     }
 
     /// Counts a crash (or a failed start) of `slot` and schedules its restart, or

@@ -15,8 +15,8 @@
 //! worker's place without the token.
 
 use crate::Error;
-use crate::state::status_response;
 pub use crate::state::{Load, State, WorkerInfo};
+use crate::state::{reload_finished, status_response};
 use herder_fd::{Channel, Handoff, Message};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -426,14 +426,8 @@ impl Pool {
             return;
         }
         self.reloading = None;
-        if self.reload_failed.is_empty() {
-            events.push(PoolEvent::Reloaded { generation });
-        } else {
-            let mut slots = std::mem::take(&mut self.reload_failed);
-            slots.sort_unstable();
-            slots.dedup();
-            events.push(PoolEvent::ReloadFailed { generation, slots });
-        }
+        let failed = std::mem::take(&mut self.reload_failed);
+        events.push(reload_finished(generation, failed));
     }
 
     /// A snapshot of every slot.

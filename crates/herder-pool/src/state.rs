@@ -97,6 +97,20 @@ pub(crate) fn status_response(
     crate::control::response(answer.into())
 }
 
+/// The event that ends the rolling restart to `generation`: `ReloadFailed` with the
+/// slots that kept their old worker, if there are any.
+pub(crate) fn reload_finished(generation: u64, mut failed: Vec<usize>) -> crate::PoolEvent {
+    if failed.is_empty() {
+        return crate::PoolEvent::Reloaded { generation };
+    }
+    failed.sort_unstable();
+    failed.dedup();
+    crate::PoolEvent::ReloadFailed {
+        generation,
+        slots: failed,
+    }
+}
+
 /// A slot state's name in control answers.
 pub(crate) fn state_name(s: State) -> &'static str {
     match s {
