@@ -96,6 +96,9 @@ mod windows {
             let want = match lock.as_mut() {
                 Some(l) if !draining && !yielding => {
                     held = l.try_lock()?;
+                    if !held {
+                        load.lock_wait();
+                    }
                     held
                 }
                 Some(_) => false,

@@ -236,6 +236,13 @@ fn one_server(name: &str, extra: &[&str]) {
         accepted.iter().all(|&n| n > 0),
         "{name}: a worker served nothing: {s}"
     );
+    if extra.contains(&"mutex") {
+        // Turns the workers found the named mutex held by the other.
+        let waits = server.status_until("lock waits counted", |s| {
+            field(s, "lock_waits").iter().sum::<u64>() > 0
+        });
+        println!("{name}: lock waits {:?}", field(&waits, "lock_waits"));
+    }
 
     // `taskkill /f` the worker of slot 0: it is replaced, connections keep working.
     let victim = workers(&s)[0]["pid"].as_u64().unwrap();

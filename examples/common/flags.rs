@@ -87,6 +87,8 @@ pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
     };
     config.backoff_max = Duration::from_millis(c.backoff_max_ms);
     config.backoff_initial = config.backoff_initial.min(config.backoff_max);
+    // The workers' loops heartbeat (the scoreboard on Unix, load reports on Windows).
+    config.heartbeat_timeout = Some(Duration::from_secs(10));
     config
 }
 

@@ -51,8 +51,8 @@ macro_rules! log {
     (3, $($arg:tt)*) => { tracing::debug!($($arg)*) };
 }
 
-/// The pool configuration both servers start from: the common flags', the workers'
-/// user, and heartbeats.
+/// The pool configuration both servers start from: the common flags' and the
+/// workers' user.
 pub(crate) fn pool_config(c: &Common) -> anyhow::Result<herder::pool::Config> {
     let mut config = flags::pool_config(c);
     if let Some(user) = &c.user {
@@ -61,7 +61,6 @@ pub(crate) fn pool_config(c: &Common) -> anyhow::Result<herder::pool::Config> {
             .with_context(|| format!("--user {user}"))?;
         config.worker_credentials = Some(who);
     }
-    config.heartbeat_timeout = Some(Duration::from_secs(10));
     Ok(config)
 }
 

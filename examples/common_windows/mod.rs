@@ -55,6 +55,7 @@ pub(crate) fn supervise(
                 PoolEvent::Exited { .. }
                 | PoolEvent::SpawnFailed { .. }
                 | PoolEvent::BreakerTripped { .. }
+                | PoolEvent::Hung { .. }
                 | PoolEvent::ReloadFailed { .. } => say(format_args!("{e:?}")),
                 _ if verbose => say(format_args!("{e:?}")),
                 _ => {}
@@ -107,6 +108,13 @@ impl Load {
 
     pub(crate) fn report(&mut self, server: &Server<Protocol>) {
         self.report_counts(server.stats().accepted, server);
+    }
+
+    /// Counts a turn in which the accept lock was held by another.
+    pub(crate) fn lock_wait(&mut self) {
+        if let Some(r) = self.0.as_mut() {
+            r.add_lock_waits(1);
+        }
     }
 
     /// With `accepted` counted by the caller.

@@ -74,6 +74,11 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// How long a draining worker may take before it is terminated. Default 30 s.
     pub drain_timeout: Duration,
+    /// A ready worker that reported its load ([`LoadReporter`], at least once a
+    /// second) and then fell silent for this long is taken for hung: it is
+    /// terminated ([`PoolEvent::Hung`]) and replaced. Workers that never report are
+    /// not watched. Default: none.
+    pub heartbeat_timeout: Option<Duration>,
     /// A named mutex for the workers to take turns accepting with
     /// ([`Worker::accept_lock`]). Default: none.
     pub accept_lock: bool,
@@ -95,6 +100,7 @@ impl Default for Config {
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             accept_lock: false,
+            heartbeat_timeout: None,
         }
     }
 }
@@ -134,6 +140,16 @@ pub enum PoolEvent {
         status: ExitStatus,
         /// When its replacement starts, if one does.
         restart_in: Option<Duration>,
+    },
+    /// A worker's reports stopped for longer than the heartbeat timeout: it was
+    /// terminated; its exit follows, and it is replaced like after a crash.
+    Hung {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// How long it had been silent.
+        silent: Duration,
     },
     /// The crash-loop breaker stopped restarting a slot.
     BreakerTripped {
@@ -192,6 +208,12 @@ struct Proc {
     active: u64,
     /// Its slot was scaled away: it drains, and its exit concerns no slot.
     orphan: bool,
+    /// When its last load report came (none yet: not watched for hanging), and its
+    /// accept-lock waits.
+    last_heard: Option<Instant>,
+    lock_waits: u64,
+    /// Terminated for hanging.
+    hung: bool,
     started: Instant,
     token: String,
     ready: bool,
@@ -454,7 +476,7 @@ impl Pool {
                     restarts: s.restarts,
                     accepted: current.map_or(0, |p| p.accepted),
                     active: current.map_or(0, |p| p.active),
-                    lock_waits: 0,
+                    lock_waits: current.map_or(0, |p| p.lock_waits),
                     draining,
                     last_exit: s.last_exit,
                 }
@@ -639,6 +661,9 @@ impl Pool {
                         accepted: 0,
                         active: 0,
                         orphan: false,
+                        last_heard: None,
+                        lock_waits: 0,
+                        hung: false,
                         started: Instant::now(),
                         token,
                         ready: false,
@@ -758,7 +783,8 @@ impl Pool {
                         }
                     }
                 } else if let Some(load) = parse_load(message.payload()) {
-                    (p.accepted, p.active) = load;
+                    (p.accepted, p.active, p.lock_waits) = load;
+                    p.last_heard = Some(Instant::now());
                 } else if !crate::protocol::is_pool_message(message.payload()) {
                     events.push(PoolEvent::Message { slot, message });
                 }
@@ -975,11 +1001,21 @@ impl Pool {
 
     fn timers(&mut self, events: &mut Vec<PoolEvent>) {
         let now = Instant::now();
-        for p in self.procs.values_mut() {
+        let heartbeat = self.config.heartbeat_timeout;
+        for (&pid, p) in &mut self.procs {
             if p.deadline.is_some_and(|d| now >= d) {
                 // Not ready in time, or past its drain deadline.
                 p.deadline = None;
                 let _ = p.child.kill();
+            }
+            let silent = p.last_heard.map(|h| now.saturating_duration_since(h));
+            if let (Some(limit), Some(silent)) = (heartbeat, silent) {
+                if silent > limit && p.ready && !p.draining && !p.hung {
+                    p.hung = true;
+                    let _ = p.child.kill();
+                    let slot = p.slot;
+                    events.push(PoolEvent::Hung { slot, pid, silent });
+                }
             }
         }
         if self.stopping {
@@ -1211,12 +1247,19 @@ pub fn control_pipe_path(name: &str) -> String {
     }
 }
 
-/// The load in a worker's `LOAD` message: connections accepted and open.
-fn parse_load(payload: &[u8]) -> Option<(u64, u64)> {
+/// The load in a worker's `LOAD` message: connections accepted and open, and
+/// accept-lock waits.
+fn parse_load(payload: &[u8]) -> Option<(u64, u64, u64)> {
     let rest = payload.strip_prefix(crate::protocol::LOAD)?;
-    let accepted: [u8; 8] = rest.get(..8)?.try_into().ok()?;
-    let active: [u8; 8] = rest.get(8..)?.try_into().ok()?;
-    Some((u64::from_le_bytes(accepted), u64::from_le_bytes(active)))
+    if rest.len() != 24 {
+        return None;
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&rest[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    Some((word(0), word(1), word(2)))
 }
 
 /// 64 bits from the OS's random source (std seeds its hash keys from it).
@@ -1365,6 +1408,7 @@ impl Worker {
     pub fn load_reporter(&mut self) -> Option<LoadReporter> {
         Some(LoadReporter {
             channel: Channel::new(self.load.take()?, 0),
+            lock_waits: 0,
             last: None,
         })
     }
@@ -1423,28 +1467,43 @@ impl Worker {
 /// A worker's handle for reporting its load ([`Worker::load_reporter`]).
 pub struct LoadReporter {
     channel: Channel,
-    last: Option<(u64, u64)>,
+    lock_waits: u64,
+    last: Option<((u64, u64, u64), Instant)>,
 }
 
 impl LoadReporter {
-    /// Reports connections accepted so far and open now, if they changed since the
-    /// last report. Call it after the worker's [`ready`](Worker::ready), from one
-    /// thread; the report is a message of a few bytes on the channel's connection,
-    /// so nothing else may send on [`Worker::channel`] at the same time.
+    /// Reports connections accepted so far and open now (and the lock waits counted
+    /// with [`add_lock_waits`](Self::add_lock_waits)) if they changed since the last
+    /// report or a second has passed: the report is also the worker's heartbeat
+    /// ([`Config::heartbeat_timeout`]), so call it from the worker's loop at least
+    /// once a second. Call it after [`ready`](Worker::ready), from one thread; the
+    /// report is a message of a few bytes on the channel's connection, so nothing
+    /// else may send on [`Worker::channel`] at the same time.
     ///
     /// # Errors
     ///
     /// What sending returns (the supervisor is gone).
     pub fn report(&mut self, accepted: u64, active: u64) -> io::Result<()> {
-        if self.last == Some((accepted, active)) {
+        let now = (accepted, active, self.lock_waits);
+        if self
+            .last
+            .is_some_and(|(last, at)| last == now && at.elapsed() < Duration::from_secs(1))
+        {
             return Ok(());
         }
         let mut message = crate::protocol::LOAD.to_vec();
-        message.extend_from_slice(&accepted.to_le_bytes());
-        message.extend_from_slice(&active.to_le_bytes());
+        for word in [now.0, now.1, now.2] {
+            message.extend_from_slice(&word.to_le_bytes());
+        }
         self.channel.send(&message)?;
-        self.last = Some((accepted, active));
+        self.last = Some((now, Instant::now()));
         Ok(())
+    }
+
+    /// Counts `n` times this worker found the accept lock held by another when it
+    /// wanted to accept (`lock_waits` in `status`); sent with the next report.
+    pub fn add_lock_waits(&mut self, n: u64) {
+        self.lock_waits += n;
     }
 }
 

@@ -10,7 +10,8 @@ pub(crate) const READY: &[u8] = b"PR";
 pub(crate) const DRAIN: &[u8] = b"PD";
 
 /// Worker to supervisor on Windows (where there is no shared scoreboard): its load,
-/// followed by two little-endian `u64`s, connections accepted and open.
+/// followed by three little-endian `u64`s, connections accepted and open and
+/// accept-lock waits; also its heartbeat.
 #[cfg(windows)]
 pub(crate) const LOAD: &[u8] = b"PL";
 

@@ -18,6 +18,16 @@ fn worker_entry() {
         return;
     };
     let role = std::env::var(ROLE).unwrap_or_default();
+    if role == "hang" {
+        // One report (its heartbeat starts), then silence, as a worker stuck in a loop.
+        worker.ready().unwrap();
+        let mut load = worker.load_reporter().unwrap();
+        load.add_lock_waits(3);
+        load.report(0, 0).unwrap();
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
     if role == "lock" {
         // Take the lock and never let it go; report what it took.
         let mut lock = worker.accept_lock().unwrap().expect("an accept lock");
@@ -398,4 +408,37 @@ fn reload_scale_and_status_through_the_control_pipe() {
         assert!(Instant::now() < deadline, "the name stays taken: {e}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_worker_that_stops_reporting_is_terminated_and_replaced() {
+    let mut c = config(1, "hang");
+    c.heartbeat_timeout = Some(Duration::from_secs(1));
+    let mut pool = Pool::new(c, Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    settle(&mut pool, "ready", |p| all_ready(p, 1));
+    let first = pool.workers()[0].pid.unwrap();
+    // Its report reached the pool: the lock waits it counted show.
+    settle(&mut pool, "the report", |p| p.workers()[0].lock_waits == 3);
+    let seen = until(&mut pool, "the hang noticed", |e| {
+        matches!(e, PoolEvent::Hung { .. })
+    });
+    let silent = seen
+        .iter()
+        .find_map(|e| match e {
+            PoolEvent::Hung {
+                slot: 0,
+                pid,
+                silent,
+            } if *pid == first => Some(*silent),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(silent > Duration::from_secs(1), "{silent:?}");
+    settle(&mut pool, "the replacement", |p| {
+        let w = &p.workers()[0];
+        w.pid != Some(first) && w.state == herder_pool::State::Ready
+    });
+    assert_eq!(pool.workers()[0].restarts, 1);
 }
