@@ -26,7 +26,7 @@ use std::os::windows::io::OwnedHandle;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// The variable that tells a worker its slot and generation, `SLOT:GENERATION`.
@@ -1324,7 +1324,7 @@ pub struct Worker {
     generation: u64,
     channel: Channel,
     /// A second handle on the channel's connection, for load reports.
-    load: Option<TcpStream>,
+    load: Option<SharedStream>,
     handoff: Option<Channel>,
     listeners: Vec<(String, TcpListener)>,
 }
@@ -1358,8 +1358,18 @@ impl Worker {
         let io = |what: &'static str| move |source| Error::Io { what, source };
         let stream = TcpStream::connect(addr).map_err(io("connecting the channel"))?;
         let _ = stream.set_nodelay(true);
-        let load = stream.try_clone().ok();
-        let mut channel = Channel::new(stream, 0);
+        // The channel and the load reporter write on one connection, frame by frame.
+        let writer = Arc::new(Mutex::new(
+            stream.try_clone().map_err(io("connecting the channel"))?,
+        ));
+        let shared = || -> Result<SharedStream, Error> {
+            Ok(SharedStream {
+                read: stream.try_clone().map_err(io("connecting the channel"))?,
+                write: writer.clone(),
+            })
+        };
+        let load = Some(shared()?);
+        let mut channel = Channel::new(shared()?, 0);
         channel
             .send(token.as_bytes())
             .map_err(io("presenting the channel's token"))?;
@@ -1464,6 +1474,36 @@ impl Worker {
     }
 }
 
+/// A handle on a worker's channel connection. The worker's channel and its load
+/// reporter each have one; writes take a lock shared by both and write all they are
+/// given (a channel writes each frame in one call), so their frames never
+/// interleave.
+struct SharedStream {
+    read: TcpStream,
+    write: Arc<Mutex<TcpStream>>,
+}
+
+impl io::Read for SharedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read.read(buf)
+    }
+}
+
+impl io::Write for SharedStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut stream = self
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stream.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A worker's handle for reporting its load ([`Worker::load_reporter`]).
 pub struct LoadReporter {
     channel: Channel,
@@ -1476,9 +1516,9 @@ impl LoadReporter {
     /// with [`add_lock_waits`](Self::add_lock_waits)) if they changed since the last
     /// report or a second has passed: the report is also the worker's heartbeat
     /// ([`Config::heartbeat_timeout`]), so call it from the worker's loop at least
-    /// once a second. Call it after [`ready`](Worker::ready), from one thread; the
-    /// report is a message of a few bytes on the channel's connection, so nothing
-    /// else may send on [`Worker::channel`] at the same time.
+    /// once a second, after [`ready`](Worker::ready). The report is a message of a
+    /// few bytes on the channel's connection; a lock keeps it and the channel's own
+    /// messages whole.
     ///
     /// # Errors
     ///
