@@ -60,10 +60,8 @@ mod windows {
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
-        let listener = std::net::TcpListener::bind(args.common.listen)
-            .with_context(|| format!("binding {}", args.common.listen))?;
+        let (listener, addr) = common::listener(&args.common)?;
         listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let mut pool = Pool::new(common::pool_config(&args.common), Vec::new())?;
         let mut dispatcher = Dispatcher {
             least_loaded: args.dispatch == "least-loaded",

@@ -51,9 +51,7 @@ mod windows {
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
-        let listener = std::net::TcpListener::bind(args.common.listen)
-            .with_context(|| format!("binding {}", args.common.listen))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = common::listener(&args.common)?;
         let mut config = common::pool_config(&args.common);
         config.accept_lock = args.accept == "mutex";
         let mut pool = Pool::new(config, vec![("http".into(), listener)])?;

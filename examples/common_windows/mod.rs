@@ -29,6 +29,17 @@ unsafe extern "system" fn on_ctrl(_kind: u32) -> windows_sys::core::BOOL {
     1
 }
 
+/// The listener `--listen` names, bound, and its address (port 0 resolved).
+pub(crate) fn listener(
+    c: &Common,
+) -> anyhow::Result<(std::net::TcpListener, std::net::SocketAddr)> {
+    use anyhow::Context;
+    let listener =
+        std::net::TcpListener::bind(c.listen).with_context(|| format!("binding {}", c.listen))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
 /// Runs the supervisor until a graceful stop ends (Ctrl-C, Ctrl-Break, or
 /// `herder_pool::request_stop`): logs the pool's events, prints the `listening on`
 /// line once every worker is ready, and calls `tick` after every poll.

@@ -519,6 +519,17 @@ impl Pool {
         self.stopping
     }
 
+    /// The current worker of `slot`, and its pid.
+    fn current_proc(&mut self, slot: usize) -> Result<(u32, &mut Proc), Error> {
+        let pid = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.current)
+            .ok_or(Error::NoWorker(slot))?;
+        let p = self.procs.get_mut(&pid).ok_or(Error::NoWorker(slot))?;
+        Ok((pid, p))
+    }
+
     /// Sends an application message to the ready worker of `slot`.
     ///
     /// # Errors
@@ -526,12 +537,7 @@ impl Pool {
     /// [`Error::NoWorker`] if the slot has no ready worker, [`Error::Channel`] if
     /// sending fails.
     pub fn send(&mut self, slot: usize, payload: &[u8]) -> Result<u32, Error> {
-        let pid = self
-            .slots
-            .get(slot)
-            .and_then(|s| s.current)
-            .ok_or(Error::NoWorker(slot))?;
-        let p = self.procs.get_mut(&pid).ok_or(Error::NoWorker(slot))?;
+        let (pid, p) = self.current_proc(slot)?;
         let ch = p.channel.as_mut().ok_or(Error::NoWorker(slot))?;
         ch.send(payload)
             .map_err(|source| Error::Channel { slot, source })?;
@@ -859,12 +865,7 @@ impl Pool {
         socket: &S,
         meta: &Handoff<'_>,
     ) -> Result<u32, Error> {
-        let pid = self
-            .slots
-            .get(slot)
-            .and_then(|s| s.current)
-            .ok_or(Error::NoWorker(slot))?;
-        let p = self.procs.get_mut(&pid).ok_or(Error::NoWorker(slot))?;
+        let (pid, p) = self.current_proc(slot)?;
         if !p.ready || p.draining {
             return Err(Error::NoWorker(slot));
         }
