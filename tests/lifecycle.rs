@@ -305,12 +305,7 @@ fn metrics_follow_the_pool() {
         ("shared_listener_server", &["--accept", "flock"][..]),
     ] {
         let locked = !extra.is_empty();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let metrics = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{}", util::free_port());
         let util::Controlled {
             server,
             ctl,

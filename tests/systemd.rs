@@ -9,22 +9,13 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound and released: the activation tool binds it again).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `systemd-socket-activate` for the example `name` on a free loopback port,
 /// and waits until the tool says it listens there. A port taken by another process
 /// in between makes the tool exit: then another port is tried.
 fn activate(name: &str, extra: &[&str]) -> (std::process::Child, String) {
     use std::io::BufRead;
     for _ in 0..5 {
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{}", util::free_port());
         let mut child = Command::new("systemd-socket-activate")
             .args(["--listen", &listen, "--fdname=web"])
             .arg(util::example(name))
@@ -134,17 +125,10 @@ fn the_supervisor_notifies_systemd() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
-        let mut cmd = Command::new(util::example(name));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--workers",
-            "2",
-        ])
-        .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "200000");
+        let mut cmd = util::server_command(util::example(name));
+        cmd.args(["--workers", "2"])
+            .env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "200000");
         let server = util::start_command(name, cmd);
         let pid = server.child.id();
         let mut seen = Vec::new();
@@ -226,17 +210,10 @@ fn malformed_activation_is_refused_and_foreign_variables_ignored() {
         assert!(stderr.contains(expected), "{setup}: {stderr}");
     }
     // Variables meant for another process are not ours: the server binds by itself.
-    let mut cmd = Command::new(&server);
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "warn",
-        "--workers",
-        "1",
-    ])
-    .env("LISTEN_PID", "1")
-    .env("LISTEN_FDS", "1");
+    let mut cmd = util::server_command(&server);
+    cmd.args(["--workers", "1"])
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1");
     let running = util::start_command("handoff_server", cmd);
     assert_eq!(util::echo(running.addr, b"ok"), b"ok");
     running.stop("handoff_server");

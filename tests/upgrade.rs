@@ -58,29 +58,13 @@ fn an_upgrade_under_load_fails_no_connection_and_a_broken_binary_is_rolled_back(
         let real = std::fs::read(util::example(name)).unwrap();
         replace(&binary, &real);
         let ctl = dir.path().join("ctl.sock");
-        let metrics = format!(
-            "127.0.0.1:{}",
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        );
-        let mut cmd = std::process::Command::new(&binary);
+        let metrics = format!("127.0.0.1:{}", util::free_port());
+        let mut cmd = util::server_command(&binary);
         cmd.args(["--metrics", &metrics]);
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--workers",
-            "2",
-            "--protocol",
-            "http",
-        ])
-        .args(extra)
-        .arg("--control")
-        .arg(&ctl);
+        cmd.args(["--workers", "2", "--protocol", "http"])
+            .args(extra)
+            .arg("--control")
+            .arg(&ctl);
         let server = util::start_command(name, cmd);
         let addr = server.addr;
         let old = util::status(&ctl);
@@ -206,17 +190,8 @@ fn a_stop_during_an_upgrade_ends_the_new_supervisor() {
         &std::fs::read(util::example("handoff_server")).unwrap(),
     );
     let ctl = dir.path().join("ctl.sock");
-    let mut cmd = std::process::Command::new(&binary);
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "warn",
-        "--workers",
-        "1",
-    ])
-    .arg("--control")
-    .arg(&ctl);
+    let mut cmd = util::server_command(&binary);
+    cmd.args(["--workers", "1"]).arg("--control").arg(&ctl);
     let server = util::start_command("handoff_server", cmd);
     // A new binary that never gets ready.
     replace(&binary, b"#!/bin/sh\nexec sleep 120\n");

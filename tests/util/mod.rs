@@ -41,7 +41,7 @@ pub fn start(name: &str, args: &[&str]) -> Running {
 /// inherit it).
 pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Running {
     raise_nofile();
-    let mut cmd = Command::new(example(name));
+    let mut cmd = server_command(example(name));
     if let Some(limit) = nofile {
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit is async-signal-safe and touches no memory but `lim`.
@@ -58,9 +58,28 @@ pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Running 
             });
         }
     }
-    cmd.args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
-        .args(args);
+    cmd.args(args);
     start_command(name, cmd)
+}
+
+/// What every test server starts with: a free loopback port, and warnings only.
+pub const SERVER_ARGS: [&str; 4] = ["--listen", "127.0.0.1:0", "--log-level", "warn"];
+
+/// `program` (an example server, or a copy of one) with [`SERVER_ARGS`], to add to
+/// and start with [`start_command`].
+pub fn server_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(SERVER_ARGS);
+    cmd
+}
+
+/// A free loopback port (bound and released, for a server to bind again).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts `cmd` (a server, or something that runs one) and waits (30 s at most) for
