@@ -37,12 +37,12 @@ fn logged(log: &Mutex<Vec<String>>, what: &str, pred: impl Fn(&str) -> bool) -> 
     }
 }
 
-/// The pid in a `Spawned { slot: S, pid: P }` line.
+/// The pid in a `Spawned { slot: S, pid: P, generation: G }` line.
 fn spawned_pid(line: &str) -> u32 {
     line.split("pid: ")
         .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).next())
         .unwrap()
-        .trim_end_matches([' ', '}'])
         .parse()
         .unwrap()
 }

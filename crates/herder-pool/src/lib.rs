@@ -62,10 +62,12 @@
 
 #[cfg(unix)]
 mod accept_lock;
+mod config;
 mod control;
 #[cfg(unix)]
 mod credentials;
 mod error;
+mod event;
 mod listener;
 #[cfg(unix)]
 mod pool;

@@ -1,13 +1,15 @@
 //! The supervisor's side: a pool of worker slots, each running one worker process.
 
+pub use crate::config::{Config, FATAL_EXIT_CODE};
 use crate::error::Error;
+pub use crate::event::PoolEvent;
 use crate::protocol;
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
 pub use crate::state::{Load, State, WorkerInfo};
 use crate::state::{reload_finished, status_response};
 use crate::sys;
 use crate::worker::{CHANNEL_NAME, WORKER_ENV};
-use herder_fd::{Channel, Message};
+use herder_fd::Channel;
 use herder_reactor::{Event, Interest, Key, Mode, Reactor, Signal, TimerId};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -19,110 +21,6 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
-
-/// The exit code by which a worker says "fatal, do not restart me" (`EX_CONFIG` of
-/// `sysexits.h`: a configuration error that a restart will not fix).
-pub const FATAL_EXIT_CODE: i32 = 78;
-
-/// How a [`Pool`] runs its workers. Every field has a default ([`Config::default`]).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Config {
-    /// Worker processes. Default: the number of CPUs.
-    pub workers: usize,
-    /// The program workers run. Default: this program (`std::env::current_exe`), as
-    /// herder's process model re-executes itself.
-    pub program: Option<PathBuf>,
-    /// The workers' arguments (without the program). Default: this process's.
-    pub args: Option<Vec<OsString>>,
-    /// Variables added to the workers' environment.
-    pub env: Vec<(OsString, OsString)>,
-    /// A slot's first crash (after a stable run) is restarted at once; the next
-    /// consecutive crash waits this long, and the delay doubles with each further
-    /// one. Default 100 ms.
-    pub backoff_initial: Duration,
-    /// The longest restart delay. Default 10 s.
-    pub backoff_max: Duration,
-    /// A worker that ran at least this long before exiting starts its slot's back-off
-    /// afresh. Default 10 s.
-    pub stable_after: Duration,
-    /// The crash-loop breaker: this many crashes of one slot within
-    /// [`breaker_window`](Self::breaker_window) stop restarting that slot (the others
-    /// go on). Default 5.
-    pub breaker_failures: usize,
-    /// See [`breaker_failures`](Self::breaker_failures). Default 30 s.
-    pub breaker_window: Duration,
-    /// A worker that exits with this code is not restarted. Default
-    /// [`FATAL_EXIT_CODE`].
-    pub fatal_exit_code: Option<i32>,
-    /// A worker that has not reported ready this long after its start is killed, and
-    /// counts as a crash. Default 30 s.
-    pub ready_timeout: Duration,
-    /// How long a draining worker (graceful stop, rolling restart, scaling down) may
-    /// take before it is killed. Default 30 s.
-    pub drain_timeout: Duration,
-    /// A ready worker whose heartbeat ([`Scorecard::heartbeat`]) is older than this is
-    /// taken for hung: it gets `SIGTERM`, then `SIGKILL` after
-    /// [`kill_grace`](Self::kill_grace), and is replaced. Default: none, as workers
-    /// must heartbeat for it; the example servers set it.
-    ///
-    /// [`Scorecard::heartbeat`]: crate::Scorecard::heartbeat
-    pub heartbeat_timeout: Option<Duration>,
-    /// Between `SIGTERM` and `SIGKILL` for a hung worker. Default 5 s.
-    pub kill_grace: Duration,
-    /// Records in the scoreboard: the most worker processes alive at once, draining
-    /// ones included. Default 1024 (64 KiB of shared memory).
-    pub scoreboard_capacity: usize,
-    /// Recycle a worker after it has taken about this many connections (±10 %, so
-    /// that workers started together are not recycled together): a successor is
-    /// started and the old worker drains once it is ready. At most one slot recycles
-    /// at a time. Default: none (workers are never recycled).
-    pub max_connections: Option<u64>,
-    /// Scale with the load between a minimum and a maximum of workers. Default: none
-    /// (the number of workers changes only when asked).
-    pub autoscale: Option<Autoscale>,
-    /// An accept lock for the workers to share ([`Worker::accept_lock`]). Default:
-    /// none.
-    ///
-    /// [`Worker::accept_lock`]: crate::Worker::accept_lock
-    pub accept_lock: Option<crate::AcceptLockKind>,
-    /// The user and group workers run as (privilege separation: a supervisor
-    /// started as root keeps root, its workers do not). Default: none (workers run as
-    /// the supervisor does).
-    pub worker_credentials: Option<crate::Credentials>,
-    /// Speak systemd's `sd_notify` protocol when `NOTIFY_SOCKET` is set: `READY=1`,
-    /// `RELOADING=1`, `STOPPING=1`, `STATUS=` and the watchdog (see
-    /// [`systemd`](crate::systemd)). Default: true. Workers never see the
-    /// variables.
-    pub systemd_notify: bool,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            program: None,
-            args: None,
-            env: Vec::new(),
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            stable_after: Duration::from_secs(10),
-            breaker_failures: 5,
-            breaker_window: Duration::from_secs(30),
-            fatal_exit_code: Some(FATAL_EXIT_CODE),
-            ready_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(30),
-            heartbeat_timeout: None,
-            kill_grace: Duration::from_secs(5),
-            scoreboard_capacity: 1024,
-            accept_lock: None,
-            worker_credentials: None,
-            systemd_notify: true,
-            max_connections: None,
-            autoscale: None,
-        }
-    }
-}
 
 /// Load-driven scaling, Apache-style: once a second, if every ready worker is busy,
 /// start 1, then 2, 4, … (at most 32) more per second while it lasts, up to `max`; if
@@ -151,127 +49,6 @@ impl Autoscale {
             idle_after: Duration::from_secs(10),
         }
     }
-}
-
-/// What [`Pool::poll`] reports.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum PoolEvent {
-    /// A worker process was started.
-    Spawned {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-        /// Its generation.
-        generation: u64,
-    },
-    /// Starting a worker failed; the slot backs off and retries like after a crash.
-    SpawnFailed {
-        /// The slot.
-        slot: usize,
-        /// What failed.
-        error: Error,
-    },
-    /// A worker reported ready.
-    Ready {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-    },
-    /// A worker exited.
-    Exited {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-        /// Its exit code or signal.
-        status: ExitStatus,
-        /// When its replacement starts; `None` if none follows (it was draining, the
-        /// slot stopped on a fatal exit code or its breaker, or the pool is stopping).
-        restart_in: Option<Duration>,
-    },
-    /// The crash-loop breaker stopped restarting a slot.
-    BreakerTripped {
-        /// The slot.
-        slot: usize,
-        /// Crashes within the breaker's window.
-        failures: usize,
-    },
-    /// A worker's channel failed or sent something malformed; the channel is closed,
-    /// and the worker is killed.
-    ChannelError {
-        /// The slot.
-        slot: usize,
-        /// What went wrong.
-        error: io::Error,
-    },
-    /// A worker's heartbeat stopped: it got `SIGTERM` (and `SIGKILL` after the grace
-    /// period); its exit follows, and it is replaced like after a crash.
-    Hung {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-        /// How long it had been silent.
-        silent: Duration,
-    },
-    /// A rolling restart finished: every slot runs a worker of `generation`, and the
-    /// previous generation is gone.
-    Reloaded {
-        /// The new generation.
-        generation: u64,
-    },
-    /// A rolling restart ended with some slots still on the old generation: their
-    /// new worker exited before it was ready, so the old one goes on serving.
-    ReloadFailed {
-        /// The generation that did not come up everywhere.
-        generation: u64,
-        /// The slots that kept their old worker.
-        slots: Vec<usize>,
-    },
-    /// A zero-downtime upgrade began ([`Pool::upgrade`]): the program now on disk
-    /// runs as a new supervisor with this pool's listeners.
-    UpgradeStarted {
-        /// The new supervisor's pid.
-        pid: u32,
-    },
-    /// The new supervisor reported ready: this pool hands its control socket over
-    /// and stops gracefully from the next [`Pool::poll`] on (a
-    /// [`Stopped`](Self::Stopped) follows). Stop accepting on listeners of your own
-    /// now; the workers still take what you already accepted until then.
-    Upgraded {
-        /// The new supervisor's pid.
-        pid: u32,
-    },
-    /// The upgrade was abandoned: the new supervisor could not start, exited, or was
-    /// not ready within the ready timeout (then it was stopped). This pool goes on.
-    UpgradeFailed {
-        /// Why.
-        reason: String,
-    },
-    /// A graceful stop finished: every worker has exited.
-    Stopped,
-    /// A control-socket request or an operator's signal was carried out.
-    Command(crate::Command),
-    /// A worker reached its connection limit: a successor is starting, and it will
-    /// drain once the successor is ready.
-    Recycling {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-    },
-    /// A message from a worker that is not the pool's own.
-    Message {
-        /// The slot it came from.
-        slot: usize,
-        /// The message, with any descriptors.
-        message: Message,
-    },
-    /// Something of the caller's: a source's readiness, a timer, a signal, a wake.
-    Other(Event),
 }
 
 /// One worker process.

@@ -15,6 +15,8 @@
 //! worker's place without the token.
 
 use crate::Error;
+pub use crate::config::{Config, FATAL_EXIT_CODE};
+pub use crate::event::PoolEvent;
 pub use crate::state::{Load, State, WorkerInfo};
 use crate::state::{reload_finished, status_response};
 use herder_fd::{Channel, Handoff, Message};
@@ -39,148 +41,6 @@ const CHANNEL_ENV: &str = "HERDER_WORKER_CHANNEL";
 const LOCK_ENV: &str = "HERDER_ACCEPT_MUTEX";
 /// How long a control client waits for the pool to carry out its request.
 const CONTROL_WAIT: Duration = Duration::from_secs(30);
-/// A worker that exits with this code is not restarted.
-pub const FATAL_EXIT_CODE: i32 = 78;
-
-/// The pool's settings. As on Unix, where they exist there.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Config {
-    /// Worker processes. Default: the number of CPUs.
-    pub workers: usize,
-    /// The program workers run. Default: this program.
-    pub program: Option<PathBuf>,
-    /// The workers' arguments. Default: this process's.
-    pub args: Option<Vec<OsString>>,
-    /// Variables added to the workers' environment.
-    pub env: Vec<(OsString, OsString)>,
-    /// The second consecutive crash of a slot waits this long; the delay doubles
-    /// with each further one (the first is restarted at once). Default 100 ms.
-    pub backoff_initial: Duration,
-    /// The longest restart delay. Default 10 s.
-    pub backoff_max: Duration,
-    /// A worker that ran this long starts its slot's back-off afresh. Default 10 s.
-    pub stable_after: Duration,
-    /// This many crashes of one slot within `breaker_window` stop restarting it.
-    /// Default 5.
-    pub breaker_failures: usize,
-    /// See `breaker_failures`. Default 30 s.
-    pub breaker_window: Duration,
-    /// A worker exiting with this code is not restarted. Default
-    /// [`FATAL_EXIT_CODE`].
-    pub fatal_exit_code: Option<i32>,
-    /// A worker not ready this long after its start is terminated and counts as a
-    /// crash. Default 30 s.
-    pub ready_timeout: Duration,
-    /// How long a draining worker may take before it is terminated. Default 30 s.
-    pub drain_timeout: Duration,
-    /// A ready worker that reported its load ([`LoadReporter`], at least once a
-    /// second) and then fell silent for this long is taken for hung: it is
-    /// terminated ([`PoolEvent::Hung`]) and replaced. Workers that never report are
-    /// not watched. Default: none.
-    pub heartbeat_timeout: Option<Duration>,
-    /// A named mutex for the workers to take turns accepting with
-    /// ([`Worker::accept_lock`]). Default: none.
-    pub accept_lock: bool,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            program: None,
-            args: None,
-            env: Vec::new(),
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            stable_after: Duration::from_secs(10),
-            breaker_failures: 5,
-            breaker_window: Duration::from_secs(30),
-            fatal_exit_code: Some(FATAL_EXIT_CODE),
-            ready_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(30),
-            accept_lock: false,
-            heartbeat_timeout: None,
-        }
-    }
-}
-
-/// What [`Pool::poll`] reports.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum PoolEvent {
-    /// A worker process was started.
-    Spawned {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-    },
-    /// Starting a worker failed; the slot backs off and retries.
-    SpawnFailed {
-        /// The slot.
-        slot: usize,
-        /// What failed.
-        error: Error,
-    },
-    /// A worker reported ready.
-    Ready {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-    },
-    /// A worker exited.
-    Exited {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-        /// Its exit code.
-        status: ExitStatus,
-        /// When its replacement starts, if one does.
-        restart_in: Option<Duration>,
-    },
-    /// A worker's reports stopped for longer than the heartbeat timeout: it was
-    /// terminated; its exit follows, and it is replaced like after a crash.
-    Hung {
-        /// Its slot.
-        slot: usize,
-        /// Its pid.
-        pid: u32,
-        /// How long it had been silent.
-        silent: Duration,
-    },
-    /// The crash-loop breaker stopped restarting a slot.
-    BreakerTripped {
-        /// The slot.
-        slot: usize,
-    },
-    /// A message from a worker that is not the pool's own.
-    Message {
-        /// Its slot.
-        slot: usize,
-        /// The message.
-        message: Message,
-    },
-    /// A rolling restart finished: every slot runs the new generation.
-    Reloaded {
-        /// The new generation.
-        generation: u64,
-    },
-    /// A rolling restart finished, but in these slots the new worker did not become
-    /// ready; their old workers go on.
-    ReloadFailed {
-        /// The generation that did not come up everywhere.
-        generation: u64,
-        /// The slots that kept their old worker.
-        slots: Vec<usize>,
-    },
-    /// A request from the control pipe, after the pool carried it out.
-    Command(crate::Command),
-    /// A graceful stop finished: every worker has exited.
-    Stopped,
-}
 
 struct Slot {
     state: State,
@@ -680,7 +540,11 @@ impl Pool {
                         deadline: Some(Instant::now() + self.config.ready_timeout),
                     },
                 );
-                events.push(PoolEvent::Spawned { slot, pid });
+                events.push(PoolEvent::Spawned {
+                    slot,
+                    pid,
+                    generation,
+                });
                 Some(pid)
             }
             Err(source) => {
@@ -984,7 +848,8 @@ impl Pool {
         if s.crashes.len() >= config.breaker_failures.max(1) {
             s.state = State::Tripped;
             s.restart_at = None;
-            events.push(PoolEvent::BreakerTripped { slot });
+            let failures = s.crashes.len();
+            events.push(PoolEvent::BreakerTripped { slot, failures });
             return None;
         }
         let delay = match s.streak {

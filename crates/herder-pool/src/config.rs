@@ -1,0 +1,131 @@
+//! The pool's settings, the same on every platform where they apply.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The exit code by which a worker says "fatal, do not restart me" (`EX_CONFIG` of
+/// `sysexits.h`: a configuration error that a restart will not fix).
+pub const FATAL_EXIT_CODE: i32 = 78;
+
+/// How a [`Pool`](crate::Pool) runs its workers. Every field has a default
+/// ([`Config::default`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Worker processes. Default: the number of CPUs.
+    pub workers: usize,
+    /// The program workers run. Default: this program (`std::env::current_exe`), as
+    /// herder's process model re-executes itself.
+    pub program: Option<PathBuf>,
+    /// The workers' arguments (without the program). Default: this process's.
+    pub args: Option<Vec<OsString>>,
+    /// Variables added to the workers' environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// A slot's first crash (after a stable run) is restarted at once; the next
+    /// consecutive crash waits this long, and the delay doubles with each further
+    /// one. Default 100 ms.
+    pub backoff_initial: Duration,
+    /// The longest restart delay. Default 10 s.
+    pub backoff_max: Duration,
+    /// A worker that ran at least this long before exiting starts its slot's back-off
+    /// afresh. Default 10 s.
+    pub stable_after: Duration,
+    /// The crash-loop breaker: this many crashes of one slot within
+    /// [`breaker_window`](Self::breaker_window) stop restarting that slot (the others
+    /// go on). Default 5.
+    pub breaker_failures: usize,
+    /// See [`breaker_failures`](Self::breaker_failures). Default 30 s.
+    pub breaker_window: Duration,
+    /// A worker that exits with this code is not restarted. Default
+    /// [`FATAL_EXIT_CODE`].
+    pub fatal_exit_code: Option<i32>,
+    /// A worker that has not reported ready this long after its start is killed
+    /// (terminated, on Windows), and counts as a crash. Default 30 s.
+    pub ready_timeout: Duration,
+    /// How long a draining worker (graceful stop, rolling restart, scaling down) may
+    /// take before it is killed (terminated, on Windows). Default 30 s.
+    pub drain_timeout: Duration,
+    /// A ready worker whose heartbeat is older than this is taken for hung
+    /// ([`PoolEvent::Hung`](crate::PoolEvent::Hung)) and replaced. On Unix the
+    /// heartbeat is the scoreboard's (`Scorecard::heartbeat`), and a hung worker gets
+    /// `SIGTERM`, then `SIGKILL` after `kill_grace`. On Windows it is the worker's
+    /// load report (`LoadReporter::report`; a worker that never reported is not
+    /// watched), and a hung worker is terminated. Default: none, as workers must
+    /// heartbeat for it; the example servers set it.
+    pub heartbeat_timeout: Option<Duration>,
+    #[cfg(unix)]
+    /// Between `SIGTERM` and `SIGKILL` for a hung worker. Default 5 s.
+    pub kill_grace: Duration,
+    #[cfg(unix)]
+    /// Records in the scoreboard: the most worker processes alive at once, draining
+    /// ones included. Default 1024 (64 KiB of shared memory).
+    pub scoreboard_capacity: usize,
+    #[cfg(unix)]
+    /// Recycle a worker after it has taken about this many connections (±10 %, so
+    /// that workers started together are not recycled together): a successor is
+    /// started and the old worker drains once it is ready. At most one slot recycles
+    /// at a time. Default: none (workers are never recycled).
+    pub max_connections: Option<u64>,
+    #[cfg(unix)]
+    /// Scale with the load between a minimum and a maximum of workers. Default: none
+    /// (the number of workers changes only when asked).
+    pub autoscale: Option<crate::Autoscale>,
+    #[cfg(unix)]
+    /// An accept lock for the workers to share ([`Worker::accept_lock`]). Default:
+    /// none.
+    ///
+    /// [`Worker::accept_lock`]: crate::Worker::accept_lock
+    pub accept_lock: Option<crate::AcceptLockKind>,
+    #[cfg(unix)]
+    /// The user and group workers run as (privilege separation: a supervisor
+    /// started as root keeps root, its workers do not). Default: none (workers run as
+    /// the supervisor does).
+    pub worker_credentials: Option<crate::Credentials>,
+    #[cfg(unix)]
+    /// Speak systemd's `sd_notify` protocol when `NOTIFY_SOCKET` is set: `READY=1`,
+    /// `RELOADING=1`, `STOPPING=1`, `STATUS=` and the watchdog (see
+    /// [`systemd`](crate::systemd)). Default: true. Workers never see the
+    /// variables.
+    pub systemd_notify: bool,
+    /// A named mutex for the workers to take turns accepting with
+    /// ([`Worker::accept_lock`](crate::Worker::accept_lock)). Default: none.
+    #[cfg(windows)]
+    pub accept_lock: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            program: None,
+            args: None,
+            env: Vec::new(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            stable_after: Duration::from_secs(10),
+            breaker_failures: 5,
+            breaker_window: Duration::from_secs(30),
+            fatal_exit_code: Some(FATAL_EXIT_CODE),
+            ready_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            heartbeat_timeout: None,
+            #[cfg(unix)]
+            kill_grace: Duration::from_secs(5),
+            #[cfg(unix)]
+            scoreboard_capacity: 1024,
+            #[cfg(unix)]
+            accept_lock: None,
+            #[cfg(unix)]
+            worker_credentials: None,
+            #[cfg(unix)]
+            systemd_notify: true,
+            #[cfg(unix)]
+            max_connections: None,
+            #[cfg(unix)]
+            autoscale: None,
+            #[cfg(windows)]
+            accept_lock: false,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! What a pool reports, the same on every platform where it applies.
+
+use crate::Error;
+use herder_fd::Message;
+#[cfg(unix)]
+use herder_reactor::Event;
+#[cfg(unix)]
+use std::io;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// What [`Pool::poll`](crate::Pool::poll) reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PoolEvent {
+    /// A worker process was started.
+    Spawned {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// Its generation.
+        generation: u64,
+    },
+    /// Starting a worker failed; the slot backs off and retries like after a crash.
+    SpawnFailed {
+        /// The slot.
+        slot: usize,
+        /// What failed.
+        error: Error,
+    },
+    /// A worker reported ready.
+    Ready {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A worker exited.
+    Exited {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// Its exit code or signal.
+        status: ExitStatus,
+        /// When its replacement starts; `None` if none follows (it was draining, the
+        /// slot stopped on a fatal exit code or its breaker, or the pool is stopping).
+        restart_in: Option<Duration>,
+    },
+    /// The crash-loop breaker stopped restarting a slot.
+    BreakerTripped {
+        /// The slot.
+        slot: usize,
+        /// Crashes within the breaker's window.
+        failures: usize,
+    },
+    #[cfg(unix)]
+    /// A worker's channel failed or sent something malformed; the channel is closed,
+    /// and the worker is killed.
+    ChannelError {
+        /// The slot.
+        slot: usize,
+        /// What went wrong.
+        error: io::Error,
+    },
+    /// A worker's heartbeat stopped for longer than the heartbeat timeout: it got
+    /// `SIGTERM` (and `SIGKILL` after the grace period), or on Windows was
+    /// terminated; its exit follows, and it is replaced like after a crash.
+    Hung {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// How long it had been silent.
+        silent: Duration,
+    },
+    /// A rolling restart finished: every slot runs a worker of `generation`, and the
+    /// previous generation is gone.
+    Reloaded {
+        /// The new generation.
+        generation: u64,
+    },
+    /// A rolling restart ended with some slots still on the old generation: their
+    /// new worker exited before it was ready, so the old one goes on serving.
+    ReloadFailed {
+        /// The generation that did not come up everywhere.
+        generation: u64,
+        /// The slots that kept their old worker.
+        slots: Vec<usize>,
+    },
+    #[cfg(unix)]
+    /// A zero-downtime upgrade began ([`Pool::upgrade`](crate::Pool::upgrade)): the
+    /// program now on disk runs as a new supervisor with this pool's listeners.
+    UpgradeStarted {
+        /// The new supervisor's pid.
+        pid: u32,
+    },
+    #[cfg(unix)]
+    /// The new supervisor reported ready: this pool hands its control socket over
+    /// and stops gracefully from the next [`Pool::poll`](crate::Pool::poll) on (a
+    /// [`Stopped`](Self::Stopped) follows). Stop accepting on listeners of your own
+    /// now; the workers still take what you already accepted until then.
+    Upgraded {
+        /// The new supervisor's pid.
+        pid: u32,
+    },
+    #[cfg(unix)]
+    /// The upgrade was abandoned: the new supervisor could not start, exited, or was
+    /// not ready within the ready timeout (then it was stopped). This pool goes on.
+    UpgradeFailed {
+        /// Why.
+        reason: String,
+    },
+    /// A graceful stop finished: every worker has exited.
+    Stopped,
+    /// A control request (or, on Unix, an operator's signal) was carried out.
+    Command(crate::Command),
+    #[cfg(unix)]
+    /// A worker reached its connection limit: a successor is starting, and it will
+    /// drain once the successor is ready.
+    Recycling {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A message from a worker that is not the pool's own.
+    Message {
+        /// The slot it came from.
+        slot: usize,
+        /// The message, with any descriptors.
+        message: Message,
+    },
+    #[cfg(unix)]
+    /// Something of the caller's: a source's readiness, a timer, a signal, a wake.
+    Other(Event),
+}
