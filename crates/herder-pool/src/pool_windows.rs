@@ -45,8 +45,6 @@ const CONTROL_WAIT: Duration = Duration::from_secs(30);
 struct Slot {
     state: State,
     current: Option<u32>,
-    /// The generation its next worker runs.
-    generation: u64,
     /// During a rolling restart: the new worker, until it is ready.
     successor: Option<u32>,
     last_exit: Option<ExitStatus>,
@@ -222,7 +220,6 @@ impl Pool {
             self.slots.push(Slot {
                 state: State::Starting,
                 current: None,
-                generation: self.generation,
                 successor: None,
                 last_exit: None,
                 restarts: 0,
@@ -277,17 +274,14 @@ impl Pool {
         self.generation += 1;
         self.reloading = Some(self.generation);
         self.reload_failed.clear();
+        // Slots between workers start the new generation with their next worker.
         for slot in 0..self.slots.len() {
-            match self.slots[slot].state {
-                State::Starting | State::Ready => {
-                    let generation = self.generation;
-                    match self.launch(slot, generation, events) {
-                        Some(pid) => self.slots[slot].successor = Some(pid),
-                        None => self.reload_failed.push(slot),
-                    }
+            if matches!(self.slots[slot].state, State::Starting | State::Ready) {
+                let generation = self.generation;
+                match self.launch(slot, generation, events) {
+                    Some(pid) => self.slots[slot].successor = Some(pid),
+                    None => self.reload_failed.push(slot),
                 }
-                // Slots between workers start the new generation next.
-                _ => self.slots[slot].generation = self.generation,
             }
         }
         self.check_reloaded(events);
@@ -331,7 +325,8 @@ impl Pool {
                 WorkerInfo {
                     slot,
                     pid: s.current,
-                    generation: current.map_or(s.generation, |p| p.generation),
+                    // Between workers: the generation its next one runs.
+                    generation: current.map_or(self.generation, |p| p.generation),
                     state: s.state,
                     restarts: s.restarts,
                     accepted: current.map_or(0, |p| p.accepted),
@@ -475,11 +470,10 @@ impl Pool {
         }
     }
 
-    /// Starts the worker of `slot` at the slot's generation.
+    /// Starts the worker of `slot`, at the newest generation (whichever one it had
+    /// before).
     fn spawn(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
-        // A slot's workers run the newest generation, whichever one it had before.
         let generation = self.generation;
-        self.slots[slot].generation = generation;
         match self.launch(slot, generation, events) {
             Some(pid) => {
                 let s = &mut self.slots[slot];
@@ -701,7 +695,6 @@ impl Pool {
             // A rolling restart's new worker: it takes the slot, the old one drains.
             s.successor = None;
             s.state = State::Ready;
-            s.generation = self.procs.get(&pid).map_or(s.generation, |p| p.generation);
             if let Some(old) = s.current.replace(pid) {
                 let deadline = Instant::now() + self.config.drain_timeout;
                 if let Some(old) = self.procs.get_mut(&old) {
