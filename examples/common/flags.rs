@@ -38,8 +38,10 @@ pub(crate) struct Common {
     /// full, by the counts the workers last reported). 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub(crate) max_connections: usize,
-    /// Crashes of one slot within 30 s after which it is no longer restarted (the
-    /// crash-loop breaker); 0 never stops restarting.
+    /// Failures of one slot within 30 s (starts that fail, workers dying before
+    /// they are ready or more than 10 times a second) that trip its breaker: the
+    /// slot then waits a cool-down (10 s, doubling up to 5 min) before it tries
+    /// again. 0: no breaker. A ready worker that dies is restarted at once.
     #[arg(long, default_value_t = 5)]
     pub(crate) crash_limit: usize,
     /// The longest wait before restarting a slot that keeps crashing, in

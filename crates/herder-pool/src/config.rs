@@ -22,21 +22,38 @@ pub struct Config {
     pub args: Option<Vec<OsString>>,
     /// Variables added to the workers' environment.
     pub env: Vec<(OsString, OsString)>,
-    /// A slot's first crash (after a stable run) is restarted at once; the next
-    /// consecutive crash waits this long, and the delay doubles with each further
-    /// one. Default 100 ms.
+    /// A worker that had reported ready and exits is restarted at once, however
+    /// often — up to this many times per slot within
+    /// [`restart_period`](Self::restart_period). Past that, it dies faster than is
+    /// worth restarting at once, and counts as a failure (back-off, breaker).
+    /// Default 10.
+    pub restart_intensity: u32,
+    /// See [`restart_intensity`](Self::restart_intensity). Default 1 s.
+    pub restart_period: Duration,
+    /// Failures — a start that fails, a worker that exits before it is ready, or a
+    /// ready worker dying past the [`restart_intensity`](Self::restart_intensity) —
+    /// back off: the first of a streak is restarted at once, the next waits this
+    /// long, and the delay doubles with each further one (±20 % jitter). Default
+    /// 100 ms.
     pub backoff_initial: Duration,
     /// The longest restart delay. Default 10 s.
     pub backoff_max: Duration,
-    /// A worker that ran at least this long before exiting starts its slot's back-off
-    /// afresh. Default 10 s.
+    /// A worker that ran at least this long before exiting wipes its slot's
+    /// failures: back-off, breaker window and cool-down start afresh. Default 10 s.
     pub stable_after: Duration,
-    /// The crash-loop breaker: this many crashes of one slot within
-    /// [`breaker_window`](Self::breaker_window) stop restarting that slot (the others
-    /// go on). Default 5.
+    /// The crash-loop breaker: this many failures of one slot within
+    /// [`breaker_window`](Self::breaker_window) trip it: the slot waits
+    /// [`breaker_cooldown`](Self::breaker_cooldown) before it tries one worker
+    /// again (the others go on). `usize::MAX`: no breaker. Default 5.
     pub breaker_failures: usize,
     /// See [`breaker_failures`](Self::breaker_failures). Default 30 s.
     pub breaker_window: Duration,
+    /// How long a tripped slot waits before it starts one worker again (half-open):
+    /// if that worker becomes ready the slot serves again; if it fails the breaker
+    /// trips again, with twice the cool-down. Default 10 s.
+    pub breaker_cooldown: Duration,
+    /// The longest cool-down of a slot that keeps tripping. Default 5 minutes.
+    pub breaker_cooldown_max: Duration,
     /// A worker that exits with this code is not restarted. Default
     /// [`FATAL_EXIT_CODE`].
     pub fatal_exit_code: Option<i32>,
@@ -101,11 +118,15 @@ impl Default for Config {
             program: None,
             args: None,
             env: Vec::new(),
+            restart_intensity: 10,
+            restart_period: Duration::from_secs(1),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             stable_after: Duration::from_secs(10),
             breaker_failures: 5,
             breaker_window: Duration::from_secs(30),
+            breaker_cooldown: Duration::from_secs(10),
+            breaker_cooldown_max: Duration::from_secs(300),
             fatal_exit_code: Some(FATAL_EXIT_CODE),
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),

@@ -44,16 +44,20 @@ pub enum PoolEvent {
         pid: u32,
         /// Its exit code or signal.
         status: ExitStatus,
-        /// When its replacement starts; `None` if none follows (it was draining, the
-        /// slot stopped on a fatal exit code or its breaker, or the pool is stopping).
+        /// When its replacement starts (zero: at once; a tripped breaker's
+        /// cool-down); `None` if none follows (it was draining, the slot stopped on a
+        /// fatal exit code, or the pool is stopping).
         restart_in: Option<Duration>,
     },
-    /// The crash-loop breaker stopped restarting a slot.
+    /// A slot's crash-loop breaker tripped: it waits `retry_in` before it starts one
+    /// worker again (half-open), which closes the breaker if it becomes ready.
     BreakerTripped {
         /// The slot.
         slot: usize,
-        /// Crashes within the breaker's window.
+        /// Failures within the breaker's window.
         failures: usize,
+        /// The cool-down before the next try.
+        retry_in: Duration,
     },
     #[cfg(unix)]
     /// A worker's channel failed or sent something malformed; the channel is closed,

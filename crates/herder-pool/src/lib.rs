@@ -7,14 +7,13 @@
 //! # The life of a worker
 //!
 //! ```text
-//!   start ──▶ Starting ──ready──▶ Ready ──exit──┐
-//!               │  (ready timeout: killed)       │
-//!               └───────────exit─────────────────┤
-//!                                                ▼
-//!      fatal exit code ──▶ Fatal          counted as a crash
-//!      K crashes in T  ──▶ Tripped               │
-//!                                                ▼
-//!                    Backoff (0, 100 ms, 200 ms, … ≤ 10 s, ±20 %) ──▶ start
+//!   start ──▶ Starting ──ready──▶ Ready ──exit──▶ restarted at once
+//!               │  (ready timeout: killed)        (past 10 in 1 s: a failure)
+//!               └──────exit──────▶ a failure
+//!                                     │
+//!      fatal exit code ──▶ Fatal      ├──▶ Backoff (0, 100 ms, 200 ms, … ≤ 10 s, ±20 %) ──▶ start
+//!                                     └──▶ 5 in 30 s: Tripped ── cool-down (10 s, doubling
+//!                                          ≤ 5 min) ──▶ one start (half-open)
 //! ```
 //!
 //! A [`Pool`] starts each worker by re-executing this program (never a `fork`
@@ -25,11 +24,14 @@
 //! listeners and channel, and reports ready with [`Worker::ready`].
 //!
 //! Exits are noticed at once (a pidfd in the event loop on Linux, `SIGCHLD`
-//! elsewhere). Each slot backs off exponentially, with jitter, between restarts; a
-//! worker that ran long enough starts the back-off afresh; a slot that crashes too
-//! often within a window is stopped by its breaker while the others go on; a worker
-//! that exits with [`FATAL_EXIT_CODE`] is not restarted. A worker failing to start
-//! never stops the pool.
+//! elsewhere). A worker that had become ready and dies — killed by an operator or the
+//! OOM killer, or hit by a bug — is restarted at once, every time: a pool never
+//! empties itself. Back-off (exponential, with jitter) is for failures: workers that
+//! cannot start, or ready ones dying faster than [`Config::restart_intensity`] per
+//! [`Config::restart_period`]. A slot that fails too often within a window trips its
+//! breaker while the others go on, and tries one worker again after a cool-down; a
+//! worker that exits with [`FATAL_EXIT_CODE`] is not restarted. A worker failing to
+//! start never stops the pool.
 //!
 //! # Portability
 //!
@@ -72,6 +74,7 @@ mod listener;
 #[cfg(unix)]
 mod pool;
 mod protocol;
+mod restart;
 #[cfg(unix)]
 mod scoreboard;
 mod state;

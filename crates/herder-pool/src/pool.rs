@@ -4,6 +4,7 @@ pub use crate::config::{Config, FATAL_EXIT_CODE};
 use crate::error::Error;
 pub use crate::event::PoolEvent;
 use crate::protocol;
+use crate::restart::{Decision, Exit, History};
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
 pub use crate::state::{Load, State, WorkerInfo};
 use crate::state::{reload_finished, status_response};
@@ -11,7 +12,7 @@ use crate::sys;
 use crate::worker::{CHANNEL_NAME, WORKER_ENV};
 use herder_fd::Channel;
 use herder_reactor::{Event, Interest, Key, Mode, Reactor, Signal, TimerId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -76,14 +77,13 @@ struct Slot {
     /// The pid of the slot's current worker.
     current: Option<u32>,
     generation: u64,
-    /// Consecutive crashes, for the back-off.
-    failures: u32,
-    /// Crash times within the breaker's window.
-    recent: VecDeque<Instant>,
+    /// What the restart policy knows of the slot's past.
+    history: History,
     restarts: u32,
     last_exit: Option<ExitStatus>,
-    /// The back-off timer.
+    /// The back-off or breaker cool-down timer, and when it fires.
     timer: Option<TimerId>,
+    restart_at: Option<Instant>,
     /// Descriptors for this slot's workers only (e.g. its own `SO_REUSEPORT`
     /// listener), kept across restarts so nothing queued on them is lost.
     own: Vec<(String, OwnedFd)>,
@@ -95,11 +95,11 @@ impl Slot {
             state: State::Backoff,
             current: None,
             generation,
-            failures: 0,
-            recent: VecDeque::new(),
+            history: History::default(),
             restarts: 0,
             last_exit: None,
             timer: None,
+            restart_at: None,
             own: Vec::new(),
         }
     }
@@ -476,6 +476,10 @@ impl Pool {
             draining,
             restarts: s.restarts,
             last_exit: s.last_exit,
+            restart_in: s
+                .restart_at
+                .filter(|_| matches!(s.state, State::Backoff | State::Tripped))
+                .map(|at| at.saturating_duration_since(Instant::now())),
         })
     }
 
@@ -688,8 +692,11 @@ impl Pool {
         if !matches!(s.state, State::Tripped | State::Fatal) || self.stopping {
             return Err(Error::NoWorker(slot));
         }
-        s.failures = 0;
-        s.recent.clear();
+        s.history.reset();
+        s.restart_at = None;
+        if let Some(t) = s.timer.take() {
+            self.cancel_timer(t);
+        }
         self.spawn(slot, events);
         Ok(())
     }
@@ -816,7 +823,15 @@ impl Pool {
                 self.cancel_timer(t);
             }
             self.slots[slot].state = State::Stopped;
+            self.slots[slot].restart_at = None;
+            self.slots[slot].own.clear();
         }
+        // No worker of this pool accepts from here on: close its copies of the
+        // listening sockets now, so that new connections are refused at once (or
+        // wait for whoever else holds the socket: systemd, a new supervisor) rather
+        // than queue in a backlog nobody reads. Draining workers close theirs too.
+        self.listeners.clear();
+        self.upgrade_fds.clear();
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
             self.retire(pid);
@@ -1531,7 +1546,7 @@ impl Pool {
             }
             Err(error) => {
                 events.push(PoolEvent::SpawnFailed { slot, error });
-                self.failed(slot, None, events);
+                self.failed(slot, None, Exit::BeforeReady, events);
             }
         }
     }
@@ -1852,8 +1867,11 @@ impl Pool {
             self.after_exit(events);
             return;
         }
-        let lived = p.started_at.elapsed();
-        self.failed(slot, Some((pid, status, lived)), events);
+        let how = match p.ready {
+            true => Exit::AfterReady(p.started_at.elapsed()),
+            false => Exit::BeforeReady,
+        };
+        self.failed(slot, Some((pid, status)), how, events);
         self.after_exit(events);
     }
 
@@ -1899,75 +1917,46 @@ impl Pool {
         events.push(reload_finished(generation, failed));
     }
 
-    /// Counts a crash (or a failed start) of `slot` and schedules its restart, or
-    /// trips the breaker.
+    /// Asks the restart policy what to do after `slot`'s worker exited (or could not
+    /// be started), and arms the slot's timer for it.
     fn failed(
         &mut self,
         slot: usize,
-        exit: Option<(u32, ExitStatus, Duration)>,
+        exit: Option<(u32, ExitStatus)>,
+        how: Exit,
         events: &mut Vec<PoolEvent>,
     ) {
         if self.stopping || slot >= self.slots.len() {
             return;
         }
         let now = Instant::now();
-        let cfg = &self.config;
+        let random = self.next_random();
         let s = &mut self.slots[slot];
-        if exit.is_some_and(|(_, _, lived)| lived >= cfg.stable_after) {
-            s.failures = 0;
-        }
-        s.failures = s.failures.saturating_add(1);
-        s.recent.push_back(now);
-        while s
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > cfg.breaker_window)
-        {
-            s.recent.pop_front();
-        }
-        if s.recent.len() >= cfg.breaker_failures.max(1) {
-            s.state = State::Tripped;
-            let failures = s.recent.len();
-            if let Some((pid, status, _)) = exit {
-                events.push(PoolEvent::Exited {
-                    slot,
-                    pid,
-                    status,
-                    restart_in: None,
-                });
-            }
-            events.push(PoolEvent::BreakerTripped { slot, failures });
-            return;
-        }
-        // The first crash after a stable run is restarted at once (a worker lost to a
-        // one-off fault is back in milliseconds); consecutive ones back off.
-        let delay = match s.failures {
-            1 => Duration::ZERO,
-            n => {
-                let exp = (n - 2).min(30);
-                let base = cfg
-                    .backoff_initial
-                    .saturating_mul(1 << exp)
-                    .min(cfg.backoff_max);
-                // Jitter of ±20 %, so that slots that crashed together do not restart
-                // together.
-                let factor = 0.8 + (self.next_random() % 401) as f64 / 1000.0;
-                base.mul_f64(factor)
-            }
+        let decision = s.history.exited(&self.config, how, now, random);
+        let (state, delay) = match decision {
+            Decision::Restart(delay) => (State::Backoff, delay),
+            Decision::Trip { retry_in, .. } => (State::Tripped, retry_in),
         };
-        let s = &mut self.slots[slot];
-        s.state = State::Backoff;
+        s.state = state;
+        s.restart_at = Some(now + delay);
         let timer = self.reactor.add_timer(now + delay, None);
         self.timers.insert(timer, TimerFor::Slot(slot));
-        if let Some(old) = s.timer.replace(timer) {
+        if let Some(old) = self.slots[slot].timer.replace(timer) {
             self.cancel_timer(old);
         }
-        if let Some((pid, status, _)) = exit {
+        if let Some((pid, status)) = exit {
             events.push(PoolEvent::Exited {
                 slot,
                 pid,
                 status,
                 restart_in: Some(delay),
+            });
+        }
+        if let Decision::Trip { failures, retry_in } = decision {
+            events.push(PoolEvent::BreakerTripped {
+                slot,
+                failures,
+                retry_in,
             });
         }
     }
@@ -1977,7 +1966,9 @@ impl Pool {
             return;
         };
         s.timer = None;
-        if s.state == State::Backoff && !self.stopping {
+        s.restart_at = None;
+        // A tripped slot's cool-down is over: one worker tries again (half-open).
+        if matches!(s.state, State::Backoff | State::Tripped) && !self.stopping {
             s.restarts += 1;
             self.spawn(slot, events);
         }
@@ -2102,10 +2093,15 @@ fn trace_events(events: &[PoolEvent]) {
                 }
                 None => tracing::info!(slot, pid, %status, "worker exited"),
             },
-            PoolEvent::BreakerTripped { slot, failures } => tracing::error!(
+            PoolEvent::BreakerTripped {
                 slot,
                 failures,
-                "worker crashed too often: its slot is no longer restarted"
+                retry_in,
+            } => tracing::error!(
+                slot,
+                failures,
+                retry_in = ?retry_in,
+                "worker failed too often: its slot waits before it tries again"
             ),
             PoolEvent::ChannelError { slot, error } => {
                 tracing::error!(slot, %error, "worker channel failed; killing the worker")

@@ -17,6 +17,7 @@
 use crate::Error;
 pub use crate::config::{Config, FATAL_EXIT_CODE};
 pub use crate::event::PoolEvent;
+use crate::restart::{Decision, Exit, History};
 pub use crate::state::{Load, State, WorkerInfo};
 use crate::state::{reload_finished, status_response};
 use herder_fd::{Channel, Handoff, Message};
@@ -49,11 +50,9 @@ struct Slot {
     successor: Option<u32>,
     last_exit: Option<ExitStatus>,
     restarts: u32,
-    /// Consecutive crashes, for the back-off.
-    streak: u32,
-    /// When recent crashes happened, for the breaker.
-    crashes: Vec<Instant>,
-    /// When the back-off ends.
+    /// What the restart policy knows of the slot's past.
+    history: History,
+    /// When the back-off or the breaker's cool-down ends.
     restart_at: Option<Instant>,
 }
 
@@ -223,8 +222,7 @@ impl Pool {
                 successor: None,
                 last_exit: None,
                 restarts: 0,
-                streak: 0,
-                crashes: Vec::new(),
+                history: History::default(),
                 restart_at: None,
             });
             self.spawn(slot, events);
@@ -334,6 +332,10 @@ impl Pool {
                     lock_waits: current.map_or(0, |p| p.lock_waits),
                     draining,
                     last_exit: s.last_exit,
+                    restart_in: s
+                        .restart_at
+                        .filter(|_| matches!(s.state, State::Backoff | State::Tripped))
+                        .map(|at| at.saturating_duration_since(Instant::now())),
                 }
             })
             .collect()
@@ -362,8 +364,8 @@ impl Pool {
         if !matches!(s.state, State::Tripped | State::Fatal) || self.stopping {
             return Err(Error::NoWorker(slot));
         }
-        s.streak = 0;
-        s.crashes.clear();
+        s.history.reset();
+        s.restart_at = None;
         self.spawn(slot, events);
         Ok(())
     }
@@ -413,6 +415,9 @@ impl Pool {
             s.state = State::Stopped;
             s.restart_at = None;
         }
+        // No worker accepts from here on: new connections are refused at once rather
+        // than queued in a backlog nobody reads.
+        self.listeners.clear();
         let deadline = Instant::now() + self.config.drain_timeout;
         for p in self.procs.values_mut() {
             drain(p, deadline);
@@ -481,7 +486,7 @@ impl Pool {
                 s.state = State::Starting;
             }
             None => {
-                self.crashed(slot, None, events);
+                self.crashed(slot, Exit::BeforeReady, events);
             }
         }
     }
@@ -762,13 +767,17 @@ impl Pool {
                 continue;
             };
             let slot = p.slot;
+            let mark = events.len();
             let restart_in = self.exited(pid, &p, status, events);
+            // The exit first, then what it led to (a tripped breaker), as on Unix.
+            let after: Vec<PoolEvent> = events.drain(mark..).collect();
             events.push(PoolEvent::Exited {
                 slot,
                 pid,
                 status,
                 restart_in,
             });
+            events.extend(after);
             self.check_reloaded(events);
         }
     }
@@ -794,7 +803,7 @@ impl Pool {
             s.successor = None;
             self.reload_failed.push(slot);
             if s.current.is_none() && !self.stopping {
-                return self.crashed(slot, Some(false), events);
+                return self.crashed(slot, Exit::BeforeReady, events);
             }
             return None;
         }
@@ -816,44 +825,31 @@ impl Pool {
             s.state = State::Fatal;
             None
         } else {
-            let stable = p.started.elapsed() >= self.config.stable_after;
-            self.crashed(slot, Some(stable), events)
+            let how = match p.ready {
+                true => Exit::AfterReady(p.started.elapsed()),
+                false => Exit::BeforeReady,
+            };
+            self.crashed(slot, how, events)
         }
     }
 
-    /// Records a crash of `slot` and schedules its restart; `None` if the breaker
-    /// tripped. `stable`: whether the worker ran long enough to reset the back-off.
-    fn crashed(
-        &mut self,
-        slot: usize,
-        stable: Option<bool>,
-        events: &mut Vec<PoolEvent>,
-    ) -> Option<Duration> {
-        let config = &self.config;
+    /// Asks the restart policy what to do after `slot`'s worker exited (or could not
+    /// be started); when its next worker starts.
+    fn crashed(&mut self, slot: usize, how: Exit, events: &mut Vec<PoolEvent>) -> Option<Duration> {
         let s = &mut self.slots[slot];
         let now = Instant::now();
-        if stable == Some(true) {
-            s.streak = 0;
-        }
-        s.crashes
-            .retain(|t| now.duration_since(*t) < config.breaker_window);
-        s.crashes.push(now);
-        if s.crashes.len() >= config.breaker_failures.max(1) {
-            s.state = State::Tripped;
-            s.restart_at = None;
-            let failures = s.crashes.len();
-            events.push(PoolEvent::BreakerTripped { slot, failures });
-            return None;
-        }
-        let delay = match s.streak {
-            0 => Duration::ZERO,
-            n => config
-                .backoff_initial
-                .saturating_mul(1 << (n - 1).min(20))
-                .min(config.backoff_max),
+        let (state, delay) = match s.history.exited(&self.config, how, now, random_u64()) {
+            Decision::Restart(delay) => (State::Backoff, delay),
+            Decision::Trip { failures, retry_in } => {
+                events.push(PoolEvent::BreakerTripped {
+                    slot,
+                    failures,
+                    retry_in,
+                });
+                (State::Tripped, retry_in)
+            }
         };
-        s.streak += 1;
-        s.state = State::Backoff;
+        s.state = state;
         s.restart_at = Some(now + delay);
         Some(delay)
     }
@@ -884,7 +880,11 @@ impl Pool {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state == State::Backoff && s.restart_at.is_some_and(|t| now >= t))
+            .filter(|(_, s)| {
+                // A tripped slot's cool-down over: one worker tries again (half-open).
+                matches!(s.state, State::Backoff | State::Tripped)
+                    && s.restart_at.is_some_and(|t| now >= t)
+            })
             .map(|(i, _)| i)
             .collect();
         for slot in due {

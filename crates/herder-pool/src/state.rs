@@ -12,7 +12,8 @@ pub enum State {
     Ready,
     /// Waiting out its back-off before the next start.
     Backoff,
-    /// Stopped by the crash-loop breaker; [`Pool::reset`](crate::Pool::reset) starts it again.
+    /// Stopped by the crash-loop breaker: it starts one worker again after its
+    /// cool-down, or at once with [`Pool::reset`](crate::Pool::reset).
     Tripped,
     /// Its worker exited with the fatal exit code; [`Pool::reset`](crate::Pool::reset) starts it again.
     Fatal,
@@ -59,6 +60,9 @@ pub struct WorkerInfo {
     pub restarts: u32,
     /// How the previous worker of the slot ended.
     pub last_exit: Option<ExitStatus>,
+    /// While the slot waits out a back-off or its breaker's cool-down: how long until
+    /// its next worker starts.
+    pub restart_in: Option<std::time::Duration>,
 }
 
 /// The `status` answer of the control requests: the pool's figures, `extra` fields
@@ -84,6 +88,7 @@ pub(crate) fn status_response(
                 "restarts": w.restarts,
                 "last_exit": w.last_exit.map(|s| s.to_string()),
                 "draining": w.draining,
+                "restart_in_ms": w.restart_in.map(|d| d.as_millis() as u64),
             })
         })
         .collect();

@@ -1,6 +1,8 @@
 //! A crash loop: the slot's back-off grows, its breaker trips, and the other slots
-//! keep serving. A fatal exit code is not restarted. Neither is a worker that never
-//! starts in the first place allowed to stop the pool.
+//! keep serving; after a cool-down the slot tries again (half-open) and serves once a
+//! worker starts. A ready worker killed again and again is restarted at once every
+//! time. A fatal exit code is not restarted. Neither is a worker that never starts in
+//! the first place allowed to stop the pool.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -37,9 +39,16 @@ fn a_crash_loop_backs_off_then_trips_the_breaker_of_that_slot_only() {
         .collect();
     assert_eq!(
         delays.len(),
-        4,
-        "four restarts before the fifth crash trips: {events:?}"
+        5,
+        "four restarts, then the fifth crash trips: {events:?}"
     );
+    let Some(PoolEvent::BreakerTripped { retry_in, .. }) = events.last() else {
+        panic!("{events:?}");
+    };
+    // The fifth waits out the breaker's cool-down (10 s ±20 % by default).
+    assert_eq!(delays[4], *retry_in);
+    assert!(*retry_in >= Duration::from_secs(8) && *retry_in <= Duration::from_secs(12));
+    let delays = &delays[..4];
     // The first crash restarts at once; then doubling with ±20 % jitter: each delay
     // is longer than the one before.
     assert_eq!(delays[0], Duration::ZERO);
@@ -52,7 +61,8 @@ fn a_crash_loop_backs_off_then_trips_the_breaker_of_that_slot_only() {
         events.last(),
         Some(PoolEvent::BreakerTripped {
             slot: 0,
-            failures: 5
+            failures: 5,
+            ..
         })
     ));
 
@@ -82,6 +92,108 @@ fn a_crash_loop_backs_off_then_trips_the_breaker_of_that_slot_only() {
         events.as_slice(),
         [PoolEvent::Spawned { slot: 0, .. }]
     ));
+}
+
+#[test]
+fn a_tripped_slot_tries_again_after_its_cool_down_and_serves_once_the_cause_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, b"").unwrap();
+    let mut config = util::config(1, &format!("crash-while-{}", flag.display()));
+    config.breaker_failures = 3;
+    config.breaker_cooldown = Duration::from_millis(300);
+    let mut pool = Pool::new(config, Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    let tripped = |e: &PoolEvent| matches!(e, PoolEvent::BreakerTripped { slot: 0, .. });
+    util::poll_until(&mut pool, Duration::from_secs(30), tripped);
+    let w = pool.worker(0).unwrap();
+    assert_eq!(w.state, State::Tripped);
+    assert!(
+        w.restart_in
+            .is_some_and(|d| d <= Duration::from_millis(360))
+    );
+    // The half-open try fails while the cause lasts, and trips the breaker again at
+    // once, with a longer cool-down.
+    let again = util::poll_until(&mut pool, Duration::from_secs(30), tripped);
+    let spawned = again
+        .iter()
+        .filter(|e| matches!(e, PoolEvent::Spawned { slot: 0, .. }))
+        .count();
+    assert_eq!(spawned, 1, "one try per cool-down: {again:?}");
+    let Some(PoolEvent::BreakerTripped { retry_in, .. }) = again.last() else {
+        panic!("{again:?}");
+    };
+    assert!(*retry_in >= Duration::from_millis(480), "{retry_in:?}");
+    // The cause is gone: the next try brings the slot back without an operator.
+    std::fs::remove_file(&flag).unwrap();
+    util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+        matches!(e, PoolEvent::Ready { slot: 0, .. })
+    });
+    assert_eq!(pool.worker(0).unwrap().state, State::Ready);
+}
+
+#[test]
+fn a_ready_worker_killed_again_and_again_is_restarted_at_once_every_time() {
+    let mut config = util::config(2, "ready");
+    config.breaker_failures = 3;
+    let mut pool = Pool::new(config, Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    let mut kills = 0;
+    for round in 0..12 {
+        let slot = round % 2;
+        let w = match pool.worker(slot).unwrap() {
+            w if w.state == State::Ready => w,
+            _ => {
+                util::poll_until(
+                    &mut pool,
+                    Duration::from_secs(30),
+                    |e| matches!(e, PoolEvent::Ready { slot: s, .. } if *s == slot),
+                );
+                pool.worker(slot).unwrap()
+            }
+        };
+        // SAFETY: a worker this test's pool started.
+        unsafe { libc::kill(w.pid.unwrap() as i32, libc::SIGKILL) };
+        kills += 1;
+        let seen = util::poll_until(
+            &mut pool,
+            Duration::from_secs(30),
+            |e| matches!(e, PoolEvent::Exited { slot: s, .. } if *s == slot),
+        );
+        let restart_in = seen.iter().find_map(|e| match e {
+            PoolEvent::Exited { restart_in, .. } => Some(*restart_in),
+            _ => None,
+        });
+        assert_eq!(
+            restart_in,
+            Some(Some(Duration::ZERO)),
+            "kill {kills}: {seen:?}"
+        );
+        assert!(
+            !seen
+                .iter()
+                .any(|e| matches!(e, PoolEvent::BreakerTripped { .. })),
+            "{seen:?}"
+        );
+    }
+    for _ in 0..4 {
+        if pool_ready_count(&pool) == 2 {
+            return;
+        }
+        util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+            matches!(e, PoolEvent::Ready { .. })
+        });
+    }
+    assert_eq!(pool_ready_count(&pool), 2, "{:?}", pool.workers());
+}
+
+fn pool_ready_count(pool: &Pool) -> usize {
+    pool.workers()
+        .iter()
+        .filter(|w| w.state == State::Ready)
+        .count()
 }
 
 #[test]

@@ -47,6 +47,13 @@ pub fn worker_main() {
             std::process::exit(0);
         }
         _ if crash_slot == Some(w.slot()) => std::process::exit(3),
+        // Fails to start for as long as the file exists (a broken deployment, say).
+        b if b
+            .strip_prefix("crash-while-")
+            .is_some_and(|path| std::path::Path::new(path).exists()) =>
+        {
+            std::process::exit(3)
+        }
         _ => {}
     }
     if let Some(card) = w.scorecard() {
