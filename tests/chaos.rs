@@ -1,16 +1,21 @@
-//! Chaos soak: clients keep exchanging echo payloads with a server while a chaos loop
-//! kills a worker with `SIGKILL` every few hundred milliseconds: the accept lock's
-//! holder when one can be seen (`flock` in `/proc/locks`, the robust `pthread`
-//! mutex's owner in its shared memory), a random worker otherwise.
+//! Chaos soak: clients keep exchanging echo payloads with a server started with its
+//! default flags (no friendlier breaker or back-off than a user gets) while a chaos
+//! loop kills a worker with `SIGKILL` every few hundred milliseconds: the accept
+//! lock's holder when one can be seen (`flock` in `/proc/locks`, the robust
+//! `pthread` mutex's owner in its shared memory), a random worker otherwise.
 //!
 //! For each server configuration it checks that no client ever receives a byte that
 //! is not the next one it sent (only connections owned by a killed worker may end
 //! early, and what they received is still a prefix of what was sent), that new
-//! connections never fail for long, and that afterwards the supervisor has the
-//! descriptors, children and (about) the memory it had before, with no zombie.
+//! connections fail for under 1 % and never for more than 0.5 s in a row for one
+//! client, that every slot is ready again within 1 s of the last kill (a killed
+//! worker is not a crash loop: the pool never empties itself), and that afterwards
+//! the supervisor has the descriptors, children and (about) the memory it had
+//! before, with no zombie.
 //!
-//! `HERDER_SOAK_SECS` sets the soak per configuration (default 5; the figures in
-//! `docs/reliability.md` come from 60).
+//! `HERDER_SOAK_SECS` sets the long soak (default 30 s, 4 workers, 16 clients, a
+//! kill every 300 ms) and `HERDER_SHORT_SOAK_SECS` the one per accept strategy
+//! (default 5).
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -22,8 +27,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest run of failed connections one client may see: a respawn takes
-/// milliseconds, so this is generous for a loaded, shared machine.
-const LONGEST_OUTAGE: Duration = Duration::from_secs(5);
+/// milliseconds.
+const LONGEST_OUTAGE: Duration = Duration::from_millis(500);
+/// How soon after the last kill every slot must be ready again.
+const RECOVERY: Duration = Duration::from_secs(1);
+
+/// One soak: how many workers and clients, how often a worker dies, for how long.
+struct Shape {
+    workers: usize,
+    clients: u64,
+    kill_every: Duration,
+    payload: usize,
+    secs: u64,
+}
 
 #[derive(Default)]
 struct Tally {
@@ -124,12 +140,12 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-/// Waits (bounded) until every slot has a ready worker.
-fn all_ready(ctl: &std::path::Path, n: usize) -> Vec<(u32, String)> {
+/// Waits (bounded) until every slot has a ready worker, none of them `gone`.
+fn all_ready(ctl: &std::path::Path, n: usize, gone: Option<u32>) -> Vec<(u32, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let w = workers(ctl);
-        if w.len() == n && w.iter().all(|(_, s)| s == "ready") {
+        if w.len() == n && w.iter().all(|(p, s)| s == "ready" && Some(*p) != gone) {
             return w;
         }
         assert!(Instant::now() < deadline, "workers never all ready: {w:?}");
@@ -137,22 +153,24 @@ fn all_ready(ctl: &std::path::Path, n: usize) -> Vec<(u32, String)> {
     }
 }
 
-fn soak(server: &str, args: &[&str]) {
-    let secs: u64 = std::env::var("HERDER_SOAK_SECS")
+fn secs(var: &str, default: u64) -> u64 {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    // Killing workers on purpose is not a crash loop: no breaker, and short back-off.
-    let mut all = vec![
-        "--workers",
-        "2",
-        "--protocol",
-        "echo",
-        "--crash-limit",
-        "0",
-        "--backoff-max-ms",
-        "50",
-    ];
+        .unwrap_or(default)
+}
+
+fn soak(server: &str, args: &[&str], shape: Shape) {
+    let Shape {
+        workers: n,
+        clients,
+        kill_every,
+        payload,
+        secs,
+    } = shape;
+    let count = n.to_string();
+    // The defaults a user gets: no --crash-limit, no --backoff-max-ms.
+    let mut all = vec!["--workers", &count, "--protocol", "echo"];
     all.extend(args);
     let util::Controlled {
         server: running,
@@ -161,12 +179,12 @@ fn soak(server: &str, args: &[&str]) {
     } = util::start_controlled(server, &all);
     let sup = running.child.id();
     let addr = running.addr;
-    all_ready(&ctl, 2);
+    all_ready(&ctl, n, None);
     // At rest: warm up a few exchanges, wait until the workers report them all
     // closed (the supervisor has answered, so it has read their acknowledgements),
     // then measure.
     for i in 0..4 {
-        exchange(addr, &util::payload(i, 256 * 1024)).unwrap();
+        exchange(addr, &util::payload(i, payload)).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while util::counts(&util::status(&ctl), "active")
@@ -185,7 +203,7 @@ fn soak(server: &str, args: &[&str]) {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let longest_outage = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..8u64)
+    let clients: Vec<_> = (0..clients)
         .map(|c| {
             let (stop, tally, longest) = (stop.clone(), tally.clone(), longest_outage.clone());
             std::thread::spawn(move || {
@@ -193,7 +211,7 @@ fn soak(server: &str, args: &[&str]) {
                 let mut failing_since: Option<Instant> = None;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let data = util::payload(c << 32 | i, 256 * 1024);
+                    let data = util::payload(c << 32 | i, payload);
                     match exchange(addr, &data) {
                         Ok(()) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
@@ -221,16 +239,18 @@ fn soak(server: &str, args: &[&str]) {
         })
         .collect();
 
-    // The chaos loop, every 200–400 ms: the lock's holder if there is one to see, else
-    // a random ready worker.
+    // The chaos loop, every `kill_every` (±1/3): the lock's holder if there is one to
+    // see, else a random ready worker.
     let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ sup as u64;
     let (mut kills, mut holders) = (0, 0);
     let end = Instant::now() + Duration::from_secs(secs);
+    let (mut last_kill, mut last_victim) = (Instant::now(), None);
+    let spread = kill_every.as_millis() as u64 * 2 / 3;
     while Instant::now() < end {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        std::thread::sleep(Duration::from_millis(200 + x % 200));
+        std::thread::sleep(kill_every * 2 / 3 + Duration::from_millis(x % spread.max(1)));
         let ready: Vec<u32> = workers(&ctl)
             .into_iter()
             .filter(|(pid, s)| *pid != 0 && s == "ready")
@@ -243,17 +263,21 @@ fn soak(server: &str, args: &[&str]) {
             if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
                 kills += 1;
                 holders += usize::from(holder.is_some());
+                (last_kill, last_victim) = (Instant::now(), Some(pid));
             }
         }
     }
+    // Recovered: every slot ready again, soon after the last kill.
+    all_ready(&ctl, n, last_victim);
+    let recovery = last_kill.elapsed();
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
     }
 
-    // Recovered: every slot ready again, and the supervisor as it was. (A kill sent
-    // just before the loop ended may still be in flight: wait for things to settle.)
-    all_ready(&ctl, 2);
+    // The supervisor as it was. (A kill sent just before the loop ended may still be
+    // in flight: wait for things to settle.)
+    all_ready(&ctl, n, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     let (fds1, kids, pids) = loop {
         let pids: std::collections::BTreeSet<u32> = workers(&ctl)
@@ -263,7 +287,7 @@ fn soak(server: &str, args: &[&str]) {
             .collect();
         let (fds, kids) = (open_fds(sup), util::children(sup));
         let kid_pids: std::collections::BTreeSet<u32> = kids.iter().map(|(p, _)| *p).collect();
-        if (fds == fds0 && pids.len() == 2 && kid_pids == pids) || Instant::now() > deadline {
+        if (fds == fds0 && pids.len() == n && kid_pids == pids) || Instant::now() > deadline {
             break (fds, kids, pids);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -279,13 +303,19 @@ fn soak(server: &str, args: &[&str]) {
         "chaos {server} {args:?}: {secs} s, {kills} workers killed ({holders} holding the \
          accept lock), {ok} exchanges whole \
          ({} MiB), {broken} cut by a kill, {refused} refused, longest outage for one client \
-         {longest:?}; supervisor descriptors {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB",
+         {longest:?}, every slot ready {recovery:?} after the last kill; supervisor \
+         descriptors {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB",
         tally.bytes.load(Ordering::Relaxed) >> 20
     );
     assert!(kills >= secs, "the chaos loop barely ran: {kills} kills");
     assert!(ok > 0, "no exchange succeeded");
-    assert_eq!(refused, 0, "connections refused while the listener is open");
+    assert!(
+        refused * 100 < ok + broken + refused,
+        "{refused} of {} new connections failed",
+        ok + broken + refused
+    );
     assert!(longest <= LONGEST_OUTAGE, "a client failed for {longest:?}");
+    assert!(recovery <= RECOVERY, "slots ready only {recovery:?} after the last kill");
     assert_eq!(fds1, fds0, "the supervisor's descriptors");
     assert_eq!(
         kids.iter()
@@ -312,14 +342,38 @@ fn soak(server: &str, args: &[&str]) {
     running.stop(server);
 }
 
-#[test]
-fn handoff_server_survives_chaos() {
-    soak("handoff_server", &["--dispatch", "least-loaded"]);
+/// 4 workers, 16 clients, a random worker killed every 300 ms for 30 s.
+fn long_soak() -> Shape {
+    Shape {
+        workers: 4,
+        clients: 16,
+        kill_every: Duration::from_millis(300),
+        payload: 64 * 1024,
+        secs: secs("HERDER_SOAK_SECS", 30),
+    }
 }
 
 #[test]
-fn shared_listener_server_survives_chaos_under_each_strategy() {
-    for strategy in ["exclusive", "reuseport", "flock", "pthread"] {
-        soak("shared_listener_server", &["--accept", strategy]);
+fn handoff_server_survives_chaos() {
+    soak("handoff_server", &[], long_soak());
+}
+
+#[test]
+fn shared_listener_server_survives_chaos() {
+    soak("shared_listener_server", &[], long_soak());
+}
+
+#[test]
+fn both_servers_survive_chaos_under_each_strategy() {
+    let short = || Shape {
+        workers: 2,
+        clients: 8,
+        kill_every: Duration::from_millis(300),
+        payload: 256 * 1024,
+        secs: secs("HERDER_SHORT_SOAK_SECS", 5),
+    };
+    soak("handoff_server", &["--dispatch", "round-robin"], short());
+    for strategy in ["reuseport", "flock", "pthread"] {
+        soak("shared_listener_server", &["--accept", strategy], short());
     }
 }

@@ -431,3 +431,73 @@ fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
     drop(clients);
     server.stop("shared_listener_server");
 }
+
+/// A deployment broke the program on disk: every new worker exits before it is
+/// ready. The killed workers' slots back off, trip their breakers and wait, using
+/// little CPU, and `status` says so; once the program is back, the breakers' half-open
+/// tries bring every slot back without an operator.
+#[test]
+fn a_broken_program_trips_the_breaker_and_the_pool_comes_back_once_it_is_fixed() {
+    use std::os::unix::fs::PermissionsExt;
+    for name in util::SERVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join(name);
+        let good = dir.path().join("good");
+        std::fs::copy(util::example(name), &program).unwrap();
+        std::fs::hard_link(&program, &good).unwrap();
+        let broken = dir.path().join("broken");
+        std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+        std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ctl = dir.path().join("ctl.sock");
+        let mut cmd = util::server_command(&program);
+        cmd.args(["--workers", "2", "--control", ctl.to_str().unwrap()]);
+        let server = util::start_command(name, cmd);
+        let sup = server.child.id();
+
+        // The program on disk breaks; every worker dies (the pool would restart each
+        // ready worker at once, but what it restarts now cannot start).
+        std::fs::rename(&broken, &program).unwrap();
+        for pid in util::pids(&util::status(&ctl)) {
+            // SAFETY: a worker of the server this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let tripped = loop {
+            let s = util::status(&ctl);
+            let workers = s["workers"].as_array().unwrap().clone();
+            if workers.iter().all(|w| w["state"] == "tripped") {
+                break workers;
+            }
+            assert!(Instant::now() < deadline, "{name}: never tripped: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for w in &tripped {
+            let retry = w["restart_in_ms"].as_u64().unwrap();
+            assert!(retry > 0 && retry <= 12_000, "{name}: {w}");
+        }
+        // Tripped, the supervisor waits rather than spins.
+        let cpu = util::cpu_time(sup);
+        std::thread::sleep(Duration::from_secs(3));
+        let spent = util::cpu_time(sup) - cpu;
+        assert!(spent < Duration::from_millis(300), "{name}: {spent:?} of CPU");
+
+        // Fixed: the half-open tries bring both slots back.
+        std::fs::rename(&good, &program).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let s = util::status(&ctl);
+            if s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["state"] == "ready")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: never came back: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(util::echo(server.addr, b"back"), b"back", "{name}");
+        server.stop(name);
+    }
+}
