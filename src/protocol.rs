@@ -6,11 +6,19 @@
 //!   pipelining, keep-alive, `Connection: close`), `400` for malformed requests, `431`
 //!   for oversized headers, `413` for oversized bodies, `408` for a request whose
 //!   headers take too long.
+//!
+//! When the server drains, [`Http`] is at a boundary between requests and closes
+//! there (the request in flight is answered with `Connection: close`); [`Echo`] is a
+//! byte stream with no boundary, served until the peer closes it or the drain
+//! deadline passes.
 
 use crate::reactor::{Flow, Input, Output, Service};
 use std::time::{Duration, Instant};
 
 /// Writes back every byte.
+///
+/// A byte stream: it keeps [`Service::on_drain`]'s default, so a draining server
+/// never cuts it; it ends when the peer closes it or at the drain deadline.
 ///
 /// # Examples
 ///
@@ -573,6 +581,21 @@ mod tests {
     }
 
     #[test]
+    fn draining_echo_keeps_the_stream() {
+        for idle in [true, false] {
+            assert_eq!(drain(&mut Echo, idle), Flow::Continue);
+            assert_eq!(drain(&mut Protocol::Echo(Echo), idle), Flow::Continue);
+        }
+        // Still served after the drain began.
+        let mut svc = Protocol::Echo(Echo);
+        drain(&mut svc, true);
+        assert_eq!(
+            data(&mut svc, b"more"),
+            (Flow::Continue, 0, "more".to_string())
+        );
+    }
+
+    #[test]
     fn any_prefix_of_any_input_is_handled() {
         let inputs: [&[u8]; 3] = [
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
@@ -756,7 +779,7 @@ impl Service for Protocol {
         }
     }
 
-    // Each protocol has its own drain rule: HTTP has boundaries.
+    // Each protocol has its own drain rule: HTTP has boundaries, a byte stream none.
     fn on_drain(&mut self, idle: bool, out: &mut Output<'_>) -> Flow {
         match self {
             Protocol::Echo(s) => s.on_drain(idle, out),

@@ -660,10 +660,20 @@ impl<Svc: Service + 'static> Server<Svc> {
         self.draining
     }
 
-    /// Starts a graceful stop: listeners are closed (no more accepts), each
-    /// connection is asked [`Service::on_drain`] — idle ones close at once by
-    /// default, busy ones when they become idle — and whatever is still open at
-    /// `deadline` is closed. [`is_empty`](Self::is_empty) tells when all are gone.
+    /// Starts a graceful stop.
+    ///
+    /// The listeners are closed at once (dropped, not only taken out of the poll
+    /// set), so that new connections are refused instead of waiting in a backlog
+    /// nobody accepts from; where another process holds the same listening socket,
+    /// the kernel keeps it and that process gets them.
+    ///
+    /// Draining never cuts a stream: a connection is closed early only where its
+    /// service says it is at a boundary ([`Service::on_drain`]; HTTP between
+    /// requests, answering the last one with `Connection: close`); otherwise it is
+    /// served until the peer closes it or `deadline` passes, when whatever is still
+    /// open is closed with [`CloseReason::Shutdown`]. [`is_empty`](Self::is_empty)
+    /// tells when all are gone. A connection added during the drain is served by the
+    /// same rule.
     pub fn drain(&mut self, deadline: Instant) {
         if self.draining {
             return;
