@@ -259,3 +259,60 @@ fn a_service_at_a_boundary_is_closed_at_once() {
     assert_eq!(closed.lock().unwrap().as_slice(), ["Shutdown"]);
     server.stop();
 }
+
+/// `connect` to `addr` fails with `ECONNREFUSED`: nobody holds the listening socket.
+fn assert_refused(addr: std::net::SocketAddr) {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("a draining server's listener took a connection"),
+    }
+}
+
+#[test]
+fn drain_closes_the_listener_so_new_connections_are_refused() {
+    let mut server = Server::new(Config::default(), |_| util::Echo {
+        closed: Arc::default(),
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let key = server.add_listener(listener).unwrap();
+    server.drain(Instant::now() + Duration::from_secs(30));
+    let mut events = Vec::new();
+    server.poll(&mut events, Some(Duration::ZERO)).unwrap();
+    assert_refused(addr);
+    // Nothing brings it back.
+    assert!(server.resume_listener(key).is_err());
+    let again = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = server.add_listener(again).unwrap_err();
+    assert_eq!(err.to_string(), herder_reactor::DRAINING);
+    assert!(server.is_empty());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn drain_closes_an_exclusive_listener_and_stops_its_rearming() {
+    use herder_reactor::os::linux::ServerExt;
+    let mut server = Server::new(Config::default(), |_| util::Echo {
+        closed: Arc::default(),
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rearm = Duration::from_millis(5);
+    let key = server
+        .add_exclusive_listener(listener, Some(rearm))
+        .unwrap();
+    server.drain(Instant::now() + Duration::from_secs(30));
+    let mut events = Vec::new();
+    // Several re-arm periods: a timer left behind would re-register it, or panic.
+    let rearms = server.stats().rearms;
+    for _ in 0..5 {
+        server.poll(&mut events, Some(rearm * 2)).unwrap();
+    }
+    assert_eq!(server.stats().rearms, rearms);
+    assert_refused(addr);
+    assert!(server.resume_listener(key).is_err());
+    let again = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    assert!(server.add_exclusive_listener(again, None).is_err());
+}
