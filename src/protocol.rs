@@ -6,11 +6,19 @@
 //!   pipelining, keep-alive, `Connection: close`), `400` for malformed requests, `431`
 //!   for oversized headers, `413` for oversized bodies, `408` for a request whose
 //!   headers take too long.
+//!
+//! When the server drains, [`Http`] is at a boundary between requests and closes
+//! there (the request in flight is answered with `Connection: close`); [`Echo`] is a
+//! byte stream with no boundary, served until the peer closes it or the drain
+//! deadline passes.
 
 use crate::reactor::{Flow, Input, Output, Service};
 use std::time::{Duration, Instant};
 
 /// Writes back every byte.
+///
+/// A byte stream: it keeps [`Service::on_drain`]'s default, so a draining server
+/// never cuts it; it ends when the peer closes it or at the drain deadline.
 ///
 /// # Examples
 ///
@@ -42,6 +50,10 @@ pub const BODY: &[u8] = b"Hello, world!";
 
 /// An HTTP/1.1 server that answers `200 OK`, `Hello, world!` to every request.
 ///
+/// Draining ([`Service::on_drain`]), it closes a connection between requests at
+/// once, and answers the request in flight (or a connection's first) with
+/// `Connection: close` and closes after it.
+///
 /// # Examples
 ///
 /// ```
@@ -64,6 +76,8 @@ pub struct Http {
     /// that count last grew.
     body_progress: Option<(usize, Instant)>,
     head_timeout: Duration,
+    /// The server drains: the next response is the last.
+    draining: bool,
 }
 
 impl Default for Http {
@@ -227,6 +241,7 @@ impl Http {
             started: None,
             body_progress: None,
             head_timeout: timeout,
+            draining: false,
         }
     }
 
@@ -243,7 +258,8 @@ impl Http {
 
     /// Answers every complete request at the start of `input`, appending responses to
     /// `out`. Returns what was consumed, and whether the connection must close (the
-    /// client asked, or a request was refused).
+    /// client asked, a request was refused, or the server drains: then the first
+    /// response says `Connection: close` and the requests after it are left).
     pub fn respond(&mut self, input: &[u8], out: &mut Vec<u8>) -> (Parsed, bool) {
         let mut parsed = Parsed {
             consumed: 0,
@@ -275,12 +291,13 @@ impl Http {
                 }
                 return (parsed, false);
             }
-            response(out, "200 OK", head.close, head.head_only);
+            let close = head.close || self.draining;
+            response(out, "200 OK", close, head.head_only);
             parsed.consumed += head.len + head.body;
             parsed.responses += 1;
             self.started = None;
             self.body_progress = None;
-            if head.close {
+            if close {
                 return (parsed, true);
             }
         }
@@ -331,6 +348,15 @@ impl Service for Http {
         response(&mut buf, Refusal::Timeout.status(), true, false);
         out.write(&buf);
         Flow::Close
+    }
+
+    /// Between requests is a boundary: close now. Otherwise the request in flight
+    /// (or the first, on a connection that has sent nothing yet) is the last: its
+    /// response says `Connection: close`, so the client knows to go elsewhere for the
+    /// next one rather than see its connection cut.
+    fn on_drain(&mut self, idle: bool, _out: &mut Output<'_>) -> Flow {
+        self.draining = true;
+        if idle { Flow::Close } else { Flow::Continue }
     }
 
     /// A client silent in the middle of a request gets `408` (when the idle timeout
@@ -510,6 +536,65 @@ mod tests {
         assert_eq!((flow, out.len()), (Flow::Continue, 0));
     }
 
+    fn drain(svc: &mut impl Service, idle: bool) -> Flow {
+        let mut out = Vec::new();
+        let flow = svc.on_drain(idle, &mut crate::reactor::Output::new(&mut out));
+        assert!(out.is_empty(), "nothing written on drain");
+        flow
+    }
+
+    fn data(svc: &mut impl Service, bytes: &[u8]) -> (Flow, usize, String) {
+        let mut out = Vec::new();
+        let mut input = Input::new(bytes);
+        let flow = svc.on_data(&mut input, &mut crate::reactor::Output::new(&mut out));
+        (flow, input.len(), String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn draining_http_closes_between_requests() {
+        assert_eq!(drain(&mut Http::default(), true), Flow::Close);
+        assert_eq!(
+            drain(&mut Protocol::Http(Http::default()), true),
+            Flow::Close
+        );
+    }
+
+    /// Drains `svc` halfway through a request, then completes it with a pipelined
+    /// second one behind it: the first is answered as the last.
+    fn drain_in_flight(svc: &mut impl Service) {
+        let (flow, left, out) = data(svc, b"GET / HTTP/1.1\r\nHo");
+        assert_eq!((flow, left, out.as_str()), (Flow::Continue, 18, ""));
+        assert_eq!(drain(svc, false), Flow::Continue);
+        let (flow, left, out) = data(
+            svc,
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        assert_eq!((flow, left), (Flow::Close, 27));
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 1);
+        assert!(out.contains("\r\nConnection: close\r\n"), "{out}");
+    }
+
+    #[test]
+    fn draining_http_answers_the_request_in_flight_with_connection_close() {
+        drain_in_flight(&mut Http::default());
+        drain_in_flight(&mut Protocol::Http(Http::default()));
+    }
+
+    #[test]
+    fn draining_echo_keeps_the_stream() {
+        for idle in [true, false] {
+            assert_eq!(drain(&mut Echo, idle), Flow::Continue);
+            assert_eq!(drain(&mut Protocol::Echo(Echo), idle), Flow::Continue);
+        }
+        // Still served after the drain began.
+        let mut svc = Protocol::Echo(Echo);
+        drain(&mut svc, true);
+        assert_eq!(
+            data(&mut svc, b"more"),
+            (Flow::Continue, 0, "more".to_string())
+        );
+    }
+
     #[test]
     fn any_prefix_of_any_input_is_handled() {
         let inputs: [&[u8]; 3] = [
@@ -684,6 +769,28 @@ impl Service for Protocol {
         match self {
             Protocol::Echo(s) => s.on_deadline(out),
             Protocol::Http(s) => s.on_deadline(out),
+        }
+    }
+
+    fn on_eof(&mut self, out: &mut Output<'_>) -> Flow {
+        match self {
+            Protocol::Echo(s) => s.on_eof(out),
+            Protocol::Http(s) => s.on_eof(out),
+        }
+    }
+
+    // Each protocol has its own drain rule: HTTP has boundaries, a byte stream none.
+    fn on_drain(&mut self, idle: bool, out: &mut Output<'_>) -> Flow {
+        match self {
+            Protocol::Echo(s) => s.on_drain(idle, out),
+            Protocol::Http(s) => s.on_drain(idle, out),
+        }
+    }
+
+    fn on_close(&mut self, reason: &crate::reactor::CloseReason) {
+        match self {
+            Protocol::Echo(s) => s.on_close(reason),
+            Protocol::Http(s) => s.on_close(reason),
         }
     }
 }

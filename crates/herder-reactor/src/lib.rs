@@ -76,7 +76,7 @@ pub mod os;
 #[path = "sys/unix.rs"]
 mod sys;
 
-pub use server::{Config, LIMIT_REACHED, Server, Stats, Stream};
+pub use server::{Config, DRAINING, LIMIT_REACHED, Server, Stats, Stream};
 pub use service::{CloseReason, Flow, Input, Output, Service};
 pub use signal::Signal;
 pub use timer::TimerId;

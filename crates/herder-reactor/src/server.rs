@@ -66,6 +66,9 @@ impl Default for Config {
 /// [`Config::max_connections`].
 pub const LIMIT_REACHED: &str = "the server holds its maximum number of connections";
 
+/// The message of the error [`Server::add_listener`] returns once the server drains.
+pub const DRAINING: &str = "the server is draining and accepts no new listener";
+
 /// A connected byte stream a [`Server`] serves.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -368,8 +371,10 @@ impl<Svc: Service + 'static> Server<Svc> {
     ///
     /// # Errors
     ///
-    /// As [`Reactor::register`].
+    /// As [`Reactor::register`]; a [`DRAINING`] error (kind `Other`) once
+    /// [`drain`](Self::drain) was called. The listener is dropped (closed) on error.
     pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<Key> {
+        self.refuse_if_draining()?;
         listener.set_nonblocking(true)?;
         self.reactor.register(
             Entry::Listener(Listener {
@@ -379,6 +384,15 @@ impl<Svc: Service + 'static> Server<Svc> {
             Interest::READABLE,
             Mode::Level,
         )
+    }
+
+    /// A draining server accepts nothing new: a listener added now would never be
+    /// closed by the drain.
+    fn refuse_if_draining(&self) -> io::Result<()> {
+        if self.draining {
+            return Err(io::Error::other(DRAINING));
+        }
+        Ok(())
     }
 
     /// Stops accepting on `key` for now (one system call); [`resume_listener`]
@@ -413,6 +427,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         rearm: Option<Duration>,
     ) -> io::Result<Key> {
         use crate::os::linux::ReactorExt;
+        self.refuse_if_draining()?;
         listener.set_nonblocking(true)?;
         let key = self.reactor.register_exclusive(Entry::Listener(Listener {
             listener,
@@ -660,10 +675,21 @@ impl<Svc: Service + 'static> Server<Svc> {
         self.draining
     }
 
-    /// Starts a graceful stop: listeners are closed (no more accepts), each
-    /// connection is asked [`Service::on_drain`] — idle ones close at once by
-    /// default, busy ones when they become idle — and whatever is still open at
-    /// `deadline` is closed. [`is_empty`](Self::is_empty) tells when all are gone.
+    /// Starts a graceful stop.
+    ///
+    /// The listeners are closed at once (dropped, not only taken out of the poll
+    /// set), so that new connections are refused instead of waiting in a backlog
+    /// nobody accepts from; where another process holds the same listening socket,
+    /// the kernel keeps it and that process gets them. No listener can be paused,
+    /// resumed or re-armed after this.
+    ///
+    /// Draining never cuts a stream: a connection is closed early only where its
+    /// service says it is at a boundary ([`Service::on_drain`]; HTTP between
+    /// requests, answering the last one with `Connection: close`); otherwise it is
+    /// served until the peer closes it or `deadline` passes, when whatever is still
+    /// open is closed with [`CloseReason::Shutdown`]. [`is_empty`](Self::is_empty)
+    /// tells when all are gone. A connection added during the drain is served by the
+    /// same rule.
     pub fn drain(&mut self, deadline: Instant) {
         if self.draining {
             return;
@@ -675,14 +701,17 @@ impl<Svc: Service + 'static> Server<Svc> {
             .filter(|k| matches!(self.reactor.get(*k), Some(Entry::Listener(_))))
             .collect();
         for key in listeners {
-            let _ = self.reactor.deregister(key);
+            // Dropping the listener closes our descriptor of the listening socket.
+            drop(self.reactor.deregister(key));
         }
+        // Their timers and bookkeeping name keys that are gone now.
         for (id, _) in self.rearm.drain() {
             self.reactor.cancel_timer(id);
         }
         for (id, _) in self.listener_retry.drain() {
             self.reactor.cancel_timer(id);
         }
+        self.full_paused.clear();
         self.drain_deadline = Some(self.reactor.add_timer(deadline, None));
         for key in self.conn_keys() {
             let outcome = self.with_conn(key, |_, _| Ok(()));

@@ -76,16 +76,54 @@ pub trait Service {
         Flow::Close
     }
 
-    /// The server started draining ([`Server::drain`](crate::Server::drain)).
-    /// `idle` tells whether the connection is between requests: it has sent
-    /// something, and no input is unconsumed and no output unwritten (a connection
-    /// that has not sent anything yet is not idle: its first request may be on the
-    /// way). The default closes an idle connection at once and lets a
-    /// busy one go on; a busy one is asked again whenever it becomes idle, until the
-    /// drain deadline closes it.
+    /// The server is draining ([`Server::drain`](crate::Server::drain)): may this
+    /// connection close now? Asked once when the drain starts (or when the
+    /// connection arrives during one), then again whenever the connection becomes
+    /// idle.
+    ///
+    /// Draining never cuts a stream: a connection closes early only where its
+    /// service says it is at a boundary; otherwise it is served until the peer
+    /// closes it or the drain deadline passes ([`CloseReason::Shutdown`]).
+    ///
+    /// `idle` says only that the server's buffers are empty: the connection has
+    /// sent something, and no input is unconsumed and no output unwritten (one that
+    /// has not sent anything yet is not idle: its first request may be on the way).
+    /// For a byte stream that is no boundary — the peer may be about to send its
+    /// next byte — so the default keeps serving ([`Flow::Continue`]).
+    ///
+    /// A service that knows its request boundaries overrides this: it returns
+    /// [`Flow::Close`] when `idle` finds it between requests, and otherwise
+    /// remembers that the server drains, so that it ends the exchange at the next
+    /// boundary itself (HTTP answers the request in flight with
+    /// `Connection: close`, then closes). It may also write a last message to `out`.
+    ///
+    /// # Examples
+    ///
+    /// A line protocol whose boundary is the end of a line:
+    ///
+    /// ```
+    /// use herder_reactor::{Flow, Input, Output, Service};
+    ///
+    /// struct Lines;
+    ///
+    /// impl Service for Lines {
+    ///     fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+    ///         while let Some(end) = input.data().iter().position(|&b| b == b'\n') {
+    ///             out.write(b"ok\n");
+    ///             input.consume(end + 1);
+    ///         }
+    ///         Flow::Continue
+    ///     }
+    ///
+    ///     // Every whole line is answered, so an idle connection is between lines.
+    ///     fn on_drain(&mut self, idle: bool, _out: &mut Output<'_>) -> Flow {
+    ///         if idle { Flow::Close } else { Flow::Continue }
+    ///     }
+    /// }
+    /// ```
     fn on_drain(&mut self, idle: bool, out: &mut Output<'_>) -> Flow {
-        let _ = out;
-        if idle { Flow::Close } else { Flow::Continue }
+        let _ = (idle, out);
+        Flow::Continue
     }
 
     /// The connection is gone; no other callback follows.
@@ -119,7 +157,8 @@ pub enum CloseReason {
     Deadline,
     /// The input limit was passed.
     InputLimit,
-    /// The drain deadline passed, or the server was dropped.
+    /// The service closed at a boundary during a drain ([`Service::on_drain`]), the
+    /// drain deadline passed, or the server was dropped.
     Shutdown,
     /// A read or write failed (`ECONNRESET`, `EPIPE`, …).
     Error(io::Error),

@@ -1,5 +1,6 @@
-//! Draining: no new connections, idle ones close at once, busy ones when they
-//! finish, and whatever is left at the deadline is closed.
+//! Draining: the listeners close at once; a connection closes early only where its
+//! service says it is at a boundary, otherwise when its peer closes it or at the
+//! drain deadline. A byte stream is never cut.
 
 mod util;
 
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Answers each line ending in '\n' with "done\n"; a partial line makes it busy.
+/// It knows its boundary: an idle connection is between lines.
 struct Lines {
     closed: Arc<Mutex<Vec<String>>>,
 }
@@ -22,6 +24,9 @@ impl Service for Lines {
             input.consume(end + 1);
         }
         Flow::Continue
+    }
+    fn on_drain(&mut self, idle: bool, _: &mut Output<'_>) -> Flow {
+        if idle { Flow::Close } else { Flow::Continue }
     }
     fn on_close(&mut self, reason: &CloseReason) {
         self.closed.lock().unwrap().push(format!("{reason:?}"));
@@ -44,7 +49,7 @@ fn read_all(c: &mut TcpStream) -> String {
 const PARTIAL: usize = b"half a req".len() + b"never finished".len();
 
 #[test]
-fn drain_closes_idle_then_busy_then_the_rest_at_the_deadline() {
+fn a_service_with_boundaries_closes_idle_then_busy_then_the_rest_at_the_deadline() {
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
     let start_drain = Arc::new(AtomicBool::new(false));
@@ -97,4 +102,217 @@ fn drain_closes_idle_then_busy_then_the_rest_at_the_deadline() {
     );
     let stats = server.stop();
     assert_eq!((stats.accepted, stats.active), (3, 0));
+}
+
+/// An echo server (the default `on_drain`: a byte stream has no boundary) that
+/// drains once `start` is set, with `deadline` from then; `drained` is set once
+/// `drain` returned, `empty` whenever the server holds no connection after a poll.
+struct EchoDrain {
+    server: util::Running,
+    closed: Arc<Mutex<Vec<String>>>,
+    start: Arc<AtomicBool>,
+    drained: Arc<AtomicBool>,
+    empty: Arc<AtomicBool>,
+}
+
+fn echo_draining(deadline: Duration) -> EchoDrain {
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let (start, drained, empty) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (c2, s2, d2, e2) = (
+        closed.clone(),
+        start.clone(),
+        drained.clone(),
+        empty.clone(),
+    );
+    let server = util::spawn_server(
+        Config::default(),
+        move || util::Echo { closed: c2.clone() },
+        move |s: &mut Server<util::Echo>| {
+            if s2.swap(false, Ordering::SeqCst) {
+                s.drain(Instant::now() + deadline);
+                d2.store(true, Ordering::SeqCst);
+            }
+            e2.store(s.is_empty(), Ordering::SeqCst);
+        },
+    );
+    EchoDrain {
+        server,
+        closed,
+        start,
+        drained,
+        empty,
+    }
+}
+
+impl EchoDrain {
+    fn drain(&self) {
+        self.start.store(true, Ordering::SeqCst);
+        util::wait_for("the drain to start", || self.drained.load(Ordering::SeqCst));
+    }
+}
+
+/// A connection whose last byte is echoed: momentarily idle.
+fn idle_echo_connection(addr: std::net::SocketAddr) -> TcpStream {
+    let mut c = connect(addr);
+    c.write_all(b"a").unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"a");
+    c
+}
+
+#[test]
+fn a_byte_stream_momentarily_idle_is_served_until_its_peer_closes() {
+    let echo = echo_draining(Duration::from_secs(30));
+    let mut c = idle_echo_connection(echo.server.addr);
+    echo.drain();
+    let t0 = Instant::now();
+    // Bytes sent after the drain began, a little apart, are all echoed.
+    for byte in b"stream" {
+        std::thread::sleep(Duration::from_millis(20));
+        c.write_all(&[*byte]).unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .expect("a draining server cut an idle byte stream");
+        assert_eq!(b[0], *byte);
+    }
+    assert!(
+        echo.closed.lock().unwrap().is_empty(),
+        "closed while draining"
+    );
+    // The peer's last bytes and its end: echoed, then closed at once.
+    c.write_all(b"bye").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut c), "bye");
+    util::wait_for("the connection to close", || {
+        echo.closed.lock().unwrap().len() == 1
+    });
+    assert_eq!(echo.closed.lock().unwrap().as_slice(), ["Eof"]);
+    util::wait_for("the server to be empty", || {
+        echo.empty.load(Ordering::SeqCst)
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "closed by the deadline, not by the peer"
+    );
+    let stats = echo.server.stop();
+    assert_eq!((stats.accepted, stats.active), (1, 0));
+}
+
+#[test]
+fn the_drain_deadline_closes_a_byte_stream() {
+    let deadline = Duration::from_millis(400);
+    let echo = echo_draining(deadline);
+    let mut c = idle_echo_connection(echo.server.addr);
+    let t0 = Instant::now();
+    echo.drain();
+    // Nothing more is sent: only the deadline ends it.
+    assert_eq!(read_all(&mut c), "");
+    let took = t0.elapsed();
+    assert!(
+        took >= deadline - Duration::from_millis(50),
+        "closed after {took:?}, before the deadline"
+    );
+    util::wait_for("the connection to close", || {
+        echo.closed.lock().unwrap().len() == 1
+    });
+    assert_eq!(echo.closed.lock().unwrap().as_slice(), ["Shutdown"]);
+    util::wait_for("the server to be empty", || {
+        echo.empty.load(Ordering::SeqCst)
+    });
+    echo.server.stop();
+}
+
+#[test]
+fn a_service_at_a_boundary_is_closed_at_once() {
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let c2 = closed.clone();
+    let start = Arc::new(AtomicBool::new(false));
+    let s2 = start.clone();
+    let server = util::spawn_server(
+        Config::default(),
+        move || Lines { closed: c2.clone() },
+        move |s: &mut Server<Lines>| {
+            if s2.swap(false, Ordering::SeqCst) {
+                s.drain(Instant::now() + Duration::from_secs(30));
+            }
+        },
+    );
+    let mut c = connect(server.addr);
+    c.write_all(b"hello\n").unwrap();
+    let mut b = [0u8; 5];
+    c.read_exact(&mut b).unwrap();
+    let t0 = Instant::now();
+    start.store(true, Ordering::SeqCst);
+    assert_eq!(read_all(&mut c), "");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "closed by the deadline, not at the boundary"
+    );
+    util::wait_for("the connection to close", || {
+        closed.lock().unwrap().len() == 1
+    });
+    assert_eq!(closed.lock().unwrap().as_slice(), ["Shutdown"]);
+    server.stop();
+}
+
+/// `connect` to `addr` fails with `ECONNREFUSED`: nobody holds the listening socket.
+fn assert_refused(addr: std::net::SocketAddr) {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("a draining server's listener took a connection"),
+    }
+}
+
+#[test]
+fn drain_closes_the_listener_so_new_connections_are_refused() {
+    let mut server = Server::new(Config::default(), |_| util::Echo {
+        closed: Arc::default(),
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let key = server.add_listener(listener).unwrap();
+    server.drain(Instant::now() + Duration::from_secs(30));
+    let mut events = Vec::new();
+    server.poll(&mut events, Some(Duration::ZERO)).unwrap();
+    assert_refused(addr);
+    // Nothing brings it back.
+    assert!(server.resume_listener(key).is_err());
+    let again = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = server.add_listener(again).unwrap_err();
+    assert_eq!(err.to_string(), herder_reactor::DRAINING);
+    assert!(server.is_empty());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn drain_closes_an_exclusive_listener_and_stops_its_rearming() {
+    use herder_reactor::os::linux::ServerExt;
+    let mut server = Server::new(Config::default(), |_| util::Echo {
+        closed: Arc::default(),
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rearm = Duration::from_millis(5);
+    let key = server
+        .add_exclusive_listener(listener, Some(rearm))
+        .unwrap();
+    server.drain(Instant::now() + Duration::from_secs(30));
+    let mut events = Vec::new();
+    // Several re-arm periods: a timer left behind would re-register it, or panic.
+    let rearms = server.stats().rearms;
+    for _ in 0..5 {
+        server.poll(&mut events, Some(rearm * 2)).unwrap();
+    }
+    assert_eq!(server.stats().rearms, rearms);
+    assert_refused(addr);
+    assert!(server.resume_listener(key).is_err());
+    let again = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    assert!(server.add_exclusive_listener(again, None).is_err());
 }

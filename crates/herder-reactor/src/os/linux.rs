@@ -81,7 +81,8 @@ pub trait ServerExt: sealed::Sealed {
     ///
     /// # Errors
     ///
-    /// What `epoll_ctl(2)` returns.
+    /// What `epoll_ctl(2)` returns; a [`DRAINING`](crate::DRAINING) error (kind
+    /// `Other`) once the server drains. The listener is dropped (closed) on error.
     #[doc(alias = "EPOLLEXCLUSIVE")]
     fn add_exclusive_listener(
         &mut self,
