@@ -218,3 +218,69 @@ fn malformed_activation_is_refused_and_foreign_variables_ignored() {
     assert_eq!(util::echo(running.addr, b"ok"), b"ok");
     running.stop("handoff_server");
 }
+
+/// Starts `name` on `listener` the way systemd's socket activation does: the socket
+/// as descriptor 3, `LISTEN_FDS`, `LISTEN_FDNAMES` and this child's `LISTEN_PID`.
+fn start_on(name: &str, listener: &std::net::TcpListener) -> util::Running {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    // The shell learns its pid and keeps it through `exec`.
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(util::example(name))
+        .args(["--workers", "2", "--log-level", "warn"])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "web");
+    // SAFETY: dup2 and fcntl are async-signal-safe; the descriptor outlives the
+    // spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec: clear it instead.
+            let r = match fd {
+                3 => libc::fcntl(3, libc::F_SETFD, 0),
+                _ => libc::dup2(fd, 3),
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    util::start_command(name, cmd)
+}
+
+/// The supervisor dies while systemd (here: the test) keeps the listening socket: the
+/// workers finish and leave, connections made meanwhile wait in the socket's backlog,
+/// and the supervisor started next on the same socket serves them all: none refused.
+#[test]
+fn a_supervisor_restarted_on_the_same_socket_serves_what_queued_meanwhile() {
+    use std::io::{Read, Write};
+    for name in util::SERVERS {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut first = start_on(name, &listener);
+        assert_eq!(util::echo(addr, b"first"), b"first", "{name}");
+        first.child.kill().unwrap();
+        first.child.wait().unwrap();
+        // Nobody serves: these wait in the backlog.
+        let queued: Vec<std::net::TcpStream> = (0..5)
+            .map(|i| {
+                let mut c = std::net::TcpStream::connect(addr)
+                    .unwrap_or_else(|e| panic!("{name}: connection {i} refused: {e}"));
+                c.write_all(format!("queued {i}").as_bytes()).unwrap();
+                c
+            })
+            .collect();
+        let second = start_on(name, &listener);
+        for (i, mut c) in queued.into_iter().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut back = String::new();
+            c.read_to_string(&mut back)
+                .unwrap_or_else(|e| panic!("{name}: connection {i}: {e}"));
+            assert_eq!(back, format!("queued {i}"), "{name}");
+        }
+        second.stop(name);
+    }
+}
