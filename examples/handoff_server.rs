@@ -253,10 +253,11 @@ mod unix {
         dispatch: String,
     }
 
-    /// Connections handed to workers, and shed because every worker was full: for
-    /// `--metrics`.
+    /// Connections handed to workers, shed because every worker was full, and
+    /// refused by a worker that could not take their descriptor: for `--metrics`.
     static HANDED_OFF: AtomicU64 = AtomicU64::new(0);
     static SHED: AtomicU64 = AtomicU64::new(0);
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
 
     fn handoff_metrics(out: &mut String) {
         use std::fmt::Write;
@@ -267,10 +268,112 @@ mod unix {
              herder_handoffs_total {}\n\
              # HELP herder_handoffs_shed_total Connections closed because every worker was full.\n\
              # TYPE herder_handoffs_shed_total counter\n\
-             herder_handoffs_shed_total {}",
+             herder_handoffs_shed_total {}\n\
+             # HELP herder_handoffs_refused_total Connections a worker could not take (its descriptor table was full), closed.\n\
+             # TYPE herder_handoffs_refused_total counter\n\
+             herder_handoffs_refused_total {}",
             HANDED_OFF.load(Ordering::Relaxed),
-            SHED.load(Ordering::Relaxed)
+            SHED.load(Ordering::Relaxed),
+            REFUSED.load(Ordering::Relaxed)
         );
+    }
+
+    /// What a worker tells the supervisor about the connections handed to it, on its
+    /// channel. Binary, little-endian, so that neither end parses text:
+    ///
+    /// ```text
+    /// byte 0      b'A' (acknowledgement) or b'N' (refusal)
+    /// bytes 1..5  the worker's pid, u32
+    /// A:          bytes 5..13, u64: every hand-off up to this id arrived
+    /// N:          one or more u64: these hand-offs arrived without their
+    ///             descriptor (the worker's descriptor table was full)
+    /// ```
+    ///
+    /// (The pool's own messages are two bytes, `P` and a command: never one of these.)
+    #[derive(Debug, PartialEq, Eq)]
+    enum Receipt {
+        Ack { pid: u32, upto: u64 },
+        Nack { pid: u32, ids: Vec<u64> },
+    }
+
+    impl Receipt {
+        const ACK: u8 = b'A';
+        const NACK: u8 = b'N';
+        /// Ids in one refusal at most: one hand-off message's worth.
+        const MAX_NACK_IDS: usize = herder::fd::MAX_FDS_PER_MESSAGE;
+
+        fn encode(&self) -> Vec<u8> {
+            let (tag, pid, ids) = match self {
+                Receipt::Ack { pid, upto } => (Self::ACK, pid, std::slice::from_ref(upto)),
+                Receipt::Nack { pid, ids } => (Self::NACK, pid, &ids[..]),
+            };
+            let mut out = Vec::with_capacity(5 + 8 * ids.len());
+            out.push(tag);
+            out.extend_from_slice(&pid.to_le_bytes());
+            for id in ids {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            out
+        }
+
+        /// `None` for anything else (a message of another kind, or a malformed one).
+        fn decode(p: &[u8]) -> Option<Receipt> {
+            let (&tag, rest) = p.split_first()?;
+            let pid = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+            let body = &rest[4..];
+            if body.is_empty() || body.len() % 8 != 0 {
+                return None;
+            }
+            let mut ids = body
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+            match tag {
+                Self::ACK if body.len() == 8 => Some(Receipt::Ack {
+                    pid,
+                    upto: ids.next()?,
+                }),
+                Self::NACK => Some(Receipt::Nack {
+                    pid,
+                    ids: ids.collect(),
+                }),
+                _ => None,
+            }
+        }
+    }
+
+    /// Descriptors each worker costs the supervisor while it runs: its channel, the
+    /// duplicate the pool's loop watches, and its pidfd (herder-pool's `try_spawn`).
+    const FDS_PER_WORKER: usize = 3;
+
+    /// Descriptors kept free beyond the ones in use and the workers' reserve, so that
+    /// the supervisor never runs out where it must not: a few control and metrics
+    /// connections at once (4), the transient ones of a worker spawn (the child's
+    /// end of its channel pair and the exec-error pipe: 2), an upgrade's new
+    /// supervisor (its channel pair, exec-error pipe and pidfd: 5), and one to spare.
+    const RESERVE: usize = 4 + 2 + 5 + 1;
+
+    /// The soft `RLIMIT_NOFILE`, or `None` if unlimited or unknown.
+    fn nofile_limit() -> Option<usize> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+            || lim.rlim_cur == libc::RLIM_INFINITY
+        {
+            return None;
+        }
+        usize::try_from(lim.rlim_cur).ok()
+    }
+
+    /// How many descriptors this process has open, if the system lists them.
+    fn open_descriptors() -> Option<usize> {
+        let dir = std::fs::read_dir("/proc/self/fd")
+            .or_else(|_| std::fs::read_dir("/dev/fd"))
+            .ok()?;
+        // The listing includes the descriptor that reads it.
+        Some(dir.count().saturating_sub(1))
     }
 
     /// Connections waiting for a ready worker, at most.
@@ -293,12 +396,18 @@ mod unix {
             next_id: 0,
             retry: None,
             emfile_logged: None,
+            limit: nofile_limit(),
+            budget: usize::MAX,
+            accepting: true,
+            refused: 0,
+            refused_logged: None,
             flush_timer: None,
             max: (args.common.max_connections > 0).then_some(args.common.max_connections as u64),
             shed: 0,
             shed_logged: None,
             stopping: false,
         };
+        d.measure(&pool);
         log!(
             2,
             "supervisor: dispatch {}, protocol {}",
@@ -329,6 +438,18 @@ mod unix {
         emfile_logged: Option<Instant>,
         /// The listener's pause after `EMFILE`.
         retry: Option<TimerId>,
+        /// The soft descriptor limit (`RLIMIT_NOFILE`); `None` if unlimited.
+        limit: Option<usize>,
+        /// Connections this process may hold (waiting for a worker, or handed over
+        /// and not yet acknowledged) and still keep its reserve of descriptors.
+        budget: usize,
+        /// Whether the listener is watched (it is not while stopping, at the budget,
+        /// or during the pause after `EMFILE`).
+        accepting: bool,
+        /// Connections a worker refused (it could not take their descriptor), and
+        /// when that was last logged (at most once a second).
+        refused: u64,
+        refused_logged: Option<Instant>,
         /// A retry of the connections in `pending` (every worker was busy or absent).
         flush_timer: Option<TimerId>,
         /// Connections per worker at most (`--max-connections`).
@@ -346,32 +467,33 @@ mod unix {
                 PoolEvent::Other(Event::Io { key, .. }) if *key == self.key => self.accept(pool),
                 PoolEvent::Other(Event::Timer(t)) if Some(*t) == self.retry => {
                     self.retry = None;
-                    if !self.stopping {
-                        let _ = pool.modify_source(self.key, Interest::READABLE, Mode::Level);
-                    }
+                    self.measure(pool);
                 }
-                PoolEvent::Ready { .. } => self.flush(pool),
+                PoolEvent::Ready { .. } => {
+                    self.measure(pool);
+                    self.flush(pool);
+                }
+                PoolEvent::Spawned { .. } | PoolEvent::SpawnFailed { .. } => self.measure(pool),
                 PoolEvent::Other(Event::Timer(t)) if Some(*t) == self.flush_timer => {
                     self.flush_timer = None;
                     self.flush(pool);
                 }
-                PoolEvent::Message { message, .. } => {
-                    // "ack PID ID": the worker has every connection up to ID.
-                    let text = String::from_utf8_lossy(message.payload());
-                    let mut words = text.split(' ');
-                    if let (Some("ack"), Some(pid), Some(id)) =
-                        (words.next(), words.next(), words.next())
-                    {
-                        if let (Ok(pid), Ok(id)) = (pid.parse::<u32>(), id.parse::<u64>()) {
-                            if let Some(q) = self.inflight.get_mut(&pid) {
-                                while q.front().is_some_and(|(i, _, _)| *i <= id) {
-                                    q.pop_front();
-                                }
+                PoolEvent::Message { message, .. } => match Receipt::decode(message.payload()) {
+                    // The worker has every connection up to `upto`: close the copies.
+                    Some(Receipt::Ack { pid, upto }) => {
+                        if let Some(q) = self.inflight.get_mut(&pid) {
+                            while q.front().is_some_and(|(i, _, _)| *i <= upto) {
+                                q.pop_front();
                             }
                         }
                     }
-                }
+                    // The worker got these without their descriptor: no answer
+                    // will ever come for them, so close them rather than hold them.
+                    Some(Receipt::Nack { pid, ids }) => self.refused(pid, &ids),
+                    None => {}
+                },
                 PoolEvent::Exited { pid, .. } => {
+                    self.measure(pool);
                     // Connections it never acknowledged go to another worker.
                     if let Some(q) = self.inflight.remove(pid) {
                         if !q.is_empty() {
@@ -388,17 +510,98 @@ mod unix {
                 PoolEvent::Upgraded { .. } => {
                     // The new supervisor accepts from now on; the connections already
                     // taken here go to this pool's workers before they drain.
-                    let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
+                    self.set_accepting(pool, false);
                     self.flush(pool);
                     self.stopping = true;
                 }
                 PoolEvent::Command(herder::pool::Command::Stop) => {
                     // Stop accepting at once; the workers drain what they have.
                     self.stopping = true;
-                    let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
                     self.pending.clear();
                 }
                 _ => {}
+            }
+            // Whatever freed a descriptor (an acknowledgement, a refusal, a shed, a
+            // worker's exit) resumes accepting at once, and whatever filled the
+            // budget pauses it.
+            let want = !self.stopping && self.retry.is_none() && self.held() < self.budget;
+            self.set_accepting(pool, want);
+        }
+
+        /// Connections this process holds: waiting for a worker, or handed over and
+        /// not yet acknowledged.
+        fn held(&self) -> usize {
+            self.pending.len() + self.inflight.values().map(VecDeque::len).sum::<usize>()
+        }
+
+        /// Watches the listener or stops watching it, if that changes anything.
+        fn set_accepting(&mut self, pool: &mut Pool, on: bool) {
+            if on != self.accepting {
+                let interest = if on {
+                    Interest::READABLE
+                } else {
+                    Interest::NONE
+                };
+                if pool.modify_source(self.key, interest, Mode::Level).is_ok() {
+                    self.accepting = on;
+                }
+            }
+        }
+
+        /// Sets the budget from the descriptor limit: what is open now besides the
+        /// connections held (the pool, its workers, the listener, the control
+        /// socket …), the workers' reserve — as many again as the pool has slots, for
+        /// a reload's or an upgrade's new generation running next to the old one —
+        /// and [`RESERVE`] are off limits. Called when the pool's workers change,
+        /// where the count moves.
+        fn measure(&mut self, pool: &Pool) {
+            let Some(limit) = self.limit else {
+                return;
+            };
+            let held = self.held();
+            // Without a listing of descriptors: the startup figure of this server
+            // with two workers (about 20), then each worker's own.
+            let in_use = open_descriptors()
+                .map(|n| n.saturating_sub(held))
+                .unwrap_or(14 + FDS_PER_WORKER * pool.len());
+            let off_limits = in_use + RESERVE + FDS_PER_WORKER * pool.len();
+            self.set_budget(limit.saturating_sub(off_limits));
+        }
+
+        /// At least one: a limit so low that nothing is left still serves, one
+        /// connection at a time, rather than never.
+        fn set_budget(&mut self, budget: usize) {
+            let budget = budget.max(1);
+            if budget != self.budget {
+                log!(
+                    3,
+                    "descriptor limit {:?}: at most {budget} connection(s) held at a time",
+                    self.limit
+                );
+            }
+            self.budget = budget;
+        }
+
+        /// Closes the connections worker `pid` refused.
+        fn refused(&mut self, pid: u32, ids: &[u64]) {
+            let Some(q) = self.inflight.get_mut(&pid) else {
+                return;
+            };
+            let before = q.len();
+            q.retain(|(id, _, _)| !ids.contains(id));
+            let closed = (before - q.len()) as u64;
+            self.refused += closed;
+            REFUSED.fetch_add(closed, Ordering::Relaxed);
+            if self
+                .refused_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                self.refused_logged = Some(Instant::now());
+                log!(
+                    1,
+                    "worker {pid} is out of descriptors: {closed} connection(s) it could not take closed, {} so far",
+                    self.refused
+                );
             }
         }
 
@@ -410,8 +613,11 @@ mod unix {
             if self.stopping {
                 return;
             }
+            // Never more than the budget: beyond it the descriptors this process must
+            // keep for its control socket and its workers would go to connections.
+            let room = self.budget.saturating_sub(self.held());
             let mut batch: Vec<_> = self.pending.drain(..).collect();
-            for _ in 0..64 {
+            for _ in 0..room.min(64) {
                 match self.listener.accept() {
                     Ok(conn) => batch.push(conn),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -422,8 +628,10 @@ mod unix {
                             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                         ) =>
                     {
-                        // Out of descriptors: neither spin nor die; shed and retry soon,
-                        // and say so at most once a second.
+                        // Out of descriptors all the same (something else took them):
+                        // the budget is what is held now less the reserve. Neither spin
+                        // nor die: pause, count again in 100 ms, and say so at most once
+                        // a second.
                         if self
                             .emfile_logged
                             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
@@ -434,9 +642,14 @@ mod unix {
                                 "accept: {e}: out of descriptors; pausing the listener for 100 ms at a time"
                             );
                         }
-                        let _ = pool.modify_source(self.key, Interest::NONE, Mode::Level);
-                        self.retry =
-                            Some(pool.add_timer(Instant::now() + Duration::from_millis(100), None));
+                        let held = self.held() + batch.len();
+                        let reserve = RESERVE + FDS_PER_WORKER * pool.len();
+                        self.set_budget(held.saturating_sub(reserve));
+                        if self.retry.is_none() {
+                            self.retry = Some(
+                                pool.add_timer(Instant::now() + Duration::from_millis(100), None),
+                            );
+                        }
                         break;
                     }
                     Err(e) => log!(3, "accept: {e}"),
@@ -616,7 +829,7 @@ mod unix {
         /// Keeps a connection until a worker can take it (a worker becomes ready,
         /// a retry 10 ms later, or the next accept), up to a bound.
         fn wait(&mut self, pool: &mut Pool, conn: (TcpStream, SocketAddr)) {
-            if self.pending.len() < MAX_PENDING {
+            if self.pending.len() < MAX_PENDING && self.held() < self.budget {
                 self.pending.push_back(conn);
                 if self.flush_timer.is_none() {
                     self.flush_timer =
@@ -625,7 +838,8 @@ mod unix {
             } else {
                 log!(
                     1,
-                    "no worker ready and {MAX_PENDING} connections waiting: shedding one"
+                    "no worker ready and {} connections waiting: shedding one",
+                    self.pending.len()
                 );
             }
         }
@@ -673,30 +887,45 @@ mod unix {
             // Publish the load before acknowledging: the supervisor's least-loaded
             // choice counts unacknowledged connections, then the published ones.
             link.report(&server);
-            if let Some(id) = last_id.take() {
+            // Refusals first: an acknowledgement covers every id up to its own, and
+            // the supervisor counts what it closes on a refusal.
+            for ids in link.take_lost().chunks(Receipt::MAX_NACK_IDS) {
+                let nack = Receipt::Nack {
+                    pid: me,
+                    ids: ids.to_vec(),
+                };
+                send_receipt(&mut link, &nack)?;
+            }
+            if let Some(upto) = last_id.take() {
                 // Acknowledge before serving: the supervisor keeps its copies until
                 // then, and would hand a connection this worker had begun to serve to
-                // another if it died unacknowledged. So the acknowledgement waits for
-                // room in the channel rather than let the next poll serve first.
-                let ack = format!("ack {me} {id}");
-                let mut sent = link.channel.send(ack.as_bytes(), &[]);
-                if sent
-                    .as_ref()
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
-                {
-                    link.channel.set_nonblocking(false)?;
-                    sent = link.channel.send(ack.as_bytes(), &[]);
-                    link.channel.set_nonblocking(true)?;
-                }
-                // A supervisor that is gone needs no acknowledgement (the worker
-                // drains when its channel reports the end).
-                if let Err(e) = sent {
-                    log!(1, "acknowledging: {e}");
-                }
+                // another if it died unacknowledged.
+                send_receipt(&mut link, &Receipt::Ack { pid: me, upto })?;
             }
             if server.is_draining() && server.is_empty() {
                 return Ok(());
             }
         }
+    }
+
+    /// Sends a receipt to the supervisor, waiting for room in the channel rather
+    /// than let the next poll serve first: the supervisor holds copies until it hears.
+    fn send_receipt(link: &mut Link, receipt: &Receipt) -> anyhow::Result<()> {
+        let bytes = receipt.encode();
+        let mut sent = link.channel.send(&bytes, &[]);
+        if sent
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            link.channel.set_nonblocking(false)?;
+            sent = link.channel.send(&bytes, &[]);
+            link.channel.set_nonblocking(true)?;
+        }
+        // A supervisor that is gone needs no receipt (the worker drains when its
+        // channel reports the end).
+        if let Err(e) = sent {
+            log!(1, "sending {receipt:?}: {e}");
+        }
+        Ok(())
     }
 }

@@ -235,6 +235,11 @@ pub(crate) struct Link {
     tick: TimerId,
     drain_timeout: Duration,
     reported: u64,
+    /// Ids of hand-offs whose descriptors never arrived (this process's descriptor
+    /// table was full), not yet reported to the supervisor.
+    lost: Vec<u64>,
+    /// When a lost hand-off was last logged (at most once a second).
+    lost_logged: Option<std::time::Instant>,
 }
 
 impl Link {
@@ -265,6 +270,8 @@ impl Link {
             tick,
             drain_timeout: Duration::from_secs(c.drain_timeout),
             reported: 0,
+            lost: Vec::new(),
+            lost_logged: None,
         })
     }
 
@@ -279,7 +286,12 @@ impl Link {
         let deadline = std::time::Instant::now() + self.drain_timeout;
         match event {
             Event::Io { key, .. } if *key == self.key => loop {
-                match self.channel.recv() {
+                // `recv_lossy`: at this process's descriptor limit the kernel drops the
+                // descriptors of a hand-off, and the supervisor, which keeps its copies
+                // until told, must hear which ones rather than wait forever; `recv`
+                // would only report an error (and the worker die of it).
+                match self.channel.recv_lossy() {
+                    Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
                     Ok(Some(m)) if herder::pool::is_drain_request(m.payload()) => {
                         log!(3, "draining");
                         server.drain(deadline);
@@ -304,6 +316,32 @@ impl Link {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Notes the hand-offs of a message that lost its descriptors, for
+    /// [`take_lost`](Link::take_lost). A message that is no hand-off has nobody
+    /// waiting for an answer: it is only logged.
+    fn lost_message(&mut self, m: &Message) {
+        let ids = m.handoff_ids().unwrap_or_default();
+        if self
+            .lost_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.lost_logged = Some(std::time::Instant::now());
+            log!(
+                1,
+                "out of descriptors: {} received descriptor(s) dropped by the kernel ({} hand-off(s) refused)",
+                m.lost_fds(),
+                ids.len()
+            );
+        }
+        self.lost.extend(ids);
+    }
+
+    /// The ids of the hand-offs that arrived without their descriptors since the
+    /// last call: the worker refuses them, so that the supervisor closes its copies.
+    pub(crate) fn take_lost(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.lost)
     }
 
     /// After every poll: the figures status, dispatch and scaling read.

@@ -319,3 +319,36 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap()
 }
+
+/// As [`start_controlled`], with the server's `RLIMIT_NOFILE` set to `nofile` (its
+/// workers inherit it).
+pub fn start_controlled_limited(name: &str, args: &[&str], nofile: u64) -> Controlled {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--control", ctl.to_str().unwrap()]);
+    let server = start_limited(name, &all, Some(nofile));
+    Controlled { server, ctl, dir }
+}
+
+/// The server's `status` over its control socket, or `None` if it does not answer
+/// within `limit` (a server out of descriptors may never answer: the test must not
+/// hang on it).
+pub fn status_within(ctl: &std::path::Path, limit: Duration) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(ctl).ok()?;
+    c.set_read_timeout(Some(limit)).ok()?;
+    c.set_write_timeout(Some(limit)).ok()?;
+    c.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+    c.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut s = String::new();
+    c.read_to_string(&mut s).ok()?;
+    serde_json::from_str(&s).ok()
+}
+
+/// How many descriptors `pid` has open, from `/proc/PID/fd`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}

@@ -101,6 +101,9 @@ pub struct Channel {
 pub struct Message {
     payload: Vec<u8>,
     fds: Vec<OwnedFd>,
+    /// Descriptors the sender attached that this end never got (see
+    /// [`Message::lost_fds`]).
+    lost: usize,
 }
 
 /// A socket kind this platform cannot rebuild.
@@ -115,6 +118,48 @@ impl Message {
     /// The descriptors, in the order they were sent.
     pub fn fds(&self) -> &[OwnedFd] {
         &self.fds
+    }
+
+    /// How many descriptors the sender attached that did not arrive: 0, except for a
+    /// message from [`Channel::recv_lossy`] whose descriptors the kernel dropped
+    /// because this process's descriptor table was full (`MSG_CTRUNC`). Such a
+    /// message has no descriptors at all (those that did fit were closed), only its
+    /// payload, so that the receiver can tell the sender which message it lost —
+    /// with [`handoff_ids`](Message::handoff_ids) for a hand-off.
+    pub fn lost_fds(&self) -> usize {
+        self.lost
+    }
+
+    /// The ids of the hand-offs this message carries, in order: one for a
+    /// [`Channel::send_socket`], each record's for a [`Channel::send_sockets`]
+    /// batch. It reads the payload only, so it works on a message that lost its
+    /// descriptors ([`lost_fds`](Message::lost_fds)), to name the connections that
+    /// never arrived.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Malformed`] if the payload is not a typed hand-off or a batch.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herder_fd::{Channel, Handoff};
+    /// use std::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let a = TcpStream::connect(listener.local_addr()?)?;
+    /// let (mut tx, mut rx) = Channel::pair()?;
+    /// tx.send_sockets(&[(&a, Handoff { id: 7, ..Default::default() })])?;
+    /// assert_eq!(rx.recv()?.expect("a message").handoff_ids()?, [7]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn handoff_ids(&self) -> io::Result<Vec<u64>> {
+        if crate::handoff::is_batch(&self.payload) {
+            let records = crate::handoff::decode_batch(&self.payload)?;
+            Ok(records.into_iter().map(|(meta, _)| meta.id).collect())
+        } else {
+            Ok(vec![crate::handoff::decode(&self.payload)?.id])
+        }
     }
 
     /// Takes the payload and the descriptors.
@@ -491,18 +536,74 @@ impl Channel {
     /// `false` at end of stream. Errors as [`recv`](Self::recv).
     pub fn recv_into(&mut self, payload: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
         match self.ty {
-            SockType::SeqPacket => self.recv_packet(payload, fds),
+            SockType::SeqPacket => self.recv_packet(payload, fds, None),
             SockType::Stream => self.recv_stream(payload, fds),
         }
     }
 
-    fn recv_packet(&mut self, payload: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    /// Receives the next message as [`recv`](Self::recv) does, except that on a
+    /// seqpacket channel a message whose descriptors the kernel dropped because this
+    /// process's descriptor table is full (`MSG_CTRUNC`) is returned rather than
+    /// reported as [`Error::ControlTruncated`]: without descriptors (those that did
+    /// arrive are closed), with its payload, and with
+    /// [`Message::lost_fds`] saying how many the sender attached. A receiver at its
+    /// descriptor limit can then tell the sender which message it could not take
+    /// ([`Message::handoff_ids`]) instead of the sender waiting for an answer that
+    /// never comes.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv). On a stream channel (macOS) a truncation still
+    /// breaks the stream and is returned as [`Error::ControlTruncated`]: the
+    /// descriptors ride ahead of their frames there, so which message lost them is
+    /// not known.
+    pub fn recv_lossy(&mut self) -> io::Result<Option<Message>> {
+        let mut msg = Message::default();
+        let got = match self.ty {
+            SockType::SeqPacket => {
+                self.recv_packet(&mut msg.payload, &mut msg.fds, Some(&mut msg.lost))?
+            }
+            SockType::Stream => self.recv_stream(&mut msg.payload, &mut msg.fds)?,
+        };
+        Ok(got.then_some(msg))
+    }
+
+    /// Receives one packet. With `lost`, a packet whose descriptors the kernel
+    /// dropped is returned without them and `lost` set to how many its header
+    /// announced; without, it is an error.
+    fn recv_packet(
+        &mut self,
+        payload: &mut Vec<u8>,
+        fds: &mut Vec<OwnedFd>,
+        lost: Option<&mut usize>,
+    ) -> io::Result<bool> {
         let cap = HEADER_LEN + self.max_payload;
         if self.rbuf.len() != cap {
             self.rbuf.resize(cap, 0);
         }
         let before = fds.len();
-        let n = sys::recv_msg(self.fd.as_fd(), &mut self.rbuf, fds, MAX_FDS_PER_MESSAGE)?;
+        let got = sys::recv_msg_reporting_loss(
+            self.fd.as_fd(),
+            &mut self.rbuf,
+            fds,
+            MAX_FDS_PER_MESSAGE,
+        )?;
+        let n = got.len;
+        if let Some(received) = got.lost {
+            // recv_msg_reporting_loss closed whatever arrived and appended nothing.
+            let Some(lost) = lost else {
+                return Err(Error::ControlTruncated { received }.into());
+            };
+            let h = Header::decode(&self.rbuf[..n], self.max_payload, MAX_FDS_PER_MESSAGE)?;
+            if h.len != n - HEADER_LEN {
+                return Err(Error::Malformed("frame length does not match the packet").into());
+            }
+            payload.clear();
+            payload.extend_from_slice(&self.rbuf[HEADER_LEN..n]);
+            // The header's count is what the sender attached; at least what arrived.
+            *lost = h.nfds.max(received).max(1);
+            return Ok(true);
+        }
         if n == 0 {
             // Every message has a header, so zero bytes is end of file.
             fds.truncate(before);

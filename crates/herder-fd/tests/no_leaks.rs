@@ -219,6 +219,25 @@ fn no_descriptor_leaks_on_any_path() {
         let f = files(64);
         ch.send(b"64", &borrow(&f)).unwrap();
         ch.send(b"1", &borrow(&f[..1])).unwrap();
+        // A batch of 64 hand-offs, ids 100 to 163, for `recv_lossy`.
+        let pairs: Vec<_> = (0..64).map(|_| UnixStream::pair().unwrap()).collect();
+        let items: Vec<_> = pairs
+            .iter()
+            .zip(100..)
+            .map(|((s, _), id)| {
+                (
+                    s,
+                    Handoff {
+                        id,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        ch.send_sockets(&items).unwrap();
+        drop(items);
+        drop(pairs);
+        ch.send(b"1", &borrow(&f[..1])).unwrap();
         drop(ch);
         util::wait_ok(child, "rlimit child");
     });
@@ -256,5 +275,34 @@ fn child_at_rlimit() {
     util::set_nofile_limit(1024).unwrap();
     let msg = ch.recv().unwrap().expect("the next message");
     assert_eq!((msg.payload(), msg.fds().len()), (&b"1"[..], 1));
+    drop(msg);
+
+    // Again, receiving with `recv_lossy`: the batch comes back without its
+    // descriptors but with its ids, so the receiver can say which it lost.
+    util::set_nofile_limit(top + 16).unwrap();
+    let mut fillers = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        fillers.push(f);
+    }
+    fillers.truncate(fillers.len() - 3);
+    let before = util::open_fds();
+    let lost = ch.recv_lossy().unwrap().expect("the batch");
+    assert_eq!((lost.lost_fds(), lost.fds().len()), (64, 0));
+    assert_eq!(
+        lost.handoff_ids().unwrap(),
+        (100..164).collect::<Vec<u64>>()
+    );
+    assert_eq!(
+        util::open_fds(),
+        before,
+        "descriptors leaked by recv_lossy at RLIMIT_NOFILE"
+    );
+    drop(fillers);
+    util::set_nofile_limit(1024).unwrap();
+    let msg = ch.recv_lossy().unwrap().expect("the next message");
+    assert_eq!(
+        (msg.payload(), msg.fds().len(), msg.lost_fds()),
+        (&b"1"[..], 1, 0)
+    );
     let _ = std::io::stderr().flush();
 }

@@ -2,7 +2,7 @@
 //! descriptor flags. Every FFI call of the crate on Unix is in this file.
 //!
 //! What this backend provides to the rest of the crate: [`MAX_FDS`], [`send_msg`],
-//! [`recv_msg`], [`socketpair`], [`socket_type`], [`set_nonblocking`],
+//! [`recv_msg`], [`recv_msg_reporting_loss`], [`socketpair`], [`socket_type`], [`set_nonblocking`],
 //! [`set_cloexec`], [`peer_credentials`] and [`spawn_inheriting`].
 
 use crate::error::Error;
@@ -187,6 +187,34 @@ pub(crate) fn recv_msg(
     fds: &mut impl FdSink,
     max_fds: usize,
 ) -> io::Result<usize> {
+    let got = recv_msg_reporting_loss(sock, buf, fds, max_fds)?;
+    match got.lost {
+        Some(received) => Err(Error::ControlTruncated { received }.into()),
+        None => Ok(got.len),
+    }
+}
+
+/// What [`recv_msg_reporting_loss`] received.
+pub(crate) struct Got {
+    /// Bytes of payload in the buffer.
+    pub(crate) len: usize,
+    /// `Some(received)` when the kernel dropped descriptors (`MSG_CTRUNC`): the
+    /// `received` ones that did arrive were closed, none was appended, and the
+    /// payload is whole.
+    pub(crate) lost: Option<usize>,
+}
+
+/// As [`recv_msg`], except that a message whose descriptors the kernel dropped
+/// (`MSG_CTRUNC`) but whose payload arrived whole is returned, with the loss
+/// reported in [`Got::lost`] instead of as an error: a receiver whose descriptor
+/// table is full can still read what the message was (a hand-off's ids, say) and
+/// tell its sender. The descriptors of that message are closed all the same.
+pub(crate) fn recv_msg_reporting_loss(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut impl FdSink,
+    max_fds: usize,
+) -> io::Result<Got> {
     let max_fds = max_fds.min(MAX_FDS);
     let mut cmsg = CmsgBuf::new();
     let mut iov = libc::iovec {
@@ -262,11 +290,19 @@ pub(crate) fn recv_msg(
         }
     }
     let received = fds.fd_count() - before;
+    let trunc = msg.msg_flags & libc::MSG_TRUNC != 0;
     if ctrunc {
         fds.truncate_fds(before);
-        return Err(Error::ControlTruncated { received }.into());
+        // A cut payload cannot say what the message was: only an error is left.
+        if trunc {
+            return Err(Error::ControlTruncated { received }.into());
+        }
+        return Ok(Got {
+            len: n,
+            lost: Some(received),
+        });
     }
-    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+    if trunc {
         fds.truncate_fds(before);
         return Err(Error::PayloadTruncated {
             capacity: buf.len(),
@@ -277,7 +313,7 @@ pub(crate) fn recv_msg(
         fds.truncate_fds(before);
         return Err(e);
     }
-    Ok(n)
+    Ok(Got { len: n, lost: None })
 }
 
 /// The two socket types a channel can use.
