@@ -387,7 +387,7 @@ mod unix {
         }
         let (mut pool, listener, key, addr) = common::handoff_supervisor(&args.common)?;
         let mut d = Dispatcher {
-            listener,
+            listener: Some(listener),
             key,
             round_robin: args.dispatch == "round-robin",
             next: 0,
@@ -424,7 +424,8 @@ mod unix {
     }
 
     struct Dispatcher {
-        listener: TcpListener,
+        /// Closed once the supervisor stops accepting for good (a stop, an upgrade).
+        listener: Option<TcpListener>,
         key: herder::reactor::Key,
         round_robin: bool,
         next: usize,
@@ -510,12 +511,13 @@ mod unix {
                 PoolEvent::Upgraded { .. } => {
                     // The new supervisor accepts from now on; the connections already
                     // taken here go to this pool's workers before they drain.
-                    self.set_accepting(pool, false);
+                    self.close_listener(pool);
                     self.flush(pool);
                     self.stopping = true;
                 }
                 PoolEvent::Command(herder::pool::Command::Stop) => {
                     // Stop accepting at once; the workers drain what they have.
+                    self.close_listener(pool);
                     self.stopping = true;
                     self.pending.clear();
                 }
@@ -526,6 +528,16 @@ mod unix {
             // budget pauses it.
             let want = !self.stopping && self.retry.is_none() && self.held() < self.budget;
             self.set_accepting(pool, want);
+        }
+
+        /// Closes this process's copies of the listening socket: new connections are
+        /// refused at once, or wait for whoever else holds the socket (systemd, the
+        /// new supervisor of an upgrade), instead of queueing where nobody accepts.
+        fn close_listener(&mut self, pool: &mut Pool) {
+            if self.listener.take().is_some() {
+                let _ = pool.remove_source(self.key);
+                self.accepting = false;
+            }
         }
 
         /// Connections this process holds: waiting for a worker, or handed over and
@@ -618,7 +630,10 @@ mod unix {
             let room = self.budget.saturating_sub(self.held());
             let mut batch: Vec<_> = self.pending.drain(..).collect();
             for _ in 0..room.min(64) {
-                match self.listener.accept() {
+                let Some(listener) = &self.listener else {
+                    break;
+                };
+                match listener.accept() {
                     Ok(conn) => batch.push(conn),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -315,7 +315,10 @@ fn soak(server: &str, args: &[&str], shape: Shape) {
         ok + broken + refused
     );
     assert!(longest <= LONGEST_OUTAGE, "a client failed for {longest:?}");
-    assert!(recovery <= RECOVERY, "slots ready only {recovery:?} after the last kill");
+    assert!(
+        recovery <= RECOVERY,
+        "slots ready only {recovery:?} after the last kill"
+    );
     assert_eq!(fds1, fds0, "the supervisor's descriptors");
     assert_eq!(
         kids.iter()

@@ -479,7 +479,10 @@ fn a_broken_program_trips_the_breaker_and_the_pool_comes_back_once_it_is_fixed()
         let cpu = util::cpu_time(sup);
         std::thread::sleep(Duration::from_secs(3));
         let spent = util::cpu_time(sup) - cpu;
-        assert!(spent < Duration::from_millis(300), "{name}: {spent:?} of CPU");
+        assert!(
+            spent < Duration::from_millis(300),
+            "{name}: {spent:?} of CPU"
+        );
 
         // Fixed: the half-open tries bring both slots back.
         std::fs::rename(&good, &program).unwrap();

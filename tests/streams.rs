@@ -190,7 +190,10 @@ fn a_binary_upgrade_serves_an_open_stream_to_its_end() {
             if pid != old {
                 break pid;
             }
-            assert!(Instant::now() < deadline, "{name}: the upgrade never finished");
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the upgrade never finished"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         assert_eq!(util::echo(server.addr, b"new"), b"new", "{name}");
