@@ -62,6 +62,7 @@ mod windows {
         }
         let (listener, addr) = common::listener(&args.common)?;
         listener.set_nonblocking(true)?;
+        let mut listener = Some(listener);
         let mut pool = Pool::new(common::pool_config(&args.common), Vec::new())?;
         let mut dispatcher = Dispatcher {
             least_loaded: args.dispatch == "least-loaded",
@@ -79,11 +80,16 @@ mod windows {
             &args.common,
             Duration::from_millis(5),
             |pool| {
-                // Stopping: the connections wait in the listener's queue for the next
-                // server instead of being taken here and closed.
+                // Stopping: close the listener, so that new connections are refused
+                // (or wait for whoever else holds the socket) instead of queueing
+                // where nobody accepts.
                 if pool.is_stopping() {
+                    listener = None;
                     return;
                 }
+                let Some(listener) = &listener else {
+                    return;
+                };
                 while let Ok((stream, peer)) = listener.accept() {
                     let _ = stream.set_nonblocking(false);
                     dispatcher.dispatch(pool, &stream, peer);

@@ -284,3 +284,60 @@ fn a_supervisor_restarted_on_the_same_socket_serves_what_queued_meanwhile() {
         second.stop(name);
     }
 }
+
+/// Under systemd without a socket unit: the supervisor hands the listener it bound to
+/// systemd's descriptor store (`FDSTORE=1`, here a datagram socket the test binds),
+/// so that when it dies the socket lives on in systemd, connections queue there, and
+/// the next supervisor — started with the stored socket — serves them: none refused.
+#[test]
+fn a_bound_listener_goes_to_the_descriptor_store_and_outlives_its_supervisor() {
+    use std::io::{Read, Write};
+    for name in util::SERVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let mut cmd = util::server_command(util::example(name));
+        cmd.args(["--workers", "2"]).env("NOTIFY_SOCKET", &path);
+        let mut first = util::start_command(name, cmd);
+        let addr = first.addr;
+        // The store message, among the others.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stored = loop {
+            assert!(Instant::now() < deadline, "{name}: nothing stored");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            let (mut buf, mut fds) = ([0u8; 4096], Vec::new());
+            let Ok(n) = herder_fd::recv_fds(&socket, &mut buf, &mut fds, 4) else {
+                continue;
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == "FDSTORE=1") {
+                assert!(msg.lines().any(|l| l == "FDNAME=herder-listener"), "{msg}");
+                assert_eq!(fds.len(), 1, "{name}: {msg}");
+                break std::net::TcpListener::from(fds.pop().unwrap());
+            }
+        };
+        assert_eq!(stored.local_addr().unwrap(), addr, "{name}");
+        first.child.kill().unwrap();
+        first.child.wait().unwrap();
+        let queued: Vec<std::net::TcpStream> = (0..5)
+            .map(|i| {
+                let mut c = std::net::TcpStream::connect(addr)
+                    .unwrap_or_else(|e| panic!("{name}: connection {i} refused: {e}"));
+                c.write_all(format!("queued {i}").as_bytes()).unwrap();
+                c
+            })
+            .collect();
+        let second = start_on(name, &stored);
+        for (i, mut c) in queued.into_iter().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut back = String::new();
+            c.read_to_string(&mut back)
+                .unwrap_or_else(|e| panic!("{name}: connection {i}: {e}"));
+            assert_eq!(back, format!("queued {i}"), "{name}");
+        }
+        second.stop(name);
+    }
+}

@@ -96,6 +96,7 @@ pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, boo
         0 => {
             let l = std::net::TcpListener::bind(c.listen)
                 .with_context(|| format!("binding {}", c.listen))?;
+            keep_in_systemd(&l);
             Ok((l, false))
         }
         1 => {
@@ -111,6 +112,25 @@ pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, boo
             Ok((l, true))
         }
         n => anyhow::bail!("systemd passed {n} sockets; this server serves one"),
+    }
+}
+
+/// The name of the listener in systemd's descriptor store.
+pub(crate) const STORED_LISTENER: &str = "herder-listener";
+
+/// Under systemd, hands a listener this process bound to systemd's descriptor store,
+/// so that it outlives this supervisor: connections made while none runs wait in its
+/// backlog for the next one (with `FileDescriptorStoreMax=` in the unit).
+fn keep_in_systemd(l: &std::net::TcpListener) {
+    use std::os::fd::AsFd;
+    let stored = herder::pool::systemd::Notifier::from_env().and_then(|n| {
+        n.map(|n| n.store_fds(STORED_LISTENER, &[l.as_fd()]))
+            .transpose()
+    });
+    match stored {
+        Ok(Some(())) => log!(2, "listener handed to systemd's descriptor store"),
+        Ok(None) => {}
+        Err(e) => log!(1, "systemd's descriptor store: {e}"),
     }
 }
 

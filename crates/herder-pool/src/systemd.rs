@@ -165,6 +165,33 @@ impl Notifier {
         Ok(())
     }
 
+    /// Hands `fds` to systemd's file descriptor store (`FDSTORE=1`) under `name`
+    /// (`FDNAME=`): systemd keeps them while the service restarts and passes them to
+    /// the next start with `LISTEN_FDS` and `LISTEN_FDNAMES`, as if socket-activated
+    /// ([`listen_fds`]). A listening socket stored so survives its supervisor: the
+    /// connections made while none runs wait in its backlog. systemd keeps them only
+    /// if the unit sets `FileDescriptorStoreMax=`; otherwise it ignores them.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a name systemd refuses (empty, longer than 255 bytes, or with
+    /// a `:` or a control character), or what `sendmsg` returns.
+    #[doc(alias = "FDSTORE")]
+    pub fn store_fds(&self, name: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+        if name.is_empty() || name.len() > 255 || name.chars().any(|c| c == ':' || c.is_control()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a descriptor name systemd takes: {name:?}"),
+            ));
+        }
+        // Descriptors go with `sendmsg`, on a socket connected to systemd's.
+        let socket = UnixDatagram::unbound()?;
+        socket.connect_addr(&self.target)?;
+        let msg = format!("FDSTORE=1\nFDNAME={name}");
+        herder_fd::send_fds(&socket, &[io::IoSlice::new(msg.as_bytes())], fds)?;
+        Ok(())
+    }
+
     /// The watchdog interval systemd expects `WATCHDOG=1` within, if it set one for
     /// this process; ping at half of it.
     pub fn watchdog(&self) -> Option<Duration> {
