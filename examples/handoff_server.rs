@@ -577,11 +577,14 @@ mod unix {
                 return;
             };
             let held = self.held();
-            // Without a listing of descriptors: the startup figure of this server
-            // with two workers (about 20), then each worker's own.
-            let in_use = open_descriptors()
-                .map(|n| n.saturating_sub(held))
-                .unwrap_or(14 + FDS_PER_WORKER * pool.len());
+            let in_use = match open_descriptors() {
+                Some(n) => n.saturating_sub(held),
+                // Out of descriptors even to list them: keep the budget there is.
+                None if self.budget != usize::MAX => return,
+                // Without a listing at all: the startup figure of this server with
+                // two workers (about 20), then each worker's own.
+                None => 14 + FDS_PER_WORKER * pool.len(),
+            };
             let off_limits = in_use + RESERVE + FDS_PER_WORKER * pool.len();
             self.set_budget(limit.saturating_sub(off_limits));
         }
@@ -650,9 +653,10 @@ mod unix {
                         ) =>
                     {
                         // Out of descriptors all the same (something else took them):
-                        // the budget is what is held now less the reserve. Neither spin
-                        // nor die: pause, count again in 100 ms, and say so at most once
-                        // a second.
+                        // hold no more than now (what is held already has its
+                        // descriptor; closing it would free nothing the reserve needs
+                        // more than its client does). Neither spin nor die: pause,
+                        // count again in 100 ms, and say so at most once a second.
                         if self
                             .emfile_logged
                             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
@@ -664,8 +668,7 @@ mod unix {
                             );
                         }
                         let held = self.held() + batch.len();
-                        let reserve = RESERVE + FDS_PER_WORKER * pool.len();
-                        self.set_budget(held.saturating_sub(reserve));
+                        self.set_budget(held);
                         if self.retry.is_none() {
                             self.retry = Some(
                                 pool.add_timer(Instant::now() + Duration::from_millis(100), None),

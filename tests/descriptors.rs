@@ -100,6 +100,15 @@ fn out_of_descriptors_and_back(name: &str) {
         "{name}: the first connection after the release was served after {took:?}"
     );
 
+    // The hand-off workers ran out too: they refused what they lost, so the
+    // supervisor closed its copies instead of waiting for them.
+    if name == "handoff_server" {
+        assert!(
+            !server.logged("hand-off(s) refused").is_empty(),
+            "{name}: no worker refused a lost hand-off"
+        );
+    }
+
     // And the supervisor's descriptors come back to where they were.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut open = util::open_fds(pid);

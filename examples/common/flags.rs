@@ -44,7 +44,7 @@ pub(crate) struct Common {
     /// again. 0: no breaker. A ready worker that dies is restarted at once.
     #[arg(long, default_value_t = 5)]
     pub(crate) crash_limit: usize,
-    /// The longest wait before restarting a slot that keeps crashing, in
+    /// The longest wait before restarting a slot that keeps failing, in
     /// milliseconds (the back-off doubles from 100 ms up to this).
     #[arg(long, default_value_t = 10_000)]
     pub(crate) backoff_max_ms: u64,

@@ -19,10 +19,10 @@
 //!   duplicated for that process (`WSADuplicateSocketW`), carried with the same
 //!   [`Handoff`] header, rebuilt there and acknowledged, through the same
 //!   `send_socket` / `recv_socket` calls as on Unix.
-//! - A receiver at its descriptor limit loses the descriptors of what it receives
-//!   (`MSG_CTRUNC`). [`Channel::recv_lossy`] returns such a message anyway, without
-//!   descriptors but with its payload ([`Message::lost_fds`],
-//!   [`Message::handoff_ids`]), so the receiver can tell the sender which hand-offs
+//! - On Unix, a receiver at its descriptor limit loses the descriptors of what it
+//!   receives (`MSG_CTRUNC`). `Channel::recv_lossy` returns such a message anyway,
+//!   without descriptors but with its payload (`Message::lost_fds`,
+//!   `Message::handoff_ids`), so the receiver can tell the sender which hand-offs
 //!   never arrived.
 //!
 //! # Errors

@@ -22,7 +22,8 @@ pub enum PoolEvent {
         /// Its generation.
         generation: u64,
     },
-    /// Starting a worker failed; the slot backs off and retries like after a crash.
+    /// Starting a worker failed; the slot backs off and retries, like after any
+    /// failure.
     SpawnFailed {
         /// The slot.
         slot: usize,

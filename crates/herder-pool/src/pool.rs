@@ -188,8 +188,10 @@ enum TimerFor {
 
 /// A pool of worker processes, supervised: each slot runs one worker, started by
 /// re-executing this program with the pool's listeners and a channel, and replaced
-/// when it exits — after an exponential back-off with jitter, unless it exits with the
-/// fatal exit code or crashes so often that the slot's breaker trips.
+/// when it exits: at once if it had been ready, after an exponential back-off with
+/// jitter if it failed before (its slot's breaker trips if that goes on, and retries
+/// after a cool-down), not at all if it exits with the fatal exit code. See
+/// [`Config::restart_intensity`] and [`Config::breaker_cooldown`].
 ///
 /// [`stop`](Pool::stop) drains the workers and ends; [`reload`](Pool::reload) replaces
 /// them all by a new generation, each old worker retired only once its successor is
@@ -782,8 +784,19 @@ impl Pool {
         for slot in 0..self.slots.len() {
             match self.slots[slot].state {
                 // Slots between workers simply start the new generation next.
-                State::Backoff | State::Tripped | State::Fatal | State::Stopped => {
+                State::Backoff | State::Stopped => {
                     self.slots[slot].generation = self.generation;
+                }
+                // A reload is what an operator does once the cause is fixed: a
+                // stopped slot tries at once (a tripped one stays half-open: if this
+                // try fails, it trips again).
+                State::Tripped | State::Fatal => {
+                    if let Some(t) = self.slots[slot].timer.take() {
+                        self.cancel_timer(t);
+                    }
+                    self.slots[slot].restart_at = None;
+                    self.slots[slot].restarts += 1;
+                    self.spawn(slot, events);
                 }
                 State::Starting | State::Ready => self.spawn_successor(slot, events),
             }

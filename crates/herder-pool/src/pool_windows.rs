@@ -272,8 +272,17 @@ impl Pool {
         self.generation += 1;
         self.reloading = Some(self.generation);
         self.reload_failed.clear();
-        // Slots between workers start the new generation with their next worker.
+        // Slots between workers start the new generation with their next worker; a
+        // stopped one tries at once, as a reload is what an operator does once the
+        // cause is fixed (a tripped one stays half-open: if this try fails, it trips
+        // again).
         for slot in 0..self.slots.len() {
+            if matches!(self.slots[slot].state, State::Tripped | State::Fatal) {
+                self.slots[slot].restart_at = None;
+                self.slots[slot].restarts += 1;
+                self.spawn(slot, events);
+                continue;
+            }
             if matches!(self.slots[slot].state, State::Starting | State::Ready) {
                 let generation = self.generation;
                 match self.launch(slot, generation, events) {

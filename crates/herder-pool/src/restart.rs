@@ -80,7 +80,13 @@ impl History {
         random: u64,
     ) -> Decision {
         if let Exit::AfterReady(lived) = exit {
-            self.half_open = false;
+            if std::mem::take(&mut self.half_open) {
+                // The half-open try became ready: the breaker closes, and what tripped
+                // it is over (the cool-down still doubles, should it trip again before
+                // a worker stays up).
+                self.failures.clear();
+                self.streak = 0;
+            }
             if lived >= config.stable_after {
                 // It stayed up: the slot's past is forgiven.
                 self.streak = 0;
@@ -102,10 +108,11 @@ impl History {
         if self.half_open || self.failures.len() >= config.breaker_failures.max(1) {
             self.half_open = true;
             self.trips = self.trips.saturating_add(1);
+            let cooldown = config.breaker_cooldown.max(MIN_COOLDOWN);
             let retry_in = doubled(
-                config.breaker_cooldown,
+                cooldown,
                 self.trips - 1,
-                config.breaker_cooldown_max.max(config.breaker_cooldown),
+                config.breaker_cooldown_max.max(cooldown),
             );
             return Decision::Trip {
                 failures: self.failures.len(),
@@ -128,6 +135,13 @@ impl History {
     }
 }
 
+/// The shortest cool-down, whatever the configuration says: a breaker that retries
+/// at once would be a respawn loop.
+const MIN_COOLDOWN: Duration = Duration::from_millis(100);
+/// The longest delay the policy gives, whatever the configuration says (a
+/// `Duration::MAX` there must not overflow a clock).
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 /// Drops the times older than `window`.
 fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     while times
@@ -138,9 +152,11 @@ fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     }
 }
 
-/// `base` doubled `n` times, at most `max`.
+/// `base` doubled `n` times, at most `max` (and [`MAX_DELAY`]).
 fn doubled(base: Duration, n: u32, max: Duration) -> Duration {
-    base.saturating_mul(1u32 << n.min(30)).min(max)
+    base.saturating_mul(1u32 << n.min(30))
+        .min(max)
+        .min(MAX_DELAY)
 }
 
 /// ±20 %, so that slots that failed together do not restart together.
@@ -266,6 +282,52 @@ mod tests {
         match h.exited(&c, Exit::BeforeReady, later, MID) {
             Decision::Trip { retry_in, .. } => assert_eq!(retry_in, c.breaker_cooldown),
             d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_half_open_worker_that_becomes_ready_closes_the_breaker() {
+        let c = config();
+        let mut h = History::default();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            h.exited(&c, Exit::BeforeReady, t0, MID);
+        }
+        // The half-open try becomes ready, and dies 2 s later (not yet stable).
+        let t1 = t0 + c.breaker_cooldown + Duration::from_secs(2);
+        assert_eq!(
+            h.exited(&c, Exit::AfterReady(Duration::from_secs(2)), t1, MID),
+            Decision::Restart(Duration::ZERO)
+        );
+        // One failure next is the first of a new streak, not a trip.
+        assert_eq!(
+            h.exited(&c, Exit::BeforeReady, t1, MID),
+            Decision::Restart(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn extreme_settings_neither_overflow_nor_spin() {
+        let mut c = config();
+        c.breaker_cooldown = Duration::MAX;
+        c.breaker_cooldown_max = Duration::MAX;
+        c.backoff_initial = Duration::MAX;
+        c.backoff_max = Duration::MAX;
+        let mut h = History::default();
+        let now = Instant::now();
+        for _ in 0..10 {
+            let d = match h.exited(&c, Exit::BeforeReady, now, u64::MAX) {
+                Decision::Restart(d) => d,
+                Decision::Trip { retry_in, .. } => retry_in,
+            };
+            assert!(now.checked_add(d).is_some());
+        }
+        c.breaker_cooldown = Duration::ZERO;
+        let mut h = History::default();
+        for _ in 0..10 {
+            if let Decision::Trip { retry_in, .. } = h.exited(&c, Exit::BeforeReady, now, MID) {
+                assert!(retry_in >= MIN_COOLDOWN);
+            }
         }
     }
 

@@ -174,11 +174,14 @@ impl Notifier {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for a name systemd refuses (empty, longer than 255 bytes, or with
-    /// a `:` or a control character), or what `sendmsg` returns.
+    /// `InvalidInput` for a name systemd refuses (empty, longer than 255 bytes, or
+    /// with anything but printable ASCII other than `:`), or what `sendmsg` returns.
     #[doc(alias = "FDSTORE")]
     pub fn store_fds(&self, name: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
-        if name.is_empty() || name.len() > 255 || name.chars().any(|c| c == ':' || c.is_control()) {
+        if name.is_empty()
+            || name.len() > 255
+            || !name.chars().all(|c| c.is_ascii_graphic() && c != ':')
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("not a descriptor name systemd takes: {name:?}"),

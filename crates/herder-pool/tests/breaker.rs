@@ -134,6 +134,35 @@ fn a_tripped_slot_tries_again_after_its_cool_down_and_serves_once_the_cause_is_g
 }
 
 #[test]
+fn a_reload_starts_a_tripped_slot_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, b"").unwrap();
+    let mut config = util::config(1, &format!("crash-while-{}", flag.display()));
+    config.breaker_failures = 2;
+    config.breaker_cooldown = Duration::from_secs(600);
+    let mut pool = Pool::new(config, Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+        matches!(e, PoolEvent::BreakerTripped { slot: 0, .. })
+    });
+    // The cause is fixed, and the operator reloads: no ten-minute wait.
+    std::fs::remove_file(&flag).unwrap();
+    let mut events = Vec::new();
+    pool.reload(&mut events);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PoolEvent::Spawned { slot: 0, .. })),
+        "{events:?}"
+    );
+    util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+        matches!(e, PoolEvent::Ready { slot: 0, .. })
+    });
+}
+
+#[test]
 fn a_ready_worker_killed_again_and_again_is_restarted_at_once_every_time() {
     let mut config = util::config(2, "ready");
     config.breaker_failures = 3;
