@@ -1038,6 +1038,17 @@ impl<Svc: Service + 'static> Server<Svc> {
                 self.reactor.cancel_timer(id);
             }
             c.svc.on_close(&reason);
+            // A descriptor is free again: a listener paused for want of one retries
+            // now rather than at the end of its back-off.
+            if !self.listener_retry.is_empty() && !self.draining {
+                let paused: Vec<(TimerId, Key)> = self.listener_retry.drain().collect();
+                for (id, key) in paused {
+                    self.reactor.cancel_timer(id);
+                    if self.held_off(key) == Some(false) {
+                        let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
+                    }
+                }
+            }
         }
     }
 }
