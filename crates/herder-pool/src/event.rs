@@ -130,7 +130,9 @@ pub enum PoolEvent {
         /// Its pid.
         pid: u32,
     },
-    /// A message from a worker that is not the pool's own.
+    /// A message from a worker that is not the pool's own. On Unix, every message a
+    /// worker sent before it exited is reported before its
+    /// [`Exited`](PoolEvent::Exited).
     Message {
         /// The slot it came from.
         slot: usize,

@@ -1128,7 +1128,9 @@ impl Pool {
         for ev in evs.drain(..) {
             match ev {
                 Event::Io { key, .. } => match self.watches.get(&key).copied() {
-                    Some(Watch::Channel(pid)) => self.read_channel(pid, events),
+                    Some(Watch::Channel(pid)) => {
+                        self.read_channel(pid, events);
+                    }
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
                     Some(Watch::ControlListener) => self.accept_control(key),
                     Some(Watch::ControlConn) => self.serve_control(key, events),
@@ -1722,15 +1724,18 @@ impl Pool {
         self.set_proc_timer(pid, at);
     }
 
-    fn read_channel(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
+    /// Reads a bounded batch of `pid`'s messages; whether more may be waiting.
+    fn read_channel(&mut self, pid: u32, events: &mut Vec<PoolEvent>) -> bool {
         // A bounded batch: a worker flooding its channel cannot starve the rest (the
         // watch is level-triggered and comes back).
         for _ in 0..64 {
             let Some(p) = self.procs.get_mut(&pid) else {
-                return;
+                return false;
             };
             let slot = p.slot;
-            let Some(ch) = p.channel.as_mut() else { return };
+            let Some(ch) = p.channel.as_mut() else {
+                return false;
+            };
             match ch.recv() {
                 Ok(Some(msg)) if protocol::is_pool_message(msg.payload()) => {
                     if msg.payload() == protocol::READY && !p.ready {
@@ -1742,17 +1747,18 @@ impl Pool {
                 Ok(None) => {
                     // The worker closed its end: it is exiting; its exit follows.
                     self.unwatch_channel(pid);
-                    return;
+                    return false;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(error) => {
                     self.unwatch_channel(pid);
                     let _ = sys::signal(pid, libc::SIGKILL);
                     events.push(PoolEvent::ChannelError { slot, error });
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     fn on_ready(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
@@ -1825,6 +1831,14 @@ impl Pool {
             // ECHILD: reaped elsewhere; nothing more will come.
             Err(_) => ExitStatus::default(),
         };
+        // What the worker sent before it died (an acknowledgement, say) is reported
+        // before its exit: whoever acts on the exit must know what it had done. A dead
+        // process's channel holds a bounded amount.
+        for _ in 0..1024 {
+            if !self.read_channel(pid, events) {
+                break;
+            }
+        }
         self.unwatch_channel(pid);
         let Some(p) = self.procs.remove(&pid) else {
             return;

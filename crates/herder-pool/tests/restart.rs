@@ -1,4 +1,5 @@
-//! A worker killed with SIGKILL is replaced; the other workers are not touched.
+//! A worker killed with SIGKILL is replaced; the other workers are not touched. What a
+//! worker sent before it died is reported before its exit.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -52,4 +53,35 @@ fn a_killed_worker_is_replaced_and_the_others_go_on() {
             .iter()
             .any(|e| matches!(e, PoolEvent::Exited { slot: 1, .. }))
     );
+}
+
+#[test]
+fn a_dead_worker_s_messages_are_reported_before_its_exit() {
+    let mut pool = Pool::new(util::config(1, "last-words"), Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    let pid = pool.workers()[0].pid.unwrap();
+    // Not a single poll until it is dead: its exit and its messages are both
+    // waiting when the pool looks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+    {
+        assert!(std::time::Instant::now() < deadline, "the worker lives on");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let events = util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+        matches!(e, PoolEvent::Exited { .. })
+    });
+    let said: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            PoolEvent::Message { message, .. } => {
+                Some(String::from_utf8_lossy(message.payload()).into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (0..150).map(|i| format!("last words {i}")).collect();
+    assert_eq!(said, want);
 }

@@ -98,6 +98,14 @@ pub fn worker_main() {
     let report = check_inheritance(&mut w);
     w.ready().expect("ready");
     let ch = w.channel().expect("channel");
+    if behaviour == "last-words" {
+        // Many messages, then death at once: more than one read of the channel's.
+        for i in 0..150 {
+            ch.send(format!("last words {i}").as_bytes(), &[])
+                .expect("last words");
+        }
+        std::process::exit(3);
+    }
     ch.send(report.as_bytes(), &[]).expect("report");
     // Serve until the supervisor goes away or asks for a drain.
     while let Ok(Some(msg)) = ch.recv() {
