@@ -147,7 +147,7 @@ fn main() {
 
 #[cfg(unix)]
 mod unix {
-    use super::common::{self, Common, Link};
+    use super::common::{self, Common};
     use crate::log;
     use anyhow::Context;
     use clap::Parser;
@@ -286,7 +286,8 @@ mod unix {
         if let Some(card) = &card {
             card.set_accepting(true);
         }
-        let mut link = Link::ready(&mut worker, &mut server, &args.common)?;
+        let drain = Duration::from_secs(args.common.drain_timeout);
+        let mut link = herder::pool::WorkerLink::ready(&mut worker, &mut server, drain)?;
         // Whether the listener is in this worker's poll set: with a lock, only while
         // the worker holds it (as in nginx, it stays armed while the worker keeps
         // winning the lock, saving two system calls a turn).
@@ -335,9 +336,14 @@ mod unix {
                 lock.as_mut().expect("held").unlock()?;
             }
             for e in events.drain(..) {
-                link.handle(&mut server, &e, |_, _| {})?;
+                link.handle(
+                    &mut server,
+                    &e,
+                    |_| common::service(&args.common),
+                    |_, _| {},
+                )?;
             }
-            link.report(&server);
+            link.flush(&server)?;
             if server.is_draining() {
                 if let Some(card) = &card {
                     card.set_accepting(false);

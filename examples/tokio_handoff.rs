@@ -51,7 +51,13 @@ mod unix {
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args.common);
         }
-        let (mut pool, listener, key, addr) = common::handoff_supervisor(&args.common)?;
+        let (mut pool, listener, addr) = common::handoff_supervisor(&args.common)?;
+        listener.set_nonblocking(true)?;
+        let key = pool.add_source(
+            Box::new(listener.try_clone()?),
+            Interest::READABLE,
+            Mode::Level,
+        )?;
         let mut next = 0usize;
         common::supervise(
             &mut pool,

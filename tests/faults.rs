@@ -290,7 +290,7 @@ fn the_per_worker_connection_limit_holds() {
 
     let server = util::start("shared_listener_server", &args);
     let first = held(server.addr);
-    let _second = held(server.addr);
+    let second = held(server.addr);
     let mut third = TcpStream::connect(server.addr).unwrap();
     third.write_all(b"3").unwrap();
     third
@@ -307,6 +307,8 @@ fn the_per_worker_connection_limit_holds() {
         .unwrap();
     third.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"3", "the waiting connection is served once one closes");
+    // Echo streams have no boundary: a stop would serve them to the drain timeout.
+    drop((second, third));
     server.stop("shared_listener_server");
 
     let util::Controlled {
@@ -315,7 +317,7 @@ fn the_per_worker_connection_limit_holds() {
         dir: _dir,
     } = util::start_controlled("handoff_server", &args);
     let first = held(server.addr);
-    let _second = held(server.addr);
+    let second = held(server.addr);
     // The supervisor dispatches on the load the worker published.
     let deadline = Instant::now() + Duration::from_secs(30);
     while util::status(&ctl)["workers"][0]["active"].as_u64() != Some(2) {
@@ -355,6 +357,7 @@ fn the_per_worker_connection_limit_holds() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    drop(second);
     server.stop("handoff_server");
 }
 

@@ -8,10 +8,7 @@ pub(crate) mod metrics;
 #[allow(unused_imports)]
 pub(crate) use flags::{Common, server, service};
 
-use herder::fd::{Channel, Message};
-use herder::pool::{Pool, PoolEvent, Scorecard, Worker};
-use herder::protocol::Protocol;
-use herder::reactor::{Event, Interest, Key, Mode, Server, Signal, TimerId};
+use herder::pool::{Pool, PoolEvent};
 use std::time::Duration;
 
 /// Installs the `tracing` subscriber: to stderr, at `level`, as text or JSON lines.
@@ -134,15 +131,13 @@ fn keep_in_systemd(l: &std::net::TcpListener) {
     }
 }
 
-/// The supervisor of the hand-off model: its listener (inherited or bound,
-/// non-blocking) watched in the pool's loop and passed on at an upgrade, the pool
-/// with signals and control socket, and privileges dropped as asked. Returns the
-/// pool, the listener, its key and its address.
+/// The supervisor of the hand-off model: its listener (inherited or bound), passed
+/// on at an upgrade, and the pool with signals and control socket, privileges
+/// dropped as asked. Returns the pool, the listener and its address.
 pub(crate) fn handoff_supervisor(
     c: &Common,
-) -> anyhow::Result<(Pool, std::net::TcpListener, Key, std::net::SocketAddr)> {
+) -> anyhow::Result<(Pool, std::net::TcpListener, std::net::SocketAddr)> {
     let (listener, _) = listener(c)?;
-    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let config = pool_config(c)?;
     let mut pool = Pool::new(config.clone(), Vec::new())?;
@@ -153,12 +148,7 @@ pub(crate) fn handoff_supervisor(
     drop_privileges(c, &config, None)?;
     // An upgrade's new supervisor gets the listener too.
     pool.pass_on_upgrade("http", std::os::fd::OwnedFd::from(listener.try_clone()?));
-    let key = pool.add_source(
-        Box::new(listener.try_clone()?),
-        Interest::READABLE,
-        Mode::Level,
-    )?;
-    Ok((pool, listener, key, addr))
+    Ok((pool, listener, addr))
 }
 
 /// After binding: with `--unprivileged-supervisor`, the supervisor switches to the
@@ -242,135 +232,5 @@ pub(crate) fn supervise(
             let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
         }
         pool.poll(&mut events, Some(Duration::from_millis(500)))?;
-    }
-}
-
-/// A worker's side of its supervisor: the channel in the event loop, drain requests,
-/// `SIGTERM`/`SIGINT` (which a terminal's Ctrl-C or systemd send to the whole group),
-/// the heartbeat and the load figures.
-pub(crate) struct Link {
-    pub(crate) channel: Channel,
-    key: Key,
-    card: Option<Scorecard>,
-    tick: TimerId,
-    drain_timeout: Duration,
-    reported: u64,
-    /// Ids of hand-offs whose descriptors never arrived (this process's descriptor
-    /// table was full), not yet reported to the supervisor.
-    lost: Vec<u64>,
-    /// When a lost hand-off was last logged (at most once a second).
-    lost_logged: Option<std::time::Instant>,
-}
-
-impl Link {
-    /// Sets the link up in `server` and tells the supervisor the worker is ready:
-    /// call it last, once the worker can serve.
-    pub(crate) fn ready(
-        worker: &mut Worker,
-        server: &mut Server<Protocol>,
-        c: &Common,
-    ) -> anyhow::Result<Link> {
-        use anyhow::Context;
-        use std::os::fd::AsFd;
-        let mut channel = worker.take_channel().context("no channel")?;
-        channel.set_nonblocking(true)?;
-        let key = server.add_source(
-            Box::new(channel.as_fd().try_clone_to_owned()?),
-            Interest::READABLE,
-            Mode::Level,
-        )?;
-        server.watch_signals(&[Signal::Terminate, Signal::Interrupt])?;
-        let tick = server.add_timer(std::time::Instant::now(), Some(Duration::from_secs(1)));
-        herder::pool::send_ready(&mut channel)?;
-        log!(3, "worker ready in slot {}", worker.slot());
-        Ok(Link {
-            channel,
-            key,
-            card: worker.scorecard(),
-            tick,
-            drain_timeout: Duration::from_secs(c.drain_timeout),
-            reported: 0,
-            lost: Vec::new(),
-            lost_logged: None,
-        })
-    }
-
-    /// Handles `event` if it is the link's; the supervisor's messages other than a
-    /// drain request go to `on_message`. Returns whether the event was the link's.
-    pub(crate) fn handle(
-        &mut self,
-        server: &mut Server<Protocol>,
-        event: &Event,
-        mut on_message: impl FnMut(&mut Server<Protocol>, Message),
-    ) -> anyhow::Result<bool> {
-        let deadline = std::time::Instant::now() + self.drain_timeout;
-        match event {
-            Event::Io { key, .. } if *key == self.key => loop {
-                // `recv_lossy`: at this process's descriptor limit the kernel drops the
-                // descriptors of a hand-off, and the supervisor, which keeps its copies
-                // until told, must hear which ones rather than wait forever; `recv`
-                // would only report an error (and the worker die of it).
-                match self.channel.recv_lossy() {
-                    Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
-                    Ok(Some(m)) if herder::pool::is_drain_request(m.payload()) => {
-                        log!(3, "draining");
-                        server.drain(deadline);
-                    }
-                    Ok(Some(m)) => on_message(server, m),
-                    Ok(None) => {
-                        // The supervisor is gone: finish what is open, then go.
-                        server.drain(deadline);
-                        let _ = server.remove_source(self.key);
-                        return Ok(true);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
-                    Err(e) => return Err(e.into()),
-                }
-            },
-            Event::Signal(_) => server.drain(deadline),
-            Event::Timer(t) if *t == self.tick => {
-                if let Some(card) = &self.card {
-                    card.heartbeat();
-                }
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-
-    /// Notes the hand-offs of a message that lost its descriptors, for
-    /// [`take_lost`](Link::take_lost). A message that is no hand-off has nobody
-    /// waiting for an answer: it is only logged.
-    fn lost_message(&mut self, m: &Message) {
-        let ids = m.handoff_ids().unwrap_or_default();
-        if self
-            .lost_logged
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
-        {
-            self.lost_logged = Some(std::time::Instant::now());
-            log!(
-                1,
-                "out of descriptors: {} received descriptor(s) dropped by the kernel ({} hand-off(s) refused)",
-                m.lost_fds(),
-                ids.len()
-            );
-        }
-        self.lost.extend(ids);
-    }
-
-    /// The ids of the hand-offs that arrived without their descriptors since the
-    /// last call: the worker refuses them, so that the supervisor closes its copies.
-    pub(crate) fn take_lost(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.lost)
-    }
-
-    /// After every poll: the figures status, dispatch and scaling read.
-    pub(crate) fn report(&mut self, server: &Server<Protocol>) {
-        if let Some(card) = &self.card {
-            let stats = server.stats();
-            card.add_accepted(stats.accepted - self.reported);
-            self.reported = stats.accepted;
-            card.set_active(stats.active as u64);
-        }
     }
 }

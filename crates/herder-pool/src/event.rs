@@ -130,6 +130,29 @@ pub enum PoolEvent {
         /// Its pid.
         pid: u32,
     },
+    #[cfg(unix)]
+    /// A worker acknowledged every hand-off up to `upto`: its server owns them
+    /// ([`WorkerLink`](crate::WorkerLink) acknowledges after each poll). The
+    /// [`Dispatcher`](crate::Dispatcher) closes its copies then.
+    Acknowledged {
+        /// The slot.
+        slot: usize,
+        /// The worker.
+        pid: u32,
+        /// The highest hand-off id acknowledged; every lower one is acknowledged too.
+        upto: u64,
+    },
+    #[cfg(unix)]
+    /// A worker received these hand-offs without their descriptors (its descriptor
+    /// table was full): nobody serves them.
+    Refused {
+        /// The slot.
+        slot: usize,
+        /// The worker.
+        pid: u32,
+        /// The hand-off ids.
+        ids: Vec<u64>,
+    },
     /// A message from a worker that is not the pool's own. On Unix, every message a
     /// worker sent before it exited is reported before its
     /// [`Exited`](PoolEvent::Exited).

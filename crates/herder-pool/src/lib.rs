@@ -68,8 +68,12 @@ mod config;
 mod control;
 #[cfg(unix)]
 mod credentials;
+#[cfg(unix)]
+mod dispatch;
 mod error;
 mod event;
+#[cfg(unix)]
+mod link;
 mod listener;
 #[cfg(unix)]
 mod pool;
@@ -103,10 +107,15 @@ pub use accept_lock::{AcceptLock, AcceptLockKind};
 pub use control::Command;
 #[cfg(unix)]
 pub use credentials::Credentials;
+#[cfg(unix)]
+pub use dispatch::{Choice, DispatchStats, Dispatcher};
 pub use error::Error;
+#[cfg(unix)]
+pub use link::WorkerLink;
 pub use listener::reuseport_listener;
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
+pub use protocol::is_reserved;
 #[cfg(unix)]
 pub use worker::{
     CHANNEL_NAME, PEER_FRESH, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready,

@@ -1100,6 +1100,12 @@ impl Pool {
         }
     }
 
+    /// Whether a graceful stop was asked for ([`stop`](Self::stop), a signal, the
+    /// control socket, or the end of an upgrade).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
     /// Whether a [`stop`](Self::stop) has finished: no worker is left.
     pub fn is_stopped(&self) -> bool {
         self.stopping && self.procs.is_empty()
@@ -1743,6 +1749,18 @@ impl Pool {
                         self.on_ready(pid, events);
                     }
                 }
+                Ok(Some(msg)) if protocol::is_reserved(msg.payload()) => {
+                    match protocol::Receipt::decode(msg.payload()) {
+                        Some(protocol::Receipt::Ack(upto)) => {
+                            events.push(PoolEvent::Acknowledged { slot, pid, upto })
+                        }
+                        Some(protocol::Receipt::Refused(ids)) => {
+                            events.push(PoolEvent::Refused { slot, pid, ids })
+                        }
+                        // Reserved, and not what the worker side of the pool sends.
+                        None => tracing::warn!(slot, pid, "a malformed pool message; ignored"),
+                    }
+                }
                 Ok(Some(message)) => events.push(PoolEvent::Message { slot, message }),
                 Ok(None) => {
                     // The worker closed its end: it is exiting; its exit follows.
@@ -2162,7 +2180,13 @@ fn trace_events(events: &[PoolEvent]) {
             }
             PoolEvent::Command(cmd) => tracing::info!(command = ?cmd, "command"),
             PoolEvent::Stopped => tracing::info!("stopped"),
-            PoolEvent::Message { .. } | PoolEvent::Other(_) => {}
+            PoolEvent::Refused { slot, pid, ids } => tracing::warn!(
+                slot,
+                pid,
+                count = ids.len(),
+                "worker received hand-offs without their descriptors"
+            ),
+            PoolEvent::Acknowledged { .. } | PoolEvent::Message { .. } | PoolEvent::Other(_) => {}
         }
     }
 }

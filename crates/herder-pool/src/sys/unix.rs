@@ -884,3 +884,36 @@ pub(crate) fn private_dir() -> io::Result<std::path::PathBuf> {
     bytes.pop();
     Ok(std::path::PathBuf::from(OsString::from_vec(bytes)))
 }
+
+/// The soft `RLIMIT_NOFILE`, or `None` if unlimited or unknown.
+pub(crate) fn nofile_limit() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `lim` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    usize::try_from(lim.rlim_cur).ok()
+}
+
+/// How many descriptors this process has open, if the system lists them (and a
+/// descriptor is left to list them with).
+pub(crate) fn open_descriptors() -> Option<usize> {
+    let dir = std::fs::read_dir("/proc/self/fd")
+        .or_else(|_| std::fs::read_dir("/dev/fd"))
+        .ok()?;
+    // The listing includes the descriptor that reads it.
+    Some(dir.count().saturating_sub(1))
+}
+
+/// Whether `e` says the process or the system ran out of descriptors or memory.
+pub(crate) fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

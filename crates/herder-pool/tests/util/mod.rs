@@ -36,6 +36,15 @@ pub fn worker_main() {
         return;
     };
     let behaviour = std::env::var(BEHAVIOUR).unwrap_or_default();
+    if let Some(stall) = behaviour.strip_prefix("link-echo") {
+        // A hand-off worker on herder-pool's WorkerLink, serving echo — or, in slot 0
+        // while the file named after `-stall-slot0-while-` exists, ready but never
+        // reading its channel (so nothing it is handed is acknowledged).
+        let stall = stall
+            .strip_prefix("-stall-slot0-while-")
+            .is_some_and(|p| w.slot() == 0 && std::path::Path::new(p).exists());
+        link_worker(w, stall);
+    }
     let crash_slot: Option<usize> = behaviour
         .strip_prefix("crash-slot-")
         .and_then(|s| s.parse().ok());
@@ -262,4 +271,31 @@ fn lock_loop(w: &mut Worker) -> ! {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Echo.
+pub struct Echo;
+
+impl herder_reactor::Service for Echo {
+    fn on_data(
+        &mut self,
+        input: &mut herder_reactor::Input<'_>,
+        out: &mut herder_reactor::Output<'_>,
+    ) -> herder_reactor::Flow {
+        out.write(input.data());
+        input.consume(input.len());
+        herder_reactor::Flow::Continue
+    }
+}
+
+fn link_worker(mut w: Worker, stall: bool) -> ! {
+    let mut server =
+        herder_reactor::Server::new(herder_reactor::Config::default(), |_| Echo).expect("server");
+    let link =
+        herder_pool::WorkerLink::ready(&mut w, &mut server, Duration::from_secs(5)).expect("link");
+    if stall {
+        std::thread::sleep(Duration::from_secs(120));
+    }
+    link.run(&mut server, |_| Echo).expect("serving");
+    std::process::exit(0);
 }

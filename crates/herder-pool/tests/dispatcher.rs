@@ -1,0 +1,176 @@
+//! The hand-off model through the public API: a `Dispatcher` in the supervisor's
+//! loop, workers on `WorkerLink`. Connections spread over the workers and are
+//! acknowledged; a worker killed with connections it never acknowledged loses none
+//! of them (each is served once, by another); over the per-worker limit new
+//! connections are shed and counted.
+#![cfg(target_os = "linux")]
+
+mod util;
+
+use herder_pool::{Choice, Dispatcher, Pool};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn worker_entry() {
+    util::worker_main();
+}
+
+/// A pool of `n` workers with `behaviour`, a dispatcher on a fresh listener, every
+/// worker ready.
+fn start(n: usize, behaviour: &str, choice: Choice) -> (Pool, Dispatcher, SocketAddr) {
+    let mut pool = Pool::new(util::config(n, behaviour), Vec::new()).unwrap();
+    let mut dispatcher = Dispatcher::new(choice);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    dispatcher.add_listener(&mut pool, listener).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool
+        .workers()
+        .iter()
+        .filter(|w| w.state == herder_pool::State::Ready)
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "workers not ready: {:?}",
+            pool.workers()
+        );
+        for e in events.drain(..) {
+            dispatcher.handle(&mut pool, &e);
+        }
+        pool.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    for e in events.drain(..) {
+        dispatcher.handle(&mut pool, &e);
+    }
+    (pool, dispatcher, addr)
+}
+
+/// Runs the pool and the dispatcher until `done` says so (30 s at most).
+fn drive(
+    pool: &mut Pool,
+    d: &mut Dispatcher,
+    mut done: impl FnMut(&mut Pool, &Dispatcher) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut events = Vec::new();
+    while !done(pool, d) {
+        assert!(Instant::now() < deadline, "timed out: {:?}", d.stats());
+        pool.poll(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        for e in events.drain(..) {
+            d.handle(pool, &e);
+        }
+    }
+}
+
+/// A client that sends `msg`, then reads the whole answer once the server closes
+/// (after the client's own end of file).
+fn client(
+    addr: SocketAddr,
+    msg: String,
+    hold: mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // A shed connection may be gone by now: then nothing comes back.
+        let _ = c.write_all(msg.as_bytes());
+        let _ = hold.recv();
+        let _ = c.shutdown(Shutdown::Write);
+        let mut back = String::new();
+        let _ = c.read_to_string(&mut back);
+        back
+    })
+}
+
+#[test]
+fn connections_spread_over_the_workers_and_are_acknowledged() {
+    let (mut pool, mut d, addr) = start(2, "link-echo", Choice::LeastLoaded);
+    let (tx, rx): (Vec<_>, Vec<_>) = (0..10).map(|_| mpsc::channel::<()>()).unzip();
+    let clients: Vec<_> = rx
+        .into_iter()
+        .enumerate()
+        .map(|(i, hold)| client(addr, format!("hello {i}"), hold))
+        .collect();
+    // All ten held open at once: least-loaded spreads them.
+    drive(&mut pool, &mut d, |pool, d| {
+        let active: u64 = (0..2).filter_map(|s| pool.load(s)).map(|l| l.active).sum();
+        d.stats().handed_off == 10 && d.stats().unacknowledged == 0 && active == 10
+    });
+    let per_worker: Vec<u64> = (0..2).map(|s| pool.load(s).unwrap().active).collect();
+    // The clients arrive over time and the load a worker publishes lags a little:
+    // even, give or take one each way.
+    assert!(
+        per_worker.iter().all(|&n| (4..=6).contains(&n)),
+        "{per_worker:?}"
+    );
+    drop(tx);
+    for (i, c) in clients.into_iter().enumerate() {
+        let handle = std::thread::spawn(move || c.join().unwrap());
+        drive(&mut pool, &mut d, |_, _| handle.is_finished());
+        assert_eq!(handle.join().unwrap(), format!("hello {i}"));
+    }
+}
+
+#[test]
+fn a_worker_killed_before_it_acknowledged_loses_no_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("stall");
+    std::fs::write(&flag, b"").unwrap();
+    let behaviour = format!("link-echo-stall-slot0-while-{}", flag.display());
+    let (mut pool, mut d, addr) = start(2, &behaviour, Choice::RoundRobin);
+    let clients: Vec<_> = (0..10)
+        .map(|i| {
+            let (tx, rx) = mpsc::channel();
+            drop(tx);
+            client(addr, format!("ping {i}"), rx)
+        })
+        .collect();
+    // Round-robin: half went to slot 0, which holds them unacknowledged.
+    drive(&mut pool, &mut d, |_, d| {
+        d.stats().handed_off == 10 && d.stats().unacknowledged == 5
+    });
+    std::fs::remove_file(&flag).unwrap();
+    pool.signal(0, libc::SIGKILL).unwrap();
+    for (i, c) in clients.into_iter().enumerate() {
+        let handle = std::thread::spawn(move || c.join().unwrap());
+        drive(&mut pool, &mut d, |_, _| handle.is_finished());
+        // Served once: exactly its bytes, not twice, not none.
+        assert_eq!(handle.join().unwrap(), format!("ping {i}"));
+    }
+    assert_eq!(d.stats().handed_off, 15, "the five handed again, once each");
+}
+
+#[test]
+fn over_the_limit_new_connections_are_shed_and_counted() {
+    let (mut pool, mut d, addr) = start(1, "link-echo", Choice::LeastLoaded);
+    d.set_max_connections(Some(1));
+    let (tx, rx) = mpsc::channel();
+    let first = client(addr, "first".into(), rx);
+    drive(&mut pool, &mut d, |pool, _| {
+        pool.load(0).is_some_and(|l| l.active == 1)
+    });
+    let (tx2, rx2) = mpsc::channel();
+    drop(tx2);
+    let second = client(addr, "second".into(), rx2);
+    drive(&mut pool, &mut d, |_, d| d.stats().shed == 1);
+    let handle = std::thread::spawn(move || second.join().unwrap());
+    drive(&mut pool, &mut d, |_, _| handle.is_finished());
+    assert_eq!(
+        handle.join().unwrap(),
+        "",
+        "a shed connection is closed unanswered"
+    );
+    drop(tx);
+    let handle = std::thread::spawn(move || first.join().unwrap());
+    drive(&mut pool, &mut d, |_, _| handle.is_finished());
+    assert_eq!(handle.join().unwrap(), "first");
+}
