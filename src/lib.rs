@@ -23,3 +23,8 @@ pub mod protocol;
 pub use herder_fd as fd;
 pub use herder_pool as pool;
 pub use herder_reactor as reactor;
+
+/// The README's example, compiled as a doctest.
+#[cfg(all(doctest, unix))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

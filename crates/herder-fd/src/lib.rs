@@ -81,3 +81,8 @@ pub use channel_windows::{Channel, DEFAULT_MAX_PAYLOAD, Duplex, Message};
 
 #[cfg(not(any(unix, windows)))]
 compile_error!("herder-fd supports Unix and Windows only");
+
+/// The README's examples, compiled as doctests.
+#[cfg(all(doctest, unix))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -120,3 +120,8 @@ pub use protocol::is_reserved;
 pub use worker::{
     CHANNEL_NAME, PEER_FRESH, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready,
 };
+
+/// The README's examples, compiled as doctests.
+#[cfg(all(doctest, unix))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -751,3 +751,8 @@ impl fmt::Debug for Waker {
         f.debug_struct("Waker").finish_non_exhaustive()
     }
 }
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
