@@ -196,11 +196,16 @@ fn workers_run_as_nobody() {
         let what = format!("{name} {extra:?}");
         let mut args = vec!["--workers", "2", "--user", "nobody", "--group", "nogroup"];
         args.extend_from_slice(extra);
-        let util::Controlled {
-            server,
-            ctl,
-            dir: _dir,
-        } = util::start_controlled(name, &args);
+        // The program where `nobody` can reach it, wherever the checkout is (root's
+        // home is closed to others).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let program = dir.path().join(name);
+        std::fs::copy(util::example(name), &program).unwrap();
+        let ctl = dir.path().join("ctl.sock");
+        let mut cmd = util::server_command(&program);
+        cmd.args(&args).arg("--control").arg(&ctl);
+        let server = util::start_command(name, cmd);
         let supervisor = server.child.id();
         assert_eq!(ids(supervisor).0, [supervisor_uid; 4], "{what}: supervisor");
         let workers = util::pids(&util::status(&ctl));
@@ -228,7 +233,9 @@ fn workers_run_as_nobody() {
             "{what}"
         );
         use std::os::unix::process::CommandExt;
-        let as_nobody = std::process::Command::new(util::example("herderctl"))
+        let herderctl = dir.path().join("herderctl");
+        std::fs::copy(util::example("herderctl"), &herderctl).unwrap();
+        let as_nobody = std::process::Command::new(&herderctl)
             .arg("--control")
             .arg(&ctl)
             .arg("stop")
@@ -244,6 +251,44 @@ fn workers_run_as_nobody() {
         replacement_runs_as_nobody(&ctl, &workers, workers[0], &what);
         server.stop(&what);
     }
+
+    // A program the workers' user cannot reach: the server says so at once, and
+    // what to change, rather than retry starts that cannot succeed.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let program = dir.path().join("handoff_server");
+    std::fs::copy(util::example("handoff_server"), &program).unwrap();
+    let mut child = util::server_command(&program)
+        .args(["--workers", "1", "--user", "nobody", "--group", "nogroup"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a server whose workers cannot run the program kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("cannot run the program") && err.contains("is not searchable by uid 65534"),
+        "{err}"
+    );
 }
 
 /// Kills worker `victim` of `before` and checks that its replacement runs as nobody.

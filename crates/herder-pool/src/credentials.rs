@@ -84,6 +84,59 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Checks that a process of these credentials can run `program`: every directory
+    /// on its path searchable, and the file executable, by the owner, group or other
+    /// permission bits that apply to this user and group (root may do anything;
+    /// access control lists are not read). A pool checks its program so at start
+    /// rather than fail every worker start with `EACCES`.
+    ///
+    /// # Errors
+    ///
+    /// `PermissionDenied` naming the first path that stops them, its mode and owner;
+    /// what reading the path's metadata returns.
+    pub fn check_can_execute(&self, program: &std::path::Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.uid == 0 {
+            return Ok(());
+        }
+        let path = std::fs::canonicalize(program)?;
+        let steps: Vec<&std::path::Path> = path.ancestors().collect();
+        for (i, p) in steps.iter().rev().enumerate() {
+            let meta = std::fs::metadata(p)?;
+            let mode = meta.mode();
+            let bits = if meta.uid() == self.uid {
+                mode >> 6
+            } else if meta.gid() == self.gid {
+                mode >> 3
+            } else {
+                mode
+            };
+            if bits & 1 == 0 {
+                let what = if i + 1 == steps.len() {
+                    "executable"
+                } else {
+                    "searchable"
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} (mode {:o}, owner {}:{}) is not {what} by uid {} gid {}: \
+                         put the program where that user can reach it",
+                        p.display(),
+                        mode & 0o7777,
+                        meta.uid(),
+                        meta.gid(),
+                        self.uid,
+                        self.gid
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn not_found(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, msg)
 }
@@ -117,6 +170,44 @@ mod tests {
             let e = Credentials::lookup(user, group).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::NotFound, "{user} {group:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_program_the_user_cannot_reach_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("private");
+        std::fs::create_dir(&inner).unwrap();
+        let program = inner.join("server");
+        std::fs::write(&program, b"").unwrap();
+        let set = |p: &std::path::Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set(dir.path(), 0o755);
+        set(&program, 0o755);
+        set(&inner, 0o700);
+        let (uid, _, gid, _) = crate::sys::current_ids();
+        // Someone else, in no group of the files'.
+        let other = Credentials {
+            uid: uid ^ 0x4000_0000,
+            gid: gid ^ 0x4000_0000,
+        };
+        let e = other.check_can_execute(&program).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("private (mode 700"), "{e}");
+        assert!(e.to_string().contains("not searchable"), "{e}");
+        set(&inner, 0o711);
+        other.check_can_execute(&program).unwrap();
+        set(&program, 0o744);
+        let e = other.check_can_execute(&program).unwrap_err();
+        assert!(e.to_string().contains("not executable"), "{e}");
+        // The owner's bits apply to the owner.
+        Credentials { uid, gid }
+            .check_can_execute(&program)
+            .unwrap();
+        Credentials { uid: 0, gid: 0 }
+            .check_can_execute(&program)
+            .unwrap();
     }
 
     #[test]

@@ -42,7 +42,8 @@
 //! and breaker; rolling restarts, scaling and the control requests over a named pipe;
 //! a named-mutex `AcceptLock`. There is no scoreboard there (workers report their
 //! load over their channel), no signals (`request_stop`), and no binary upgrade.
-//! `docs/platforms.md` lists the differences.
+//! [The platforms page](https://github.com/herder-rs/herder/blob/main/docs/platforms.md)
+//! lists the differences.
 //!
 //! Each worker has a record in a scoreboard in shared memory (an anonymous
 //! `memfd`, nothing left behind by name): its heartbeat, connections taken and open,

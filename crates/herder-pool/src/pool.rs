@@ -280,6 +280,12 @@ impl Pool {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(Error::io("finding the current executable"))?,
         };
+        if let Some(who) = config.worker_credentials {
+            // Every start would fail with EACCES otherwise, each retried and backed
+            // off: say at once what to change.
+            who.check_can_execute(&program)
+                .map_err(Error::io("the workers' user cannot run the program"))?;
+        }
         let args = config
             .args
             .clone()

@@ -108,7 +108,8 @@ enum Report {
 }
 
 /// A pool of worker processes on Windows. See the [crate documentation](crate) and
-/// `docs/platforms.md` for what differs from Unix.
+/// [the platforms page](https://github.com/herder-rs/herder/blob/main/docs/platforms.md)
+/// for what differs from Unix.
 pub struct Pool {
     config: Config,
     program: PathBuf,
