@@ -151,10 +151,9 @@ mod unix {
     use crate::log;
     use anyhow::Context;
     use clap::Parser;
-    use herder::pool::{AcceptLockKind, Pool, Worker, reuseport_listener};
-    use herder::protocol::Protocol;
-    use herder::reactor::Server;
-    use std::net::TcpListener;
+    use herder::pool::{
+        AcceptLockKind, Pool, SharedListener, Sharing, Worker, WorkerLink, reuseport_listener,
+    };
     use std::os::fd::OwnedFd;
     use std::time::Duration;
 
@@ -251,128 +250,19 @@ mod unix {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// Connections accepted per wake-up at most when the workers balance their load.
-    const BALANCED_BURST: usize = 8;
-
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
-        // With one queue per worker (SO_REUSEPORT) the kernel picks the worker; with a
-        // shared queue the workers balance: one holding more connections than its
-        // least-loaded peer leaves new ones to the others.
-        let balance = args.accept != "reuseport";
+        let sharing = match args.accept.as_str() {
+            "exclusive" => Sharing::Exclusive,
+            "reuseport" => Sharing::ReusePort,
+            // The pool's lock, if it has one (none for `--accept none`).
+            _ => Sharing::Lock,
+        };
         let mut server = common::server(&args.common)?;
-        // Balancing, a worker looks at its peers' load between bursts: a burst must be
-        // small, or a worker that polls while its peers are still starting takes a
-        // whole wave of connections at once.
-        let burst = if balance {
-            BALANCED_BURST
-        } else {
-            herder::reactor::Config::default().accept_burst
-        };
-        let listener = worker
-            .take_listener("http")
-            .context("no listener inherited")?;
-        let mut lock = worker.accept_lock()?;
-        let key = if args.accept == "exclusive" {
-            exclusive(&mut server, listener)?
-        } else {
-            server.add_listener(listener)?
-        };
-        if lock.is_some() {
-            server.pause_listener(key)?;
-        }
-        // Counted by its peers before it reports ready: a server whose workers are all
-        // ready has every one of them in the balance from the first connection.
-        let card = worker.scorecard().filter(|_| balance);
-        if let Some(card) = &card {
-            card.set_accepting(true);
-        }
+        let shared = SharedListener::new(&mut worker, &mut server, "http", sharing)?;
         let drain = Duration::from_secs(args.common.drain_timeout);
-        let mut link = herder::pool::WorkerLink::ready(&mut worker, &mut server, drain)?;
-        // Whether the listener is in this worker's poll set: with a lock, only while
-        // the worker holds it (as in nginx, it stays armed while the worker keeps
-        // winning the lock, saving two system calls a turn).
-        let mut armed = lock.is_none();
-        let mut events = Vec::new();
-        loop {
-            let draining = server.is_draining();
-            let allowance = card
-                .as_ref()
-                .and_then(|c| c.accept_allowance(server.stats().active as u64));
-            let yielding = !draining && allowance == Some(0);
-            if balance {
-                // At most what keeps this worker within its share.
-                server.set_accept_burst(allowance.map_or(burst, |n| (n as usize).min(burst)));
-            }
-            let mut held = false;
-            let want = match lock.as_mut() {
-                Some(l) => {
-                    held = !draining && !yielding && l.try_lock()?;
-                    if !held && !draining && !yielding {
-                        if let Some(card) = &card {
-                            card.add_lock_waits(1);
-                        }
-                    }
-                    held
-                }
-                None => !yielding,
-            };
-            if !draining && want != armed {
-                if want {
-                    server.resume_listener(key)?;
-                } else {
-                    server.pause_listener(key)?;
-                }
-                armed = want;
-            }
-            // Without the lock, or leaving connections to others, look again soon;
-            // otherwise accept what comes.
-            let wait = if (lock.is_some() && !held) || yielding {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(500)
-            };
-            server.poll(&mut events, Some(wait))?;
-            if held {
-                lock.as_mut().expect("held").unlock()?;
-            }
-            for e in events.drain(..) {
-                link.handle(
-                    &mut server,
-                    &e,
-                    |_| common::service(&args.common),
-                    |_, _| {},
-                )?;
-            }
-            link.flush(&server)?;
-            if server.is_draining() {
-                if let Some(card) = &card {
-                    card.set_accepting(false);
-                }
-                if server.is_empty() {
-                    log!(3, "drained");
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    fn exclusive(
-        server: &mut Server<Protocol>,
-        listener: TcpListener,
-    ) -> std::io::Result<herder::reactor::Key> {
-        use herder::reactor::os::linux::ServerExt;
-        server.add_exclusive_listener(listener, Some(Duration::from_millis(50)))
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn exclusive(
-        _: &mut Server<Protocol>,
-        _: TcpListener,
-    ) -> std::io::Result<herder::reactor::Key> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "EPOLLEXCLUSIVE is Linux-only",
-        ))
+        let link = WorkerLink::ready(&mut worker, &mut server, drain)?;
+        link.run_shared(&mut server, shared, |_peer| common::service(&args.common))?;
+        log!(3, "drained");
+        Ok(())
     }
 }

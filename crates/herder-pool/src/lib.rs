@@ -82,6 +82,8 @@ mod protocol;
 mod restart;
 #[cfg(unix)]
 mod scoreboard;
+#[cfg(unix)]
+mod shared;
 mod state;
 #[cfg(unix)]
 pub mod systemd;
@@ -117,6 +119,8 @@ pub use listener::reuseport_listener;
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
 pub use protocol::is_reserved;
+#[cfg(unix)]
+pub use shared::{SharedListener, Sharing};
 #[cfg(unix)]
 pub use worker::{
     CHANNEL_NAME, PEER_FRESH, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready,
