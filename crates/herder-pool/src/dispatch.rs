@@ -30,11 +30,14 @@ pub struct DispatchStats {
     /// Connections handed to a worker (a connection handed again after its worker
     /// died counts again).
     pub handed_off: u64,
-    /// Connections closed because every ready worker held its maximum
-    /// ([`Dispatcher::set_max_connections`]), or the pending queue was full.
+    /// Connections closed unserved by the dispatcher: every ready worker held its
+    /// maximum ([`Dispatcher::set_max_connections`]), no worker was ready and the
+    /// queue or the descriptor budget was full, or a stop or an upgrade left them
+    /// with no worker.
     pub shed: u64,
-    /// Connections closed because the worker received them without their
-    /// descriptor (its descriptor table was full: [`PoolEvent::Refused`]).
+    /// Connections closed because the worker refused them ([`PoolEvent::Refused`]):
+    /// it received them without their descriptor (its descriptor table was full),
+    /// or could not serve them (at its own connection limit).
     pub refused: u64,
     /// Connections waiting for a ready worker now.
     pub pending: usize,
@@ -80,9 +83,10 @@ struct Conn {
 /// ([`Choice`]), hands the connections of one batch to each worker in one message
 /// (`SCM_RIGHTS`, with herder-fd's [`Handoff`] header), and **keeps its copy of each
 /// until the worker acknowledges it**: the connections of a worker that dies before
-/// it acknowledged them go to another worker, once. A worker's [`WorkerLink`]
+/// it acknowledged them go to another worker. A worker's [`WorkerLink`]
 /// acknowledges after its server owns the connections, before it reads a byte of
-/// them, so no connection is served twice.
+/// them, and the pool reports a dead worker's last acknowledgements before its exit,
+/// so each connection is served by exactly one worker.
 ///
 /// It holds no more connections than the descriptor limit affords: it keeps a
 /// reserve (the control socket, a worker's restart and an upgrade must always
@@ -281,10 +285,12 @@ impl Dispatcher {
             }
             PoolEvent::Upgraded { .. } => {
                 // The new supervisor accepts from now on; the connections taken here
-                // go to this pool's workers before they drain.
+                // go to this pool's workers before they drain, and those no worker
+                // can take now never will.
                 self.close_listeners(pool);
                 self.flush(pool);
                 self.stopping = true;
+                self.shed_pending();
             }
             _ => {}
         }
@@ -292,7 +298,7 @@ impl Dispatcher {
             // Stop accepting at once; the workers drain what they have.
             self.close_listeners(pool);
             self.stopping = true;
-            self.pending.clear();
+            self.shed_pending();
         }
         // Whatever freed a descriptor (an acknowledgement, a refusal, a shed, an
         // exit) resumes accepting at once; whatever filled the budget pauses it.
@@ -301,7 +307,9 @@ impl Dispatcher {
         own
     }
 
-    /// Hands connections accepted elsewhere to the workers, as if accepted here.
+    /// Hands connections accepted elsewhere to the workers, as if accepted here
+    /// (they should be blocking, as a fresh socket is; the budget is not checked:
+    /// the caller holds them already).
     pub fn dispatch(&mut self, pool: &mut Pool, conns: Vec<(TcpStream, SocketAddr)>) {
         let conns = conns
             .into_iter()
@@ -579,6 +587,16 @@ impl Dispatcher {
         }
     }
 
+    /// Closes the connections waiting for a worker, counted as shed.
+    fn shed_pending(&mut self) {
+        let n = self.pending.len() as u64;
+        if n > 0 {
+            self.pending.clear();
+            self.stats.shed += n;
+            tracing::warn!(count = n, "stopping: closing connections no worker took");
+        }
+    }
+
     fn flush(&mut self, pool: &mut Pool) {
         let waiting: Vec<Conn> = self.pending.drain(..).collect();
         self.dispatch_all(pool, waiting);
@@ -597,7 +615,7 @@ impl Dispatcher {
             tracing::warn!(
                 pid,
                 refused = self.stats.refused,
-                "a worker ran out of descriptors: closing the connections it could not take"
+                "a worker refused connections (out of descriptors, or at its limit): closing them"
             );
         }
     }

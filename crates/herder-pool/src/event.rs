@@ -143,8 +143,9 @@ pub enum PoolEvent {
         upto: u64,
     },
     #[cfg(unix)]
-    /// A worker received these hand-offs without their descriptors (its descriptor
-    /// table was full): nobody serves them.
+    /// A worker refused these hand-offs: it received them without their
+    /// descriptors (its descriptor table was full), or could not serve them (at its
+    /// connection limit). Nobody serves them.
     Refused {
         /// The slot.
         slot: usize,

@@ -118,6 +118,10 @@ impl WorkerLink {
     /// Handles `event` if it is the link's: returns whether it was. Hand-offs become
     /// connections of `server`, each served by `service(peer)` from the bytes the
     /// supervisor had read; the supervisor's other messages go to `on_message`.
+    /// `SIGTERM` and `SIGINT` drain the server; other signals are the caller's.
+    ///
+    /// Call [`flush`](Self::flush) after every poll of the server, before the next:
+    /// that is when the hand-offs are acknowledged, before a byte of them is read.
     ///
     /// # Errors
     ///
@@ -137,20 +141,30 @@ impl WorkerLink {
                 match self.channel.recv_lossy() {
                     Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
                     Ok(Some(m)) if is_drain_request(m.payload()) => self.drain(server),
-                    Ok(Some(m)) if m.fds().is_empty() => on_message(server, m),
-                    Ok(Some(m)) => self.adopt(server, m, &mut service)?,
+                    Ok(Some(m)) if !m.fds().is_empty() && m.handoff_ids().is_ok() => {
+                        self.adopt(server, m, &mut service)?
+                    }
+                    Ok(Some(m)) => on_message(server, m),
+                    // The supervisor is gone (a reset: it died with receipts of ours
+                    // unread): finish what is open, then go.
                     Ok(None) => {
-                        // The supervisor is gone: finish what is open, then go.
-                        self.orphaned = true;
-                        self.drain(server);
-                        let _ = server.remove_source(self.key);
+                        self.orphan(server);
+                        return Ok(true);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        self.orphan(server);
                         return Ok(true);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                     Err(e) => return Err(e),
                 }
             },
-            Event::Signal(_) => self.drain(server),
+            Event::Signal(Signal::Terminate | Signal::Interrupt) => self.drain(server),
             Event::Timer(t) if *t == self.tick => {
                 if let Some(card) = &self.card {
                     card.heartbeat();
@@ -176,13 +190,16 @@ impl WorkerLink {
             self.reported = stats.accepted;
             card.set_active(stats.active as u64);
         }
-        // Refusals first: an acknowledgement covers every id up to its own.
-        let lost = std::mem::take(&mut self.lost);
-        for ids in lost.chunks(herder_fd::MAX_FDS_PER_MESSAGE) {
-            self.send(&Receipt::Refused(ids.to_vec()))?;
+        // Refusals first: an acknowledgement covers every id up to its own. Each is
+        // forgotten only once sent, so a failed send is tried again next time.
+        while !self.lost.is_empty() {
+            let n = self.lost.len().min(herder_fd::MAX_FDS_PER_MESSAGE);
+            self.send(&Receipt::Refused(self.lost[..n].to_vec()))?;
+            self.lost.drain(..n);
         }
-        if let Some(upto) = self.unacked.take() {
+        if let Some(upto) = self.unacked {
             self.send(&Receipt::Ack(upto))?;
+            self.unacked = None;
         }
         Ok(())
     }
@@ -224,6 +241,12 @@ impl WorkerLink {
     /// begin like the pool's: [`is_reserved`](crate::is_reserved)).
     pub fn channel(&mut self) -> &mut Channel {
         &mut self.channel
+    }
+
+    fn orphan<Svc: Service + 'static>(&mut self, server: &mut Server<Svc>) {
+        self.orphaned = true;
+        self.drain(server);
+        let _ = server.remove_source(self.key);
     }
 
     fn drain<Svc: Service + 'static>(&mut self, server: &mut Server<Svc>) {

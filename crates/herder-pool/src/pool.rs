@@ -1141,7 +1141,7 @@ impl Pool {
             match ev {
                 Event::Io { key, .. } => match self.watches.get(&key).copied() {
                     Some(Watch::Channel(pid)) => {
-                        self.read_channel(pid, events);
+                        self.read_channel(pid, false, events);
                     }
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
                     Some(Watch::ControlListener) => self.accept_control(key),
@@ -1737,7 +1737,8 @@ impl Pool {
     }
 
     /// Reads a bounded batch of `pid`'s messages; whether more may be waiting.
-    fn read_channel(&mut self, pid: u32, events: &mut Vec<PoolEvent>) -> bool {
+    /// `reaped`: the process was waited for already.
+    fn read_channel(&mut self, pid: u32, reaped: bool, events: &mut Vec<PoolEvent>) -> bool {
         // A bounded batch: a worker flooding its channel cannot starve the rest (the
         // watch is level-triggered and comes back).
         for _ in 0..64 {
@@ -1774,9 +1775,15 @@ impl Pool {
                     return false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                // The worker died with messages of ours unread: the kernel says so
+                // once, and what it had sent (and then the end) still follows.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
                 Err(error) => {
                     self.unwatch_channel(pid);
-                    let _ = sys::signal(pid, libc::SIGKILL);
+                    // Not if it was reaped already: its pid may be another's now.
+                    if !reaped {
+                        let _ = sys::signal(pid, libc::SIGKILL);
+                    }
                     events.push(PoolEvent::ChannelError { slot, error });
                     return false;
                 }
@@ -1858,10 +1865,15 @@ impl Pool {
         // What the worker sent before it died (an acknowledgement, say) is reported
         // before its exit: whoever acts on the exit must know what it had done. A dead
         // process's channel holds a bounded amount.
+        let mut more = true;
         for _ in 0..1024 {
-            if !self.read_channel(pid, events) {
+            more = self.read_channel(pid, true, events);
+            if !more {
                 break;
             }
+        }
+        if more {
+            tracing::warn!(pid, "a dead worker's channel still had messages; dropped");
         }
         self.unwatch_channel(pid);
         let Some(p) = self.procs.remove(&pid) else {
@@ -2186,12 +2198,9 @@ fn trace_events(events: &[PoolEvent]) {
             }
             PoolEvent::Command(cmd) => tracing::info!(command = ?cmd, "command"),
             PoolEvent::Stopped => tracing::info!("stopped"),
-            PoolEvent::Refused { slot, pid, ids } => tracing::warn!(
-                slot,
-                pid,
-                count = ids.len(),
-                "worker received hand-offs without their descriptors"
-            ),
+            PoolEvent::Refused { slot, pid, ids } => {
+                tracing::debug!(slot, pid, count = ids.len(), "worker refused hand-offs")
+            }
             PoolEvent::Acknowledged { .. } | PoolEvent::Message { .. } | PoolEvent::Other(_) => {}
         }
     }

@@ -15,9 +15,13 @@ pub(crate) const DRAIN: &[u8] = b"PD";
 #[cfg(windows)]
 pub(crate) const LOAD: &[u8] = b"PL";
 
-/// Whether a payload is one of the pool's own messages.
+/// Whether a payload is one of the pool's own two-byte messages.
 pub(crate) fn is_pool_message(payload: &[u8]) -> bool {
-    payload.len() == 2 && payload[0] == b'P'
+    #[cfg(windows)]
+    if payload == LOAD {
+        return true;
+    }
+    payload == READY || payload == DRAIN
 }
 
 /// Worker to supervisor: every hand-off up to this id (a little-endian `u64` follows)

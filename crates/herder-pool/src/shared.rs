@@ -168,10 +168,8 @@ impl SharedListener {
             .as_ref()
             .and_then(|c| c.accept_allowance(server.stats().active as u64));
         let yielding = allowance == Some(0);
-        if self.card.is_some() {
-            // At most what keeps this worker within its share.
-            server.set_accept_burst(allowance.map_or(self.burst, |n| (n as usize).min(self.burst)));
-        }
+        // At most what keeps this worker within its share.
+        server.set_accept_burst(allowance.map_or(self.burst, |n| (n as usize).min(self.burst)));
         let mut held = false;
         let want = match self.lock.as_mut() {
             Some(l) if !yielding => {
@@ -186,9 +184,33 @@ impl SharedListener {
             Some(_) => false,
             None => !yielding,
         };
+        let wait = if (self.lock.is_some() && !held) || yielding {
+            TURN
+        } else {
+            timeout
+        };
+        let turn = self
+            .arm(server, want)
+            .and_then(|()| server.poll(events, Some(wait)));
+        // Released whatever happened: a lock kept by a worker that goes on (or whose
+        // caller retries) would starve every peer.
+        if held {
+            if let Some(l) = self.lock.as_mut() {
+                l.unlock()?;
+            }
+        }
+        turn
+    }
+
+    /// Puts the listener in the poll set or takes it out. With a lock it stays
+    /// armed while the worker keeps winning it (two system calls a turn saved, as in
+    /// nginx).
+    fn arm<Svc: Service + 'static>(
+        &mut self,
+        server: &mut Server<Svc>,
+        want: bool,
+    ) -> io::Result<()> {
         if want != self.armed {
-            // With a lock the listener stays armed while the worker keeps winning
-            // it (two system calls a turn saved, as in nginx).
             if want {
                 server.resume_listener(self.key)?;
             } else {
@@ -196,18 +218,7 @@ impl SharedListener {
             }
             self.armed = want;
         }
-        let wait = if (self.lock.is_some() && !held) || yielding {
-            TURN
-        } else {
-            timeout
-        };
-        let polled = server.poll(events, Some(wait));
-        if held {
-            if let Some(l) = self.lock.as_mut() {
-                l.unlock()?;
-            }
-        }
-        polled
+        Ok(())
     }
 }
 

@@ -60,7 +60,14 @@ fn a_dead_worker_s_messages_are_reported_before_its_exit() {
     let mut pool = Pool::new(util::config(1, "last-words"), Vec::new()).unwrap();
     let mut events = Vec::new();
     pool.start(&mut events);
+    util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+        matches!(e, PoolEvent::Ready { .. })
+    });
     let pid = pool.workers()[0].pid.unwrap();
+    // "Go", and five it never reads.
+    for _ in 0..6 {
+        pool.send(0, b"go", &[]).unwrap();
+    }
     // Not a single poll until it is dead: its exit and its messages are both
     // waiting when the pool looks.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -108,7 +108,10 @@ pub fn worker_main() {
     w.ready().expect("ready");
     let ch = w.channel().expect("channel");
     if behaviour == "last-words" {
-        // Many messages, then death at once: more than one read of the channel's.
+        // Told to go (and more, left unread), many messages, then death at once:
+        // more than one read of the channel's, and the reset of a socket closed with
+        // unread data.
+        ch.recv().expect("told to go");
         for i in 0..150 {
             ch.send(format!("last words {i}").as_bytes(), &[])
                 .expect("last words");
