@@ -54,15 +54,21 @@ impl Worker {
     /// ```no_run
     /// fn main() -> std::io::Result<()> {
     ///     if let Some(mut worker) = herder_pool::Worker::from_env()? {
-    ///         let listener = worker.take_listener("http");
-    ///         // ... serve, then:
+    ///         let listener = worker.take_listener("http").expect("the pool's listener");
+    ///         // Set up what serving needs, then say so: only a ready worker counts.
     ///         worker.ready()?;
+    ///         for conn in listener.incoming() {
+    ///             drop(conn?); // serve it
+    ///         }
     ///         return Ok(());
     ///     }
     ///     // the supervisor's code
     ///     Ok(())
     /// }
     /// ```
+    ///
+    /// A worker on a herder-reactor `Server` uses [`WorkerLink`](crate::WorkerLink)
+    /// instead, which also reads the drain request and the supervisor's end.
     pub fn from_env() -> Result<Option<Worker>, Error> {
         let Some(role) = std::env::var_os(WORKER_ENV) else {
             return Ok(None);
