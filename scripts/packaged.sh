@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds and tests tests/packaged/ — the smallest hand-off and shared-listener
+# servers — against the herder crates as `cargo package` makes them (what crates.io
+# would serve), never against the workspace's sources.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cargo package --workspace --locked --no-verify --quiet
+rm -rf target/packaged
+mkdir -p target/packaged
+for c in herder-fd herder-reactor herder-pool; do
+    tar -xzf "target/package/$c-0.1.0.crate" -C target/packaged
+done
+cd tests/packaged
+CARGO_TARGET_DIR=../../target/packaged-build cargo test --locked "$@"
