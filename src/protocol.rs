@@ -78,6 +78,9 @@ pub struct Http {
     head_timeout: Duration,
     /// The server drains: the next response is the last.
     draining: bool,
+    /// The last close was the client's own (`Connection: close`): it sends nothing
+    /// more.
+    client_done: bool,
 }
 
 impl Default for Http {
@@ -242,6 +245,7 @@ impl Http {
             body_progress: None,
             head_timeout: timeout,
             draining: false,
+            client_done: false,
         }
     }
 
@@ -292,6 +296,7 @@ impl Http {
                 return (parsed, false);
             }
             let close = head.close || self.draining;
+            self.client_done = head.close;
             response(out, "200 OK", close, head.head_only);
             parsed.consumed += head.len + head.body;
             parsed.responses += 1;
@@ -321,9 +326,15 @@ impl Service for Http {
     fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
         let mut buf = Vec::new();
         let (parsed, close) = self.respond(input.data(), &mut buf);
+        let everything = parsed.consumed == input.len();
         input.consume(parsed.consumed);
         out.write(&buf);
-        if close { Flow::Close } else { Flow::Continue }
+        match close {
+            false => Flow::Continue,
+            // The client asked to close and sent nothing after: no need to linger.
+            true if self.client_done && everything => Flow::Done,
+            true => Flow::Close,
+        }
     }
 
     fn on_input_limit(&mut self, out: &mut Output<'_>) -> Flow {

@@ -323,7 +323,10 @@ impl<S: Source> Reactor<S> {
         self.register_with(source, false, |key, source| {
             // SAFETY: the reactor owns `source` from here on and deletes it from the
             // poller before dropping it (in `deregister`, in `register_with` on error,
-            // and in `Drop`), as `Poller::add_with_mode` requires.
+            // and in `Drop`), as `Poller::add_with_mode` requires — except that on
+            // Linux `deregister_to_close` leaves the deletion to the close of the
+            // descriptor's only copy, which removes it from the epoll set (polling's
+            // epoll backend holds no state of its own for a source).
             unsafe {
                 poller.add_with_mode(
                     raw_source(source),
@@ -447,6 +450,24 @@ impl<S: Source> Reactor<S> {
         self.len -= 1;
         // A source that cannot be deleted (already closed elsewhere) needs no deletion.
         let _ = self.poller.delete(&source);
+        Ok(source)
+    }
+
+    /// As [`deregister`](Self::deregister), for a source the caller closes at once
+    /// and whose descriptor has no other copy. On Linux (epoll) it saves the
+    /// `EPOLL_CTL_DEL`: the kernel forgets a descriptor when its last reference
+    /// closes, and polling's epoll backend keeps nothing of a source beyond the
+    /// kernel's registration. Elsewhere it deletes as `deregister` does.
+    pub(crate) fn deregister_to_close(&mut self, key: Key) -> io::Result<S> {
+        if !cfg!(any(target_os = "linux", target_os = "android")) {
+            return self.deregister(key);
+        }
+        self.get(key).ok_or_else(not_found)?;
+        let slot = &mut self.slots[key.index()];
+        let source = slot.source.take().ok_or_else(not_found)?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(key.index());
+        self.len -= 1;
         Ok(source)
     }
 

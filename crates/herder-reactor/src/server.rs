@@ -29,7 +29,11 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Connections accepted per listener readiness event. Default 64.
     pub accept_burst: usize,
-    /// Set `TCP_NODELAY` on TCP connections. Default true.
+    /// Set `TCP_NODELAY` on TCP connections — when it can matter: before a
+    /// connection's second write, or a first one of more than a segment (as nginx
+    /// sets it on keep-alive connections). A first reply that fits a segment goes
+    /// out at once anyway (nothing is unacknowledged yet), so a connection that
+    /// closes after it saves the system call. Default true.
     pub nodelay: bool,
     /// After `EMFILE`/`ENFILE` on `accept`, pause the listener this long instead of
     /// spinning. Default 100 ms.
@@ -212,6 +216,14 @@ struct Conn<Svc> {
     timer_at: Option<Instant>,
     /// Whether `timer` is the linger deadline.
     timer_is_linger: bool,
+    /// Accepted by this server: its descriptor has no other copy.
+    own: bool,
+    /// The service said the peer sends nothing more ([`Flow::Done`]): no lingering.
+    done: bool,
+    /// `TCP_NODELAY` is wanted and not set yet.
+    nodelay: bool,
+    /// Something was written to it already.
+    wrote: bool,
 }
 
 impl<Svc> Conn<Svc> {
@@ -544,14 +556,18 @@ impl<Svc: Service + 'static> Server<Svc> {
         svc: Svc,
         initial: &[u8],
     ) -> io::Result<Key> {
+        let stream = stream.into();
+        stream.set_nonblocking()?;
+        self.add_conn(stream, svc, initial, false)
+    }
+
+    /// Adds a connection that is non-blocking already; `own`: accepted here, its
+    /// descriptor has no other copy.
+    fn add_conn(&mut self, stream: Stream, svc: Svc, initial: &[u8], own: bool) -> io::Result<Key> {
         if self.is_full() {
             return Err(io::Error::other(LIMIT_REACHED));
         }
-        let stream = stream.into();
-        stream.set_nonblocking()?;
-        if let (Stream::Tcp(s), true) = (&stream, self.config.nodelay) {
-            let _ = s.set_nodelay(true);
-        }
+        let nodelay = self.config.nodelay && matches!(stream, Stream::Tcp(_));
         let conn = Conn {
             stream,
             svc,
@@ -569,6 +585,10 @@ impl<Svc: Service + 'static> Server<Svc> {
             timer: None,
             timer_at: None,
             timer_is_linger: false,
+            own,
+            done: false,
+            nodelay,
+            wrote: false,
         };
         let key =
             self.reactor
@@ -812,15 +832,15 @@ impl<Svc: Service + 'static> Server<Svc> {
                 return;
             }
             let accepted = match self.reactor.get(key) {
-                Some(Entry::Listener(l)) => l.listener.accept(),
+                Some(Entry::Listener(l)) => accept_nonblocking(&l.listener),
                 _ => return,
             };
             match accepted {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     let stream = Stream::Tcp(stream);
                     let svc = (self.factory)(&stream);
                     // A connection that cannot be registered is dropped: closed.
-                    let _ = self.add_connection(stream, svc, &[]);
+                    let _ = self.add_conn(stream, svc, &[], true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -981,7 +1001,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             c.close_reason = Some(CloseReason::Eof);
         }
         if c.closing && c.output.is_empty() && !c.lingering {
-            if c.eof || b.config.linger.is_zero() || c.stream.shutdown_write().is_err() {
+            if c.eof || c.done || b.config.linger.is_zero() || c.stream.shutdown_write().is_err() {
                 return Err(c.close_reason.take().unwrap_or(CloseReason::Service));
             }
             // The peer may still be sending: a close now could reset the connection
@@ -1030,7 +1050,14 @@ impl<Svc: Service + 'static> Server<Svc> {
     }
 
     fn close(&mut self, key: Key, reason: CloseReason) {
-        if let Ok(Entry::Conn(mut c)) = self.reactor.deregister(key) {
+        let own = matches!(self.reactor.get(key), Some(Entry::Conn(c)) if c.own);
+        let entry = if own {
+            // Closed right below, and the only copy: the close leaves epoll by itself.
+            self.reactor.deregister_to_close(key)
+        } else {
+            self.reactor.deregister(key)
+        };
+        if let Ok(Entry::Conn(mut c)) = entry {
             self.stats.active -= 1;
             self.unfill();
             if let Some(id) = c.timer.take() {
@@ -1078,6 +1105,19 @@ struct Bufs<'a> {
 }
 
 /// `at + d`, or a point decades away if that overflows: a huge timeout means never.
+/// A connection from `listener`, non-blocking and close-on-exec from the start.
+#[cfg(unix)]
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
+    crate::sys::accept(listener)
+}
+
+#[cfg(not(unix))]
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
+    let (stream, _) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
 fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
         .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
@@ -1212,6 +1252,7 @@ fn call<Svc: Service + 'static>(
         obuf.clear();
         let flow = f(&mut c.svc, &mut Output::new(obuf));
         if !obuf.is_empty() && flow != Flow::Abort {
+            before_write(c, obuf.len());
             let written = write_some(&mut c.stream, obuf)?;
             c.output.extend_from_slice(&obuf[written..]);
             if written > 0 {
@@ -1233,10 +1274,11 @@ fn call<Svc: Service + 'static>(
 fn apply<Svc>(c: &mut Conn<Svc>, flow: Flow, reason: CloseReason) -> Result<(), CloseReason> {
     match flow {
         Flow::Continue => Ok(()),
-        Flow::Close => {
+        Flow::Close | Flow::Done => {
             if !c.closing {
                 c.closing = true;
                 c.close_reason = Some(reason);
+                c.done = flow == Flow::Done;
             }
             Ok(())
         }
@@ -1246,6 +1288,7 @@ fn apply<Svc>(c: &mut Conn<Svc>, flow: Flow, reason: CloseReason) -> Result<(), 
 
 /// Writes as much pending output as the socket takes; frees the buffer once empty.
 fn flush<Svc>(c: &mut Conn<Svc>) -> Result<(), CloseReason> {
+    before_write(c, c.output.len());
     let written = write_some(&mut c.stream, &c.output)?;
     if written > 0 {
         c.last_active = Instant::now();
@@ -1256,6 +1299,20 @@ fn flush<Svc>(c: &mut Conn<Svc>) -> Result<(), CloseReason> {
         c.output.drain(..written);
     }
     Ok(())
+}
+
+/// Sets `TCP_NODELAY` where it can matter ([`Config::nodelay`]): before a second
+/// write, or a first one of more than a segment.
+fn before_write<Svc>(c: &mut Conn<Svc>, len: usize) {
+    /// Less than any Ethernet segment's payload.
+    const SEGMENT: usize = 1400;
+    if c.nodelay && (c.wrote || len > SEGMENT) {
+        c.nodelay = false;
+        if let Stream::Tcp(s) = &c.stream {
+            let _ = s.set_nodelay(true);
+        }
+    }
+    c.wrote = true;
 }
 
 /// Writes until the socket would block; returns how much it took.

@@ -137,8 +137,17 @@ pub trait Service {
 pub enum Flow {
     /// Keep the connection.
     Continue,
-    /// Stop reading, write what is in the output, then close.
+    /// Stop reading, write what is in the output, then close. The peer may still
+    /// be sending (a request the service refused, say): the server shuts its side
+    /// down first and reads and discards until the peer is done or the linger
+    /// timeout passes ([`Config::linger`](crate::Config::linger)), so that the last
+    /// reply is not destroyed by a reset.
     Close,
+    /// The exchange is over on both sides — the peer said it sends nothing more
+    /// (HTTP's `Connection: close` on its last request) and everything it sent was
+    /// consumed: write what is in the output, then close at once, without the
+    /// lingering of [`Close`](Flow::Close).
+    Done,
     /// Close at once, dropping unwritten output (a reset-like end).
     Abort,
 }

@@ -1,8 +1,9 @@
 //! Unix: signals through a self-pipe, and `EPOLLEXCLUSIVE` on Linux. Every FFI call of
 //! the crate on Unix is in this file.
 //!
-//! What this backend provides: [`SignalPipe`] (take, install, drain, restore) and, on
-//! Linux, [`add_exclusive`].
+//! What this backend provides: [`SignalPipe`] (take, install, drain, restore),
+//! [`accept`] (non-blocking and close-on-exec from the start) and, on Linux,
+//! [`add_exclusive`].
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -227,4 +228,55 @@ pub(crate) unsafe fn add_exclusive(
         )
     })?;
     Ok(())
+}
+
+/// Accepts a connection from `listener`, non-blocking and close-on-exec from the
+/// start: one `accept4(2)` where the system has it, rather than `accept` and an
+/// `ioctl(FIONBIO)`.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos"
+))]
+pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
+    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    loop {
+        // SAFETY: the listener's descriptor is open for the call; null address
+        // pointers make accept4 write no address.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                flags,
+            )
+        };
+        match cvt(fd) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            Ok(fd) => return Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) }),
+        }
+    }
+}
+
+/// As above, where the system has no `accept4` (macOS): std's `accept` sets
+/// close-on-exec, and the socket is made non-blocking after.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos"
+)))]
+pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
+    let (stream, _) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
 }
