@@ -404,7 +404,10 @@ impl Dispatcher {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    // Blocking in the worker's hands, as a fresh socket would be.
+                    // Blocking in the worker's hands, as a fresh socket would be: on
+                    // Linux an accepted socket is (it does not inherit the
+                    // listener's O_NONBLOCK); elsewhere it may not be.
+                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
                     let _ = stream.set_nonblocking(false);
                     batch.push(Conn { stream, peer });
                 }
