@@ -1308,8 +1308,12 @@ fn before_write<Svc>(c: &mut Conn<Svc>, len: usize) {
     const SEGMENT: usize = 1400;
     if c.nodelay && (c.wrote || len > SEGMENT) {
         c.nodelay = false;
-        if let Stream::Tcp(s) = &c.stream {
-            let _ = s.set_nodelay(true);
+        match &c.stream {
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            #[cfg(unix)]
+            Stream::Unix(_) => {}
         }
     }
     c.wrote = true;
