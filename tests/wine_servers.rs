@@ -3,7 +3,8 @@
 //! concurrent echo clients byte-exact; `status` over the control pipe shows that both
 //! workers accepted connections; a worker terminated with `taskkill /f` is replaced
 //! and new connections keep succeeding; a rolling restart brings up a new generation;
-//! `herderctl stop` ends the server with exit code 0.
+//! `herderctl stop` serves an open byte stream to its end, refuses new connections
+//! meanwhile, and ends the server with exit code 0.
 //!
 //! Needs the Windows build of the examples (`target/cross/x86_64-pc-windows-gnu/
 //! debug/examples`, or `HERDER_WINDOWS_EXAMPLES`) and a prepared Wine prefix, both
@@ -279,8 +280,40 @@ fn one_server(name: &str, extra: &[&str]) {
         assert_eq!(echo(addr, &data), data, "{name}: after the reload");
     }
 
-    // A graceful stop through the control pipe.
+    // A graceful stop through the control pipe, with a byte stream open: the stream
+    // is served to its end, new connections are refused meanwhile, and the server
+    // exits once the stream closes.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut exchange = |byte: u8| {
+        let mut back = [0u8; 1];
+        stream.write_all(&[byte]).unwrap();
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back[0], byte, "{name}: the open stream");
+    };
+    exchange(b'a');
     assert_eq!(server.ctl(&["stop"]).trim(), "ok");
+    let stopped = Instant::now();
+    let mut refused = None;
+    for &byte in b"bcdefghij" {
+        std::thread::sleep(Duration::from_millis(100));
+        exchange(byte);
+        if refused.is_none()
+            && std::net::TcpStream::connect(addr)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            refused = Some(stopped.elapsed());
+        }
+    }
+    println!("{name}: new connections refused {refused:?} after the stop");
+    assert!(
+        refused.is_some(),
+        "{name}: new connections still accepted 1 s after the stop"
+    );
+    drop(stream);
     let mut server = server;
     let status = wait(&mut server.child, "the stop", Duration::from_secs(60));
     assert!(status.success(), "{name}: {status}\n{}", server.log());
