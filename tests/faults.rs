@@ -362,7 +362,7 @@ fn the_per_worker_connection_limit_holds() {
 }
 
 /// Ten thousand slow clients, each stuck halfway through its request head: the
-/// workers hold them in bounded memory, and the request timeout (15 s here: longer
+/// workers hold them in bounded memory, and the request timeout (30 s here: longer
 /// than opening them all takes on a busy machine) answers each with `408` and closes
 /// it.
 #[test]
@@ -380,7 +380,7 @@ fn ten_thousand_slow_clients_cost_little_memory_and_time_out() {
             "--protocol",
             "http",
             "--request-timeout",
-            "15",
+            "30",
         ],
     );
     let workers = util::children(server.child.id());

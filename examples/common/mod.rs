@@ -91,7 +91,7 @@ pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, boo
     let mut activated = inherited(|name| name != metrics::NAME)?;
     match activated.len() {
         0 => {
-            let l = std::net::TcpListener::bind(c.listen)
+            let l = herder::pool::tcp_listener(c.listen)
                 .with_context(|| format!("binding {}", c.listen))?;
             keep_in_systemd(&l);
             Ok((l, false))

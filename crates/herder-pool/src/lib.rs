@@ -115,7 +115,7 @@ pub use dispatch::{Choice, DispatchStats, Dispatcher};
 pub use error::Error;
 #[cfg(unix)]
 pub use link::WorkerLink;
-pub use listener::reuseport_listener;
+pub use listener::{reuseport_listener, tcp_listener};
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
 pub use protocol::is_reserved;

@@ -1,7 +1,36 @@
-//! Listening sockets for the lock-free strategies.
+//! Listening sockets: a plain one with a server's backlog, and `SO_REUSEPORT` groups
+//! for the lock-free strategies.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+
+/// A TCP listener bound to `addr` for a server: close-on-exec, `SO_REUSEADDR` on
+/// Unix (a restarted server binds again while old connections linger in
+/// `TIME_WAIT`), and a backlog of 1024 where std's `TcpListener::bind` asks for 128 —
+/// a burst of connections waits in the kernel's queue instead of retrying its `SYN`
+/// a second later.
+///
+/// # Errors
+///
+/// What `socket`, `setsockopt`, `bind` and `listen` return.
+///
+/// # Examples
+///
+/// ```
+/// let l = herder_pool::tcp_listener("127.0.0.1:0".parse().unwrap())?;
+/// assert!(l.local_addr()?.port() != 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[doc(alias = "listen")]
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
 
 /// A TCP listener bound to `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), close-on-exec
 /// and non-blocking, with a backlog of 1024: one of a group in which the kernel spreads
