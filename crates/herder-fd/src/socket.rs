@@ -88,6 +88,21 @@ impl Socket {
         })
     }
 
+    /// The socket as a [`TcpStream`], or `self` back if it is another kind. With
+    /// [`Received`]'s public fields, a receiver keeps the header and takes the
+    /// stream: `let Received { id, peer, data, socket } = got;` then
+    /// `socket.into_tcp_stream()`.
+    ///
+    /// # Errors
+    ///
+    /// Returns `self` unchanged when the socket is not a `TcpStream`.
+    pub fn into_tcp_stream(self) -> Result<TcpStream, Socket> {
+        match self {
+            Socket::TcpStream(s) => Ok(s),
+            other => Err(other),
+        }
+    }
+
     /// The kind of socket this is.
     pub fn kind(&self) -> SocketKind {
         match self {
@@ -126,9 +141,17 @@ impl Received {
     /// Returns `self` unchanged when the socket is not a `TcpStream`.
     #[allow(clippy::result_large_err)]
     pub fn into_tcp_stream(self) -> Result<TcpStream, Received> {
-        match self.socket {
-            Socket::TcpStream(s) => Ok(s),
-            socket => Err(Received { socket, ..self }),
-        }
+        let Received {
+            id,
+            peer,
+            data,
+            socket,
+        } = self;
+        socket.into_tcp_stream().map_err(|socket| Received {
+            id,
+            peer,
+            data,
+            socket,
+        })
     }
 }
