@@ -250,12 +250,38 @@ fn start_on(name: &str, listener: &std::net::TcpListener) -> util::Running {
     util::start_command(name, cmd)
 }
 
+/// Connects 5 clients to `addr` while no supervisor serves it, each sending a line:
+/// they wait in the socket's backlog.
+fn queue(name: &str, addr: std::net::SocketAddr) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..5)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(addr)
+                .unwrap_or_else(|e| panic!("{name}: connection {i} refused: {e}"));
+            c.write_all(format!("queued {i}").as_bytes()).unwrap();
+            c
+        })
+        .collect()
+}
+
+/// Each of `queued` gets its line echoed whole, then the end of the stream.
+fn expect_served(name: &str, queued: Vec<std::net::TcpStream>) {
+    use std::io::Read;
+    for (i, mut c) in queued.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = String::new();
+        c.read_to_string(&mut back)
+            .unwrap_or_else(|e| panic!("{name}: connection {i}: {e}"));
+        assert_eq!(back, format!("queued {i}"), "{name}");
+    }
+}
+
 /// The supervisor dies while systemd (here: the test) keeps the listening socket: the
 /// workers finish and leave, connections made meanwhile wait in the socket's backlog,
 /// and the supervisor started next on the same socket serves them all: none refused.
 #[test]
 fn a_supervisor_restarted_on_the_same_socket_serves_what_queued_meanwhile() {
-    use std::io::{Read, Write};
     for name in util::SERVERS {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -263,24 +289,9 @@ fn a_supervisor_restarted_on_the_same_socket_serves_what_queued_meanwhile() {
         assert_eq!(util::echo(addr, b"first"), b"first", "{name}");
         first.child.kill().unwrap();
         first.child.wait().unwrap();
-        // Nobody serves: these wait in the backlog.
-        let queued: Vec<std::net::TcpStream> = (0..5)
-            .map(|i| {
-                let mut c = std::net::TcpStream::connect(addr)
-                    .unwrap_or_else(|e| panic!("{name}: connection {i} refused: {e}"));
-                c.write_all(format!("queued {i}").as_bytes()).unwrap();
-                c
-            })
-            .collect();
+        let queued = queue(name, addr);
         let second = start_on(name, &listener);
-        for (i, mut c) in queued.into_iter().enumerate() {
-            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            c.shutdown(std::net::Shutdown::Write).unwrap();
-            let mut back = String::new();
-            c.read_to_string(&mut back)
-                .unwrap_or_else(|e| panic!("{name}: connection {i}: {e}"));
-            assert_eq!(back, format!("queued {i}"), "{name}");
-        }
+        expect_served(name, queued);
         second.stop(name);
     }
 }
@@ -291,7 +302,6 @@ fn a_supervisor_restarted_on_the_same_socket_serves_what_queued_meanwhile() {
 /// the next supervisor — started with the stored socket — serves them: none refused.
 #[test]
 fn a_bound_listener_goes_to_the_descriptor_store_and_outlives_its_supervisor() {
-    use std::io::{Read, Write};
     for name in util::SERVERS {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
@@ -321,23 +331,9 @@ fn a_bound_listener_goes_to_the_descriptor_store_and_outlives_its_supervisor() {
         assert_eq!(stored.local_addr().unwrap(), addr, "{name}");
         first.child.kill().unwrap();
         first.child.wait().unwrap();
-        let queued: Vec<std::net::TcpStream> = (0..5)
-            .map(|i| {
-                let mut c = std::net::TcpStream::connect(addr)
-                    .unwrap_or_else(|e| panic!("{name}: connection {i} refused: {e}"));
-                c.write_all(format!("queued {i}").as_bytes()).unwrap();
-                c
-            })
-            .collect();
+        let queued = queue(name, addr);
         let second = start_on(name, &stored);
-        for (i, mut c) in queued.into_iter().enumerate() {
-            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            c.shutdown(std::net::Shutdown::Write).unwrap();
-            let mut back = String::new();
-            c.read_to_string(&mut back)
-                .unwrap_or_else(|e| panic!("{name}: connection {i}: {e}"));
-            assert_eq!(back, format!("queued {i}"), "{name}");
-        }
+        expect_served(name, queued);
         second.stop(name);
     }
 }

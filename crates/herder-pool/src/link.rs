@@ -141,9 +141,11 @@ impl WorkerLink {
                 match self.channel.recv_lossy() {
                     Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
                     Ok(Some(m)) if is_drain_request(m.payload()) => self.drain(server),
-                    Ok(Some(m)) if !m.fds().is_empty() && m.handoff_ids().is_ok() => {
-                        self.adopt(server, m, &mut service)?
-                    }
+                    // A message with descriptors whose header names hand-offs.
+                    Ok(Some(m)) if !m.fds().is_empty() => match m.handoff_ids() {
+                        Ok(ids) => self.adopt(server, m, ids, &mut service),
+                        Err(_) => on_message(server, m),
+                    },
                     Ok(Some(m)) => on_message(server, m),
                     // The supervisor is gone (a reset: it died with receipts of ours
                     // unread): finish what is open, then go.
@@ -256,32 +258,31 @@ impl WorkerLink {
         server.drain(Instant::now() + self.drain_timeout);
     }
 
-    /// Adds a hand-off's connections to the server.
+    /// Adds the connections of a hand-off message, whose header names `ids`, to the
+    /// server.
     fn adopt<Svc: Service + 'static>(
         &mut self,
         server: &mut Server<Svc>,
         m: Message,
+        ids: Vec<u64>,
         service: &mut impl FnMut(Option<SocketAddr>) -> Svc,
-    ) -> io::Result<()> {
-        let ids = m.handoff_ids().ok();
+    ) {
         let batch = match m.into_sockets() {
             Ok(batch) => batch,
-            // Refused by id if the header says which they were; otherwise nobody
-            // can tell the supervisor what it was, and the worker must not go on
-            // acknowledging past it.
-            Err(e) => match ids {
-                Some(ids) => {
-                    self.lost.extend(ids);
-                    return Ok(());
-                }
-                None => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            },
+            // Its sockets cannot be rebuilt: refused, by the ids the header gave.
+            Err(_) => {
+                self.lost.extend(ids);
+                return;
+            }
         };
-        for mut got in batch {
-            let id = got.id;
-            let data = std::mem::take(&mut got.data);
-            let peer = got.peer;
-            let added = match got.into_tcp_stream() {
+        for herder_fd::Received {
+            id,
+            peer,
+            data,
+            socket,
+        } in batch
+        {
+            let added = match socket.into_tcp_stream() {
                 Ok(stream) => server.add_connection(stream, service(peer), &data),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -297,7 +298,6 @@ impl WorkerLink {
                 }
             }
         }
-        Ok(())
     }
 
     /// Notes the hand-offs of a message that lost its descriptors.

@@ -701,12 +701,19 @@ impl Pool {
             return Err(Error::NoWorker(slot));
         }
         s.history.reset();
+        self.start_now(slot, events);
+        Ok(())
+    }
+
+    /// Starts `slot`'s next worker at once, whatever back-off or cool-down it was
+    /// waiting out.
+    fn start_now(&mut self, slot: usize, events: &mut Vec<PoolEvent>) {
+        let s = &mut self.slots[slot];
         s.restart_at = None;
         if let Some(t) = s.timer.take() {
             self.cancel_timer(t);
         }
         self.spawn(slot, events);
-        Ok(())
     }
 
     /// Changes the number of slots to `n`: new slots start a worker; removed slots
@@ -797,12 +804,8 @@ impl Pool {
                 // stopped slot tries at once (a tripped one stays half-open: if this
                 // try fails, it trips again).
                 State::Tripped | State::Fatal => {
-                    if let Some(t) = self.slots[slot].timer.take() {
-                        self.cancel_timer(t);
-                    }
-                    self.slots[slot].restart_at = None;
                     self.slots[slot].restarts += 1;
-                    self.spawn(slot, events);
+                    self.start_now(slot, events);
                 }
                 State::Starting | State::Ready => self.spawn_successor(slot, events),
             }

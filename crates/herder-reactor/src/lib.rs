@@ -442,12 +442,7 @@ impl<S: Source> Reactor<S> {
     ///
     /// [`io::ErrorKind::NotFound`] for a key that is not registered.
     pub fn deregister(&mut self, key: Key) -> io::Result<S> {
-        self.get(key).ok_or_else(not_found)?;
-        let slot = &mut self.slots[key.index()];
-        let source = slot.source.take().ok_or_else(not_found)?;
-        slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(key.index());
-        self.len -= 1;
+        let source = self.release(key)?;
         // A source that cannot be deleted (already closed elsewhere) needs no deletion.
         let _ = self.poller.delete(&source);
         Ok(source)
@@ -462,6 +457,12 @@ impl<S: Source> Reactor<S> {
         if !cfg!(any(target_os = "linux", target_os = "android")) {
             return self.deregister(key);
         }
+        self.release(key)
+    }
+
+    /// Takes `key`'s source out of its slot and frees the slot (a new generation, so
+    /// the key matches nothing later); the poller is not told.
+    fn release(&mut self, key: Key) -> io::Result<S> {
         self.get(key).ok_or_else(not_found)?;
         let slot = &mut self.slots[key.index()];
         let source = slot.source.take().ok_or_else(not_found)?;
