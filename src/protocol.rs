@@ -10,9 +10,10 @@
 //! When the server drains, [`Http`] is at a boundary between requests and closes
 //! there (the request in flight is answered with `Connection: close`); [`Echo`] is a
 //! byte stream with no boundary, served until the peer closes it or the drain
-//! deadline passes.
+//! deadline passes. When the server moves its connections to another process
+//! instead (a reload), both move: [`Echo`] at any point, [`Http`] between requests.
 
-use crate::reactor::{Flow, Input, Output, Service};
+use crate::reactor::{Flow, Input, Move, Output, Service};
 use std::time::{Duration, Instant};
 
 /// Writes back every byte.
@@ -36,6 +37,11 @@ impl Service for Echo {
         out.write(input.data());
         input.consume(input.len());
         Flow::Continue
+    }
+
+    /// Stateless: it moves whenever the server asks.
+    fn on_move(&mut self) -> Move {
+        Move::Now(Vec::new())
     }
 }
 
@@ -368,6 +374,20 @@ impl Service for Http {
     fn on_drain(&mut self, idle: bool, _out: &mut Output<'_>) -> Flow {
         self.draining = true;
         if idle { Flow::Close } else { Flow::Continue }
+    }
+
+    /// Between requests it moves, and keeps nothing the new process needs (a
+    /// partial next request travels as unconsumed input); a request being read
+    /// moves after its response.
+    fn on_move(&mut self) -> Move {
+        if self.draining {
+            // Drained here already: it closes at its boundary.
+            Move::Never
+        } else if self.started.is_none() && self.body_progress.is_none() {
+            Move::Now(Vec::new())
+        } else {
+            Move::Later
+        }
     }
 
     /// A client silent in the middle of a request gets `408` (when the idle timeout
@@ -795,6 +815,20 @@ impl Service for Protocol {
         match self {
             Protocol::Echo(s) => s.on_drain(idle, out),
             Protocol::Http(s) => s.on_drain(idle, out),
+        }
+    }
+
+    fn on_move(&mut self) -> Move {
+        match self {
+            Protocol::Echo(s) => s.on_move(),
+            Protocol::Http(s) => s.on_move(),
+        }
+    }
+
+    fn on_arrive(&mut self, state: &[u8]) -> bool {
+        match self {
+            Protocol::Echo(s) => s.on_arrive(state),
+            Protocol::Http(s) => s.on_arrive(state),
         }
     }
 

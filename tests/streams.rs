@@ -237,3 +237,161 @@ fn workers_of_a_dead_supervisor_finish_their_streams_then_exit() {
         wait_exited(&workers, Duration::from_secs(10), name);
     }
 }
+
+/// Many open echo streams at once, each sending a byte every [`MANY_EVERY`] and
+/// checking its echo: the client side of the connection-moving tests. A stream
+/// that is closed, stalls or gets a wrong byte is a failure.
+struct ManyStreams {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<Result<usize, String>>>,
+}
+
+const MANY_EVERY: Duration = Duration::from_millis(50);
+
+impl ManyStreams {
+    /// Opens `n` streams to `addr` over `threads` client threads and starts them.
+    fn start(addr: SocketAddr, n: usize, threads: usize) -> ManyStreams {
+        util::raise_nofile();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let mut conns: Vec<Vec<TcpStream>> = (0..threads).map(|_| Vec::new()).collect();
+        for i in 0..n {
+            let c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.set_nodelay(true).unwrap();
+            conns[i % threads].push(c);
+        }
+        let threads = conns
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut conns)| {
+                let stop = stop.clone();
+                let rounds = rounds.clone();
+                std::thread::spawn(move || {
+                    let mut round = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        let byte = b'a' + (round % 26) as u8;
+                        for (i, c) in conns.iter_mut().enumerate() {
+                            c.write_all(&[byte])
+                                .map_err(|e| format!("thread {t} conn {i} round {round}: {e}"))?;
+                        }
+                        for (i, c) in conns.iter_mut().enumerate() {
+                            let mut back = [0u8; 1];
+                            c.read_exact(&mut back)
+                                .map_err(|e| format!("thread {t} conn {i} round {round}: {e}"))?;
+                            if back[0] != byte {
+                                return Err(format!(
+                                    "thread {t} conn {i} round {round}: sent {byte}, got {}",
+                                    back[0]
+                                ));
+                            }
+                        }
+                        round += 1;
+                        if t == 0 {
+                            rounds.store(round, Ordering::SeqCst);
+                        }
+                        std::thread::sleep(MANY_EVERY);
+                    }
+                    // The client ends each exchange; the server closes its side.
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        c.shutdown(Shutdown::Write).unwrap();
+                        let mut rest = Vec::new();
+                        c.read_to_end(&mut rest)
+                            .map_err(|e| format!("thread {t} conn {i} closing: {e}"))?;
+                    }
+                    Ok(round * conns.len())
+                })
+            })
+            .collect();
+        ManyStreams {
+            stop,
+            rounds,
+            threads,
+        }
+    }
+
+    /// Waits (bounded) for `n` more whole rounds, failing early if a thread failed.
+    fn rounds(&self, n: usize) {
+        let target = self.rounds.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.rounds.load(Ordering::SeqCst) < target {
+            assert!(
+                !self.threads.iter().any(|t| t.is_finished()),
+                "a client thread ended early"
+            );
+            assert!(Instant::now() < deadline, "the streams stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Ends every stream; the bytes echoed in all, or the first failure.
+    fn finish(self) -> Result<usize, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = 0;
+        for t in self.threads {
+            total += t.join().unwrap()?;
+        }
+        Ok(total)
+    }
+}
+
+/// Open connections per worker, by pid, from `status`.
+fn active_by_pid(status: &serde_json::Value) -> Vec<(u64, u64)> {
+    let pids = util::pids(status);
+    let active = util::counts(status, "active");
+    pids.into_iter().zip(active).collect()
+}
+
+/// Waits (bounded) until the workers of `status` are all new (none of `before`) and
+/// `before` have all exited; returns how long that took from `since`.
+fn old_generation_gone(ctl: &std::path::Path, before: &[u64], since: Instant) -> Duration {
+    let old: Vec<u32> = before.iter().map(|p| *p as u32).collect();
+    wait_exited(&old, Duration::from_secs(20), "the old generation");
+    let gone = since.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = util::pids(&util::status(ctl));
+        if !now.is_empty() && now.iter().all(|p| !before.contains(p)) {
+            return gone;
+        }
+        assert!(Instant::now() < deadline, "no new generation");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_reload_moves_open_streams_to_the_new_workers_without_a_lost_byte() {
+    const OPEN: usize = 2000;
+    for name in util::SERVERS {
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &[]);
+        let before = util::pids(&util::status(&ctl));
+        let streams = ManyStreams::start(server.addr, OPEN, 8);
+        streams.rounds(3);
+        let reloaded = Instant::now();
+        server.signal(libc::SIGHUP);
+        let gone = old_generation_gone(&ctl, &before, reloaded);
+        // Still streaming, now on the new workers.
+        streams.rounds(3);
+        let status = util::status(&ctl);
+        let owned: u64 = active_by_pid(&status).iter().map(|(_, a)| a).sum();
+        println!(
+            "{name}: {OPEN} streams; old generation gone {gone:?} after SIGHUP; moved {}, kept {}; new workers hold {:?}",
+            status["moved"],
+            status["moves_kept"],
+            active_by_pid(&status)
+        );
+        assert_eq!(
+            owned, OPEN as u64,
+            "{name}: connections held by the new workers"
+        );
+        assert_eq!(status["moves_kept"], 0, "{name}");
+        let echoed = streams.finish();
+        assert!(echoed.is_ok(), "{name}: {echoed:?}");
+        server.stop(name);
+    }
+}

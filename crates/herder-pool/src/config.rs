@@ -63,6 +63,15 @@ pub struct Config {
     /// How long a draining worker (graceful stop, rolling restart, scaling down) may
     /// take before it is killed (terminated, on Windows). Default 30 s.
     pub drain_timeout: Duration,
+    /// Whether a worker retired by a reload, a recycle or a scale-down moves its
+    /// live connections to the workers that stay before it exits (those its
+    /// services let move: [`Service::on_move`](herder_reactor::Service::on_move)),
+    /// instead of serving them to their end: the old generation is gone in about a
+    /// second whatever its connections do, and the peers see nothing. The worker's
+    /// [`WorkerLink`](crate::WorkerLink) does the moving. A stop and an upgrade drain.
+    /// Default `true`.
+    #[cfg(unix)]
+    pub move_connections: bool,
     /// A ready worker whose heartbeat is older than this is taken for hung
     /// ([`PoolEvent::Hung`](crate::PoolEvent::Hung)) and replaced. On Unix the
     /// heartbeat is the scoreboard's (`Scorecard::heartbeat`), and a hung worker gets
@@ -130,6 +139,8 @@ impl Default for Config {
             fatal_exit_code: Some(FATAL_EXIT_CODE),
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            #[cfg(unix)]
+            move_connections: true,
             heartbeat_timeout: None,
             #[cfg(unix)]
             kill_grace: Duration::from_secs(5),

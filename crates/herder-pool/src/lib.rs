@@ -77,6 +77,8 @@ mod event;
 mod link;
 mod listener;
 #[cfg(unix)]
+mod moves;
+#[cfg(unix)]
 mod pool;
 mod protocol;
 mod restart;

@@ -1,14 +1,21 @@
 //! A worker's side of its supervisor, in a herder-reactor [`Server`].
 
 use crate::Error;
-use crate::protocol::Receipt;
+use crate::protocol::{self, MOVE_ID, Receipt};
 use crate::worker::{Scorecard, Worker, is_drain_request, send_ready};
 use herder_fd::{Channel, Message};
-use herder_reactor::{Event, Interest, Key, Mode, Server, Service, Signal, TimerId};
+use herder_reactor::{
+    Departure, Event, Interest, Key, Mode, Server, Service, Signal, Stream, TimerId,
+};
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+
+/// Connections sent to move and not yet settled, at most: each holds a descriptor
+/// here and, while in a channel, counts against the user's descriptors in flight.
+const MAX_PARKED: usize = 256;
 
 /// A worker's link to its supervisor, plugged into the worker's [`Server`]: the
 /// pool's channel in the server's event loop, the drain request, the supervisor's
@@ -19,6 +26,18 @@ use std::time::{Duration, Instant};
 /// acknowledged once the server owns it, before a byte of it is read; one whose
 /// descriptor never arrived (this process's descriptor table was full) is refused, so
 /// the supervisor closes its copy rather than wait.
+///
+/// When the pool retires the worker to make room for others (a reload, a recycle, a
+/// scale-down: [`Config::move_connections`](crate::Config::move_connections)), the
+/// link **moves its connections** instead of waiting for them to end: the server
+/// takes out each connection whose service agrees
+/// ([`Service::on_move`]), at a point where its output is written, and the link
+/// sends it — socket, unconsumed input, the service's state — to the supervisor,
+/// which hands it to another worker; that worker's link restores a service
+/// ([`Service::on_arrive`]) and serves the next bytes. The link keeps each
+/// connection until the supervisor says the other worker owns it; if none can take
+/// it, it is given back to the server, which finishes it here. So a connection is
+/// served by exactly one worker at every moment, and never dropped.
 ///
 /// # Examples
 ///
@@ -49,7 +68,7 @@ use std::time::{Duration, Instant};
 /// # Ok(())
 /// # }
 /// ```
-pub struct WorkerLink {
+pub struct WorkerLink<Svc: Service + 'static> {
     channel: Channel,
     key: Key,
     card: Option<Scorecard>,
@@ -59,6 +78,12 @@ pub struct WorkerLink {
     reported: u64,
     /// The highest hand-off id the server owns, not yet acknowledged.
     unacked: Option<u64>,
+    /// The same for connections that moved here.
+    unacked_moves: Option<u64>,
+    /// The last id given to a connection moving out.
+    next_move: u64,
+    /// Connections sent to move, until the supervisor says where they are.
+    parked: HashMap<u64, Departure<Svc>>,
     /// Hand-offs that arrived without their descriptor, not yet refused.
     lost: Vec<u64>,
     /// When a refusal was last logged (once a second).
@@ -67,7 +92,7 @@ pub struct WorkerLink {
     orphaned: bool,
 }
 
-impl WorkerLink {
+impl<Svc: Service + 'static> WorkerLink<Svc> {
     /// Sets the link up in `server` — the channel watched, `SIGTERM` and `SIGINT`
     /// watched, a heartbeat every second — and tells the supervisor the worker is
     /// ready. Call it last, once the worker can serve. A drain gives open
@@ -77,11 +102,11 @@ impl WorkerLink {
     ///
     /// [`Error::Environment`] if the worker's channel was taken;
     /// [`Error::Io`] if registering or the ready message fails.
-    pub fn ready<Svc: Service + 'static>(
+    pub fn ready(
         worker: &mut Worker,
         server: &mut Server<Svc>,
         drain_timeout: Duration,
-    ) -> Result<WorkerLink, Error> {
+    ) -> Result<WorkerLink<Svc>, Error> {
         let io = |what| move |source| Error::Io { what, source };
         let mut channel = worker
             .take_channel()
@@ -109,6 +134,9 @@ impl WorkerLink {
             drain_timeout,
             reported: 0,
             unacked: None,
+            unacked_moves: None,
+            next_move: 0,
+            parked: HashMap::new(),
             lost: Vec::new(),
             lost_logged: None,
             orphaned: false,
@@ -117,7 +145,9 @@ impl WorkerLink {
 
     /// Handles `event` if it is the link's: returns whether it was. Hand-offs become
     /// connections of `server`, each served by `service(peer)` from the bytes the
-    /// supervisor had read; the supervisor's other messages go to `on_message`.
+    /// supervisor had read (a connection that moved here from another worker gets
+    /// its state through [`Service::on_arrive`] first); the supervisor's other
+    /// messages go to `on_message`.
     /// `SIGTERM` and `SIGINT` drain the server; other signals are the caller's.
     ///
     /// Call [`flush`](Self::flush) after every poll of the server, before the next:
@@ -127,7 +157,7 @@ impl WorkerLink {
     ///
     /// What receiving from the channel returns (the supervisor's end is no error: the
     /// server drains); `InvalidData` for a hand-off whose header cannot be read.
-    pub fn handle<Svc: Service + 'static>(
+    pub fn handle(
         &mut self,
         server: &mut Server<Svc>,
         event: &Event,
@@ -140,7 +170,11 @@ impl WorkerLink {
                 // a hand-off's descriptors, and the supervisor must hear which.
                 match self.channel.recv_lossy() {
                     Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
+                    Ok(Some(m)) if m.payload() == protocol::MOVE => self.move_out(server),
                     Ok(Some(m)) if is_drain_request(m.payload()) => self.drain(server),
+                    Ok(Some(m)) if protocol::is_reserved(m.payload()) => {
+                        self.settle(server, m.payload())
+                    }
                     // A message with descriptors whose header names hand-offs.
                     Ok(Some(m)) if !m.fds().is_empty() => match m.handoff_ids() {
                         Ok(ids) => self.adopt(server, m, ids, &mut service),
@@ -185,7 +219,7 @@ impl WorkerLink {
     /// # Errors
     ///
     /// What sending returns, but for a supervisor that is gone (the worker drains).
-    pub fn flush<Svc: Service + 'static>(&mut self, server: &Server<Svc>) -> io::Result<()> {
+    pub fn flush(&mut self, server: &mut Server<Svc>) -> io::Result<()> {
         if let Some(card) = &self.card {
             let stats = server.stats();
             card.add_accepted(stats.accepted.saturating_sub(self.reported));
@@ -203,13 +237,20 @@ impl WorkerLink {
             self.send(&Receipt::Ack(upto))?;
             self.unacked = None;
         }
-        Ok(())
+        if let Some(upto) = self.unacked_moves {
+            self.send(&Receipt::Ack(upto))?;
+            self.unacked_moves = None;
+        }
+        self.send_departures(server)
     }
 
     /// Whether the worker is done: draining (asked by the supervisor, a signal, or
-    /// the supervisor's end) with no connection left.
-    pub fn is_done<Svc: Service + 'static>(&self, server: &Server<Svc>) -> bool {
-        server.is_draining() && server.is_empty()
+    /// the supervisor's end) with no connection left, none of them on the move.
+    pub fn is_done(&self, server: &Server<Svc>) -> bool {
+        server.is_draining()
+            && server.is_empty()
+            && !server.has_departures()
+            && self.parked.is_empty()
     }
 
     /// Serves until the worker is done: polls `server`, handles the link's events
@@ -221,7 +262,7 @@ impl WorkerLink {
     ///
     /// As [`handle`](Self::handle) and [`flush`](Self::flush), and what polling
     /// returns.
-    pub fn run<Svc: Service + 'static>(
+    pub fn run(
         mut self,
         server: &mut Server<Svc>,
         mut service: impl FnMut(Option<SocketAddr>) -> Svc,
@@ -245,13 +286,117 @@ impl WorkerLink {
         &mut self.channel
     }
 
-    fn orphan<Svc: Service + 'static>(&mut self, server: &mut Server<Svc>) {
+    fn orphan(&mut self, server: &mut Server<Svc>) {
         self.orphaned = true;
         self.drain(server);
         let _ = server.remove_source(self.key);
+        // Whether the supervisor had handed them on is not known: another worker
+        // may serve them now, so this copy must not. Closing it ends the
+        // connection only if nobody else has it.
+        if !self.parked.is_empty() {
+            tracing::warn!(
+                count = self.parked.len(),
+                "the supervisor is gone with connections on the move; letting go of them"
+            );
+            self.parked.clear();
+        }
     }
 
-    fn drain<Svc: Service + 'static>(&mut self, server: &mut Server<Svc>) {
+    /// Starts moving the server's connections out (asked by the supervisor).
+    fn move_out(&mut self, server: &mut Server<Svc>) {
+        if !server.is_draining() {
+            tracing::debug!("draining; moving connections to the other workers");
+        }
+        server.move_out(Instant::now() + self.drain_timeout);
+    }
+
+    /// Takes the supervisor's word on connections sent to move: gone to another
+    /// worker (this copy is closed), or kept (served here to their end).
+    fn settle(&mut self, server: &mut Server<Svc>, payload: &[u8]) {
+        match Receipt::decode(payload) {
+            Some(Receipt::Moved(ids)) => {
+                for id in ids {
+                    self.parked.remove(&id);
+                }
+            }
+            Some(Receipt::Kept(ids)) => {
+                for id in ids {
+                    if let Some(d) = self.parked.remove(&id) {
+                        // A failure closes it: nothing more can be done.
+                        let _ = server.readmit(d);
+                    }
+                }
+            }
+            _ => tracing::warn!("a malformed pool message; ignored"),
+        }
+    }
+
+    /// Sends the connections the server let go to the supervisor, as many as the
+    /// window allows; those that cannot move (not TCP, the channel failing, the
+    /// supervisor gone) go back to the server.
+    fn send_departures(&mut self, server: &mut Server<Svc>) -> io::Result<()> {
+        if !server.has_departures() {
+            return Ok(());
+        }
+        let room = match self.orphaned {
+            true => usize::MAX,
+            false => MAX_PARKED.saturating_sub(self.parked.len()),
+        };
+        let mut batch = Vec::new();
+        for d in server.take_departures(room) {
+            match d.stream() {
+                Stream::Tcp(_) if !self.orphaned => batch.push(d),
+                _ => {
+                    let _ = server.readmit(d);
+                }
+            }
+        }
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(herder_fd::MAX_FDS_PER_MESSAGE));
+            let first = self.next_move + 1;
+            self.next_move += batch.len() as u64;
+            let data: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|d| protocol::encode_move(d.state(), d.input()))
+                .collect();
+            let sent = {
+                let items: Vec<(&TcpStream, herder_fd::Handoff<'_>)> = batch
+                    .iter()
+                    .zip(&data)
+                    .zip(first..)
+                    .filter_map(|((d, data), id)| match d.stream() {
+                        Stream::Tcp(s) => Some((
+                            s,
+                            herder_fd::Handoff {
+                                id: id | MOVE_ID,
+                                peer: s.peer_addr().ok(),
+                                data,
+                            },
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                self.send_blocking(|ch| ch.send_sockets(&items))
+            };
+            match sent {
+                Ok(()) => {
+                    for (d, id) in batch.into_iter().zip(first..) {
+                        self.parked.insert(id | MOVE_ID, d);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, count = batch.len(), "cannot move connections; keeping them");
+                    for d in batch {
+                        let _ = server.readmit(d);
+                    }
+                }
+            }
+            batch = rest;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, server: &mut Server<Svc>) {
         if !server.is_draining() {
             tracing::debug!("draining");
         }
@@ -260,7 +405,7 @@ impl WorkerLink {
 
     /// Adds the connections of a hand-off message, whose header names `ids`, to the
     /// server.
-    fn adopt<Svc: Service + 'static>(
+    fn adopt(
         &mut self,
         server: &mut Server<Svc>,
         m: Message,
@@ -282,7 +427,24 @@ impl WorkerLink {
             socket,
         } in batch
         {
+            let moved = id & MOVE_ID != 0;
             let added = match socket.into_tcp_stream() {
+                Ok(stream) if moved => match protocol::decode_move(&data) {
+                    Some((state, input)) => {
+                        let mut svc = service(peer);
+                        match svc.on_arrive(state) {
+                            true => server.adopt(stream, svc, input),
+                            false => Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "the service did not take the state",
+                            )),
+                        }
+                    }
+                    None => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a malformed moving connection",
+                    )),
+                },
                 Ok(stream) => server.add_connection(stream, service(peer), &data),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -290,6 +452,7 @@ impl WorkerLink {
                 )),
             };
             match added {
+                Ok(_) if moved => self.unacked_moves = self.unacked_moves.max(Some(id)),
                 Ok(_) => self.unacked = self.unacked.max(Some(id)),
                 // At its connection limit, say: refused, and counted as such.
                 Err(e) => {
@@ -323,16 +486,7 @@ impl WorkerLink {
             return Ok(());
         }
         let bytes = receipt.encode();
-        let mut sent = self.channel.send(&bytes, &[]);
-        if sent
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
-        {
-            self.channel.set_nonblocking(false)?;
-            sent = self.channel.send(&bytes, &[]);
-            self.channel.set_nonblocking(true)?;
-        }
-        match sent {
+        match self.send_blocking(|ch| ch.send(&bytes, &[])) {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -345,13 +499,29 @@ impl WorkerLink {
             other => other,
         }
     }
+
+    /// Sends with `f`, waiting for room in the channel if it must: the supervisor
+    /// holds its copies, or the link its own, until the other side hears.
+    fn send_blocking(&mut self, f: impl Fn(&mut Channel) -> io::Result<()>) -> io::Result<()> {
+        let mut sent = f(&mut self.channel);
+        if sent
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+        {
+            self.channel.set_nonblocking(false)?;
+            sent = f(&mut self.channel);
+            self.channel.set_nonblocking(true)?;
+        }
+        sent
+    }
 }
 
-impl std::fmt::Debug for WorkerLink {
+impl<Svc: Service + 'static> std::fmt::Debug for WorkerLink<Svc> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerLink")
             .field("unacked", &self.unacked)
             .field("lost", &self.lost.len())
+            .field("parked", &self.parked.len())
             .finish_non_exhaustive()
     }
 }

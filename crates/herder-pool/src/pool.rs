@@ -3,7 +3,8 @@
 pub use crate::config::{Config, FATAL_EXIT_CODE};
 use crate::error::Error;
 pub use crate::event::PoolEvent;
-use crate::protocol;
+use crate::moves::{Moves, Replies};
+use crate::protocol::{self, MOVE_ID, Receipt};
 use crate::restart::{Decision, Exit, History};
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
 pub use crate::state::{Load, State, WorkerInfo};
@@ -17,6 +18,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -262,6 +264,8 @@ pub struct Pool {
     slot_listeners: Option<SlotListeners>,
     /// Looks for exits periodically where no pidfd tells.
     reap_timer: Option<TimerId>,
+    /// Live connections on the move from a retired worker to another.
+    moves: Moves,
 }
 
 /// Makes a slot's own descriptors.
@@ -374,6 +378,7 @@ impl Pool {
             idle_ticks: 0,
             slot_listeners: None,
             reap_timer: None,
+            moves: Moves::default(),
             systemd: systemd.map(crate::systemd::Reporter::new),
             watchdog,
             upgrade_fds: Vec::new(),
@@ -746,7 +751,7 @@ impl Pool {
                 .map(|(pid, _)| *pid)
                 .collect();
             for pid in pids {
-                self.retire(pid);
+                self.retire(pid, true);
             }
         }
         while self.slots.len() < n {
@@ -856,7 +861,7 @@ impl Pool {
         self.upgrade_fds.clear();
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
-            self.retire(pid);
+            self.retire(pid, false);
         }
         if self.procs.is_empty() {
             events.push(PoolEvent::Stopped);
@@ -1718,8 +1723,14 @@ impl Pool {
         }
     }
 
-    /// Tells a worker to drain, and kills it if it is still there at the deadline.
-    fn retire(&mut self, pid: u32) {
+    /// Tells a worker to drain — `moving` its connections to the others first, if
+    /// the pool does that and is not stopping — and kills it if it is still there at
+    /// the deadline.
+    fn retire(&mut self, pid: u32, moving: bool) {
+        let request = match moving && self.config.move_connections && !self.stopping {
+            true => protocol::MOVE,
+            false => protocol::DRAIN,
+        };
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
         };
@@ -1730,7 +1741,7 @@ impl Pool {
         let told = p
             .channel
             .as_mut()
-            .is_some_and(|ch| ch.send(protocol::DRAIN, &[]).is_ok());
+            .is_some_and(|ch| ch.send(request, &[]).is_ok());
         if !told {
             // A worker that cannot be told (channel gone or full) is asked by signal.
             let _ = sys::signal(pid, libc::SIGTERM);
@@ -1752,7 +1763,10 @@ impl Pool {
             let Some(ch) = p.channel.as_mut() else {
                 return false;
             };
-            match ch.recv() {
+            // `recv_lossy`: at the descriptor limit, a moving worker's connections
+            // arrive without their descriptors, and it must hear that it keeps them.
+            match ch.recv_lossy() {
+                Ok(Some(msg)) if is_move(&msg) => self.forward(pid, msg),
                 Ok(Some(msg)) if protocol::is_pool_message(msg.payload()) => {
                     if msg.payload() == protocol::READY && !p.ready {
                         p.ready = true;
@@ -1760,15 +1774,28 @@ impl Pool {
                     }
                 }
                 Ok(Some(msg)) if protocol::is_reserved(msg.payload()) => {
-                    match protocol::Receipt::decode(msg.payload()) {
-                        Some(protocol::Receipt::Ack(upto)) => {
+                    match Receipt::decode(msg.payload()) {
+                        Some(Receipt::Ack(upto)) if upto & MOVE_ID != 0 => {
+                            let settled = self.moves.acknowledged(pid, upto);
+                            self.reply(settled, Receipt::Moved);
+                        }
+                        Some(Receipt::Ack(upto)) => {
                             events.push(PoolEvent::Acknowledged { slot, pid, upto })
                         }
-                        Some(protocol::Receipt::Refused(ids)) => {
-                            events.push(PoolEvent::Refused { slot, pid, ids })
+                        Some(Receipt::Refused(mut ids)) => {
+                            let moving: Vec<u64> =
+                                ids.iter().copied().filter(|id| id & MOVE_ID != 0).collect();
+                            if !moving.is_empty() {
+                                ids.retain(|id| id & MOVE_ID == 0);
+                                let kept = self.moves.refused(pid, &moving);
+                                self.reply(kept, Receipt::Kept);
+                            }
+                            if !ids.is_empty() {
+                                events.push(PoolEvent::Refused { slot, pid, ids })
+                            }
                         }
                         // Reserved, and not what the worker side of the pool sends.
-                        None => tracing::warn!(slot, pid, "a malformed pool message; ignored"),
+                        _ => tracing::warn!(slot, pid, "a malformed pool message; ignored"),
                     }
                 }
                 Ok(Some(message)) => events.push(PoolEvent::Message { slot, message }),
@@ -1793,6 +1820,116 @@ impl Pool {
             }
         }
         true
+    }
+
+    /// Forwards connections a retired worker (`origin`) sent to move: each to the
+    /// least loaded ready worker that is not draining, of the newest generation if
+    /// one is ready. The origin keeps its copies until it hears: connections with no
+    /// taker, or whose message cannot be sent, stay with it at once.
+    fn forward(&mut self, origin: u32, msg: herder_fd::Message) {
+        let ids = msg.handoff_ids().unwrap_or_default();
+        let batch = match msg.into_sockets() {
+            Ok(batch) if !batch.is_empty() => batch,
+            // Descriptors lost (this process's table was full) or unreadable.
+            _ => {
+                self.moves.count_kept(ids.len());
+                self.reply(Replies::from([(origin, ids)]), Receipt::Kept);
+                return;
+            }
+        };
+        /// The origin's id, the peer, the data, the socket.
+        type Moving = (u64, Option<std::net::SocketAddr>, Vec<u8>, TcpStream);
+        let mut groups: HashMap<usize, Vec<Moving>> = HashMap::new();
+        let mut kept = Vec::new();
+        for herder_fd::Received {
+            id,
+            peer,
+            data,
+            socket,
+        } in batch
+        {
+            let herder_fd::Socket::TcpStream(stream) = socket else {
+                kept.push(id);
+                continue;
+            };
+            let extra: HashMap<usize, usize> = groups.iter().map(|(s, g)| (*s, g.len())).collect();
+            match self.move_target(origin, &extra) {
+                Some(slot) => groups
+                    .entry(slot)
+                    .or_default()
+                    .push((id, peer, data, stream)),
+                None => kept.push(id),
+            }
+        }
+        for (slot, group) in groups {
+            let first = self.moves.next_ids(group.len());
+            let items: Vec<(&TcpStream, herder_fd::Handoff<'_>)> = group
+                .iter()
+                .zip(first..)
+                .map(|((_, peer, data, stream), id)| {
+                    let meta = herder_fd::Handoff {
+                        id,
+                        peer: *peer,
+                        data,
+                    };
+                    (stream, meta)
+                })
+                .collect();
+            match self.send_sockets(slot, &items) {
+                Ok(target) => {
+                    let from: Vec<(u32, u64)> =
+                        group.iter().map(|(id, ..)| (origin, *id)).collect();
+                    self.moves.sent(target, first, &from);
+                }
+                Err(e) => {
+                    tracing::debug!(slot, error = %e, "forwarding moving connections failed");
+                    kept.extend(group.iter().map(|(id, ..)| *id));
+                }
+            }
+        }
+        if !kept.is_empty() {
+            self.moves.count_kept(kept.len());
+            self.reply(Replies::from([(origin, kept)]), Receipt::Kept);
+        }
+    }
+
+    /// The slot to move a connection to, counting `extra` already chosen per slot.
+    fn move_target(&self, origin: u32, extra: &HashMap<usize, usize>) -> Option<usize> {
+        let newest = (0..self.slots.len())
+            .filter_map(|s| self.load(s))
+            .filter_map(|l| self.procs.get(&l.pid).map(|p| p.generation))
+            .max()?;
+        (0..self.slots.len())
+            .filter_map(|s| self.load(s).map(|l| (s, l)))
+            .filter(|(_, l)| {
+                l.pid != origin
+                    && self
+                        .procs
+                        .get(&l.pid)
+                        .is_some_and(|p| p.generation == newest)
+            })
+            .min_by_key(|(s, l)| {
+                l.active as usize
+                    + self.moves.pending_to(l.pid)
+                    + extra.get(s).copied().unwrap_or(0)
+            })
+            .map(|(s, _)| s)
+    }
+
+    /// Tells each origin what became of its connections. An origin that is gone
+    /// needs no word; one whose channel is full keeps its copies until it is killed
+    /// at its drain deadline.
+    fn reply(&mut self, replies: Replies, receipt: fn(Vec<u64>) -> Receipt) {
+        for (origin, ids) in replies {
+            let Some(ch) = self.procs.get_mut(&origin).and_then(|p| p.channel.as_mut()) else {
+                continue;
+            };
+            for chunk in ids.chunks(herder_fd::MAX_FDS_PER_MESSAGE) {
+                if let Err(e) = ch.send(&receipt(chunk.to_vec()).encode(), &[]) {
+                    tracing::warn!(pid = origin, error = %e, "cannot tell a worker about its moving connections");
+                }
+            }
+        }
     }
 
     fn on_ready(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
@@ -1821,7 +1958,7 @@ impl Pool {
                 .is_some_and(|c| c.generation > generation)
             {
                 // A newer generation already serves this slot: this one is obsolete.
-                self.retire(pid);
+                self.retire(pid, true);
                 return;
             }
         }
@@ -1832,7 +1969,7 @@ impl Pool {
         s.generation = generation;
         // A successor is ready: retire its predecessor.
         if let Some(old) = previous.filter(|&old| old != pid) {
-            self.retire(old);
+            self.retire(old, true);
         }
         self.check_reloaded(events);
     }
@@ -1879,6 +2016,10 @@ impl Pool {
             tracing::warn!(pid, "a dead worker's channel still had messages; dropped");
         }
         self.unwatch_channel(pid);
+        // Connections moving to it that it had not acknowledged stay with the
+        // workers they came from.
+        let kept = self.moves.gone(pid);
+        self.reply(kept, Receipt::Kept);
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };
@@ -2082,6 +2223,14 @@ impl Pool {
 }
 
 /// Writes what the socket takes; `true` if the connection failed.
+/// Whether a worker's message carries connections on the move.
+fn is_move(msg: &herder_fd::Message) -> bool {
+    (!msg.fds().is_empty() || msg.lost_fds() > 0)
+        && msg
+            .handoff_ids()
+            .is_ok_and(|ids| !ids.is_empty() && ids.iter().all(|id| id & MOVE_ID != 0))
+}
+
 fn flush_control(conn: &mut UnixStream, out: &mut Vec<u8>) -> bool {
     while !out.is_empty() {
         match conn.write(out) {
@@ -2218,6 +2367,8 @@ impl crate::control::Controlled for Pool {
             self.upgrade.as_ref().map(|u| u.pid).into(),
         );
         extra.insert("upgrade_failed".into(), self.upgrade_failed.clone().into());
+        extra.insert("moved".into(), self.moves.moved.into());
+        extra.insert("moves_kept".into(), self.moves.kept.into());
         status_response(self.generation, self.stopping, self.workers(), extra)
     }
 

@@ -8,6 +8,11 @@
 pub(crate) const READY: &[u8] = b"PR";
 /// Supervisor to worker: stop accepting, drain and exit.
 pub(crate) const DRAIN: &[u8] = b"PD";
+/// Supervisor to worker: drain as [`DRAIN`] says, and move every connection that can
+/// move to the other workers first (through the supervisor). A worker that cannot
+/// move connections drains.
+#[cfg(unix)]
+pub(crate) const MOVE: &[u8] = b"PV";
 
 /// Worker to supervisor on Windows (where there is no shared scoreboard): its load,
 /// followed by three little-endian `u64`s, connections accepted and open and
@@ -21,6 +26,10 @@ pub(crate) fn is_pool_message(payload: &[u8]) -> bool {
     if payload == LOAD {
         return true;
     }
+    #[cfg(unix)]
+    if payload == MOVE {
+        return true;
+    }
     payload == READY || payload == DRAIN
 }
 
@@ -32,12 +41,53 @@ pub(crate) const ACK: &[u8] = b"PA";
 /// arrived without their descriptors; nobody serves them.
 #[cfg(unix)]
 pub(crate) const REFUSED: &[u8] = b"PN";
+/// Supervisor to worker: the connections this worker sent to move, by the ids it
+/// gave them (little-endian `u64`s follow), are owned by another worker now.
+#[cfg(unix)]
+pub(crate) const MOVED: &[u8] = b"PM";
+/// Supervisor to worker: the connections this worker sent to move (ids follow)
+/// found no taker; it keeps them and finishes them itself.
+#[cfg(unix)]
+pub(crate) const KEPT: &[u8] = b"PK";
+
+/// Hand-offs whose id has this bit set are connections on the move (a worker's
+/// [`Service`](herder_reactor::Service) state travels with them), not new ones: from
+/// a draining worker to the supervisor, and from the supervisor to their new
+/// worker. Their data is [`encode_move`]'s.
+#[cfg(unix)]
+pub(crate) const MOVE_ID: u64 = 1 << 63;
 
 /// Whether `payload` is reserved for the pool's own messages: `b'P'` followed by
-/// `R`, `D`, `L`, `A` or `N`. A worker's or supervisor's own message must not begin
-/// so, or the pool takes it for one of its own.
+/// `R`, `D`, `V`, `L`, `A`, `N`, `M` or `K`. A worker's or supervisor's own message
+/// must not begin so, or the pool takes it for one of its own.
 pub fn is_reserved(payload: &[u8]) -> bool {
-    matches!(payload, [b'P', b'R' | b'D' | b'L' | b'A' | b'N', ..])
+    matches!(
+        payload,
+        [
+            b'P',
+            b'R' | b'D' | b'V' | b'L' | b'A' | b'N' | b'M' | b'K',
+            ..
+        ]
+    )
+}
+
+/// A moving connection's hand-off data: the length of its service's state (`u32`,
+/// little-endian), the state, then the input its service had not consumed.
+#[cfg(unix)]
+pub(crate) fn encode_move(state: &[u8], input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + state.len() + input.len());
+    out.extend_from_slice(&(state.len() as u32).to_le_bytes());
+    out.extend_from_slice(state);
+    out.extend_from_slice(input);
+    out
+}
+
+/// The state and the input of a moving connection's data; `None` if malformed.
+#[cfg(unix)]
+pub(crate) fn decode_move(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let rest = &data[4..];
+    (len <= rest.len()).then(|| rest.split_at(len))
 }
 
 /// A worker's receipt for hand-offs, as the supervisor reads it.
@@ -46,6 +96,8 @@ pub fn is_reserved(payload: &[u8]) -> bool {
 pub(crate) enum Receipt {
     Ack(u64),
     Refused(Vec<u64>),
+    Moved(Vec<u64>),
+    Kept(Vec<u64>),
 }
 
 #[cfg(unix)]
@@ -55,6 +107,8 @@ impl Receipt {
         let (tag, ids) = match self {
             Receipt::Ack(upto) => (ACK, std::slice::from_ref(upto)),
             Receipt::Refused(ids) => (REFUSED, &ids[..]),
+            Receipt::Moved(ids) => (MOVED, &ids[..]),
+            Receipt::Kept(ids) => (KEPT, &ids[..]),
         };
         let mut out = Vec::with_capacity(2 + 8 * ids.len());
         out.extend_from_slice(tag);
@@ -76,6 +130,8 @@ impl Receipt {
         match payload.get(..2)? {
             ACK if body.len() == 8 => ids.next_back().map(Receipt::Ack),
             REFUSED => Some(Receipt::Refused(ids.collect())),
+            MOVED => Some(Receipt::Moved(ids.collect())),
+            KEPT => Some(Receipt::Kept(ids.collect())),
             _ => None,
         }
     }
@@ -92,6 +148,8 @@ mod tests {
             Receipt::Ack(u64::MAX),
             Receipt::Refused(vec![1]),
             Receipt::Refused((0..64).collect()),
+            Receipt::Moved(vec![MOVE_ID | 3, MOVE_ID | 9]),
+            Receipt::Kept(vec![MOVE_ID]),
         ] {
             let bytes = r.encode();
             assert!(is_reserved(&bytes));
@@ -111,6 +169,20 @@ mod tests {
         }
         assert!(!is_reserved(b"Pz"));
         assert!(!is_reserved(b"hello"));
-        assert!(is_reserved(READY) && is_reserved(DRAIN));
+        assert!(is_reserved(READY) && is_reserved(DRAIN) && is_reserved(MOVE));
+    }
+
+    #[test]
+    fn move_data_round_trips_and_a_lying_length_is_refused() {
+        let data = encode_move(b"state", b"GET /");
+        assert_eq!(decode_move(&data), Some((&b"state"[..], &b"GET /"[..])));
+        assert_eq!(
+            decode_move(&encode_move(b"", b"")),
+            Some((&b""[..], &b""[..]))
+        );
+        for cut in 0..4 {
+            assert_eq!(decode_move(&data[..cut]), None);
+        }
+        assert_eq!(decode_move(&[9, 0, 0, 0, 1]), None);
     }
 }

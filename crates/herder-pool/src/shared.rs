@@ -251,13 +251,13 @@ fn exclusive<Svc: Service + 'static>(
     ))
 }
 
-impl WorkerLink {
+impl<Svc: Service + 'static> WorkerLink<Svc> {
     /// As [`run`](Self::run), taking turns on `shared` in place of plain polls.
     ///
     /// # Errors
     ///
     /// As [`run`](Self::run).
-    pub fn run_shared<Svc: Service + 'static>(
+    pub fn run_shared(
         mut self,
         server: &mut Server<Svc>,
         mut shared: SharedListener,

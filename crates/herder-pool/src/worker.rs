@@ -202,8 +202,15 @@ pub fn send_ready(channel: &mut Channel) -> io::Result<()> {
     channel.send(protocol::READY, &[])
 }
 
-/// Whether a message from the supervisor asks the worker to drain and exit.
+/// Whether a message from the supervisor asks the worker to drain and exit — and,
+/// on a reload, a recycle or a scale-down, to move its connections to the other
+/// workers first, which [`WorkerLink`](crate::WorkerLink) does and a worker of its
+/// own may leave undone (it drains them then).
 pub fn is_drain_request(payload: &[u8]) -> bool {
+    #[cfg(unix)]
+    if payload == protocol::MOVE {
+        return true;
+    }
     payload == protocol::DRAIN
 }
 

@@ -76,8 +76,8 @@ pub mod os;
 #[path = "sys/unix.rs"]
 mod sys;
 
-pub use server::{Config, DRAINING, LIMIT_REACHED, Server, Stats, Stream};
-pub use service::{CloseReason, Flow, Input, Output, Service};
+pub use server::{Config, DRAINING, Departure, LIMIT_REACHED, Server, Stats, Stream};
+pub use service::{CloseReason, Flow, Input, Move, Output, Service};
 pub use signal::Signal;
 pub use timer::TimerId;
 

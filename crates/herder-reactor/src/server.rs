@@ -1,7 +1,7 @@
 //! [`Server`]: buffered connections driven by a [`Service`], listeners, and the
 //! caller's own sources, in one [`Reactor`].
 
-use crate::service::{CloseReason, Flow, Input, Output, Service};
+use crate::service::{CloseReason, Flow, Input, Move, Output, Service};
 use crate::{Event, Interest, Key, Mode, Reactor, Signal, Source, TimerId, Waker};
 use std::collections::HashMap;
 use std::fmt;
@@ -224,6 +224,10 @@ struct Conn<Svc> {
     nodelay: bool,
     /// Something was written to it already.
     wrote: bool,
+    /// It does not move ([`Move::Never`], or a move of it failed): drained here.
+    stays: bool,
+    /// Its service agreed to move, with this state: taken out at the next settle.
+    departing: Option<Vec<u8>>,
 }
 
 impl<Svc> Conn<Svc> {
@@ -255,6 +259,52 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Re-registrations of `EPOLLEXCLUSIVE` listeners (Linux).
     pub rearms: u64,
+    /// Connections taken out to move to another process
+    /// ([`Server::take_departures`]).
+    pub departed: u64,
+    /// Connections that moved here ([`Server::adopt`]).
+    pub arrived: u64,
+}
+
+/// A connection taken out of a [`Server`] to move to another process
+/// ([`Server::move_out`]): its socket, its service, the input the service had not
+/// consumed, and the state its service gave ([`Service::on_move`]). Send the socket
+/// with the input and the state (herder-pool's worker link does), and keep this
+/// until the receiver owns the connection: if the move fails,
+/// [`Server::readmit`] gives it back to the server as it was.
+pub struct Departure<Svc> {
+    stream: Stream,
+    svc: Svc,
+    input: Vec<u8>,
+    state: Vec<u8>,
+}
+
+impl<Svc> Departure<Svc> {
+    /// The connection's socket.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Bytes read from the connection that the service had not consumed: the
+    /// receiver's service gets them first.
+    pub fn input(&self) -> &[u8] {
+        &self.input
+    }
+
+    /// What the service returned from [`Service::on_move`].
+    pub fn state(&self) -> &[u8] {
+        &self.state
+    }
+}
+
+impl<Svc> fmt::Debug for Departure<Svc> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Departure")
+            .field("stream", &self.stream)
+            .field("input", &self.input.len())
+            .field("state", &self.state.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Many buffered connections, each served by its own [`Service`] value, in one
@@ -317,6 +367,13 @@ pub struct Server<Svc: Service + 'static> {
     rearm: HashMap<TimerId, Key>,
     drain_deadline: Option<TimerId>,
     draining: bool,
+    /// Connections that agree move out ([`Server::move_out`]).
+    moving: bool,
+    /// Connections taken out to move, until the caller takes them.
+    departures: Vec<Departure<Svc>>,
+    /// Connections adopted since the last poll, whose input and drain rule wait for
+    /// the next one.
+    arrivals: Vec<Key>,
     stats: Stats,
 }
 
@@ -344,6 +401,9 @@ impl<Svc: Service + 'static> Server<Svc> {
             rearm: HashMap::new(),
             drain_deadline: None,
             draining: false,
+            moving: false,
+            departures: Vec::new(),
+            arrivals: Vec::new(),
             stats: Stats::default(),
         })
     }
@@ -567,37 +627,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         if self.is_full() {
             return Err(io::Error::other(LIMIT_REACHED));
         }
-        let nodelay = self.config.nodelay && matches!(stream, Stream::Tcp(_));
-        let conn = Conn {
-            stream,
-            svc,
-            input: Vec::new(),
-            output: Vec::new(),
-            interest: Interest::READABLE,
-            last_active: Instant::now(),
-            eof: false,
-            closing: false,
-            paused: false,
-            drain_asked: false,
-            fresh: initial.is_empty(),
-            close_reason: None,
-            lingering: false,
-            timer: None,
-            timer_at: None,
-            timer_is_linger: false,
-            own,
-            done: false,
-            nodelay,
-            wrote: false,
-        };
-        let key =
-            self.reactor
-                .register(Entry::Conn(Box::new(conn)), Interest::READABLE, Mode::Level)?;
-        self.stats.accepted += 1;
-        self.stats.active += 1;
-        if let Some(t) = self.config.idle_timeout {
-            self.arm(key, later(Instant::now(), t), false);
-        }
+        let key = self.register_conn(stream, svc, Vec::new(), initial.is_empty(), own)?;
         if !initial.is_empty() || self.draining {
             let outcome = self.with_conn(key, |c, b| {
                 if !initial.is_empty() {
@@ -608,6 +638,163 @@ impl<Svc: Service + 'static> Server<Svc> {
             self.settle(key, outcome);
         }
         Ok(key)
+    }
+
+    /// Registers a connection (non-blocking already) with `input` unconsumed, and
+    /// arms its idle timer.
+    fn register_conn(
+        &mut self,
+        stream: Stream,
+        svc: Svc,
+        input: Vec<u8>,
+        fresh: bool,
+        own: bool,
+    ) -> io::Result<Key> {
+        let nodelay = self.config.nodelay && matches!(stream, Stream::Tcp(_));
+        let conn = Conn {
+            stream,
+            svc,
+            input,
+            output: Vec::new(),
+            interest: Interest::READABLE,
+            last_active: Instant::now(),
+            eof: false,
+            closing: false,
+            paused: false,
+            drain_asked: false,
+            fresh,
+            close_reason: None,
+            lingering: false,
+            timer: None,
+            timer_at: None,
+            timer_is_linger: false,
+            own,
+            done: false,
+            nodelay,
+            wrote: false,
+            stays: false,
+            departing: None,
+        };
+        let key =
+            self.reactor
+                .register(Entry::Conn(Box::new(conn)), Interest::READABLE, Mode::Level)?;
+        self.stats.accepted += 1;
+        self.stats.active += 1;
+        if let Some(t) = self.config.idle_timeout {
+            self.arm(key, later(Instant::now(), t), false);
+        }
+        Ok(key)
+    }
+
+    /// Adds a connection that moved here from another process: `svc` is a fresh
+    /// service whose [`Service::on_arrive`] accepted the state that came with it,
+    /// and `input` the bytes its service there had not consumed.
+    ///
+    /// Unlike [`add_connection`](Self::add_connection), nothing happens to the
+    /// connection before the next [`poll`](Self::poll) — `input` is handed to the
+    /// service then — so that the caller can tell the sender it owns the
+    /// connection before a byte of it is read or written.
+    ///
+    /// # Errors
+    ///
+    /// As [`add_connection`](Self::add_connection).
+    pub fn adopt(&mut self, stream: impl Into<Stream>, svc: Svc, input: &[u8]) -> io::Result<Key> {
+        let stream = stream.into();
+        stream.set_nonblocking()?;
+        if self.is_full() {
+            return Err(io::Error::other(LIMIT_REACHED));
+        }
+        let key = self.register_conn(stream, svc, input.to_vec(), false, false)?;
+        self.stats.arrived += 1;
+        self.arrivals.push(key);
+        Ok(key)
+    }
+
+    /// Starts a drain ([`drain`](Self::drain)) in which every connection whose
+    /// service agrees ([`Service::on_move`]) is taken out of the server, at a point
+    /// where its output is all written, to move to another process: take them with
+    /// [`take_departures`](Self::take_departures). Connections that do not move are
+    /// drained as by [`drain`](Self::drain). A server that drains already starts
+    /// moving its connections now.
+    pub fn move_out(&mut self, deadline: Instant) {
+        if self.moving {
+            return;
+        }
+        self.moving = true;
+        if self.draining {
+            for key in self.conn_keys() {
+                let outcome = self.with_conn(key, |_, _| Ok(()));
+                self.settle(key, outcome);
+            }
+        } else {
+            self.drain(deadline);
+        }
+    }
+
+    /// Whether [`move_out`](Self::move_out) was called.
+    pub fn is_moving(&self) -> bool {
+        self.moving
+    }
+
+    /// Takes up to `max` of the connections that left the server to move (oldest
+    /// first). They no longer count as open ([`is_empty`](Self::is_empty)).
+    pub fn take_departures(&mut self, max: usize) -> Vec<Departure<Svc>> {
+        let n = max.min(self.departures.len());
+        self.departures.drain(..n).collect()
+    }
+
+    /// Whether connections wait to be taken with
+    /// [`take_departures`](Self::take_departures).
+    pub fn has_departures(&self) -> bool {
+        !self.departures.is_empty()
+    }
+
+    /// Gives a connection whose move failed back to the server, as it was when it
+    /// left; it stays here for good and is drained like one that never moves. The
+    /// connection limit does not apply: it was the server's already.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::register`]; the connection is closed then.
+    pub fn readmit(&mut self, departure: Departure<Svc>) -> io::Result<Key> {
+        let Departure {
+            stream, svc, input, ..
+        } = departure;
+        let key = self.register_conn(stream, svc, input, false, false)?;
+        // Not counted as taken in twice.
+        self.stats.accepted -= 1;
+        if let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) {
+            c.stays = true;
+        }
+        self.arrivals.push(key);
+        Ok(key)
+    }
+
+    /// Takes a connection whose service agreed to move out of the event loop.
+    fn depart(&mut self, key: Key) {
+        let Ok(Entry::Conn(mut c)) = self.reactor.deregister(key) else {
+            return;
+        };
+        self.stats.active -= 1;
+        self.stats.departed += 1;
+        if let Some(id) = c.timer.take() {
+            self.conn_timers.remove(&id);
+            self.reactor.cancel_timer(id);
+        }
+        self.unfill();
+        let Conn {
+            stream,
+            svc,
+            input,
+            departing,
+            ..
+        } = *c;
+        self.departures.push(Departure {
+            stream,
+            svc,
+            input,
+            state: departing.unwrap_or_default(),
+        });
     }
 
     /// Watches a source of the caller's; its events come back from
@@ -754,6 +941,16 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// their [`Service::on_close`]); they never end the loop.
     pub fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         events.clear();
+        for key in std::mem::take(&mut self.arrivals) {
+            let outcome = self.with_conn(key, |c, b| {
+                if c.input.is_empty() {
+                    Ok(())
+                } else {
+                    feed(c, &[], b)
+                }
+            });
+            self.settle(key, outcome);
+        }
         let mut evs = std::mem::take(&mut self.events);
         self.reactor.poll(&mut evs, timeout)?;
         for ev in evs.drain(..) {
@@ -979,7 +1176,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         key: Key,
         f: impl FnOnce(&mut Conn<Svc>, &mut Bufs<'_>) -> Result<(), CloseReason>,
     ) -> Result<(), CloseReason> {
-        let draining = self.draining;
+        let (draining, moving) = (self.draining, self.moving);
         let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) else {
             return Ok(());
         };
@@ -989,6 +1186,17 @@ impl<Svc: Service + 'static> Server<Svc> {
             config: &self.config,
         };
         f(c, &mut b)?;
+        if moving && !c.stays && !c.closing && !c.eof && c.output.is_empty() {
+            match c.svc.on_move() {
+                Move::Now(state) => {
+                    c.departing = Some(state);
+                    return Ok(());
+                }
+                // Not drained meanwhile: it may still move.
+                Move::Later => return Ok(()),
+                Move::Never => c.stays = true,
+            }
+        }
         if draining && !c.closing && (c.idle() || !c.drain_asked) {
             c.drain_asked = true;
             let idle = c.idle();
@@ -1015,6 +1223,10 @@ impl<Svc: Service + 'static> Server<Svc> {
     fn settle(&mut self, key: Key, outcome: Result<(), CloseReason>) {
         if let Err(reason) = outcome {
             self.close(key, reason);
+            return;
+        }
+        if matches!(self.reactor.get(key), Some(Entry::Conn(c)) if c.departing.is_some()) {
+            self.depart(key);
             return;
         }
         let linger = matches!(

@@ -126,10 +126,94 @@ pub trait Service {
         Flow::Continue
     }
 
+    /// The server moves its connections to another process
+    /// ([`Server::move_out`](crate::Server::move_out)): may this one go now?
+    ///
+    /// Asked at every point where the connection's output is all written and it is
+    /// not closing — once when the move starts, then after each callback — until it
+    /// answers [`Move::Now`] or [`Move::Never`]. A connection that moves carries its
+    /// socket (with whatever the kernel holds unread), the input not consumed yet and
+    /// the state returned here; the service in the other process gets the state in
+    /// [`on_arrive`](Self::on_arrive) and carries on where this one stopped. The peer
+    /// sees nothing.
+    ///
+    /// The default is [`Move::Never`]: the library cannot know what a service keeps
+    /// in memory, so a service that can move says so. A stateless byte stream (echo)
+    /// can move at any such point with an empty state; HTTP between requests.
+    ///
+    /// # Examples
+    ///
+    /// A counter of lines that moves with its count:
+    ///
+    /// ```
+    /// use herder_reactor::{Flow, Input, Move, Output, Service};
+    ///
+    /// struct Count(u64);
+    ///
+    /// impl Service for Count {
+    ///     fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+    ///         while let Some(end) = input.data().iter().position(|&b| b == b'\n') {
+    ///             self.0 += 1;
+    ///             out.write(format!("{}\n", self.0).as_bytes());
+    ///             input.consume(end + 1);
+    ///         }
+    ///         Flow::Continue
+    ///     }
+    ///
+    ///     fn on_move(&mut self) -> Move {
+    ///         Move::Now(self.0.to_le_bytes().to_vec())
+    ///     }
+    ///
+    ///     fn on_arrive(&mut self, state: &[u8]) -> bool {
+    ///         match state.try_into() {
+    ///             Ok(bytes) => {
+    ///                 self.0 = u64::from_le_bytes(bytes);
+    ///                 true
+    ///             }
+    ///             Err(_) => false,
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut before = Count(41);
+    /// let Move::Now(state) = before.on_move() else { unreachable!() };
+    /// let mut after = Count(0);
+    /// assert!(after.on_arrive(&state));
+    /// assert_eq!(after.0, 41);
+    /// ```
+    fn on_move(&mut self) -> Move {
+        Move::Never
+    }
+
+    /// This connection moved here from another process; `state` is what its service
+    /// there returned from [`on_move`](Self::on_move). Restore it and return `true`,
+    /// or return `false` to refuse the connection (it goes back to the process it
+    /// came from, which finishes it). Called on a fresh service, before any other
+    /// callback. The default accepts an empty state only: what a stateless service
+    /// moves.
+    fn on_arrive(&mut self, state: &[u8]) -> bool {
+        state.is_empty()
+    }
+
     /// The connection is gone; no other callback follows.
     fn on_close(&mut self, reason: &CloseReason) {
         let _ = reason;
     }
+}
+
+/// Whether a connection may move to another process now: the answer of
+/// [`Service::on_move`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Move {
+    /// Move it now, with this state (empty for a stateless service), which the
+    /// service in the receiving process gets in [`Service::on_arrive`].
+    Now(Vec<u8>),
+    /// Not now — a request is in flight — but perhaps at the connection's next
+    /// point with its output written: the server asks again then, and does not
+    /// treat it as draining meanwhile.
+    Later,
+    /// It stays in this process, which drains it ([`Service::on_drain`]).
+    Never,
 }
 
 /// What a [`Service`] callback wants next.
