@@ -250,8 +250,9 @@ struct ManyStreams {
 const MANY_EVERY: Duration = Duration::from_millis(50);
 
 impl ManyStreams {
-    /// Opens `n` streams to `addr` over `threads` client threads and starts them.
-    fn start(addr: SocketAddr, n: usize, threads: usize) -> ManyStreams {
+    /// Opens `n` streams to `addr` over `threads` client threads and starts them:
+    /// echo streams, or `http` keep-alive connections with a request each round.
+    fn start(addr: SocketAddr, n: usize, threads: usize, http: bool) -> ManyStreams {
         util::raise_nofile();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rounds = Arc::new(AtomicUsize::new(0));
@@ -272,11 +273,21 @@ impl ManyStreams {
                     let mut round = 0usize;
                     while !stop.load(Ordering::SeqCst) {
                         let byte = b'a' + (round % 26) as u8;
+                        let request: &[u8] = match http {
+                            true => REQUEST,
+                            false => std::slice::from_ref(&byte),
+                        };
                         for (i, c) in conns.iter_mut().enumerate() {
-                            c.write_all(&[byte])
+                            c.write_all(request)
                                 .map_err(|e| format!("thread {t} conn {i} round {round}: {e}"))?;
                         }
                         for (i, c) in conns.iter_mut().enumerate() {
+                            if http {
+                                read_response(c).map_err(|e| {
+                                    format!("thread {t} conn {i} round {round}: {e}")
+                                })?;
+                                continue;
+                            }
                             let mut back = [0u8; 1];
                             c.read_exact(&mut back)
                                 .map_err(|e| format!("thread {t} conn {i} round {round}: {e}"))?;
@@ -295,6 +306,10 @@ impl ManyStreams {
                     }
                     // The client ends each exchange; the server closes its side.
                     for (i, c) in conns.iter_mut().enumerate() {
+                        if http {
+                            c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                                .map_err(|e| format!("thread {t} conn {i} closing: {e}"))?;
+                        }
                         c.shutdown(Shutdown::Write).unwrap();
                         let mut rest = Vec::new();
                         c.read_to_end(&mut rest)
@@ -336,6 +351,33 @@ impl ManyStreams {
     }
 }
 
+/// A keep-alive request.
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// Reads one response of the HTTP demo: `200`, kept alive, its whole body.
+fn read_response(c: &mut TcpStream) -> Result<(), String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(0) => return Err(format!("closed after {} bytes of a head", head.len())),
+            Ok(_) => head.push(b[0]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") || head.contains("connection: close") {
+        return Err(format!("unexpected response: {head:?}"));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no content-length")?;
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).map_err(|e| e.to_string())
+}
+
 /// Open connections per worker, by pid, from `status`.
 fn active_by_pid(status: &serde_json::Value) -> Vec<(u64, u64)> {
     let pids = util::pids(status);
@@ -370,7 +412,7 @@ fn a_reload_moves_open_streams_to_the_new_workers_without_a_lost_byte() {
             dir: _dir,
         } = util::start_controlled(name, &[]);
         let before = util::pids(&util::status(&ctl));
-        let streams = ManyStreams::start(server.addr, OPEN, 8);
+        let streams = ManyStreams::start(server.addr, OPEN, 8, false);
         streams.rounds(3);
         let reloaded = Instant::now();
         server.signal(libc::SIGHUP);
@@ -389,6 +431,106 @@ fn a_reload_moves_open_streams_to_the_new_workers_without_a_lost_byte() {
             owned, OPEN as u64,
             "{name}: connections held by the new workers"
         );
+        assert_eq!(status["moves_kept"], 0, "{name}");
+        let echoed = streams.finish();
+        assert!(echoed.is_ok(), "{name}: {echoed:?}");
+        server.stop(name);
+    }
+}
+
+#[test]
+fn a_reload_moves_keep_alive_connections_and_those_with_a_request_in_flight_after_it() {
+    const OPEN: usize = 300;
+    const IN_FLIGHT: usize = 20;
+    for name in util::SERVERS {
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &["--protocol", "http"]);
+        let before = util::pids(&util::status(&ctl));
+        let streams = ManyStreams::start(server.addr, OPEN, 4, true);
+        // Connections with half a request sent when the reload starts.
+        let mut busy: Vec<TcpStream> = (0..IN_FLIGHT)
+            .map(|_| {
+                let mut c = TcpStream::connect(server.addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(REQUEST).unwrap();
+                read_response(&mut c).unwrap();
+                c.write_all(&REQUEST[..10]).unwrap();
+                c
+            })
+            .collect();
+        streams.rounds(3);
+        let reloaded = Instant::now();
+        server.signal(libc::SIGHUP);
+        // The old workers wait for the requests in flight, and answer them.
+        streams.rounds(3);
+        let old: Vec<u32> = before.iter().map(|p| *p as u32).collect();
+        assert!(
+            !old.iter().all(|p| exited(*p)),
+            "{name}: the old generation left with requests in flight"
+        );
+        for c in &mut busy {
+            c.write_all(&REQUEST[10..]).unwrap();
+            read_response(c).unwrap();
+        }
+        let gone = old_generation_gone(&ctl, &before, reloaded);
+        // Moved after their response: served by the new workers from here on.
+        for c in &mut busy {
+            c.write_all(REQUEST).unwrap();
+            read_response(c).unwrap();
+        }
+        streams.rounds(3);
+        let status = util::status(&ctl);
+        let owned: u64 = active_by_pid(&status).iter().map(|(_, a)| a).sum();
+        println!(
+            "{name}: {OPEN} keep-alive connections and {IN_FLIGHT} with a request in flight; old generation gone {gone:?} after SIGHUP; moved {}, kept {}",
+            status["moved"], status["moves_kept"]
+        );
+        assert_eq!(
+            owned,
+            (OPEN + IN_FLIGHT) as u64,
+            "{name}: held by the new workers"
+        );
+        assert_eq!(status["moves_kept"], 0, "{name}");
+        let served = streams.finish();
+        assert!(served.is_ok(), "{name}: {served:?}");
+        drop(busy);
+        server.stop(name);
+    }
+}
+
+#[test]
+fn scaling_down_moves_open_streams_to_the_workers_that_stay() {
+    const OPEN: usize = 400;
+    for name in util::SERVERS {
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled(name, &["--workers", "4"]);
+        let before = util::pids(&util::status(&ctl));
+        assert_eq!(before.len(), 4, "{name}");
+        let streams = ManyStreams::start(server.addr, OPEN, 4, false);
+        streams.rounds(3);
+        let mut c = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
+        c.write_all(b"{\"cmd\":\"scale\",\"workers\":2}\n").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains("\"ok\":true"), "{name}: {answer}");
+        let retired: Vec<u32> = before[2..].iter().map(|p| *p as u32).collect();
+        wait_exited(&retired, Duration::from_secs(20), name);
+        streams.rounds(3);
+        let status = util::status(&ctl);
+        assert_eq!(
+            util::pids(&status),
+            before[..2],
+            "{name}: the first two stay"
+        );
+        let owned: u64 = active_by_pid(&status).iter().map(|(_, a)| a).sum();
+        assert_eq!(owned, OPEN as u64, "{name}: held by the workers that stay");
         assert_eq!(status["moves_kept"], 0, "{name}");
         let echoed = streams.finish();
         assert!(echoed.is_ok(), "{name}: {echoed:?}");

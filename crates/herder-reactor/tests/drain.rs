@@ -6,7 +6,7 @@ mod util;
 
 use herder_reactor::{CloseReason, Config, Flow, Input, Output, Server, Service};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -315,4 +315,144 @@ fn drain_closes_an_exclusive_listener_and_stops_its_rearming() {
     assert!(server.resume_listener(key).is_err());
     let again = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     assert!(server.add_exclusive_listener(again, None).is_err());
+}
+
+/// Counts lines, answering each with its number; "stay" makes it refuse to move.
+/// Its count moves with it.
+#[derive(Default)]
+struct Count {
+    lines: u64,
+    stay: bool,
+}
+
+impl Service for Count {
+    fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+        while let Some(end) = input.data().iter().position(|&b| b == b'\n') {
+            self.stay |= &input.data()[..end] == b"stay";
+            self.lines += 1;
+            out.write(format!("{}\n", self.lines).as_bytes());
+            input.consume(end + 1);
+        }
+        Flow::Continue
+    }
+    fn on_move(&mut self) -> herder_reactor::Move {
+        match self.stay {
+            true => herder_reactor::Move::Never,
+            false => herder_reactor::Move::Now(self.lines.to_le_bytes().to_vec()),
+        }
+    }
+    fn on_arrive(&mut self, state: &[u8]) -> bool {
+        match state.try_into() {
+            Ok(b) => {
+                self.lines = u64::from_le_bytes(b);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Polls `server` until `c` has a line to read; returns it.
+fn line_from(server: &mut Server<Count>, c: &mut TcpStream) -> String {
+    let mut events = Vec::new();
+    let mut got = Vec::new();
+    c.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.ends_with(b"\n") {
+        assert!(Instant::now() < deadline, "no answer");
+        server
+            .poll(&mut events, Some(Duration::from_millis(5)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => panic!("closed"),
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    c.set_nonblocking(false).unwrap();
+    String::from_utf8(got).unwrap()
+}
+
+#[test]
+fn moving_takes_out_what_agrees_with_its_input_and_state_and_a_failed_move_stays() {
+    let mut a = Server::new(Config::default(), |_| Count::default()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    a.add_listener(listener).unwrap();
+    let mut plain = connect(addr);
+    let mut partial = connect(addr);
+    let mut stays = connect(addr);
+    let mut back = connect(addr);
+    for (c, first) in [
+        (&mut plain, "x\n"),
+        (&mut partial, "x\n"),
+        (&mut stays, "stay\n"),
+        (&mut back, "x\n"),
+    ] {
+        c.write_all(first.as_bytes()).unwrap();
+        assert_eq!(line_from(&mut a, c), "1\n");
+    }
+    partial.write_all(b"hal").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut events = Vec::new();
+    while a.buffered_bytes() < 3 {
+        assert!(Instant::now() < deadline, "the partial line never arrived");
+        a.poll(&mut events, Some(Duration::from_millis(5))).unwrap();
+    }
+
+    a.move_out(Instant::now() + Duration::from_secs(30));
+    assert!(a.is_moving() && a.is_draining());
+    let mut gone = a.take_departures(usize::MAX);
+    assert_eq!(gone.len(), 3, "every connection but the one that stays");
+    assert!(!a.has_departures());
+    assert_eq!((a.stats().active, a.stats().departed), (1, 3));
+    let mut inputs: Vec<&[u8]> = gone.iter().map(|d| d.input()).collect();
+    inputs.sort();
+    assert_eq!(inputs, [&b""[..], b"", b"hal"]);
+    assert!(gone.iter().all(|d| d.state() == 1u64.to_le_bytes()));
+
+    // One move fails: the connection goes back to its server as it was.
+    let back_port = back.local_addr().unwrap().port();
+    let i = gone
+        .iter()
+        .position(|d| d.stream().peer_addr() == Some(SocketAddr::from(([127, 0, 0, 1], back_port))))
+        .unwrap();
+    a.readmit(gone.remove(i)).unwrap();
+    back.write_all(b"y\n").unwrap();
+    assert_eq!(line_from(&mut a, &mut back), "2\n", "served where it was");
+
+    // The others arrive at another server, with their state and input.
+    let mut b = Server::new(Config::default(), |_| Count::default()).unwrap();
+    for d in gone {
+        let herder_reactor::Stream::Tcp(s) = d.stream() else {
+            unreachable!()
+        };
+        let mut svc = Count::default();
+        assert!(svc.on_arrive(d.state()));
+        b.adopt(s.try_clone().unwrap(), svc, d.input()).unwrap();
+        // The departure (the old process's copy) is let go once the other owns it.
+        drop(d);
+    }
+    assert_eq!((b.stats().arrived, b.stats().active), (2, 2));
+    // Nothing is read or written before the next poll.
+    partial.write_all(b"f\n").unwrap();
+    partial.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut nothing = [0u8; 8];
+    assert_eq!(
+        partial.read(&mut nothing).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    assert_eq!(
+        line_from(&mut b, &mut partial),
+        "2\n",
+        "the half line finished"
+    );
+    plain.write_all(b"z\n").unwrap();
+    assert_eq!(line_from(&mut b, &mut plain), "2\n", "the count moved");
+    // The one that stays is still served by the first server.
+    stays.write_all(b"w\n").unwrap();
+    assert_eq!(line_from(&mut a, &mut stays), "2\n");
 }
