@@ -537,3 +537,56 @@ fn scaling_down_moves_open_streams_to_the_workers_that_stay() {
         server.stop(name);
     }
 }
+
+#[test]
+fn a_worker_out_of_descriptors_takes_what_it_can_and_the_rest_stays_with_the_retiring_worker() {
+    // 2 workers of 128 descriptors, 160 streams: the one that stays cannot take
+    // all of the other's.
+    const OPEN: usize = 160;
+    for name in util::SERVERS {
+        let util::Controlled {
+            server,
+            ctl,
+            dir: _dir,
+        } = util::start_controlled_limited(name, &["--workers", "2"], 128);
+        let before = util::pids(&util::status(&ctl));
+        let streams = ManyStreams::start(server.addr, OPEN, 4, false);
+        streams.rounds(3);
+        let held = active_by_pid(&util::status(&ctl));
+        assert_eq!(
+            held.iter().map(|(_, a)| a).sum::<u64>(),
+            OPEN as u64,
+            "{name}: {held:?}"
+        );
+        let mut c = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
+        c.write_all(b"{\"cmd\":\"scale\",\"workers\":1}\n").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let s = util::status(&ctl);
+            if s["moves_kept"].as_u64() > Some(0) && s["moved"].as_u64() > Some(0) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{name}: no move settled: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Every stream goes on: on the worker that stays, or on the retiring one.
+        streams.rounds(5);
+        let retiring = before[1] as u32;
+        assert!(
+            !exited(retiring),
+            "{name}: the retiring worker left its streams"
+        );
+        println!(
+            "{name}: {OPEN} streams, 128 descriptors per worker: moved {}, kept {}",
+            status["moved"], status["moves_kept"]
+        );
+        let echoed = streams.finish();
+        assert!(echoed.is_ok(), "{name}: {echoed:?}");
+        // Its streams over, the retiring worker leaves.
+        wait_exited(&[retiring], Duration::from_secs(10), name);
+        server.stop(name);
+    }
+}

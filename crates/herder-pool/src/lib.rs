@@ -119,6 +119,8 @@ pub use error::Error;
 pub use link::WorkerLink;
 pub use listener::{reuseport_listener, tcp_listener};
 #[cfg(unix)]
+pub use moves::MoveStats;
+#[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
 pub use protocol::is_reserved;
 #[cfg(unix)]

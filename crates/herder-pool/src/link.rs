@@ -17,6 +17,11 @@ use std::time::{Duration, Instant};
 /// here and, while in a channel, counts against the user's descriptors in flight.
 const MAX_PARKED: usize = 256;
 
+/// Connections per message when moving. Small: a receiver near its descriptor
+/// limit loses a whole message's descriptors, so small messages let it take what
+/// it can, and only the rest stays here.
+const MOVE_BATCH: usize = 16;
+
 /// A worker's link to its supervisor, plugged into the worker's [`Server`]: the
 /// pool's channel in the server's event loop, the drain request, the supervisor's
 /// end (the worker drains: its open connections are served to their end, then it
@@ -352,7 +357,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
             }
         }
         while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(herder_fd::MAX_FDS_PER_MESSAGE));
+            let rest = batch.split_off(batch.len().min(MOVE_BATCH));
             let first = self.next_move + 1;
             self.next_move += batch.len() as u64;
             let data: Vec<Vec<u8>> = batch

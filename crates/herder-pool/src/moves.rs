@@ -18,6 +18,22 @@ struct Forwarded {
 /// ids.
 pub(crate) type Replies = BTreeMap<u32, Vec<u64>>;
 
+/// What became of the live connections retired workers moved
+/// ([`Config::move_connections`](crate::Config::move_connections)), from
+/// [`Pool::move_stats`](crate::Pool::move_stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MoveStats {
+    /// Connections now owned by the worker they moved to.
+    pub moved: u64,
+    /// Connections that found no taker (none ready, the taker's descriptor table
+    /// full, the taker died before it acknowledged them) and were finished by the
+    /// worker they came from.
+    pub kept: u64,
+    /// Connections handed to their new worker and not yet acknowledged now.
+    pub in_flight: usize,
+}
+
 /// Connections forwarded to a worker and not yet acknowledged, and the counts.
 #[derive(Debug, Default)]
 pub(crate) struct Moves {
@@ -102,6 +118,14 @@ impl Moves {
     /// Connections that found no taker before they were sent.
     pub(crate) fn count_kept(&mut self, n: usize) {
         self.kept += n as u64;
+    }
+
+    pub(crate) fn stats(&self) -> MoveStats {
+        MoveStats {
+            moved: self.moved,
+            kept: self.kept,
+            in_flight: self.inflight.values().map(VecDeque::len).sum(),
+        }
     }
 }
 

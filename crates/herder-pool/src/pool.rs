@@ -578,6 +578,11 @@ impl Pool {
             .ok_or(Error::NoWorker(slot))
     }
 
+    /// What became of the live connections retired workers moved to others.
+    pub fn move_stats(&self) -> crate::MoveStats {
+        self.moves.stats()
+    }
+
     /// The number of slots.
     pub fn len(&self) -> usize {
         self.slots.len()

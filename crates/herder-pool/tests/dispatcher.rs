@@ -10,7 +10,8 @@ mod util;
 use herder_pool::{Choice, Dispatcher, Pool};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -173,4 +174,104 @@ fn over_the_limit_new_connections_are_shed_and_counted() {
     let handle = std::thread::spawn(move || first.join().unwrap());
     drive(&mut pool, &mut d, |_, _| handle.is_finished());
     assert_eq!(handle.join().unwrap(), "first");
+}
+
+/// A client that makes one echo exchange each time `steps` says so (counting it in
+/// `done`), and ends its connection when `steps` closes; the exchanges made, or the
+/// first failure.
+fn stepping_client(
+    addr: SocketAddr,
+    i: usize,
+    steps: mpsc::Receiver<()>,
+    done: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Result<usize, String>> {
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut n = 0;
+        while steps.recv().is_ok() {
+            let msg = format!("{i}:{n};");
+            c.write_all(msg.as_bytes())
+                .map_err(|e| format!("client {i} step {n}: {e}"))?;
+            let mut back = vec![0u8; msg.len()];
+            c.read_exact(&mut back)
+                .map_err(|e| format!("client {i} step {n}: {e}"))?;
+            if back != msg.as_bytes() {
+                return Err(format!("client {i} step {n}: {back:?}"));
+            }
+            n += 1;
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest)
+            .map_err(|e| format!("client {i} closing: {e}"))?;
+        Ok(n)
+    })
+}
+
+/// Lets every client make one exchange, serving until all did.
+fn step_all(pool: &mut Pool, d: &mut Dispatcher, steps: &[mpsc::Sender<()>], done: &AtomicUsize) {
+    let target = done.load(Ordering::SeqCst) + steps.len();
+    for s in steps {
+        s.send(()).unwrap();
+    }
+    drive(pool, d, |_, _| done.load(Ordering::SeqCst) == target);
+}
+
+#[test]
+fn a_reload_whose_new_worker_dies_before_it_acknowledged_keeps_each_connection_with_its_old_worker()
+{
+    const CLIENTS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("stall");
+    let behaviour = format!("link-echo-stall-slot0-while-{}", flag.display());
+    let (mut pool, mut d, addr) = start(2, &behaviour, Choice::LeastLoaded);
+    let old: Vec<u32> = pool.pids();
+    let done = Arc::new(AtomicUsize::new(0));
+    let (steps, clients): (Vec<_>, Vec<_>) = (0..CLIENTS)
+        .map(|i| {
+            let (tx, rx) = mpsc::channel();
+            (tx, stepping_client(addr, i, rx, done.clone()))
+        })
+        .unzip();
+    step_all(&mut pool, &mut d, &steps, &done);
+
+    // The new generation's slot 0 is ready but never reads what it is handed.
+    std::fs::write(&flag, b"").unwrap();
+    let mut events = Vec::new();
+    pool.reload(&mut events);
+    for e in events.drain(..) {
+        d.handle(&mut pool, &e);
+    }
+    drive(&mut pool, &mut d, |pool, _| {
+        let m = pool.move_stats();
+        m.in_flight > 0 && m.moved + m.in_flight as u64 == CLIENTS as u64
+    });
+    std::fs::remove_file(&flag).unwrap();
+    pool.signal(0, libc::SIGKILL).unwrap();
+    drive(&mut pool, &mut d, |pool, _| {
+        pool.move_stats().in_flight == 0
+    });
+    // Each settled once: owned by the healthy new worker, or kept by its old one.
+    let m = pool.move_stats();
+    assert!(m.kept > 0 && m.moved + m.kept == CLIENTS as u64, "{m:?}");
+
+    // Every connection is served, once: the stranded ones by their old worker.
+    step_all(&mut pool, &mut d, &steps, &done);
+    step_all(&mut pool, &mut d, &steps, &done);
+    assert!(
+        old.iter().any(|p| pool.pids().contains(p)),
+        "an old worker finishes what stayed with it"
+    );
+    drop(steps);
+    for c in clients {
+        let handle = std::thread::spawn(move || c.join().unwrap());
+        drive(&mut pool, &mut d, |_, _| handle.is_finished());
+        assert_eq!(handle.join().unwrap(), Ok(3));
+    }
+    // Nothing holds the old generation any more.
+    drive(&mut pool, &mut d, |pool, _| {
+        old.iter().all(|p| !pool.pids().contains(p))
+    });
 }

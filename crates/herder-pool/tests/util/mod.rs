@@ -289,6 +289,11 @@ impl herder_reactor::Service for Echo {
         input.consume(input.len());
         herder_reactor::Flow::Continue
     }
+
+    /// A byte stream with no state: it moves whenever asked.
+    fn on_move(&mut self) -> herder_reactor::Move {
+        herder_reactor::Move::Now(Vec::new())
+    }
 }
 
 fn link_worker(mut w: Worker, stall: bool) -> ! {
