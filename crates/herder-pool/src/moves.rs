@@ -87,6 +87,22 @@ impl Moves {
         replies
     }
 
+    /// `target` took these ids (a new supervisor's answer, by id).
+    pub(crate) fn settled(&mut self, target: u32, ids: &[u64]) -> Replies {
+        let mut replies = Replies::new();
+        if let Some(q) = self.inflight.get_mut(&target) {
+            q.retain(|f| {
+                let took = ids.contains(&f.id);
+                if took {
+                    replies.entry(f.origin).or_default().push(f.theirs);
+                }
+                !took
+            });
+        }
+        self.moved += replies.values().map(|v| v.len() as u64).sum::<u64>();
+        replies
+    }
+
     /// `target` refused these ids (no descriptor arrived, no room, a state its
     /// service would not take): their origins keep them.
     pub(crate) fn refused(&mut self, target: u32, ids: &[u64]) -> Replies {

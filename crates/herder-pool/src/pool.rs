@@ -1,9 +1,11 @@
 //! The supervisor's side: a pool of worker slots, each running one worker process.
 
+mod moving;
+
 pub use crate::config::{Config, FATAL_EXIT_CODE};
 use crate::error::Error;
 pub use crate::event::PoolEvent;
-use crate::moves::{Moves, Replies};
+use crate::moves::Moves;
 use crate::protocol::{self, MOVE_ID, Receipt};
 use crate::restart::{Decision, Exit, History};
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
@@ -18,7 +20,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -140,6 +141,10 @@ enum Watch {
     ControlListener,
     ControlConn,
     UpgradeReady,
+    /// The old supervisor's channel of moving connections.
+    Upstream,
+    /// The new supervisor's channel of moving connections.
+    Downstream,
 }
 
 /// A control connection's buffers.
@@ -174,6 +179,8 @@ struct Upgrade {
     failed: Option<String>,
     /// When to kill it if `SIGTERM` did not end it.
     kill_at: Option<Instant>,
+    /// This end of the channel the new supervisor takes moving connections on.
+    moves: Option<Channel>,
 }
 
 #[derive(Clone, Copy)]
@@ -266,6 +273,12 @@ pub struct Pool {
     reap_timer: Option<TimerId>,
     /// Live connections on the move from a retired worker to another.
     moves: Moves,
+    /// Started by an upgrade: the channel on which the old supervisor moves its
+    /// workers' connections here.
+    upstream: Option<(Channel, Key)>,
+    /// Upgraded: the channel to the new supervisor, which takes this pool's moving
+    /// connections.
+    downstream: Option<moving::Downstream>,
 }
 
 /// Makes a slot's own descriptors.
@@ -379,6 +392,8 @@ impl Pool {
             slot_listeners: None,
             reap_timer: None,
             moves: Moves::default(),
+            upstream: None,
+            downstream: None,
             systemd: systemd.map(crate::systemd::Reporter::new),
             watchdog,
             upgrade_fds: Vec::new(),
@@ -392,6 +407,11 @@ impl Pool {
         .map(|mut pool: Pool| {
             if !cfg!(any(target_os = "linux", target_os = "android")) {
                 pool.need_sigchld();
+            }
+            if pool.parent.is_some() {
+                if let Some(channel) = crate::systemd::inherited_moves() {
+                    pool.watch_upstream(channel);
+                }
             }
             pool
         })
@@ -864,9 +884,12 @@ impl Pool {
         // than queue in a backlog nobody reads. Draining workers close theirs too.
         self.listeners.clear();
         self.upgrade_fds.clear();
+        // After an upgrade the workers move their connections to the new
+        // supervisor's; otherwise they drain.
+        let moving = self.downstream.is_some();
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
-            self.retire(pid, false);
+            self.retire(pid, moving);
         }
         if self.procs.is_empty() {
             events.push(PoolEvent::Stopped);
@@ -974,6 +997,14 @@ impl Pool {
         if let Some(c) = control {
             fds.push((c, crate::systemd::CONTROL_NAME));
         }
+        // Where this pool's workers' connections move to, if the pool moves them.
+        let moves = match self.config.move_connections {
+            true => Channel::pair().ok(),
+            false => None,
+        };
+        if let Some((_, theirs)) = &moves {
+            fds.push((theirs.as_fd(), crate::systemd::MOVES_NAME));
+        }
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let spawned = sys::spawn(&program, &args, &env, &fds, None);
         drop(fds);
@@ -1016,6 +1047,7 @@ impl Pool {
             deadline: Instant::now() + self.config.ready_timeout,
             failed: None,
             kill_at: None,
+            moves: moves.map(|(ours, _)| ours),
         })
     }
 
@@ -1106,6 +1138,9 @@ impl Pool {
                     let _ = self.reactor.deregister(key);
                 }
                 self.control_path = None;
+                if let Some(channel) = u.moves {
+                    self.watch_downstream(channel, u.pid);
+                }
                 events.push(PoolEvent::Upgraded { pid: u.pid });
                 // The graceful stop begins at the next poll: the caller first sees
                 // `Upgraded` while the workers still take connections (the hand-off
@@ -1160,6 +1195,8 @@ impl Pool {
                     Some(Watch::ControlListener) => self.accept_control(key),
                     Some(Watch::ControlConn) => self.serve_control(key, events),
                     Some(Watch::UpgradeReady) => self.on_upgrade_ready(events),
+                    Some(Watch::Upstream) => self.read_upstream(),
+                    Some(Watch::Downstream) => self.read_downstream(),
                     None if matches!(self.reactor.get(key), Some(Source::User(_))) => {
                         events.push(PoolEvent::Other(ev))
                     }
@@ -1732,7 +1769,8 @@ impl Pool {
     /// the pool does that and is not stopping — and kills it if it is still there at
     /// the deadline.
     fn retire(&mut self, pid: u32, moving: bool) {
-        let request = match moving && self.config.move_connections && !self.stopping {
+        let to = !self.stopping || self.downstream.is_some();
+        let request = match moving && self.config.move_connections && to {
             true => protocol::MOVE,
             false => protocol::DRAIN,
         };
@@ -1771,7 +1809,7 @@ impl Pool {
             // `recv_lossy`: at the descriptor limit, a moving worker's connections
             // arrive without their descriptors, and it must hear that it keeps them.
             match ch.recv_lossy() {
-                Ok(Some(msg)) if is_move(&msg) => self.forward(pid, msg),
+                Ok(Some(msg)) if moving::is_move(&msg) => self.forward(pid, msg),
                 Ok(Some(msg)) if protocol::is_pool_message(msg.payload()) => {
                     if msg.payload() == protocol::READY && !p.ready {
                         p.ready = true;
@@ -1825,116 +1863,6 @@ impl Pool {
             }
         }
         true
-    }
-
-    /// Forwards connections a retired worker (`origin`) sent to move: each to the
-    /// least loaded ready worker that is not draining, of the newest generation if
-    /// one is ready. The origin keeps its copies until it hears: connections with no
-    /// taker, or whose message cannot be sent, stay with it at once.
-    fn forward(&mut self, origin: u32, msg: herder_fd::Message) {
-        let ids = msg.handoff_ids().unwrap_or_default();
-        let batch = match msg.into_sockets() {
-            Ok(batch) if !batch.is_empty() => batch,
-            // Descriptors lost (this process's table was full) or unreadable.
-            _ => {
-                self.moves.count_kept(ids.len());
-                self.reply(Replies::from([(origin, ids)]), Receipt::Kept);
-                return;
-            }
-        };
-        /// The origin's id, the peer, the data, the socket.
-        type Moving = (u64, Option<std::net::SocketAddr>, Vec<u8>, TcpStream);
-        let mut groups: HashMap<usize, Vec<Moving>> = HashMap::new();
-        let mut kept = Vec::new();
-        for herder_fd::Received {
-            id,
-            peer,
-            data,
-            socket,
-        } in batch
-        {
-            let herder_fd::Socket::TcpStream(stream) = socket else {
-                kept.push(id);
-                continue;
-            };
-            let extra: HashMap<usize, usize> = groups.iter().map(|(s, g)| (*s, g.len())).collect();
-            match self.move_target(origin, &extra) {
-                Some(slot) => groups
-                    .entry(slot)
-                    .or_default()
-                    .push((id, peer, data, stream)),
-                None => kept.push(id),
-            }
-        }
-        for (slot, group) in groups {
-            let first = self.moves.next_ids(group.len());
-            let items: Vec<(&TcpStream, herder_fd::Handoff<'_>)> = group
-                .iter()
-                .zip(first..)
-                .map(|((_, peer, data, stream), id)| {
-                    let meta = herder_fd::Handoff {
-                        id,
-                        peer: *peer,
-                        data,
-                    };
-                    (stream, meta)
-                })
-                .collect();
-            match self.send_sockets(slot, &items) {
-                Ok(target) => {
-                    let from: Vec<(u32, u64)> =
-                        group.iter().map(|(id, ..)| (origin, *id)).collect();
-                    self.moves.sent(target, first, &from);
-                }
-                Err(e) => {
-                    tracing::debug!(slot, error = %e, "forwarding moving connections failed");
-                    kept.extend(group.iter().map(|(id, ..)| *id));
-                }
-            }
-        }
-        if !kept.is_empty() {
-            self.moves.count_kept(kept.len());
-            self.reply(Replies::from([(origin, kept)]), Receipt::Kept);
-        }
-    }
-
-    /// The slot to move a connection to, counting `extra` already chosen per slot.
-    fn move_target(&self, origin: u32, extra: &HashMap<usize, usize>) -> Option<usize> {
-        let newest = (0..self.slots.len())
-            .filter_map(|s| self.load(s))
-            .filter_map(|l| self.procs.get(&l.pid).map(|p| p.generation))
-            .max()?;
-        (0..self.slots.len())
-            .filter_map(|s| self.load(s).map(|l| (s, l)))
-            .filter(|(_, l)| {
-                l.pid != origin
-                    && self
-                        .procs
-                        .get(&l.pid)
-                        .is_some_and(|p| p.generation == newest)
-            })
-            .min_by_key(|(s, l)| {
-                l.active as usize
-                    + self.moves.pending_to(l.pid)
-                    + extra.get(s).copied().unwrap_or(0)
-            })
-            .map(|(s, _)| s)
-    }
-
-    /// Tells each origin what became of its connections. An origin that is gone
-    /// needs no word; one whose channel is full keeps its copies until it is killed
-    /// at its drain deadline.
-    fn reply(&mut self, replies: Replies, receipt: fn(Vec<u64>) -> Receipt) {
-        for (origin, ids) in replies {
-            let Some(ch) = self.procs.get_mut(&origin).and_then(|p| p.channel.as_mut()) else {
-                continue;
-            };
-            for chunk in ids.chunks(herder_fd::MAX_FDS_PER_MESSAGE) {
-                if let Err(e) = ch.send(&receipt(chunk.to_vec()).encode(), &[]) {
-                    tracing::warn!(pid = origin, error = %e, "cannot tell a worker about its moving connections");
-                }
-            }
-        }
     }
 
     fn on_ready(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
@@ -2228,14 +2156,6 @@ impl Pool {
 }
 
 /// Writes what the socket takes; `true` if the connection failed.
-/// Whether a worker's message carries connections on the move.
-fn is_move(msg: &herder_fd::Message) -> bool {
-    (!msg.fds().is_empty() || msg.lost_fds() > 0)
-        && msg
-            .handoff_ids()
-            .is_ok_and(|ids| !ids.is_empty() && ids.iter().all(|id| id & MOVE_ID != 0))
-}
-
 fn flush_control(conn: &mut UnixStream, out: &mut Vec<u8>) -> bool {
     while !out.is_empty() {
         match conn.write(out) {

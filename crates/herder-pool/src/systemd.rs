@@ -25,6 +25,13 @@ static CONTROL: Mutex<Option<OwnedFd>> = Mutex::new(None);
 /// The name of the inherited control socket in `LISTEN_FDNAMES` during an upgrade.
 pub(crate) const CONTROL_NAME: &str = "herder-control";
 
+/// The channel on which a supervisor being upgraded moves its workers' live
+/// connections to this one, until [`Pool::new`](crate::Pool::new) takes it.
+static MOVES: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// Its name in `LISTEN_FDNAMES` during an upgrade.
+pub(crate) const MOVES_NAME: &str = "herder-moves";
+
 /// Where a new supervisor reports its readiness to the one upgrading to it.
 pub(crate) const UPGRADE_ENV: &str = "HERDER_UPGRADE_READY";
 
@@ -38,7 +45,9 @@ pub(crate) const UPGRADE_ENV: &str = "HERDER_UPGRADE_READY";
 ///
 /// A supervisor upgrading to this program ([`Pool::upgrade`](crate::Pool::upgrade))
 /// passes its listeners the same way; its control socket, among them, is kept for
-/// [`Pool::listen_control`](crate::Pool::listen_control) and not returned here.
+/// [`Pool::listen_control`](crate::Pool::listen_control), and the channel its
+/// workers' connections move to this one's on for [`Pool::new`](crate::Pool::new):
+/// neither is returned here.
 ///
 /// # Errors
 ///
@@ -64,10 +73,12 @@ pub fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
         return Ok(Vec::new());
     }
     let mut fds = crate::worker::listen_fds()?;
-    if let Some(i) = fds.iter().position(|(n, _)| n == CONTROL_NAME) {
-        let (_, control) = fds.remove(i);
-        if let Ok(mut slot) = CONTROL.lock() {
-            *slot = Some(control);
+    for (name, keep) in [(CONTROL_NAME, &CONTROL), (MOVES_NAME, &MOVES)] {
+        if let Some(i) = fds.iter().position(|(n, _)| n == name) {
+            let (_, fd) = fds.remove(i);
+            if let Ok(mut slot) = keep.lock() {
+                *slot = Some(fd);
+            }
         }
     }
     for (name, fd) in &fds {
@@ -80,6 +91,12 @@ pub fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
         }
     }
     Ok(fds)
+}
+
+/// The channel of moving connections inherited during an upgrade.
+pub(crate) fn inherited_moves() -> Option<herder_fd::Channel> {
+    let fd = MOVES.lock().ok()?.take()?;
+    herder_fd::Channel::new(fd).ok()
 }
 
 /// The control socket inherited during an upgrade, if it is bound to `path`.
