@@ -403,13 +403,35 @@ fn metrics_follow_the_pool() {
             total(v, "herder_worker_restarts_total") == 1
                 && v["herder_workers{state=\"ready\"}"] == 2
         });
-        // A rolling restart: counted, and the generation moves.
+        // A rolling restart: counted, and the generation moves — and an open
+        // connection moves to the new generation, counted too.
+        let mut held = std::net::TcpStream::connect(server.addr).unwrap();
+        held.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let echo = |c: &mut std::net::TcpStream, b: &[u8]| {
+            use std::io::{Read, Write};
+            c.write_all(b).unwrap();
+            let mut back = vec![0u8; b.len()];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, b, "{name}");
+        };
+        echo(&mut held, b"before");
         server.signal(libc::SIGHUP);
         wait("the reload", &|v| {
-            v["herder_reloads_total"] == 1 && v["herder_generation"] == 2
+            v["herder_reloads_total"] == 1
+                && v["herder_generation"] == 2
+                && v["herder_connections_moved_total"] == 1
         });
+        echo(&mut held, b"after");
+        assert_eq!(
+            wait("no move kept", &|_| true)["herder_connections_move_kept_total"],
+            0,
+            "{name}"
+        );
         let (status, _) = scrape(&metrics, "/elsewhere");
         assert!(status.starts_with("HTTP/1.1 404"), "{name}: {status}");
+        // The client ends its stream, or the stop would serve it to the deadline.
+        drop(held);
         server.stop(name);
     }
 }

@@ -281,4 +281,17 @@ pub(crate) fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
         "Binary upgrades abandoned.",
         &[(String::new(), tally.upgrades_failed)],
     );
+    let moves = pool.move_stats();
+    metric(
+        "herder_connections_moved_total",
+        "counter",
+        "Live connections a retiring worker moved to another worker (reload, recycle, scale-down, upgrade).",
+        &[(String::new(), moves.moved)],
+    );
+    metric(
+        "herder_connections_move_kept_total",
+        "counter",
+        "Live connections that found no taker and were finished by the worker they were in.",
+        &[(String::new(), moves.kept)],
+    );
 }
