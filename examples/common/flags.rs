@@ -22,7 +22,9 @@ pub(crate) struct Common {
     /// socket; on Windows, on the named pipe `\\.\pipe\NAME`.
     #[arg(long)]
     pub(crate) control: Option<std::path::PathBuf>,
-    /// How long a graceful stop or reload waits for open connections, in seconds.
+    /// How long a graceful stop waits for open connections, in seconds (a reload,
+    /// a scale-down and an upgrade move them to the workers that stay; those that
+    /// cannot move get this long too).
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
     /// Close a connection that reads and writes nothing for this long, in seconds
