@@ -22,6 +22,13 @@ const MAX_PARKED: usize = 256;
 /// it can, and only the rest stays here.
 const MOVE_BATCH: usize = 16;
 
+/// Connections of one message on the move, and their hand-off data.
+type MoveBatch<Svc> = (Vec<Departure<Svc>>, Vec<Vec<u8>>);
+
+/// Bytes of state and input per message when moving, at most: under herder-fd's
+/// payload limit with room for the headers. A connection with more cannot move.
+const MOVE_BYTES: usize = herder_fd::DEFAULT_MAX_PAYLOAD - 4096;
+
 /// A worker's link to its supervisor, plugged into the worker's [`Server`]: the
 /// pool's channel in the server's event loop, the drain request, the supervisor's
 /// end (the worker drains: its open connections are served to their end, then it
@@ -347,23 +354,31 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
             true => usize::MAX,
             false => MAX_PARKED.saturating_sub(self.parked.len()),
         };
-        let mut batch = Vec::new();
+        // Messages of at most MOVE_BATCH connections and MOVE_BYTES of data.
+        let mut batches: Vec<MoveBatch<Svc>> = Vec::new();
+        let mut bytes = 0;
         for d in server.take_departures(room) {
-            match d.stream() {
-                Stream::Tcp(_) if !self.orphaned => batch.push(d),
-                _ => {
-                    let _ = server.readmit(d);
-                }
+            let data = protocol::encode_move(d.is_fresh(), d.state(), d.input());
+            if self.orphaned || !matches!(d.stream(), Stream::Tcp(_)) || data.len() > MOVE_BYTES {
+                let _ = server.readmit(d);
+                continue;
+            }
+            let full = batches
+                .last()
+                .is_none_or(|(b, _)| b.len() == MOVE_BATCH || bytes + data.len() > MOVE_BYTES);
+            if full {
+                batches.push((Vec::new(), Vec::new()));
+                bytes = 0;
+            }
+            bytes += data.len();
+            if let Some((b, datas)) = batches.last_mut() {
+                b.push(d);
+                datas.push(data);
             }
         }
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(MOVE_BATCH));
+        for (batch, data) in batches {
             let first = self.next_move + 1;
             self.next_move += batch.len() as u64;
-            let data: Vec<Vec<u8>> = batch
-                .iter()
-                .map(|d| protocol::encode_move(d.state(), d.input()))
-                .collect();
             let sent = {
                 let items: Vec<(&TcpStream, herder_fd::Handoff<'_>)> = batch
                     .iter()
@@ -396,7 +411,6 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
                     }
                 }
             }
-            batch = rest;
         }
         Ok(())
     }
@@ -435,10 +449,10 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
             let moved = id & MOVE_ID != 0;
             let added = match socket.into_tcp_stream() {
                 Ok(stream) if moved => match protocol::decode_move(&data) {
-                    Some((state, input)) => {
+                    Some((fresh, state, input)) => {
                         let mut svc = service(peer);
                         match svc.on_arrive(state) {
-                            true => server.adopt(stream, svc, input),
+                            true => server.adopt(stream, svc, input, fresh),
                             false => Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 "the service did not take the state",

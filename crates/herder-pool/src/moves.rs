@@ -32,6 +32,10 @@ pub struct MoveStats {
     pub kept: u64,
     /// Connections handed to their new worker and not yet acknowledged now.
     pub in_flight: usize,
+    /// Connections on their way to a new supervisor that died before it said
+    /// whether its workers took them: their old workers let go of them (served by
+    /// the new worker that had taken them; closed if none had).
+    pub abandoned: u64,
 }
 
 /// Connections forwarded to a worker and not yet acknowledged, and the counts.
@@ -45,6 +49,8 @@ pub(crate) struct Moves {
     pub(crate) moved: u64,
     /// Connections that found no taker and stayed with their worker.
     pub(crate) kept: u64,
+    /// Connections whose fate the new supervisor took with it.
+    abandoned: u64,
 }
 
 impl Moves {
@@ -131,6 +137,17 @@ impl Moves {
         replies
     }
 
+    /// `target`, a new supervisor, died before it answered for these: whether its
+    /// workers took them is not known, so their origins must let go of them.
+    pub(crate) fn abandoned(&mut self, target: u32) -> Replies {
+        let mut replies = Replies::new();
+        for f in self.inflight.remove(&target).unwrap_or_default() {
+            replies.entry(f.origin).or_default().push(f.theirs);
+            self.abandoned += 1;
+        }
+        replies
+    }
+
     /// Connections that found no taker before they were sent.
     pub(crate) fn count_kept(&mut self, n: usize) {
         self.kept += n as u64;
@@ -141,6 +158,7 @@ impl Moves {
             moved: self.moved,
             kept: self.kept,
             in_flight: self.inflight.values().map(VecDeque::len).sum(),
+            abandoned: self.abandoned,
         }
     }
 }
@@ -196,5 +214,26 @@ mod tests {
         assert_eq!((m.moved, m.kept), (1, 3));
         // Each connection is settled exactly once.
         assert!(m.gone(50).is_empty());
+    }
+
+    #[test]
+    fn a_new_supervisor_answers_by_id_and_its_death_abandons_the_rest() {
+        let mut m = Moves::default();
+        let a = m.next_ids(3);
+        m.sent(
+            70,
+            a,
+            &[(10, MOVE_ID | 1), (11, MOVE_ID | 1), (10, MOVE_ID | 2)],
+        );
+        assert_eq!(
+            m.settled(70, &[a + 2]),
+            Replies::from([(10, vec![MOVE_ID | 2])])
+        );
+        assert_eq!(
+            m.abandoned(70),
+            Replies::from([(10, vec![MOVE_ID | 1]), (11, vec![MOVE_ID | 1])])
+        );
+        let s = m.stats();
+        assert_eq!((s.moved, s.kept, s.abandoned, s.in_flight), (1, 0, 2, 0));
     }
 }

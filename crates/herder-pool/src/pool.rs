@@ -193,6 +193,8 @@ enum TimerFor {
     ControlRetry(Key),
     /// The periodic check of an upgrade in progress.
     Upgrade,
+    /// The retry of replies about moving connections that found a channel full.
+    Replies,
 }
 
 /// A pool of worker processes, supervised: each slot runs one worker, started by
@@ -279,6 +281,9 @@ pub struct Pool {
     /// Upgraded: the channel to the new supervisor, which takes this pool's moving
     /// connections.
     downstream: Option<moving::Downstream>,
+    /// Replies about moving connections not sent yet (a channel was full), in
+    /// order, and whether a retry is armed.
+    replies: moving::Replies,
 }
 
 /// Makes a slot's own descriptors.
@@ -394,6 +399,7 @@ impl Pool {
             moves: Moves::default(),
             upstream: None,
             downstream: None,
+            replies: moving::Replies::default(),
             systemd: systemd.map(crate::systemd::Reporter::new),
             watchdog,
             upgrade_fds: Vec::new(),
@@ -543,7 +549,8 @@ impl Pool {
 
     /// Hands a socket to the current worker of `slot` with its header (herder-fd's
     /// typed hand-off), if the worker is ready. `Ok` means the kernel has it, and
-    /// names the pid of the worker it went to.
+    /// names the pid of the worker it went to. Ids with the top bit set are the
+    /// pool's own (connections moving between workers): keep yours below 2⁶³.
     ///
     /// # Errors
     ///
@@ -563,7 +570,8 @@ impl Pool {
     /// Hands several sockets to the current worker of `slot` in one message
     /// (herder-fd's [`Channel::send_sockets`]), if the worker is ready; the worker
     /// reads them with `Message::into_sockets`. `Ok` names the pid of the worker they
-    /// went to.
+    /// went to. Hand-off ids with the top bit set are the pool's own (connections
+    /// moving between workers): keep yours below 2⁶³.
     ///
     /// # Errors
     ///
@@ -1228,6 +1236,7 @@ impl Pool {
                         let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
                     }
                     Some(TimerFor::Upgrade) => self.on_upgrade_tick(id, events),
+                    Some(TimerFor::Replies) => self.flush_replies(),
                     None => events.push(PoolEvent::Other(ev)),
                 },
                 Event::Signal(Signal::Child) if self.sigchld => {

@@ -49,6 +49,10 @@ pub(crate) const MOVED: &[u8] = b"PM";
 /// found no taker; it keeps them and finishes them itself.
 #[cfg(unix)]
 pub(crate) const KEPT: &[u8] = b"PK";
+/// New supervisor to old during an upgrade, on the channel of moving connections:
+/// it takes them.
+#[cfg(unix)]
+pub(crate) const HELLO: &[u8] = b"PH";
 
 /// Hand-offs whose id has this bit set are connections on the move (a worker's
 /// [`Service`](herder_reactor::Service) state travels with them), not new ones: from
@@ -58,36 +62,46 @@ pub(crate) const KEPT: &[u8] = b"PK";
 pub(crate) const MOVE_ID: u64 = 1 << 63;
 
 /// Whether `payload` is reserved for the pool's own messages: `b'P'` followed by
-/// `R`, `D`, `V`, `L`, `A`, `N`, `M` or `K`. A worker's or supervisor's own message
-/// must not begin so, or the pool takes it for one of its own.
+/// `R`, `D`, `V`, `L`, `A`, `N`, `M`, `K` or `H`. A worker's or supervisor's own
+/// message must not begin so, or the pool takes it for one of its own.
 pub fn is_reserved(payload: &[u8]) -> bool {
     matches!(
         payload,
         [
             b'P',
-            b'R' | b'D' | b'V' | b'L' | b'A' | b'N' | b'M' | b'K',
+            b'R' | b'D' | b'V' | b'L' | b'A' | b'N' | b'M' | b'K' | b'H',
             ..
         ]
     )
 }
 
-/// A moving connection's hand-off data: the length of its service's state (`u32`,
-/// little-endian), the state, then the input its service had not consumed.
+/// A moving connection's hand-off data: a flags byte (bit 0: the peer has sent
+/// nothing yet), the length of its service's state (`u32`, little-endian), the
+/// state, then the input its service had not consumed.
 #[cfg(unix)]
-pub(crate) fn encode_move(state: &[u8], input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + state.len() + input.len());
+pub(crate) fn encode_move(fresh: bool, state: &[u8], input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + state.len() + input.len());
+    out.push(u8::from(fresh));
     out.extend_from_slice(&(state.len() as u32).to_le_bytes());
     out.extend_from_slice(state);
     out.extend_from_slice(input);
     out
 }
 
-/// The state and the input of a moving connection's data; `None` if malformed.
+/// A moving connection's data decoded: whether it is fresh, the state, the input;
+/// `None` if malformed.
 #[cfg(unix)]
-pub(crate) fn decode_move(data: &[u8]) -> Option<(&[u8], &[u8])> {
-    let len = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
-    let rest = &data[4..];
-    (len <= rest.len()).then(|| rest.split_at(len))
+pub(crate) fn decode_move(data: &[u8]) -> Option<(bool, &[u8], &[u8])> {
+    let (&flags, rest) = data.split_first()?;
+    if flags > 1 {
+        return None;
+    }
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let rest = &rest[4..];
+    (len <= rest.len()).then(|| {
+        let (state, input) = rest.split_at(len);
+        (flags == 1, state, input)
+    })
 }
 
 /// A worker's receipt for hand-offs, as the supervisor reads it.
@@ -174,15 +188,19 @@ mod tests {
 
     #[test]
     fn move_data_round_trips_and_a_lying_length_is_refused() {
-        let data = encode_move(b"state", b"GET /");
-        assert_eq!(decode_move(&data), Some((&b"state"[..], &b"GET /"[..])));
+        let data = encode_move(false, b"state", b"GET /");
         assert_eq!(
-            decode_move(&encode_move(b"", b"")),
-            Some((&b""[..], &b""[..]))
+            decode_move(&data),
+            Some((false, &b"state"[..], &b"GET /"[..]))
         );
-        for cut in 0..4 {
+        assert_eq!(
+            decode_move(&encode_move(true, b"", b"")),
+            Some((true, &b""[..], &b""[..]))
+        );
+        for cut in 0..5 {
             assert_eq!(decode_move(&data[..cut]), None);
         }
-        assert_eq!(decode_move(&[9, 0, 0, 0, 1]), None);
+        assert_eq!(decode_move(&[0, 9, 0, 0, 0, 1]), None);
+        assert_eq!(decode_move(&[2, 0, 0, 0, 0]), None, "unknown flags");
     }
 }

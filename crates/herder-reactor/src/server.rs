@@ -260,9 +260,9 @@ pub struct Stats {
     /// Re-registrations of `EPOLLEXCLUSIVE` listeners (Linux).
     pub rearms: u64,
     /// Connections taken out to move to another process
-    /// ([`Server::take_departures`]).
+    /// ([`Server::take_departures`]) and not given back ([`Server::readmit`]).
     pub departed: u64,
-    /// Connections that moved here ([`Server::adopt`]).
+    /// Connections that moved here ([`Server::adopt`]); not counted in `accepted`.
     pub arrived: u64,
 }
 
@@ -277,6 +277,7 @@ pub struct Departure<Svc> {
     svc: Svc,
     input: Vec<u8>,
     state: Vec<u8>,
+    fresh: bool,
 }
 
 impl<Svc> Departure<Svc> {
@@ -294,6 +295,13 @@ impl<Svc> Departure<Svc> {
     /// What the service returned from [`Service::on_move`].
     pub fn state(&self) -> &[u8] {
         &self.state
+    }
+
+    /// Whether the peer has not sent anything yet: its first request may be on the
+    /// way, so a drain does not take it for idle. Pass it on to
+    /// [`Server::adopt`].
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 }
 
@@ -688,23 +696,35 @@ impl<Svc: Service + 'static> Server<Svc> {
 
     /// Adds a connection that moved here from another process: `svc` is a fresh
     /// service whose [`Service::on_arrive`] accepted the state that came with it,
-    /// and `input` the bytes its service there had not consumed.
+    /// `input` the bytes its service there had not consumed, and `fresh` whether
+    /// its peer had sent nothing yet ([`Departure::is_fresh`]).
     ///
     /// Unlike [`add_connection`](Self::add_connection), nothing happens to the
     /// connection before the next [`poll`](Self::poll) — `input` is handed to the
-    /// service then — so that the caller can tell the sender it owns the
-    /// connection before a byte of it is read or written.
+    /// service then, and a drain or a move starting meanwhile reaches it then — so
+    /// that the caller can tell the sender it owns the connection before a byte of
+    /// it is read or written.
     ///
     /// # Errors
     ///
     /// As [`add_connection`](Self::add_connection).
-    pub fn adopt(&mut self, stream: impl Into<Stream>, svc: Svc, input: &[u8]) -> io::Result<Key> {
+    pub fn adopt(
+        &mut self,
+        stream: impl Into<Stream>,
+        svc: Svc,
+        input: &[u8],
+        fresh: bool,
+    ) -> io::Result<Key> {
         let stream = stream.into();
         stream.set_nonblocking()?;
         if self.is_full() {
             return Err(io::Error::other(LIMIT_REACHED));
         }
-        let key = self.register_conn(stream, svc, input.to_vec(), false, false)?;
+        let fresh = fresh && input.is_empty();
+        let key = self.register_conn(stream, svc, input.to_vec(), fresh, false)?;
+        // Counted as arrived, not as taken in: a worker recycled after so many
+        // connections must not be due again for the ones it inherited.
+        self.stats.accepted -= 1;
         self.stats.arrived += 1;
         self.arrivals.push(key);
         Ok(key)
@@ -723,6 +743,11 @@ impl<Svc: Service + 'static> Server<Svc> {
         self.moving = true;
         if self.draining {
             for key in self.conn_keys() {
+                // Arrivals meet the rule at the next poll, after they are
+                // acknowledged.
+                if self.arrivals.contains(&key) {
+                    continue;
+                }
                 let outcome = self.with_conn(key, |_, _| Ok(()));
                 self.settle(key, outcome);
             }
@@ -758,11 +783,16 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// As [`Reactor::register`]; the connection is closed then.
     pub fn readmit(&mut self, departure: Departure<Svc>) -> io::Result<Key> {
         let Departure {
-            stream, svc, input, ..
+            stream,
+            svc,
+            input,
+            fresh,
+            ..
         } = departure;
-        let key = self.register_conn(stream, svc, input, false, false)?;
-        // Not counted as taken in twice.
+        let key = self.register_conn(stream, svc, input, fresh, false)?;
+        // Not counted as taken in twice, nor as gone.
         self.stats.accepted -= 1;
+        self.stats.departed -= 1;
         if let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) {
             c.stays = true;
         }
@@ -787,6 +817,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             svc,
             input,
             departing,
+            fresh,
             ..
         } = *c;
         self.departures.push(Departure {
@@ -794,6 +825,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             svc,
             input,
             state: departing.unwrap_or_default(),
+            fresh,
         });
     }
 
@@ -921,6 +953,10 @@ impl<Svc: Service + 'static> Server<Svc> {
         self.full_paused.clear();
         self.drain_deadline = Some(self.reactor.add_timer(deadline, None));
         for key in self.conn_keys() {
+            // Arrivals meet the rule at the next poll, after they are acknowledged.
+            if self.arrivals.contains(&key) {
+                continue;
+            }
             let outcome = self.with_conn(key, |_, _| Ok(()));
             self.settle(key, outcome);
         }
@@ -1186,18 +1222,23 @@ impl<Svc: Service + 'static> Server<Svc> {
             config: &self.config,
         };
         f(c, &mut b)?;
-        if moving && !c.stays && !c.closing && !c.eof && c.output.is_empty() {
+        // While moving, a connection that may still move is not drained: it is asked
+        // to move whenever its output is written, and waits for that otherwise.
+        let mut may_move = moving && !c.stays && !c.closing && !c.eof;
+        if may_move && c.output.is_empty() {
             match c.svc.on_move() {
                 Move::Now(state) => {
                     c.departing = Some(state);
                     return Ok(());
                 }
-                // Not drained meanwhile: it may still move.
-                Move::Later => return Ok(()),
-                Move::Never => c.stays = true,
+                Move::Later => {}
+                Move::Never => {
+                    c.stays = true;
+                    may_move = false;
+                }
             }
         }
-        if draining && !c.closing && (c.idle() || !c.drain_asked) {
+        if draining && !may_move && !c.closing && (c.idle() || !c.drain_asked) {
             c.drain_asked = true;
             let idle = c.idle();
             let flow = call(c, b.obuf, |svc, out| svc.on_drain(idle, out))?;

@@ -190,7 +190,9 @@ pub trait Service {
     /// or return `false` to refuse the connection (it goes back to the process it
     /// came from, which finishes it). Called on a fresh service, before any other
     /// callback. The default accepts an empty state only: what a stateless service
-    /// moves.
+    /// moves. During an upgrade the state comes from the previous build: a service
+    /// whose state may change between builds should put a version in it, and
+    /// refuse a state it does not know.
     fn on_arrive(&mut self, state: &[u8]) -> bool {
         state.is_empty()
     }

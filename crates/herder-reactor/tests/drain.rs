@@ -431,11 +431,17 @@ fn moving_takes_out_what_agrees_with_its_input_and_state_and_a_failed_move_stays
         };
         let mut svc = Count::default();
         assert!(svc.on_arrive(d.state()));
-        b.adopt(s.try_clone().unwrap(), svc, d.input()).unwrap();
+        assert!(!d.is_fresh(), "each had sent a line");
+        b.adopt(s.try_clone().unwrap(), svc, d.input(), d.is_fresh())
+            .unwrap();
         // The departure (the old process's copy) is let go once the other owns it.
         drop(d);
     }
-    assert_eq!((b.stats().arrived, b.stats().active), (2, 2));
+    assert_eq!(
+        (b.stats().arrived, b.stats().accepted, b.stats().active),
+        (2, 0, 2)
+    );
+    assert_eq!(a.stats().departed, 2, "the one given back is not counted");
     // Nothing is read or written before the next poll.
     partial.write_all(b"f\n").unwrap();
     partial.set_nonblocking(true).unwrap();

@@ -4,9 +4,9 @@
 //! connection until it hears, so a connection is served by exactly one process at
 //! every moment, and one nobody takes stays where it was.
 
-use super::{Pool, Source, Watch};
-use crate::moves::Replies;
-use crate::protocol::{MOVE_ID, Receipt};
+use super::{Pool, Source, TimerFor, Watch};
+use crate::moves::Replies as Verdicts;
+use crate::protocol::{self, MOVE_ID, Receipt};
 use herder_fd::{Channel, Handoff, Message, Received, Socket};
 use herder_reactor::{Interest, Key, Mode};
 use std::collections::HashMap;
@@ -21,6 +21,16 @@ const UPSTREAM: u32 = 0;
 /// How long a send to the new supervisor may wait for room in the channel before
 /// its connections stay where they are.
 const DOWNSTREAM_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How soon replies that found a channel full are tried again.
+const REPLY_RETRY: Duration = Duration::from_millis(10);
+
+/// Replies to origins not sent yet, in order.
+#[derive(Default)]
+pub(super) struct Replies {
+    queue: std::collections::VecDeque<(u32, Vec<u8>)>,
+    retry: Option<herder_reactor::TimerId>,
+}
 
 /// The channel to the new supervisor after an upgrade.
 pub(super) struct Downstream {
@@ -147,15 +157,34 @@ impl Pool {
     fn keep(&mut self, origin: u32, ids: Vec<u64>) {
         if !ids.is_empty() {
             self.moves.count_kept(ids.len());
-            self.reply(Replies::from([(origin, ids)]), Receipt::Kept);
+            self.reply(Verdicts::from([(origin, ids)]), Receipt::Kept);
         }
     }
 
-    /// Tells each origin what became of its connections. An origin that is gone
-    /// needs no word; one whose channel is full keeps its copies until it is killed
-    /// at its drain deadline.
-    pub(super) fn reply(&mut self, replies: Replies, receipt: fn(Vec<u64>) -> Receipt) {
-        for (origin, ids) in replies {
+    /// Tells each origin what became of its connections, in order; what a full
+    /// channel does not take now is tried again shortly. An origin that is gone
+    /// needs no word.
+    pub(super) fn reply(&mut self, verdicts: Verdicts, receipt: fn(Vec<u64>) -> Receipt) {
+        for (origin, ids) in verdicts {
+            for chunk in ids.chunks(herder_fd::MAX_FDS_PER_MESSAGE) {
+                self.replies
+                    .queue
+                    .push_back((origin, receipt(chunk.to_vec()).encode()));
+            }
+        }
+        self.flush_replies();
+    }
+
+    /// Sends the replies waiting, keeping each origin's in order.
+    pub(super) fn flush_replies(&mut self) {
+        self.replies.retry = None;
+        let mut blocked: Vec<u32> = Vec::new();
+        let mut left = std::collections::VecDeque::new();
+        while let Some((origin, bytes)) = self.replies.queue.pop_front() {
+            if blocked.contains(&origin) {
+                left.push_back((origin, bytes));
+                continue;
+            }
             let channel = match origin {
                 UPSTREAM => self.upstream.as_mut().map(|(ch, _)| ch),
                 pid => self.procs.get_mut(&pid).and_then(|p| p.channel.as_mut()),
@@ -163,19 +192,34 @@ impl Pool {
             let Some(ch) = channel else {
                 continue;
             };
-            for chunk in ids.chunks(herder_fd::MAX_FDS_PER_MESSAGE) {
-                if let Err(e) = ch.send(&receipt(chunk.to_vec()).encode(), &[]) {
-                    tracing::warn!(origin, error = %e, "cannot say what became of moving connections");
+            match ch.send(&bytes, &[]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked.push(origin);
+                    left.push_back((origin, bytes));
+                }
+                // The origin is going: nothing to tell.
+                Err(e) => {
+                    tracing::debug!(origin, error = %e, "a reply about moving connections failed")
                 }
             }
+        }
+        self.replies.queue = left;
+        if !self.replies.queue.is_empty() {
+            let at = std::time::Instant::now() + REPLY_RETRY;
+            let id = self.reactor.add_timer(at, None);
+            self.timers.insert(id, TimerFor::Replies);
+            self.replies.retry = Some(id);
         }
     }
 
     /// Watches the channel on which the supervisor upgrading to this one moves its
     /// workers' connections here.
-    pub(super) fn watch_upstream(&mut self, channel: Channel) {
+    pub(super) fn watch_upstream(&mut self, mut channel: Channel) {
+        // The hello tells the old supervisor this program takes connections.
         let watched = channel
             .set_nonblocking(true)
+            .and_then(|()| channel.send(protocol::HELLO, &[]))
             .and_then(|()| self.watch(&channel, Watch::Upstream));
         match watched {
             Ok(key) => self.upstream = Some((channel, key)),
@@ -185,7 +229,19 @@ impl Pool {
 
     /// Watches the channel on which this pool's workers' connections move to the
     /// new supervisor `pid`, from the end of an upgrade on.
-    pub(super) fn watch_downstream(&mut self, channel: Channel, pid: u32) {
+    pub(super) fn watch_downstream(&mut self, mut channel: Channel, pid: u32) {
+        // The new program said hello when it took the channel (before it was
+        // ready, so the hello is here by now): one that did not (an older build,
+        // a program that does not adopt it) is not sent connections it would never
+        // read; the workers drain instead.
+        let hello = channel
+            .set_nonblocking(true)
+            .and_then(|()| channel.recv())
+            .is_ok_and(|m| m.is_some_and(|m| m.payload() == protocol::HELLO));
+        if !hello {
+            tracing::info!("the new supervisor does not take live connections; the workers drain");
+            return;
+        }
         // Blocking with a bound: the new supervisor reads as fast as its workers
         // take; if it does not, the connections stay here.
         let bounded = channel
@@ -267,13 +323,22 @@ impl Pool {
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The new supervisor is gone: what it had not taken stays here.
+                // The new supervisor is gone. What it had not confirmed may be served
+                // by its workers (they outlive it) or may have died in its queue:
+                // unknown, so the old workers let go of their copies — served by
+                // whoever has them, never by two.
                 Ok(None) | Err(_) => {
                     let key = d.key;
                     self.downstream = None;
                     self.unwatch(key);
-                    let kept = self.moves.gone(pid);
-                    self.reply(kept, Receipt::Kept);
+                    let unknown = self.moves.abandoned(pid);
+                    if !unknown.is_empty() {
+                        tracing::warn!(
+                            count = unknown.values().map(Vec::len).sum::<usize>(),
+                            "the new supervisor died with connections on their way to it; letting go of them"
+                        );
+                    }
+                    self.reply(unknown, Receipt::Moved);
                     return;
                 }
             }
