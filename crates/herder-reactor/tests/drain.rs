@@ -462,3 +462,72 @@ fn moving_takes_out_what_agrees_with_its_input_and_state_and_a_failed_move_stays
     stays.write_all(b"w\n").unwrap();
     assert_eq!(line_from(&mut a, &mut stays), "2\n");
 }
+
+/// Answers "big" with 4 MiB, anything else with its length; moves with no state
+/// whenever asked.
+struct Big;
+
+impl Service for Big {
+    fn on_data(&mut self, input: &mut Input<'_>, out: &mut Output<'_>) -> Flow {
+        while let Some(end) = input.data().iter().position(|&b| b == b'\n') {
+            match &input.data()[..end] {
+                b"big" => out.write(&vec![b'x'; 4 << 20]),
+                line => out.write(format!("{}\n", line.len()).as_bytes()),
+            }
+            input.consume(end + 1);
+        }
+        Flow::Continue
+    }
+    fn on_move(&mut self) -> herder_reactor::Move {
+        herder_reactor::Move::Now(Vec::new())
+    }
+    // Would close it if asked: moving must not ask while it may still move.
+    fn on_drain(&mut self, _: bool, _: &mut Output<'_>) -> Flow {
+        Flow::Close
+    }
+}
+
+#[test]
+fn a_connection_with_output_unwritten_moves_once_it_is_written_and_is_not_drained_meanwhile() {
+    let mut a = Server::new(Config::default(), |_| Big).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    a.add_listener(listener).unwrap();
+    let mut c = connect(addr);
+    c.write_all(b"big\n").unwrap();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The reply is larger than the socket takes: output is left unwritten.
+    while a.buffered_bytes() == 0 {
+        assert!(Instant::now() < deadline, "no output kept");
+        a.poll(&mut events, Some(Duration::from_millis(5))).unwrap();
+    }
+    a.move_out(Instant::now() + Duration::from_secs(30));
+    assert!(
+        a.take_departures(usize::MAX).is_empty(),
+        "moved with output unwritten"
+    );
+    // The client reads it all; the server writes the rest, then lets it go.
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    c.set_nonblocking(true).unwrap();
+    let mut gone = Vec::new();
+    while gone.is_empty() {
+        assert!(Instant::now() < deadline, "never moved; read {got}");
+        a.poll(&mut events, Some(Duration::from_millis(1))).unwrap();
+        match c.read(&mut buf) {
+            Ok(0) => panic!("closed after {got} bytes: drained instead of moved"),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        gone = a.take_departures(usize::MAX);
+    }
+    // All of it was written before it left: the rest is in the socket.
+    c.set_nonblocking(false).unwrap();
+    while got < 4 << 20 {
+        got += c.read(&mut buf).unwrap();
+    }
+    assert_eq!(got, 4 << 20);
+    assert_eq!(a.stats().active, 0);
+}
