@@ -89,9 +89,11 @@ pub struct Config {
     pub scoreboard_capacity: usize,
     #[cfg(unix)]
     /// Recycle a worker after it has taken about this many connections (±10 %, so
-    /// that workers started together are not recycled together): a successor is
-    /// started and the old worker drains once it is ready. At most one slot recycles
-    /// at a time. Default: none (workers are never recycled).
+    /// that workers started together are not recycled together; connections moved
+    /// to it do not count): a successor is started, and the old worker retires once
+    /// it is ready — moving its connections ([`move_connections`](Self::move_connections))
+    /// or draining them. At most one slot recycles at a time. Default: none
+    /// (workers are never recycled).
     pub max_connections: Option<u64>,
     #[cfg(unix)]
     /// Scale with the load between a minimum and a maximum of workers. Default: none

@@ -22,7 +22,13 @@ fn worker_entry() {
 /// A pool of `n` workers with `behaviour`, a dispatcher on a fresh listener, every
 /// worker ready.
 fn start(n: usize, behaviour: &str, choice: Choice) -> (Pool, Dispatcher, SocketAddr) {
-    let mut pool = Pool::new(util::config(n, behaviour), Vec::new()).unwrap();
+    start_with(util::config(n, behaviour), choice)
+}
+
+/// As [`start`], with a config of the caller's.
+fn start_with(config: herder_pool::Config, choice: Choice) -> (Pool, Dispatcher, SocketAddr) {
+    let n = config.workers;
+    let mut pool = Pool::new(config, Vec::new()).unwrap();
     let mut dispatcher = Dispatcher::new(choice);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -274,4 +280,37 @@ fn a_reload_whose_new_worker_dies_before_it_acknowledged_keeps_each_connection_w
     drive(&mut pool, &mut d, |pool, _| {
         old.iter().all(|p| !pool.pids().contains(p))
     });
+}
+
+#[test]
+fn a_recycled_worker_moves_its_open_connections_to_its_successor() {
+    const CLIENTS: usize = 3;
+    let mut config = util::config(1, "link-echo");
+    config.max_connections = Some(CLIENTS as u64);
+    let (mut pool, mut d, addr) = start_with(config, Choice::LeastLoaded);
+    let first = pool.pids();
+    let done = Arc::new(AtomicUsize::new(0));
+    let (steps, clients): (Vec<_>, Vec<_>) = (0..CLIENTS)
+        .map(|i| {
+            let (tx, rx) = mpsc::channel();
+            (tx, stepping_client(addr, i, rx, done.clone()))
+        })
+        .unzip();
+    step_all(&mut pool, &mut d, &steps, &done);
+    // Past its limit: a successor starts, and the worker retires once it is ready —
+    // at once, its connections still open, as they move to the successor.
+    drive(&mut pool, &mut d, |pool, _| {
+        pool.move_stats().moved == CLIENTS as u64 && !pool.pids().contains(&first[0])
+    });
+    step_all(&mut pool, &mut d, &steps, &done);
+    assert_eq!(pool.load(0).map(|l| l.active), Some(CLIENTS as u64));
+    assert_eq!(pool.move_stats().kept, 0);
+    drop(steps);
+    for c in clients {
+        let handle = std::thread::spawn(move || c.join().unwrap());
+        drive(&mut pool, &mut d, |_, _| handle.is_finished());
+        assert_eq!(handle.join().unwrap(), Ok(2));
+    }
+    // The successor took them as moved, not as new: it is not due again.
+    assert_eq!(pool.load(0).map(|l| l.accepted), Some(0));
 }
