@@ -1,5 +1,6 @@
-//! The herder event loop: readiness over the [`polling`] crate (epoll on Linux, kqueue
-//! on macOS and the BSDs, IOCP on Windows), timers and a waker, in one process.
+//! The herder event loop: readiness (epoll on Linux, written here for one system call
+//! per loop turn; the [`polling`] crate's kqueue on macOS and the BSDs and IOCP on
+//! Windows), timers and a waker, in one process.
 //!
 //! herder-reactor does not know how a socket arrived: it serves descriptors handed
 //! over by `herder-fd`, accepted from a shared listener, or opened any other way.
@@ -66,6 +67,7 @@
 // relies on instead are stated where they are (`#[expect]` with a reason).
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod poller;
 mod server;
 mod service;
 mod signal;
@@ -81,7 +83,7 @@ pub use service::{CloseReason, Flow, Input, Move, Output, Service};
 pub use signal::Signal;
 pub use timer::TimerId;
 
-use polling::{Events, PollMode, Poller};
+use poller::{Events, Poller};
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -104,7 +106,7 @@ const INDEX_BITS: u32 = 24;
 const INDEX_BITS: u32 = 20;
 const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
 /// The most sources one reactor holds. The last index is never a slot: it keys the
-/// reactor's own signal pipe, and no key is ever `usize::MAX`, which `polling`
+/// reactor's own signal pipe, and no key is ever `usize::MAX`, which the pollers
 /// reserves.
 pub const MAX_SOURCES: usize = INDEX_MASK;
 #[cfg(unix)]
@@ -180,26 +182,6 @@ pub enum Mode {
     /// Reported once, then disarmed until [`Reactor::modify`] re-arms it
     /// (`EPOLLONESHOT`).
     Oneshot,
-}
-
-/// The mode to arm a source with: [`Interest::NONE`] is armed oneshot, so that the
-/// hang-ups and errors epoll always reports cannot wake every poll.
-fn poll_mode(interest: Interest, mode: Mode) -> PollMode {
-    if interest == Interest::NONE {
-        PollMode::Oneshot
-    } else {
-        mode.into()
-    }
-}
-
-impl From<Mode> for PollMode {
-    fn from(m: Mode) -> PollMode {
-        match m {
-            Mode::Level => PollMode::Level,
-            Mode::Edge => PollMode::Edge,
-            Mode::Oneshot => PollMode::Oneshot,
-        }
-    }
 }
 
 /// Something that happened, as returned by [`Reactor::poll`].
@@ -323,17 +305,11 @@ impl<S: Source> Reactor<S> {
         self.register_with(source, false, |key, source| {
             // SAFETY: the reactor owns `source` from here on and deletes it from the
             // poller before dropping it (in `deregister`, in `register_with` on error,
-            // and in `Drop`), as `Poller::add_with_mode` requires — except that on
+            // and in `Drop`), as `Poller::add` requires — except that on
             // Linux `deregister_to_close` leaves the deletion to the close of the
-            // descriptor's only copy, which removes it from the epoll set (polling's
+            // descriptor's only copy, which removes it from the epoll set (the
             // epoll backend holds no state of its own for a source).
-            unsafe {
-                poller.add_with_mode(
-                    raw_source(source),
-                    to_event(key, interest),
-                    poll_mode(interest, mode),
-                )
-            }
+            unsafe { poller.add(source, key.0, interest, mode) }
         })
     }
 
@@ -398,13 +374,11 @@ impl<S: Source> Reactor<S> {
         if self.slots[key.index()].exclusive {
             return self.modify_exclusive(key, interest, mode);
         }
-        self.poller
-            .modify_with_mode(source, to_event(key, interest), poll_mode(interest, mode))
+        self.poller.modify(source, key.0, interest, mode)
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn modify_exclusive(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
-        use std::os::fd::AsFd;
         if interest.writable || (interest.readable && mode != Mode::Level) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -451,7 +425,7 @@ impl<S: Source> Reactor<S> {
     /// As [`deregister`](Self::deregister), for a source the caller closes at once
     /// and whose descriptor has no other copy. On Linux (epoll) it saves the
     /// `EPOLL_CTL_DEL`: the kernel forgets a descriptor when its last reference
-    /// closes, and polling's epoll backend keeps nothing of a source beyond the
+    /// closes, and the epoll backend keeps nothing of a source beyond the
     /// kernel's registration. Elsewhere it deletes as `deregister` does.
     pub(crate) fn deregister_to_close(&mut self, key: Key) -> io::Result<S> {
         if !cfg!(any(target_os = "linux", target_os = "android")) {
@@ -580,18 +554,14 @@ impl<S: Source> Reactor<S> {
                 Some(pipe) => pipe,
                 None => {
                     let pipe = sys::SignalPipe::take()?;
-                    let raw = std::os::fd::AsRawFd::as_raw_fd(&pipe.fd());
                     // SAFETY: the pipe is deleted from the poller in `Drop` before it is
                     // released.
                     unsafe {
-                        self.poller.add_with_mode(
-                            raw,
-                            polling::Event::readable(SIGNAL_KEY),
-                            PollMode::Level,
-                        )
+                        self.poller
+                            .add(&pipe.fd(), SIGNAL_KEY, Interest::READABLE, Mode::Level)
                     }
                     .inspect_err(|_| {
-                        let _ = self.poller.delete(pipe.fd());
+                        let _ = self.poller.delete(&pipe.fd());
                     })?;
                     self.signals.insert(pipe)
                 }
@@ -689,7 +659,7 @@ impl<S: Source> Reactor<S> {
                 key,
                 readable: ev.readable,
                 writable: ev.writable,
-                hangup: ev.is_interrupt(),
+                hangup: ev.hangup,
             });
         }
         if self.timers.len() > 0 {
@@ -704,7 +674,7 @@ impl<S: Source> Drop for Reactor<S> {
     fn drop(&mut self) {
         #[cfg(unix)]
         if let Some(pipe) = self.signals.take() {
-            let _ = self.poller.delete(pipe.fd());
+            let _ = self.poller.delete(&pipe.fd());
         }
         for slot in &mut self.slots {
             if let Some(source) = slot.source.take() {
@@ -721,22 +691,6 @@ impl<S: Source> fmt::Debug for Reactor<S> {
             .field("timers", &self.timers.len())
             .finish()
     }
-}
-
-#[cfg(unix)]
-fn raw_source<S: Source>(s: &S) -> std::os::fd::RawFd {
-    use std::os::fd::AsRawFd;
-    s.as_fd().as_raw_fd()
-}
-
-#[cfg(windows)]
-fn raw_source<S: Source>(s: &S) -> std::os::windows::io::RawSocket {
-    use std::os::windows::io::AsRawSocket;
-    s.as_socket().as_raw_socket()
-}
-
-fn to_event(key: Key, interest: Interest) -> polling::Event {
-    polling::Event::new(key.0, interest.readable, interest.writable)
 }
 
 fn not_found() -> io::Error {

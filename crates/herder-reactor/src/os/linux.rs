@@ -2,7 +2,6 @@
 
 use crate::{Key, Reactor, Source};
 use std::io;
-use std::os::fd::AsFd;
 
 mod sealed {
     pub trait Sealed {}
