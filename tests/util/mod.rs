@@ -85,12 +85,23 @@ pub fn free_port() -> u16 {
 /// Starts `cmd` (a server, or something that runs one) and waits (30 s at most) for
 /// its `listening on` line.
 pub fn start_command(name: &str, mut cmd: Command) -> Running {
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        .stderr(Stdio::piped());
+    // A test that has just written an executable (an upgrade's new binary) can meet
+    // `ETXTBSY`: another test thread forked meanwhile, and its child holds the
+    // written file open until it execs (close-on-exec). It passes in moments.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("starting {name}: {e}"),
+        }
+    };
     let stdout = child.stdout.take().unwrap();
     adopt(name, child, stdout)
 }
