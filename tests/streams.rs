@@ -385,6 +385,35 @@ fn read_response(c: &mut TcpStream) -> Result<(), String> {
     c.read_exact(&mut body).map_err(|e| e.to_string())
 }
 
+/// Asks the server on `ctl` to run `workers` workers; its answer.
+fn scale(ctl: &std::path::Path, workers: usize) -> String {
+    let mut c = std::os::unix::net::UnixStream::connect(ctl).unwrap();
+    c.write_all(format!("{{\"cmd\":\"scale\",\"workers\":{workers}}}\n").as_bytes())
+        .unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Checks that the workers in `status` hold `open` connections and that no move
+/// was kept by an old worker, then ends the streams: every byte echoed.
+fn held_by_workers_then_finish(
+    name: &str,
+    status: &serde_json::Value,
+    open: usize,
+    streams: ManyStreams,
+) {
+    let owned: u64 = active_by_pid(status).iter().map(|(_, a)| a).sum();
+    assert_eq!(
+        owned, open as u64,
+        "{name}: connections held by the workers: {status}"
+    );
+    assert_eq!(status["moves_kept"], 0, "{name}");
+    let echoed = streams.finish();
+    assert!(echoed.is_ok(), "{name}: {echoed:?}");
+}
+
 /// Open connections per worker, by pid, from `status`.
 fn active_by_pid(status: &serde_json::Value) -> Vec<(u64, u64)> {
     let pids = util::pids(status);
@@ -427,20 +456,13 @@ fn a_reload_moves_open_streams_to_the_new_workers_without_a_lost_byte() {
         // Still streaming, now on the new workers.
         streams.rounds(3);
         let status = util::status(&ctl);
-        let owned: u64 = active_by_pid(&status).iter().map(|(_, a)| a).sum();
         println!(
             "{name}: {OPEN} streams; old generation gone {gone:?} after SIGHUP; moved {}, kept {}; new workers hold {:?}",
             status["moved"],
             status["moves_kept"],
             active_by_pid(&status)
         );
-        assert_eq!(
-            owned, OPEN as u64,
-            "{name}: connections held by the new workers"
-        );
-        assert_eq!(status["moves_kept"], 0, "{name}");
-        let echoed = streams.finish();
-        assert!(echoed.is_ok(), "{name}: {echoed:?}");
+        held_by_workers_then_finish(name, &status, OPEN, streams);
         server.stop(name);
     }
 }
@@ -490,19 +512,11 @@ fn a_reload_moves_keep_alive_connections_and_those_with_a_request_in_flight_afte
         }
         streams.rounds(3);
         let status = util::status(&ctl);
-        let owned: u64 = active_by_pid(&status).iter().map(|(_, a)| a).sum();
         println!(
             "{name}: {OPEN} keep-alive connections and {IN_FLIGHT} with a request in flight; old generation gone {gone:?} after SIGHUP; moved {}, kept {}",
             status["moved"], status["moves_kept"]
         );
-        assert_eq!(
-            owned,
-            (OPEN + IN_FLIGHT) as u64,
-            "{name}: held by the new workers"
-        );
-        assert_eq!(status["moves_kept"], 0, "{name}");
-        let served = streams.finish();
-        assert!(served.is_ok(), "{name}: {served:?}");
+        held_by_workers_then_finish(name, &status, OPEN + IN_FLIGHT, streams);
         drop(busy);
         server.stop(name);
     }
@@ -521,11 +535,7 @@ fn scaling_down_moves_open_streams_to_the_workers_that_stay() {
         assert_eq!(before.len(), 4, "{name}");
         let streams = ManyStreams::start(server.addr, OPEN, 4, false);
         streams.rounds(3);
-        let mut c = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
-        c.write_all(b"{\"cmd\":\"scale\",\"workers\":2}\n").unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).unwrap();
+        let answer = scale(&ctl, 2);
         assert!(answer.contains("\"ok\":true"), "{name}: {answer}");
         let retired: Vec<u32> = before[2..].iter().map(|p| *p as u32).collect();
         wait_exited(&retired, Duration::from_secs(20), name);
@@ -536,11 +546,7 @@ fn scaling_down_moves_open_streams_to_the_workers_that_stay() {
             before[..2],
             "{name}: the first two stay"
         );
-        let owned: u64 = active_by_pid(&status).iter().map(|(_, a)| a).sum();
-        assert_eq!(owned, OPEN as u64, "{name}: held by the workers that stay");
-        assert_eq!(status["moves_kept"], 0, "{name}");
-        let echoed = streams.finish();
-        assert!(echoed.is_ok(), "{name}: {echoed:?}");
+        held_by_workers_then_finish(name, &status, OPEN, streams);
         server.stop(name);
     }
 }
@@ -565,11 +571,7 @@ fn a_worker_out_of_descriptors_takes_what_it_can_and_the_rest_stays_with_the_ret
             OPEN as u64,
             "{name}: {held:?}"
         );
-        let mut c = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
-        c.write_all(b"{\"cmd\":\"scale\",\"workers\":1}\n").unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).unwrap();
+        scale(&ctl, 1);
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             let s = util::status(&ctl);
@@ -629,15 +631,12 @@ fn a_binary_upgrade_moves_open_streams_to_the_new_supervisors_workers() {
         let status = util::status(&ctl);
         let new = status["pid"].as_u64().unwrap() as u32;
         assert_ne!(new, old, "{name}");
-        let owned: u64 = active_by_pid(&status).iter().map(|(_, a)| a).sum();
         println!(
             "{name}: {OPEN} streams; old supervisor gone {gone:?} after SIGUSR2; the new one moved {} in, its workers hold {:?}",
             status["moved"],
             active_by_pid(&status)
         );
-        assert_eq!(owned, OPEN as u64, "{name}: held by the new workers");
-        let echoed = streams.finish();
-        assert!(echoed.is_ok(), "{name}: {echoed:?}");
+        held_by_workers_then_finish(name, &status, OPEN, streams);
         let workers: Vec<u32> = util::pids(&status).into_iter().map(|p| p as u32).collect();
         // SAFETY: the new supervisor this test's server started.
         unsafe { libc::kill(new as i32, libc::SIGTERM) };

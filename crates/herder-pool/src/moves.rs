@@ -95,55 +95,55 @@ impl Moves {
 
     /// `target` took these ids (a new supervisor's answer, by id).
     pub(crate) fn settled(&mut self, target: u32, ids: &[u64]) -> Replies {
-        let mut replies = Replies::new();
-        if let Some(q) = self.inflight.get_mut(&target) {
-            q.retain(|f| {
-                let took = ids.contains(&f.id);
-                if took {
-                    replies.entry(f.origin).or_default().push(f.theirs);
-                }
-                !took
-            });
-        }
-        self.moved += replies.values().map(|v| v.len() as u64).sum::<u64>();
+        let replies = self.take(target, ids);
+        self.moved += count(&replies);
         replies
     }
 
     /// `target` refused these ids (no descriptor arrived, no room, a state its
     /// service would not take): their origins keep them.
     pub(crate) fn refused(&mut self, target: u32, ids: &[u64]) -> Replies {
+        let replies = self.take(target, ids);
+        self.kept += count(&replies);
+        replies
+    }
+
+    /// Takes `ids` off `target`'s books, by origin.
+    fn take(&mut self, target: u32, ids: &[u64]) -> Replies {
         let mut replies = Replies::new();
         if let Some(q) = self.inflight.get_mut(&target) {
             q.retain(|f| {
-                let refused = ids.contains(&f.id);
-                if refused {
+                let hit = ids.contains(&f.id);
+                if hit {
                     replies.entry(f.origin).or_default().push(f.theirs);
                 }
-                !refused
+                !hit
             });
         }
-        self.kept += replies.values().map(|v| v.len() as u64).sum::<u64>();
         replies
     }
 
     /// `target` exited: what it had not acknowledged stays with its origins (its
     /// last acknowledgements were read before its exit).
     pub(crate) fn gone(&mut self, target: u32) -> Replies {
-        let mut replies = Replies::new();
-        for f in self.inflight.remove(&target).unwrap_or_default() {
-            replies.entry(f.origin).or_default().push(f.theirs);
-            self.kept += 1;
-        }
+        let replies = self.take_all(target);
+        self.kept += count(&replies);
         replies
     }
 
     /// `target`, a new supervisor, died before it answered for these: whether its
     /// workers took them is not known, so their origins must let go of them.
     pub(crate) fn abandoned(&mut self, target: u32) -> Replies {
+        let replies = self.take_all(target);
+        self.abandoned += count(&replies);
+        replies
+    }
+
+    /// Takes everything off `target`'s books, by origin.
+    fn take_all(&mut self, target: u32) -> Replies {
         let mut replies = Replies::new();
         for f in self.inflight.remove(&target).unwrap_or_default() {
             replies.entry(f.origin).or_default().push(f.theirs);
-            self.abandoned += 1;
         }
         replies
     }
@@ -161,6 +161,11 @@ impl Moves {
             abandoned: self.abandoned,
         }
     }
+}
+
+/// How many connections `replies` name.
+fn count(replies: &Replies) -> u64 {
+    replies.values().map(|v| v.len() as u64).sum()
 }
 
 #[cfg(test)]

@@ -216,6 +216,25 @@ fn stepping_client(
     })
 }
 
+/// `n` stepping clients: what drives them, their threads, and their count of
+/// exchanges made.
+type Clients = (
+    Vec<mpsc::Sender<()>>,
+    Vec<std::thread::JoinHandle<Result<usize, String>>>,
+    Arc<AtomicUsize>,
+);
+
+fn stepping_clients(addr: SocketAddr, n: usize) -> Clients {
+    let done = Arc::new(AtomicUsize::new(0));
+    let (steps, clients) = (0..n)
+        .map(|i| {
+            let (tx, rx) = mpsc::channel();
+            (tx, stepping_client(addr, i, rx, done.clone()))
+        })
+        .unzip();
+    (steps, clients, done)
+}
+
 /// Lets every client make one exchange, serving until all did.
 fn step_all(pool: &mut Pool, d: &mut Dispatcher, steps: &[mpsc::Sender<()>], done: &AtomicUsize) {
     let target = done.load(Ordering::SeqCst) + steps.len();
@@ -234,13 +253,7 @@ fn a_reload_whose_new_worker_dies_before_it_acknowledged_keeps_each_connection_w
     let behaviour = format!("link-echo-stall-slot0-while-{}", flag.display());
     let (mut pool, mut d, addr) = start(2, &behaviour, Choice::LeastLoaded);
     let old: Vec<u32> = pool.pids();
-    let done = Arc::new(AtomicUsize::new(0));
-    let (steps, clients): (Vec<_>, Vec<_>) = (0..CLIENTS)
-        .map(|i| {
-            let (tx, rx) = mpsc::channel();
-            (tx, stepping_client(addr, i, rx, done.clone()))
-        })
-        .unzip();
+    let (steps, clients, done) = stepping_clients(addr, CLIENTS);
     step_all(&mut pool, &mut d, &steps, &done);
 
     // The new generation's slot 0 is ready but never reads what it is handed.
@@ -289,13 +302,7 @@ fn a_recycled_worker_moves_its_open_connections_to_its_successor() {
     config.max_connections = Some(CLIENTS as u64);
     let (mut pool, mut d, addr) = start_with(config, Choice::LeastLoaded);
     let first = pool.pids();
-    let done = Arc::new(AtomicUsize::new(0));
-    let (steps, clients): (Vec<_>, Vec<_>) = (0..CLIENTS)
-        .map(|i| {
-            let (tx, rx) = mpsc::channel();
-            (tx, stepping_client(addr, i, rx, done.clone()))
-        })
-        .unzip();
+    let (steps, clients, done) = stepping_clients(addr, CLIENTS);
     step_all(&mut pool, &mut d, &steps, &done);
     // Past its limit: a successor starts, and the worker retires once it is ready —
     // at once, its connections still open, as they move to the successor.
