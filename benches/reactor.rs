@@ -15,7 +15,7 @@
 mod unix {
     use criterion::Criterion;
     use herder_reactor::{
-        Config, Event, Flow, Input, Interest, Mode, Output, Reactor, Server, Service,
+        Event, Flow, Input, Interest, Mode, Output, Reactor, Server, ServerConfig, Service,
     };
     use std::cell::Cell;
     use std::io::{Read, Write};
@@ -131,7 +131,7 @@ mod unix {
         let (mut clients, servers) = pairs(N);
         let echoed = Rc::new(Cell::new(0));
         let e2 = echoed.clone();
-        let mut srv = Server::new(Config::default(), move |_| Echo(e2.clone())).unwrap();
+        let mut srv = Server::new(ServerConfig::default(), move |_| Echo(e2.clone())).unwrap();
         for s in servers {
             srv.add_connection(s, Echo(echoed.clone()), &[]).unwrap();
         }

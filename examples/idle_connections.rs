@@ -25,7 +25,7 @@ fn main() {
 #[cfg(target_os = "linux")]
 mod linux {
     use anyhow::{Context, bail};
-    use herder_reactor::{Config, Flow, Input, Output, Server, Service};
+    use herder_reactor::{Flow, Input, Output, Server, ServerConfig, Service};
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::process::{Command, Stdio};
@@ -78,7 +78,7 @@ mod linux {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         println!("listening on {}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        let mut server = Server::new(Config::default(), |_| Echo)?;
+        let mut server = Server::new(ServerConfig::default(), |_| Echo)?;
         server.add_listener(listener)?;
         let mut events = Vec::new();
         // Serves until the parent closes our stdin.

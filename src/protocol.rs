@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 ///
 /// ```
 /// use herder::protocol::Echo;
-/// use herder::reactor::{Config, Server};
-/// let server = Server::new(Config::default(), |_| Echo)?;
+/// use herder::reactor::{Server, ServerConfig};
+/// let server = Server::new(ServerConfig::default(), |_| Echo)?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug, Default, Clone, Copy)]

@@ -3,7 +3,7 @@
 //! Unix are left out elsewhere.)
 
 use herder::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
-use herder::reactor::{Config, Server};
+use herder::reactor::{Server, ServerConfig};
 use std::time::Duration;
 
 /// The options both servers take.
@@ -99,7 +99,7 @@ pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
 /// The server a worker of either example runs: the chosen protocol, a 60 s idle
 /// timeout, and room for the largest HTTP request.
 pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     config.idle_timeout = Some(Duration::from_secs(c.idle_timeout.max(1)));
     config.max_input = MAX_HEAD + MAX_BODY + 1;
     config.max_connections = (c.max_connections > 0).then_some(c.max_connections);

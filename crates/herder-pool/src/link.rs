@@ -57,7 +57,7 @@ const MOVE_BYTES: usize = herder_fd::DEFAULT_MAX_PAYLOAD - 4096;
 ///
 /// ```no_run
 /// use herder_pool::{Worker, WorkerLink};
-/// use herder_reactor::{Config, Flow, Input, Output, Server, Service};
+/// use herder_reactor::{Flow, Input, Output, Server, ServerConfig, Service};
 /// use std::time::Duration;
 ///
 /// struct Echo;
@@ -71,7 +71,7 @@ const MOVE_BYTES: usize = herder_fd::DEFAULT_MAX_PAYLOAD - 4096;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// if let Some(mut worker) = Worker::from_env()? {
-///     let mut server = Server::new(Config::default(), |_| Echo)?;
+///     let mut server = Server::new(ServerConfig::default(), |_| Echo)?;
 ///     let link = WorkerLink::ready(&mut worker, &mut server, Duration::from_secs(30))?;
 ///     link.run(&mut server, |_peer| Echo)?;
 ///     return Ok(());

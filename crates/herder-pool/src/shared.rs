@@ -51,7 +51,7 @@ const TURN: Duration = Duration::from_millis(5);
 ///
 /// ```no_run
 /// use herder_pool::{SharedListener, Sharing, Worker, WorkerLink};
-/// use herder_reactor::{Config, Flow, Input, Output, Server, Service};
+/// use herder_reactor::{Flow, Input, Output, Server, ServerConfig, Service};
 /// use std::time::Duration;
 ///
 /// struct Echo;
@@ -65,7 +65,7 @@ const TURN: Duration = Duration::from_millis(5);
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// if let Some(mut worker) = Worker::from_env()? {
-///     let mut server = Server::new(Config::default(), |_| Echo)?;
+///     let mut server = Server::new(ServerConfig::default(), |_| Echo)?;
 ///     let shared = SharedListener::new(&mut worker, &mut server, "http", Sharing::Lock)?;
 ///     let link = WorkerLink::ready(&mut worker, &mut server, Duration::from_secs(30))?;
 ///     link.run_shared(&mut server, shared, |_peer| Echo)?;
@@ -130,7 +130,7 @@ impl SharedListener {
         let burst = if balance {
             BALANCED_BURST
         } else {
-            herder_reactor::Config::default().accept_burst
+            herder_reactor::ServerConfig::default().accept_burst
         };
         Ok(SharedListener {
             key,

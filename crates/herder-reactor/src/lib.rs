@@ -78,7 +78,13 @@ pub mod os;
 #[path = "sys/unix.rs"]
 mod sys;
 
-pub use server::{Config, DRAINING, Departure, LIMIT_REACHED, Server, Stats, Stream};
+pub use server::{DRAINING, Departure, LIMIT_REACHED, Server, ServerConfig, Stats, Stream};
+
+/// The former name of [`ServerConfig`].
+#[deprecated(
+    note = "renamed `ServerConfig`, so that it does not clash with herder-pool's `Config`"
+)]
+pub type Config = ServerConfig;
 pub use service::{CloseReason, Flow, Input, Move, Output, Service};
 pub use signal::Signal;
 pub use timer::TimerId;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// Limits and buffer sizes of a [`Server`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct Config {
+pub struct ServerConfig {
     /// Bytes read per readiness event into the server's one shared read buffer.
     /// Default 64 KiB.
     pub read_buffer: usize,
@@ -50,9 +50,9 @@ pub struct Config {
     pub max_connections: Option<usize>,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
             read_buffer: 64 * 1024,
             max_input: 64 * 1024,
             high_water: 256 * 1024,
@@ -67,7 +67,7 @@ impl Default for Config {
 }
 
 /// The message of the error [`Server::add_connection`] returns at
-/// [`Config::max_connections`].
+/// [`ServerConfig::max_connections`].
 pub const LIMIT_REACHED: &str = "the server holds its maximum number of connections";
 
 /// The message of the error [`Server::add_listener`] returns once the server drains.
@@ -324,7 +324,7 @@ impl<Svc> fmt::Debug for Departure<Svc> {
 /// An echo server on a port of its own, and one client:
 ///
 /// ```
-/// use herder_reactor::{Config, Flow, Input, Output, Server, Service};
+/// use herder_reactor::{ServerConfig, Flow, Input, Output, Server, Service};
 /// use std::io::{Read, Write};
 /// use std::time::Duration;
 ///
@@ -337,7 +337,7 @@ impl<Svc> fmt::Debug for Departure<Svc> {
 ///     }
 /// }
 ///
-/// let mut server = Server::new(Config::default(), |_| Echo)?;
+/// let mut server = Server::new(ServerConfig::default(), |_| Echo)?;
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 /// let addr = listener.local_addr()?;
 /// server.add_listener(listener)?;
@@ -359,7 +359,7 @@ impl<Svc> fmt::Debug for Departure<Svc> {
 /// ```
 pub struct Server<Svc: Service + 'static> {
     reactor: Reactor<Entry<Svc>>,
-    config: Config,
+    config: ServerConfig,
     factory: Box<dyn FnMut(&Stream) -> Svc>,
     rbuf: Vec<u8>,
     obuf: Vec<u8>,
@@ -392,7 +392,7 @@ impl<Svc: Service + 'static> Server<Svc> {
     ///
     /// As [`Reactor::new`].
     pub fn new(
-        config: Config,
+        config: ServerConfig,
         factory: impl FnMut(&Stream) -> Svc + 'static,
     ) -> io::Result<Server<Svc>> {
         Ok(Server {
@@ -440,7 +440,7 @@ impl<Svc: Service + 'static> Server<Svc> {
     }
 
     /// Changes how many connections are accepted per listener wake-up
-    /// ([`Config::accept_burst`]; at least one). Load-aware accepting lowers it to
+    /// ([`ServerConfig::accept_burst`]; at least one). Load-aware accepting lowers it to
     /// what the worker may still take.
     pub fn set_accept_burst(&mut self, n: usize) {
         self.config.accept_burst = n.max(1);
@@ -590,12 +590,12 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// # Errors
     ///
     /// As [`Reactor::register`]; a [`LIMIT_REACHED`] error (kind `Other`) at
-    /// [`Config::max_connections`]. The stream is dropped (closed) on error.
+    /// [`ServerConfig::max_connections`]. The stream is dropped (closed) on error.
     ///
     /// # Examples
     ///
     /// ```
-    /// use herder_reactor::{Config, Flow, Input, Output, Server, Service};
+    /// use herder_reactor::{ServerConfig, Flow, Input, Output, Server, Service};
     /// use std::io::Read;
     ///
     /// struct Upper;
@@ -611,7 +611,7 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
     /// let (conn, _) = listener.accept()?; // accepted elsewhere, e.g. received with herder-fd
     ///
-    /// let mut server = Server::new(Config::default(), |_| Upper)?;
+    /// let mut server = Server::new(ServerConfig::default(), |_| Upper)?;
     /// server.add_connection(conn, Upper, b"already read")?; // answered at once
     /// let mut reply = String::new();
     /// client.read_to_string(&mut reply)?;
@@ -1031,7 +1031,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         Ok(())
     }
 
-    /// Whether the server holds [`Config::max_connections`].
+    /// Whether the server holds [`ServerConfig::max_connections`].
     pub fn is_full(&self) -> bool {
         self.config
             .max_connections
@@ -1354,7 +1354,7 @@ impl<Svc: Service + 'static> fmt::Debug for Server<Svc> {
 struct Bufs<'a> {
     rbuf: &'a mut Vec<u8>,
     obuf: &'a mut Vec<u8>,
-    config: &'a Config,
+    config: &'a ServerConfig,
 }
 
 /// `at + d`, or a point decades away if that overflows: a huge timeout means never.
@@ -1554,7 +1554,7 @@ fn flush<Svc>(c: &mut Conn<Svc>) -> Result<(), CloseReason> {
     Ok(())
 }
 
-/// Sets `TCP_NODELAY` where it can matter ([`Config::nodelay`]): before a second
+/// Sets `TCP_NODELAY` where it can matter ([`ServerConfig::nodelay`]): before a second
 /// write, or a first one of more than a segment.
 fn before_write<Svc>(c: &mut Conn<Svc>, len: usize) {
     /// Less than any Ethernet segment's payload.

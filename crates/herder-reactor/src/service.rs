@@ -226,7 +226,7 @@ pub enum Flow {
     /// Stop reading, write what is in the output, then close. The peer may still
     /// be sending (a request the service refused, say): the server shuts its side
     /// down first and reads and discards until the peer is done or the linger
-    /// timeout passes ([`Config::linger`](crate::Config::linger)), so that the last
+    /// timeout passes ([`ServerConfig::linger`](crate::ServerConfig::linger)), so that the last
     /// reply is not destroyed by a reset.
     Close,
     /// The exchange is over on both sides — the peer said it sends nothing more

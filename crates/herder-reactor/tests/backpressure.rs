@@ -4,7 +4,7 @@
 
 mod util;
 
-use herder_reactor::Config;
+use herder_reactor::ServerConfig;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 #[test]
 fn a_slow_reader_pauses_reading_then_resumes() {
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     config.high_water = 64 * 1024;
     config.read_buffer = 16 * 1024;
     let peak = Arc::new(AtomicUsize::new(0));

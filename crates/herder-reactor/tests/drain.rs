@@ -4,7 +4,7 @@
 
 mod util;
 
-use herder_reactor::{CloseReason, Config, Flow, Input, Output, Server, Service};
+use herder_reactor::{CloseReason, Flow, Input, Output, Server, ServerConfig, Service};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +55,7 @@ fn a_service_with_boundaries_closes_idle_then_busy_then_the_rest_at_the_deadline
     let start_drain = Arc::new(AtomicBool::new(false));
     let s2 = start_drain.clone();
     let server = util::spawn_server(
-        Config::default(),
+        ServerConfig::default(),
         move || Lines { closed: c2.clone() },
         move |s: &mut Server<Lines>| {
             // Start once both partial requests are in the server's buffers.
@@ -129,7 +129,7 @@ fn echo_draining(deadline: Duration) -> EchoDrain {
         empty.clone(),
     );
     let server = util::spawn_server(
-        Config::default(),
+        ServerConfig::default(),
         move || util::Echo { closed: c2.clone() },
         move |s: &mut Server<util::Echo>| {
             if s2.swap(false, Ordering::SeqCst) {
@@ -234,7 +234,7 @@ fn a_service_at_a_boundary_is_closed_at_once() {
     let start = Arc::new(AtomicBool::new(false));
     let s2 = start.clone();
     let server = util::spawn_server(
-        Config::default(),
+        ServerConfig::default(),
         move || Lines { closed: c2.clone() },
         move |s: &mut Server<Lines>| {
             if s2.swap(false, Ordering::SeqCst) {
@@ -270,7 +270,7 @@ fn assert_refused(addr: std::net::SocketAddr) {
 
 #[test]
 fn drain_closes_the_listener_so_new_connections_are_refused() {
-    let mut server = Server::new(Config::default(), |_| util::Echo {
+    let mut server = Server::new(ServerConfig::default(), |_| util::Echo {
         closed: Arc::default(),
     })
     .unwrap();
@@ -293,7 +293,7 @@ fn drain_closes_the_listener_so_new_connections_are_refused() {
 #[test]
 fn drain_closes_an_exclusive_listener_and_stops_its_rearming() {
     use herder_reactor::os::linux::ServerExt;
-    let mut server = Server::new(Config::default(), |_| util::Echo {
+    let mut server = Server::new(ServerConfig::default(), |_| util::Echo {
         closed: Arc::default(),
     })
     .unwrap();
@@ -377,7 +377,7 @@ fn line_from(server: &mut Server<Count>, c: &mut TcpStream) -> String {
 
 #[test]
 fn moving_takes_out_what_agrees_with_its_input_and_state_and_a_failed_move_stays() {
-    let mut a = Server::new(Config::default(), |_| Count::default()).unwrap();
+    let mut a = Server::new(ServerConfig::default(), |_| Count::default()).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     a.add_listener(listener).unwrap();
@@ -424,7 +424,7 @@ fn moving_takes_out_what_agrees_with_its_input_and_state_and_a_failed_move_stays
     assert_eq!(line_from(&mut a, &mut back), "2\n", "served where it was");
 
     // The others arrive at another server, with their state and input.
-    let mut b = Server::new(Config::default(), |_| Count::default()).unwrap();
+    let mut b = Server::new(ServerConfig::default(), |_| Count::default()).unwrap();
     for d in gone {
         let herder_reactor::Stream::Tcp(s) = d.stream() else {
             unreachable!()
@@ -489,7 +489,7 @@ impl Service for Big {
 
 #[test]
 fn a_connection_with_output_unwritten_moves_once_it_is_written_and_is_not_drained_meanwhile() {
-    let mut a = Server::new(Config::default(), |_| Big).unwrap();
+    let mut a = Server::new(ServerConfig::default(), |_| Big).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     a.add_listener(listener).unwrap();

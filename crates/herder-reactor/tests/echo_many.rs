@@ -3,7 +3,7 @@
 
 mod util;
 
-use herder_reactor::Config;
+use herder_reactor::ServerConfig;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -25,7 +25,7 @@ fn payload(i: usize) -> Vec<u8> {
 #[test]
 fn a_thousand_concurrent_echo_connections() {
     const N: usize = 1000;
-    let (server, closed) = util::echo_server(Config::default());
+    let (server, closed) = util::echo_server(ServerConfig::default());
 
     let mut conns: Vec<TcpStream> = (0..N)
         .map(|_| TcpStream::connect(server.addr).unwrap())

@@ -88,12 +88,12 @@ fn a_plain_listener_pauses_and_resumes_with_modify() {
 #[test]
 fn a_server_serves_an_exclusive_listener_across_rearms() {
     use herder_reactor::os::linux::ServerExt;
-    use herder_reactor::{Config, Server};
+    use herder_reactor::{Server, ServerConfig};
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
-    let mut server = Server::new(Config::default(), move |_| util::Echo {
+    let mut server = Server::new(ServerConfig::default(), move |_| util::Echo {
         closed: c2.clone(),
     })
     .unwrap();
@@ -145,12 +145,12 @@ fn a_server_serves_an_exclusive_listener_across_rearms() {
 #[test]
 fn a_paused_exclusive_listener_stays_paused_across_rearms() {
     use herder_reactor::os::linux::ServerExt;
-    use herder_reactor::{Config, Server};
+    use herder_reactor::{Server, ServerConfig};
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
-    let mut server = Server::new(Config::default(), move |_| util::Echo {
+    let mut server = Server::new(ServerConfig::default(), move |_| util::Echo {
         closed: c2.clone(),
     })
     .unwrap();

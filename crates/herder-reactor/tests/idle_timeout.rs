@@ -3,7 +3,7 @@
 
 mod util;
 
-use herder_reactor::{CloseReason, Config, Flow, Input, Output, Service};
+use herder_reactor::{CloseReason, Flow, Input, Output, ServerConfig, Service};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ impl Service for Polite {
 
 #[test]
 fn silent_connections_time_out_and_busy_ones_do_not() {
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     config.idle_timeout = Some(Duration::from_millis(200));
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
@@ -70,7 +70,7 @@ fn silent_connections_time_out_and_busy_ones_do_not() {
 
 #[test]
 fn a_peer_that_never_reads_is_closed_after_the_timeout() {
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     config.idle_timeout = Some(Duration::from_millis(200));
     config.high_water = 16 * 1024;
     let closed = Arc::new(Mutex::new(Vec::new()));
@@ -93,7 +93,7 @@ fn a_peer_that_never_reads_is_closed_after_the_timeout() {
 #[test]
 fn closed_connections_leave_no_timer_behind() {
     use herder_reactor::{Event, Server};
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     config.idle_timeout = Some(Duration::from_millis(50));
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
@@ -176,7 +176,7 @@ impl Service for Lines {
 #[test]
 fn a_service_deadline_fires_on_its_own_timer() {
     let limit = Duration::from_millis(300);
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     // Far beyond the test: whatever closes a connection here is the service deadline.
     config.idle_timeout = Some(Duration::from_secs(30));
     let closed = Arc::new(Mutex::new(Vec::new()));

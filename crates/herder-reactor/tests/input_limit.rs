@@ -3,7 +3,7 @@
 
 mod util;
 
-use herder_reactor::{CloseReason, Config, Flow, Input, Output, Service};
+use herder_reactor::{CloseReason, Flow, Input, Output, ServerConfig, Service};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +34,7 @@ impl Service for Headers {
 
 #[test]
 fn unconsumed_input_is_bounded() {
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     config.max_input = 8 * 1024;
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();

@@ -3,7 +3,7 @@
 
 mod util;
 
-use herder_reactor::{Config, LIMIT_REACHED, Server};
+use herder_reactor::{LIMIT_REACHED, Server, ServerConfig};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 fn pause_resume_and_wrong_kinds_of_key() {
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
-    let mut server = Server::new(Config::default(), move |_| util::Echo {
+    let mut server = Server::new(ServerConfig::default(), move |_| util::Echo {
         closed: c2.clone(),
     })
     .unwrap();
@@ -84,7 +84,7 @@ fn pause_resume_and_wrong_kinds_of_key() {
 fn at_the_connection_limit_accepting_waits_for_a_close() {
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
-    let mut config = Config::default();
+    let mut config = ServerConfig::default();
     config.max_connections = Some(2);
     let mut server = Server::new(config, move |_| util::Echo { closed: c2.clone() }).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

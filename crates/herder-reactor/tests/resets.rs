@@ -3,7 +3,7 @@
 
 mod util;
 
-use herder_reactor::Config;
+use herder_reactor::ServerConfig;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -77,7 +77,7 @@ fn socket_linger_zero(c: &TcpStream) {
 
 #[test]
 fn half_close_flushes_then_closes() {
-    let (server, closed) = util::echo_server(Config::default());
+    let (server, closed) = util::echo_server(ServerConfig::default());
     assert_eq!(echo_once(server.addr, b"half-closed"), b"half-closed");
     util::wait_for("close", || closed.lock().unwrap().len() == 1);
     assert_eq!(closed.lock().unwrap()[0], "Eof");
@@ -86,7 +86,7 @@ fn half_close_flushes_then_closes() {
 
 #[test]
 fn resets_and_vanished_peers_do_not_stop_the_loop() {
-    let (server, closed) = util::echo_server(Config::default());
+    let (server, closed) = util::echo_server(ServerConfig::default());
 
     // A reset while the server has nothing to say.
     let c = served(server.addr);

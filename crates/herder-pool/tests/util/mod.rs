@@ -297,8 +297,8 @@ impl herder_reactor::Service for Echo {
 }
 
 fn link_worker(mut w: Worker, stall: bool) -> ! {
-    let mut server =
-        herder_reactor::Server::new(herder_reactor::Config::default(), |_| Echo).expect("server");
+    let mut server = herder_reactor::Server::new(herder_reactor::ServerConfig::default(), |_| Echo)
+        .expect("server");
     let link =
         herder_pool::WorkerLink::ready(&mut w, &mut server, Duration::from_secs(5)).expect("link");
     if stall {

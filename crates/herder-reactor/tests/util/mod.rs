@@ -44,7 +44,7 @@ pub fn poll_once<S: Source>(r: &mut Reactor<S>, timeout: Duration) -> Vec<Event>
     events
 }
 
-use herder_reactor::{CloseReason, Config, Flow, Input, Output, Server, Service, Stats};
+use herder_reactor::{CloseReason, Flow, Input, Output, Server, ServerConfig, Service, Stats};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,7 +90,7 @@ impl Running {
 /// Starts a server with `config` on 127.0.0.1 whose connections get services from
 /// `factory`. `each_poll` runs after every poll (e.g. to start a drain).
 pub fn spawn_server<Svc: Service + 'static>(
-    config: Config,
+    config: ServerConfig,
     factory: impl FnMut() -> Svc + Send + 'static,
     mut each_poll: impl FnMut(&mut Server<Svc>) + Send + 'static,
 ) -> Running {
@@ -134,7 +134,7 @@ pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
 }
 
 /// An echo server with `config`, and the list its connections' close reasons go to.
-pub fn echo_server(config: Config) -> (Running, Arc<Mutex<Vec<String>>>) {
+pub fn echo_server(config: ServerConfig) -> (Running, Arc<Mutex<Vec<String>>>) {
     let closed = Arc::new(Mutex::new(Vec::new()));
     let c2 = closed.clone();
     let server = spawn_server(config, move || Echo { closed: c2.clone() }, |_| {});

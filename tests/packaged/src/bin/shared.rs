@@ -12,7 +12,7 @@ use std::time::Duration;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(mut worker) = Worker::from_env()? {
-        let mut server = Server::new(herder_reactor::Config::default(), |_| Echo)?;
+        let mut server = Server::new(herder_reactor::ServerConfig::default(), |_| Echo)?;
         let shared = SharedListener::new(&mut worker, &mut server, "http", Sharing::Lock)?;
         let link = WorkerLink::ready(&mut worker, &mut server, Duration::from_secs(10))?;
         return Ok(link.run_shared(&mut server, shared, |_peer| Echo)?);
