@@ -78,7 +78,9 @@ pub mod os;
 #[path = "sys/unix.rs"]
 mod sys;
 
-pub use server::{DRAINING, Departure, LIMIT_REACHED, Server, ServerConfig, Stats, Stream};
+pub use server::{
+    DRAINING, Departure, LIMIT_REACHED, Server, ServerConfig, Stats, Stream, Watched,
+};
 
 /// The former name of [`ServerConfig`].
 #[deprecated(

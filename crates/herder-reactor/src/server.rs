@@ -151,7 +151,83 @@ impl Write for Stream {
 enum Entry<Svc> {
     Listener(Listener),
     Conn(Box<Conn<Svc>>),
-    User(Box<dyn Source>),
+    User(Box<dyn UserSource>),
+}
+
+/// A source of the caller's, kept so that it can be handed back by its own type.
+/// Call its methods on the `dyn UserSource` itself (`(**boxed).as_any()`): a box of
+/// one is a `Source` too, and would answer for itself.
+trait UserSource: Source {
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+impl<T: Source> UserSource for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+/// A source added with [`Server::add_source`], boxed already.
+struct Boxed(Box<dyn Source>);
+
+#[cfg(unix)]
+impl std::os::fd::AsFd for Boxed {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsSocket for Boxed {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        self.0.as_socket()
+    }
+}
+
+/// A source of the caller's in a [`Server`], with its type: what
+/// [`Server::watch`] returns, to get the source back as a `&T`, a `&mut T` or a `T`
+/// — no duplicated descriptor needed to keep using what the server watches.
+pub struct Watched<T> {
+    key: Key,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Watched<T> {
+    /// Its key: events of the source come back from [`Server::poll`] as
+    /// [`Event::Io`] with this key.
+    pub fn key(&self) -> Key {
+        self.key
+    }
+}
+
+impl<T> Clone for Watched<T> {
+    fn clone(&self) -> Watched<T> {
+        *self
+    }
+}
+
+impl<T> Copy for Watched<T> {}
+
+impl<T> PartialEq for Watched<T> {
+    fn eq(&self, other: &Watched<T>) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<T> Eq for Watched<T> {}
+
+impl<T> fmt::Debug for Watched<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Watched").field(&self.key).finish()
+    }
 }
 
 #[cfg(unix)]
@@ -841,7 +917,96 @@ impl<Svc: Service + 'static> Server<Svc> {
         interest: Interest,
         mode: Mode,
     ) -> io::Result<Key> {
-        self.reactor.register(Entry::User(source), interest, mode)
+        self.reactor
+            .register(Entry::User(Box::new(Boxed(source))), interest, mode)
+    }
+
+    /// Watches a source of the caller's, as [`add_source`](Self::add_source) does,
+    /// and keeps its type: [`watched`](Self::watched) and
+    /// [`watched_mut`](Self::watched_mut) lend it back, [`unwatch`](Self::unwatch)
+    /// returns it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reactor::register`]; the source is dropped then.
+    ///
+    /// # Examples
+    ///
+    /// A pipe's read end watched by the server, and read through the server:
+    ///
+    /// ```
+    /// # #[cfg(unix)] {
+    /// use herder_reactor::{Event, Flow, Input, Interest, Mode, Output, Server, ServerConfig, Service};
+    /// use std::io::{Read, Write};
+    /// # struct Echo;
+    /// # impl Service for Echo {
+    /// #     fn on_data(&mut self, i: &mut Input<'_>, _: &mut Output<'_>) -> Flow { i.consume(i.len()); Flow::Continue }
+    /// # }
+    /// let (reader, mut writer) = std::os::unix::net::UnixStream::pair()?;
+    /// reader.set_nonblocking(true)?;
+    /// let mut server = Server::new(ServerConfig::default(), |_| Echo)?;
+    /// let pipe = server.watch(reader, Interest::READABLE, Mode::Level)?;
+    /// writer.write_all(b"hello")?;
+    /// let mut events = Vec::new();
+    /// while !events.iter().any(|e| matches!(e, Event::Io { key, .. } if *key == pipe.key())) {
+    ///     server.poll(&mut events, None)?;
+    /// }
+    /// let mut got = [0u8; 5];
+    /// server.watched_mut(pipe).expect("still watched").read_exact(&mut got)?;
+    /// assert_eq!(&got, b"hello");
+    /// let reader = server.unwatch(pipe)?; // back, no longer watched
+    /// # drop(reader);
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn watch<T: Source>(
+        &mut self,
+        source: T,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<Watched<T>> {
+        let key = self
+            .reactor
+            .register(Entry::User(Box::new(source)), interest, mode)?;
+        Ok(Watched {
+            key,
+            _type: std::marker::PhantomData,
+        })
+    }
+
+    /// The source `watched` names, if it is still watched.
+    pub fn watched<T: Source>(&self, watched: Watched<T>) -> Option<&T> {
+        match self.reactor.get(watched.key)? {
+            Entry::User(u) => (**u).as_any().downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// The source `watched` names, mutably, if it is still watched.
+    pub fn watched_mut<T: Source>(&mut self, watched: Watched<T>) -> Option<&mut T> {
+        match self.reactor.get_mut_inner(watched.key)? {
+            Entry::User(u) => (**u).as_any_mut().downcast_mut(),
+            _ => None,
+        }
+    }
+
+    /// Stops watching the source `watched` names and gives it back.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] if it is no longer watched.
+    pub fn unwatch<T: Source>(&mut self, watched: Watched<T>) -> io::Result<T> {
+        if self.watched(watched).is_none() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no longer watched"));
+        }
+        match self.reactor.deregister(watched.key)? {
+            Entry::User(u) => u
+                .into_any()
+                .downcast()
+                .map(|t| *t)
+                .map_err(|_| io::Error::new(io::ErrorKind::NotFound, "no longer watched")),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, "no longer watched")),
+        }
     }
 
     /// Changes a caller's source's interest; re-arms a oneshot one.
@@ -862,7 +1027,14 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// A caller's source.
     pub fn source(&self, key: Key) -> Option<&dyn Source> {
         match self.reactor.get(key)? {
-            Entry::User(u) => Some(&**u),
+            Entry::User(u) => {
+                let u: &dyn UserSource = &**u;
+                // One added with `add_source` is kept in its own box: lend that.
+                match (*u).as_any().downcast_ref::<Boxed>() {
+                    Some(b) => Some(&*b.0),
+                    None => Some(u),
+                }
+            }
             _ => None,
         }
     }
@@ -880,6 +1052,12 @@ impl<Svc: Service + 'static> Server<Svc> {
             ));
         }
         match self.reactor.deregister(key)? {
+            // One added with `add_source` is kept in its own box: give that back.
+            Entry::User(u) if (*u).as_any().is::<Boxed>() => u
+                .into_any()
+                .downcast::<Boxed>()
+                .map(|b| b.0)
+                .map_err(|_| io::Error::other("a source of another type")),
             Entry::User(u) => Ok(u),
             _ => unreachable!("checked above"),
         }

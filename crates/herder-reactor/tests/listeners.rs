@@ -141,3 +141,36 @@ fn at_the_connection_limit_accepting_waits_for_a_close() {
     assert_eq!(&b, b"x");
     assert_eq!(server.stats().accepted, 3);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_watched_source_comes_back_by_its_type_and_an_added_one_as_before() {
+    use herder_reactor::{Interest, Mode};
+    use std::os::unix::net::UnixStream;
+    let mut server = Server::new(ServerConfig::default(), |_| util::Echo {
+        closed: Default::default(),
+    })
+    .unwrap();
+    let (a, _a_peer) = UnixStream::pair().unwrap();
+    let (b, _b_peer) = UnixStream::pair().unwrap();
+    let a_local = a.local_addr().map(|s| format!("{s:?}")).unwrap();
+    let watched = server.watch(a, Interest::READABLE, Mode::Level).unwrap();
+    let added = server
+        .add_source(Box::new(b), Interest::READABLE, Mode::Level)
+        .unwrap();
+    assert!(server.watched(watched).is_some());
+    assert!(server.watched_mut(watched).is_some());
+    assert!(server.source(watched.key()).is_some());
+    assert!(server.source(added).is_some());
+    // Its own type back, and nothing left behind.
+    let a = server.unwatch(watched).unwrap();
+    assert_eq!(format!("{:?}", a.local_addr().unwrap()), a_local);
+    assert!(server.watched(watched).is_none());
+    assert_eq!(
+        server.unwatch(watched).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    // One added as a box comes back as that box.
+    assert!(server.remove_source(added).is_ok());
+    assert!(server.source(added).is_none());
+}
