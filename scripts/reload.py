@@ -22,6 +22,9 @@ and signals only its own processes. Needs nginx (nginx-light) and a release buil
 """
 import argparse, os, resource, selectors, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import free_port  # noqa: E402  (the project's harness, beside this one)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "target", "release", "examples")
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -49,14 +52,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def children(pid):

@@ -734,7 +734,7 @@ impl Pool {
                         let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
                     }
                     Some(TimerFor::Upgrade) => self.on_upgrade_tick(id, events),
-                    Some(TimerFor::Replies) => self.flush_replies(),
+                    Some(TimerFor::Replies) => self.retry_replies(),
                     None => events.push(PoolEvent::Other(ev)),
                 },
                 Event::Signal(Signal::Child) if self.sigchld => {

@@ -712,6 +712,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             return Err(io::Error::other(LIMIT_REACHED));
         }
         let key = self.register_conn(stream, svc, Vec::new(), initial.is_empty(), own)?;
+        self.stats.accepted += 1;
         if !initial.is_empty() || self.draining {
             let outcome = self.with_conn(key, |c, b| {
                 if !initial.is_empty() {
@@ -725,7 +726,7 @@ impl<Svc: Service + 'static> Server<Svc> {
     }
 
     /// Registers a connection (non-blocking already) with `input` unconsumed, and
-    /// arms its idle timer.
+    /// arms its idle timer. The caller counts it (taken in, arrived, or back).
     fn register_conn(
         &mut self,
         stream: Stream,
@@ -762,7 +763,6 @@ impl<Svc: Service + 'static> Server<Svc> {
         let key =
             self.reactor
                 .register(Entry::Conn(Box::new(conn)), Interest::READABLE, Mode::Level)?;
-        self.stats.accepted += 1;
         self.stats.active += 1;
         if let Some(t) = self.config.idle_timeout {
             self.arm(key, later(Instant::now(), t), false);
@@ -800,7 +800,6 @@ impl<Svc: Service + 'static> Server<Svc> {
         let key = self.register_conn(stream, svc, input.to_vec(), fresh, false)?;
         // Counted as arrived, not as taken in: a worker recycled after so many
         // connections must not be due again for the ones it inherited.
-        self.stats.accepted -= 1;
         self.stats.arrived += 1;
         self.arrivals.push(key);
         Ok(key)
@@ -818,15 +817,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         }
         self.moving = true;
         if self.draining {
-            for key in self.conn_keys() {
-                // Arrivals meet the rule at the next poll, after they are
-                // acknowledged.
-                if self.arrivals.contains(&key) {
-                    continue;
-                }
-                let outcome = self.with_conn(key, |_, _| Ok(()));
-                self.settle(key, outcome);
-            }
+            self.apply_rules();
         } else {
             self.drain(deadline);
         }
@@ -866,8 +857,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             ..
         } = departure;
         let key = self.register_conn(stream, svc, input, fresh, false)?;
-        // Not counted as taken in twice, nor as gone.
-        self.stats.accepted -= 1;
+        // Not counted as gone.
         self.stats.departed -= 1;
         if let Some(Entry::Conn(c)) = self.reactor.get_mut_inner(key) {
             c.stays = true;
@@ -1130,8 +1120,13 @@ impl<Svc: Service + 'static> Server<Svc> {
         }
         self.full_paused.clear();
         self.drain_deadline = Some(self.reactor.add_timer(deadline, None));
+        self.apply_rules();
+    }
+
+    /// Applies the drain and move rules to every connection now (a drain or a move
+    /// started). Arrivals meet them at the next poll, after they are acknowledged.
+    fn apply_rules(&mut self) {
         for key in self.conn_keys() {
-            // Arrivals meet the rule at the next poll, after they are acknowledged.
             if self.arrivals.contains(&key) {
                 continue;
             }

@@ -91,10 +91,14 @@ impl Pool {
 
     fn forward_to_workers(&mut self, origin: u32, moving: Vec<Moving>, kept: &mut Vec<u64>) {
         let mut groups: HashMap<usize, Vec<Moving>> = HashMap::new();
+        // Chosen so far per slot, counted in its load.
+        let mut extra: HashMap<usize, usize> = HashMap::new();
         for m in moving {
-            let extra: HashMap<usize, usize> = groups.iter().map(|(s, g)| (*s, g.len())).collect();
             match self.move_target(origin, &extra) {
-                Some(slot) => groups.entry(slot).or_default().push(m),
+                Some(slot) => {
+                    *extra.entry(slot).or_default() += 1;
+                    groups.entry(slot).or_default().push(m);
+                }
                 None => kept.push(m.0),
             }
         }
@@ -175,9 +179,15 @@ impl Pool {
         self.flush_replies();
     }
 
-    /// Sends the replies waiting, keeping each origin's in order.
-    pub(super) fn flush_replies(&mut self) {
+    /// The retry timer fired.
+    pub(super) fn retry_replies(&mut self) {
         self.replies.retry = None;
+        self.flush_replies();
+    }
+
+    /// Sends the replies waiting, keeping each origin's in order; arms the retry
+    /// if some are left and it is not armed yet.
+    fn flush_replies(&mut self) {
         let mut blocked: Vec<u32> = Vec::new();
         let mut left = std::collections::VecDeque::new();
         while let Some((origin, bytes)) = self.replies.queue.pop_front() {
@@ -205,7 +215,7 @@ impl Pool {
             }
         }
         self.replies.queue = left;
-        if !self.replies.queue.is_empty() {
+        if !self.replies.queue.is_empty() && self.replies.retry.is_none() {
             let at = std::time::Instant::now() + REPLY_RETRY;
             let id = self.reactor.add_timer(at, None);
             self.timers.insert(id, TimerFor::Replies);
