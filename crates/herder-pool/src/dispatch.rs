@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 #[non_exhaustive]
 pub enum Choice {
     /// The ready worker with the fewest open connections (as it last published
-    /// them) plus those handed to it and not yet acknowledged — a credit window, so
-    /// that a slow worker does not pile up connections; ties go round.
+    /// them) plus those handed to it that its figures do not include yet — a
+    /// credit window, so that a slow worker does not pile up connections, and no
+    /// connection counted twice; ties go round.
     #[default]
     LeastLoaded,
     /// Each ready worker in turn.
@@ -131,6 +132,10 @@ pub struct Dispatcher {
     next: usize,
     /// Connections handed to each worker (by pid) and not yet acknowledged.
     inflight: HashMap<u32, VecDeque<(u64, Conn)>>,
+    /// Connections handed to each worker (by pid) in all, less those it refused:
+    /// against the count of connections it published as taken in, what its
+    /// published load does not include yet.
+    handed: HashMap<u32, u64>,
     /// Accepted, not yet handed over (no worker could take them).
     pending: VecDeque<Conn>,
     max_pending: usize,
@@ -160,6 +165,7 @@ impl Dispatcher {
             listeners: Vec::new(),
             next: 0,
             inflight: HashMap::new(),
+            handed: HashMap::new(),
             pending: VecDeque::new(),
             max_pending: MAX_PENDING,
             next_id: 0,
@@ -271,6 +277,7 @@ impl Dispatcher {
                 // Its messages came first (the pool reads a dead worker's channel
                 // before it reports the exit): what is left was never acknowledged,
                 // so no other worker served it, and it goes to one now.
+                self.handed.remove(pid);
                 if let Some(q) = self.inflight.remove(pid) {
                     if !q.is_empty() {
                         tracing::info!(
@@ -457,11 +464,20 @@ impl Dispatcher {
         match self.choice {
             Choice::RoundRobin => slots.sort_by_key(|&s| turn(s)),
             Choice::LeastLoaded => {
+                // Its open connections as it published them, plus those handed to it
+                // that the figure does not include yet: not every unacknowledged one
+                // (a worker publishes its figures, then acknowledges, so those in
+                // between would count twice), but those beyond what it published as
+                // taken in (for a worker that does not publish that count, every
+                // unacknowledged one: the minimum below).
                 let load = |s: usize| {
                     pool.load(s).map_or(u64::MAX, |l| {
-                        l.active
-                            + self.inflight.get(&l.pid).map_or(0, |q| q.len() as u64)
-                            + added(s)
+                        let unacked = self.inflight.get(&l.pid).map_or(0, |q| q.len() as u64);
+                        let unseen = self
+                            .handed
+                            .get(&l.pid)
+                            .map_or(0, |h| h.saturating_sub(l.accepted));
+                        l.active + unacked.min(unseen) + added(s)
                     })
                 };
                 slots.sort_by_key(|&s| (load(s), turn(s)));
@@ -519,6 +535,7 @@ impl Dispatcher {
         match sent {
             Ok(pid) => {
                 self.stats.handed_off += group.len() as u64;
+                *self.handed.entry(pid).or_default() += group.len() as u64;
                 let q = self.inflight.entry(pid).or_default();
                 q.extend((first..).zip(group));
             }
@@ -544,6 +561,7 @@ impl Dispatcher {
             match pool.send_socket(slot, &conn.stream, &meta) {
                 Ok(pid) => {
                     self.stats.handed_off += 1;
+                    *self.handed.entry(pid).or_default() += 1;
                     self.inflight
                         .entry(pid)
                         .or_default()
@@ -614,6 +632,10 @@ impl Dispatcher {
         q.retain(|(id, _)| !ids.contains(id));
         let closed = (before - q.len()) as u64;
         self.stats.refused += closed;
+        // Never taken in: not in the count the worker publishes.
+        if let Some(h) = self.handed.get_mut(&pid) {
+            *h = h.saturating_sub(closed);
+        }
         if closed > 0 && self.log_limited(1) {
             tracing::warn!(
                 pid,

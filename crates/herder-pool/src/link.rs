@@ -234,9 +234,12 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
     pub fn flush(&mut self, server: &mut Server<Svc>) -> io::Result<()> {
         if let Some(card) = &self.card {
             let stats = server.stats();
+            // `active` first: a supervisor that sees the new `accepted` sees it
+            // too (the least-loaded choice counts the connections that are in
+            // neither yet).
+            card.set_active(stats.active as u64);
             card.add_accepted(stats.accepted.saturating_sub(self.reported));
             self.reported = stats.accepted;
-            card.set_active(stats.active as u64);
         }
         // Refusals first: an acknowledgement covers every id up to its own. Each is
         // forgotten only once sent, so a failed send is tried again next time.

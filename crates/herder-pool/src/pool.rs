@@ -571,6 +571,8 @@ impl Pool {
         let pid = self.slots.get(slot)?.current?;
         let p = self.procs.get(&pid).filter(|p| p.ready && !p.draining)?;
         let r = p.record.and_then(|i| self.board.1.record(i));
+        // `accepted` before `active`: seeing a worker's new count of connections
+        // taken in means seeing the open count it published with it.
         Some(Load {
             pid,
             accepted: r.map_or(0, |r| r.accepted()),

@@ -164,15 +164,18 @@ impl Record {
         self.heartbeat_ms
             .store(sys::monotonic_ms(), Ordering::Relaxed);
     }
+    /// Release: a supervisor that sees the new count sees the `active` stored
+    /// before it (the worker publishes `active`, then `accepted`).
     pub(crate) fn add_accepted(&self, n: u64) {
-        self.accepted.fetch_add(n, Ordering::Relaxed);
+        self.accepted.fetch_add(n, Ordering::Release);
     }
     pub(crate) fn set_active(&self, n: u64) {
         self.active.store(n, Ordering::Relaxed);
         self.heartbeat();
     }
+    /// Acquire: read it before `active` (see `add_accepted`).
     pub(crate) fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
+        self.accepted.load(Ordering::Acquire)
     }
     pub(crate) fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
