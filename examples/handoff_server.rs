@@ -7,17 +7,9 @@
 //! ```
 
 #[cfg(unix)]
-#[path = "common/mod.rs"]
-mod common;
-
-#[cfg(unix)]
 fn main() -> anyhow::Result<()> {
     unix::main()
 }
-
-#[cfg(windows)]
-#[path = "common_windows/mod.rs"]
-mod common_windows;
 
 #[cfg(windows)]
 fn main() -> anyhow::Result<()> {
@@ -35,11 +27,11 @@ fn main() {
 /// `herderctl stop` stops gracefully.
 #[cfg(windows)]
 mod windows {
-    use super::common_windows::{self as common, Common, say};
     use anyhow::Context;
     use clap::Parser;
     use herder::fd::Handoff;
     use herder::pool::{Pool, Worker};
+    use herder_demo::windows::{self as common, Common, say};
     use std::collections::HashMap;
     use std::sync::atomic::Ordering;
     use std::sync::mpsc;
@@ -238,10 +230,10 @@ mod windows {
 
 #[cfg(unix)]
 mod unix {
-    use super::common::{self, Common};
-    use crate::log;
     use clap::Parser;
     use herder::pool::{Choice, Dispatcher, Worker, WorkerLink};
+    use herder_demo::log;
+    use herder_demo::unix::{self as common, Common};
     use std::cell::RefCell;
     use std::time::Duration;
 

@@ -6,17 +6,9 @@
 //! ```
 
 #[cfg(unix)]
-#[path = "common/mod.rs"]
-mod common;
-
-#[cfg(unix)]
 fn main() -> anyhow::Result<()> {
     unix::main()
 }
-
-#[cfg(windows)]
-#[path = "common_windows/mod.rs"]
-mod common_windows;
 
 #[cfg(windows)]
 fn main() -> anyhow::Result<()> {
@@ -29,10 +21,10 @@ fn main() -> anyhow::Result<()> {
 /// lacks here.
 #[cfg(windows)]
 mod windows {
-    use super::common_windows::{self as common, Common, say};
     use anyhow::Context;
     use clap::Parser;
     use herder::pool::{Pool, Worker};
+    use herder_demo::windows::{self as common, Common, say};
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
@@ -147,13 +139,13 @@ fn main() {
 
 #[cfg(unix)]
 mod unix {
-    use super::common::{self, Common};
-    use crate::log;
     use anyhow::Context;
     use clap::Parser;
     use herder::pool::{
         AcceptLockKind, Pool, SharedListener, Sharing, Worker, WorkerLink, reuseport_listener,
     };
+    use herder_demo::log;
+    use herder_demo::unix::{self as common, Common};
     use std::os::fd::OwnedFd;
     use std::time::Duration;
 

@@ -13,10 +13,6 @@
 //! in flight to a worker that dies is lost.
 
 #[cfg(unix)]
-#[path = "common/mod.rs"]
-mod common;
-
-#[cfg(unix)]
 fn main() -> anyhow::Result<()> {
     unix::main()
 }
@@ -28,13 +24,13 @@ fn main() {
 
 #[cfg(unix)]
 mod unix {
-    use super::common::{self, Common};
-    use crate::log;
     use clap::Parser;
     use herder::fd::Handoff;
     use herder::fd::tokio::AsyncChannel;
     use herder::pool::{Pool, PoolEvent, Worker, is_drain_request};
     use herder::reactor::{Event, Interest, Mode};
+    use herder_demo::log;
+    use herder_demo::unix::{self as common, Common};
     use std::net::TcpListener;
     use std::time::Duration;
 

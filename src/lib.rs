@@ -15,11 +15,6 @@
 // relies on instead are stated where they are (`#[expect]` with a reason).
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-//! - [`protocol`]: the example servers' protocols, echo and a small HTTP/1.1 server, as
-//!   herder-reactor services.
-
-pub mod protocol;
-
 pub use herder_fd as fd;
 pub use herder_pool as pool;
 pub use herder_reactor as reactor;

@@ -1,4 +1,4 @@
-//! The HTTP/1.1 parser behind `herder::protocol::Http`, fed arbitrary bytes in
+//! The HTTP/1.1 parser behind `herder_demo::protocol::Http`, fed arbitrary bytes in
 //! arbitrary pieces as a connection would deliver them.
 //!
 //! Input: the first byte is the size of the pieces (1–256), the rest is what the
@@ -8,7 +8,7 @@
 //! (the whole input at once gives the same output).
 #![no_main]
 
-use herder::protocol::{Http, MAX_BODY, MAX_HEAD};
+use herder_demo::protocol::{Http, MAX_BODY, MAX_HEAD};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

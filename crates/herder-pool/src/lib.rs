@@ -76,11 +76,11 @@ mod event;
 #[cfg(unix)]
 mod link;
 mod listener;
+mod message;
 #[cfg(unix)]
 mod moves;
 #[cfg(unix)]
 mod pool;
-mod protocol;
 mod restart;
 #[cfg(unix)]
 mod scoreboard;
@@ -118,11 +118,11 @@ pub use error::Error;
 #[cfg(unix)]
 pub use link::WorkerLink;
 pub use listener::{reuseport_listener, tcp_listener};
+pub use message::is_reserved;
 #[cfg(unix)]
 pub use moves::MoveStats;
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
-pub use protocol::is_reserved;
 #[cfg(unix)]
 pub use shared::{SharedListener, Sharing};
 #[cfg(unix)]

@@ -1,7 +1,7 @@
 //! A worker's side of its supervisor, in a herder-reactor [`Server`].
 
 use crate::Error;
-use crate::protocol::{self, MOVE_ID, Receipt};
+use crate::message::{self, MOVE_ID, Receipt};
 use crate::worker::{Scorecard, Worker, is_drain_request, send_ready};
 use herder_fd::{Channel, Message};
 use herder_reactor::{
@@ -182,9 +182,9 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
                 // a hand-off's descriptors, and the supervisor must hear which.
                 match self.channel.recv_lossy() {
                     Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
-                    Ok(Some(m)) if m.payload() == protocol::MOVE => self.move_out(server),
+                    Ok(Some(m)) if m.payload() == message::MOVE => self.move_out(server),
                     Ok(Some(m)) if is_drain_request(m.payload()) => self.drain(server),
-                    Ok(Some(m)) if protocol::is_reserved(m.payload()) => {
+                    Ok(Some(m)) if message::is_reserved(m.payload()) => {
                         self.settle(server, m.payload())
                     }
                     // A message with descriptors whose header names hand-offs.
@@ -361,7 +361,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
         let mut batches: Vec<MoveBatch<Svc>> = Vec::new();
         let mut bytes = 0;
         for d in server.take_departures(room) {
-            let data = protocol::encode_move(d.is_fresh(), d.state(), d.input());
+            let data = message::encode_move(d.is_fresh(), d.state(), d.input());
             if self.orphaned || !matches!(d.stream(), Stream::Tcp(_)) || data.len() > MOVE_BYTES {
                 let _ = server.readmit(d);
                 continue;
@@ -451,7 +451,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
         {
             let moved = id & MOVE_ID != 0;
             let added = match socket.into_tcp_stream() {
-                Ok(stream) if moved => match protocol::decode_move(&data) {
+                Ok(stream) if moved => match message::decode_move(&data) {
                     Some((fresh, state, input)) => {
                         let mut svc = service(peer);
                         match svc.on_arrive(state) {

@@ -2,7 +2,7 @@
 //! (which keeps its copy meanwhile) to the worker the pool chose, until that worker
 //! acknowledges them or cannot take them. Pure bookkeeping; the pool does the I/O.
 
-use crate::protocol::MOVE_ID;
+use crate::message::MOVE_ID;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// One forwarded connection: the pool's id for it, the worker it came from and that

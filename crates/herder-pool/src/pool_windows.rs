@@ -653,7 +653,7 @@ impl Pool {
                     return;
                 };
                 let slot = p.slot;
-                if message.payload() == crate::protocol::READY {
+                if message.payload() == crate::message::READY {
                     if !p.ready && !p.ready_pending {
                         if p.handoff.is_some() {
                             self.mark_ready(pid, slot, events);
@@ -664,7 +664,7 @@ impl Pool {
                 } else if let Some(load) = parse_load(message.payload()) {
                     (p.accepted, p.active, p.lock_waits) = load;
                     p.last_heard = Some(Instant::now());
-                } else if !crate::protocol::is_pool_message(message.payload()) {
+                } else if !crate::message::is_pool_message(message.payload()) {
                     events.push(PoolEvent::Message { slot, message });
                 }
             }
@@ -1119,7 +1119,7 @@ pub fn control_pipe_path(name: &str) -> String {
 /// The load in a worker's `LOAD` message: connections accepted and open, and
 /// accept-lock waits.
 fn parse_load(payload: &[u8]) -> Option<(u64, u64, u64)> {
-    let rest = payload.strip_prefix(crate::protocol::LOAD)?;
+    let rest = payload.strip_prefix(crate::message::LOAD)?;
     if rest.len() != 24 {
         return None;
     }
@@ -1163,7 +1163,7 @@ fn drain(p: &mut Proc, deadline: Instant) {
     let told = p
         .channel
         .as_mut()
-        .is_some_and(|ch| ch.send(crate::protocol::DRAIN).is_ok());
+        .is_some_and(|ch| ch.send(crate::message::DRAIN).is_ok());
     if !told {
         // No channel yet (or a broken one): nothing to drain.
         let _ = p.child.kill();
@@ -1323,7 +1323,7 @@ impl Worker {
     ///
     /// What sending returns.
     pub fn ready(&mut self) -> io::Result<()> {
-        self.channel.send(crate::protocol::READY)
+        self.channel.send(crate::message::READY)
     }
 
     /// The pool's accept lock, this worker's handle on it; `None` without one.
@@ -1400,7 +1400,7 @@ impl LoadReporter {
         {
             return Ok(());
         }
-        let mut message = crate::protocol::LOAD.to_vec();
+        let mut message = crate::message::LOAD.to_vec();
         for word in [now.0, now.1, now.2] {
             message.extend_from_slice(&word.to_le_bytes());
         }
@@ -1418,7 +1418,7 @@ impl LoadReporter {
 
 /// Whether a message from the supervisor asks the worker to drain and exit.
 pub fn is_drain_request(payload: &[u8]) -> bool {
-    payload == crate::protocol::DRAIN
+    payload == crate::message::DRAIN
 }
 
 /// The accept lock on Windows: a named mutex. A holder that ends without releasing

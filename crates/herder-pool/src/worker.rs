@@ -3,7 +3,7 @@
 
 use crate::accept_lock::{AcceptLock, AcceptLockKind, LOCK_ENV, LOCK_NAME};
 use crate::error::Error;
-use crate::protocol;
+use crate::message;
 use crate::scoreboard::{Board, SCOREBOARD_NAME};
 use crate::sys;
 use herder_fd::Channel;
@@ -199,7 +199,7 @@ impl Worker {
 ///
 /// What sending returns.
 pub fn send_ready(channel: &mut Channel) -> io::Result<()> {
-    channel.send(protocol::READY, &[])
+    channel.send(message::READY, &[])
 }
 
 /// Whether a message from the supervisor asks the worker to drain and exit — and,
@@ -208,10 +208,10 @@ pub fn send_ready(channel: &mut Channel) -> io::Result<()> {
 /// own may leave undone (it drains them then).
 pub fn is_drain_request(payload: &[u8]) -> bool {
     #[cfg(unix)]
-    if payload == protocol::MOVE {
+    if payload == message::MOVE {
         return true;
     }
-    payload == protocol::DRAIN
+    payload == message::DRAIN
 }
 
 /// Parses `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, and adopts the descriptors.

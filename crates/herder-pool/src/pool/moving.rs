@@ -5,8 +5,8 @@
 //! every moment, and one nobody takes stays where it was.
 
 use super::{Pool, Source, TimerFor, Watch};
+use crate::message::{self, MOVE_ID, Receipt};
 use crate::moves::Replies as Verdicts;
-use crate::protocol::{self, MOVE_ID, Receipt};
 use herder_fd::{Channel, Handoff, Message, Received, Socket};
 use herder_reactor::{Interest, Key, Mode};
 use std::collections::HashMap;
@@ -229,7 +229,7 @@ impl Pool {
         // The hello tells the old supervisor this program takes connections.
         let watched = channel
             .set_nonblocking(true)
-            .and_then(|()| channel.send(protocol::HELLO, &[]))
+            .and_then(|()| channel.send(message::HELLO, &[]))
             .and_then(|()| self.watch(&channel, Watch::Upstream));
         match watched {
             Ok(key) => self.upstream = Some((channel, key)),
@@ -247,7 +247,7 @@ impl Pool {
         let hello = channel
             .set_nonblocking(true)
             .and_then(|()| channel.recv())
-            .is_ok_and(|m| m.is_some_and(|m| m.payload() == protocol::HELLO));
+            .is_ok_and(|m| m.is_some_and(|m| m.payload() == message::HELLO));
         if !hello {
             tracing::info!("the new supervisor does not take live connections; the workers drain");
             return;

@@ -201,8 +201,8 @@ impl Pool {
     pub(super) fn retire(&mut self, pid: u32, moving: bool) {
         let to = !self.stopping || self.downstream.is_some();
         let request = match moving && self.config.move_connections && to {
-            true => protocol::MOVE,
-            false => protocol::DRAIN,
+            true => message::MOVE,
+            false => message::DRAIN,
         };
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
@@ -245,13 +245,13 @@ impl Pool {
             // arrive without their descriptors, and it must hear that it keeps them.
             match ch.recv_lossy() {
                 Ok(Some(msg)) if moving::is_move(&msg) => self.forward(pid, msg),
-                Ok(Some(msg)) if protocol::is_pool_message(msg.payload()) => {
-                    if msg.payload() == protocol::READY && !p.ready {
+                Ok(Some(msg)) if message::is_pool_message(msg.payload()) => {
+                    if msg.payload() == message::READY && !p.ready {
                         p.ready = true;
                         self.on_ready(pid, events);
                     }
                 }
-                Ok(Some(msg)) if protocol::is_reserved(msg.payload()) => {
+                Ok(Some(msg)) if message::is_reserved(msg.payload()) => {
                     match Receipt::decode(msg.payload()) {
                         Some(Receipt::Ack(upto)) if upto & MOVE_ID != 0 => {
                             let settled = self.moves.acknowledged(pid, upto);

@@ -1,8 +1,8 @@
 //! `--metrics ADDR`: the supervisor's figures in Prometheus's text format, served over
 //! HTTP from its own event loop (non-blocking, a few connections at a time).
 
-use herder::pool::{Pool, PoolEvent, State};
-use herder::reactor::{Event, Interest, Key, Mode};
+use herder_pool::{Pool, PoolEvent, State};
+use herder_reactor::{Event, Interest, Key, Mode};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// The metrics listener's name among the descriptors an upgrade passes on.
-pub(crate) const NAME: &str = "herder-metrics";
+pub const NAME: &str = "herder-metrics";
 
 /// Scrapers served at once; more are closed at once.
 const MAX_CONNS: usize = 16;
@@ -19,9 +19,11 @@ const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Counters the supervisor keeps besides the pool's own.
 #[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) reloads: u64,
-    pub(crate) upgrades_failed: u64,
+pub struct Tally {
+    /// Reloads the pool finished.
+    pub reloads: u64,
+    /// Binary upgrades that failed.
+    pub upgrades_failed: u64,
 }
 
 struct Conn {
@@ -33,20 +35,20 @@ struct Conn {
 }
 
 /// The metrics listener and its connections.
-pub(crate) struct Metrics {
+pub struct Metrics {
     listener: TcpListener,
     key: Key,
     conns: HashMap<Key, Conn>,
     /// The listener's pause after a failed accept (out of descriptors, say).
-    retry: Option<herder::reactor::TimerId>,
+    retry: Option<herder_reactor::TimerId>,
 }
 
 impl Metrics {
     /// Binds `addr` (or takes the listener a supervisor upgrading to this one
     /// passed on), and watches it in the pool's loop.
-    pub(crate) fn start(pool: &mut Pool, addr: SocketAddr) -> anyhow::Result<Metrics> {
+    pub fn start(pool: &mut Pool, addr: SocketAddr) -> anyhow::Result<Metrics> {
         use anyhow::Context;
-        let listener = match super::inherited(|name| name == NAME)?.pop() {
+        let listener = match crate::unix::inherited(|name| name == NAME)?.pop() {
             Some((_, fd)) => TcpListener::from(fd),
             None => TcpListener::bind(addr).with_context(|| format!("binding --metrics {addr}"))?,
         };
@@ -68,7 +70,7 @@ impl Metrics {
 
     /// Handles `event` if it is one of the metrics sockets'; `render` writes the
     /// figures. Returns whether it was.
-    pub(crate) fn on_event(
+    pub fn on_event(
         &mut self,
         pool: &mut Pool,
         event: &PoolEvent,
@@ -204,7 +206,7 @@ impl Metrics {
 }
 
 /// The pool's figures, and the supervisor's `tally`.
-pub(crate) fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
+pub fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
     let workers = pool.workers();
     let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -212,7 +214,7 @@ pub(crate) fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
             let _ = writeln!(out, "{name}{labels} {v}");
         }
     };
-    let per_slot = |f: &dyn Fn(&herder::pool::WorkerInfo) -> u64| -> Vec<(String, u64)> {
+    let per_slot = |f: &dyn Fn(&herder_pool::WorkerInfo) -> u64| -> Vec<(String, u64)> {
         workers
             .iter()
             .map(|w| (format!("{{slot=\"{}\"}}", w.slot), f(w)))

@@ -1,22 +1,16 @@
 //! What the example servers share on Windows: the command line, logging, the
 //! supervisor's loop and the worker's.
-#![allow(dead_code, missing_docs)]
-
-#[path = "../common/flags.rs"]
-mod flags;
-
-#[allow(unused_imports)]
-pub(crate) use flags::{Common, pool_config, server, service};
-use herder::pool::{Pool, PoolEvent, State, is_drain_request};
-use herder::protocol::Protocol;
-use herder::reactor::Server;
+pub use crate::flags::{Common, pool_config, server, service};
+use crate::protocol::Protocol;
+use herder_pool::{Pool, PoolEvent, State, is_drain_request};
+use herder_reactor::Server;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Writes one log line to stderr in a single write: the workers share the
 /// supervisor's stderr, and a line written in pieces could interleave with theirs.
-pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+pub fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let line = format!("[{}] {line}\n", std::process::id());
     let _ = std::io::stderr().write_all(line.as_bytes());
@@ -30,9 +24,7 @@ unsafe extern "system" fn on_ctrl(_kind: u32) -> windows_sys::core::BOOL {
 }
 
 /// The listener `--listen` names, bound, and its address (port 0 resolved).
-pub(crate) fn listener(
-    c: &Common,
-) -> anyhow::Result<(std::net::TcpListener, std::net::SocketAddr)> {
+pub fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, std::net::SocketAddr)> {
     use anyhow::Context;
     let listener =
         std::net::TcpListener::bind(c.listen).with_context(|| format!("binding {}", c.listen))?;
@@ -43,7 +35,7 @@ pub(crate) fn listener(
 /// Runs the supervisor until a graceful stop ends (Ctrl-C, Ctrl-Break, or
 /// `herder_pool::request_stop`): logs the pool's events, prints the `listening on`
 /// line once every worker is ready, and calls `tick` after every poll.
-pub(crate) fn supervise(
+pub fn supervise(
     pool: &mut Pool,
     addr: std::net::SocketAddr,
     c: &Common,
@@ -89,10 +81,7 @@ pub(crate) fn supervise(
 
 /// Waits on a thread of its own for the drain request (or the supervisor's end) on
 /// `channel`, then sets the returned flag and wakes `server`'s loop.
-pub(crate) fn watch_drain(
-    mut channel: herder::fd::Channel,
-    server: &Server<Protocol>,
-) -> Arc<AtomicBool> {
+pub fn watch_drain(mut channel: herder_fd::Channel, server: &Server<Protocol>) -> Arc<AtomicBool> {
     let drain = Arc::new(AtomicBool::new(false));
     let flag = drain.clone();
     let waker = server.waker();
@@ -110,26 +99,28 @@ pub(crate) fn watch_drain(
 
 /// Reports a worker's load to the supervisor after each turn of its loop, for
 /// `status` (only when it changed).
-pub(crate) struct Load(Option<herder::pool::LoadReporter>);
+pub struct Load(Option<herder_pool::LoadReporter>);
 
 impl Load {
-    pub(crate) fn new(worker: &mut herder::pool::Worker) -> Load {
+    /// The worker's load reporter, if its supervisor reads loads.
+    pub fn new(worker: &mut herder_pool::Worker) -> Load {
         Load(worker.load_reporter())
     }
 
-    pub(crate) fn report(&mut self, server: &Server<Protocol>) {
+    /// Reports `server`'s counts.
+    pub fn report(&mut self, server: &Server<Protocol>) {
         self.report_counts(server.stats().accepted, server);
     }
 
     /// Counts a turn in which the accept lock was held by another.
-    pub(crate) fn lock_wait(&mut self) {
+    pub fn lock_wait(&mut self) {
         if let Some(r) = self.0.as_mut() {
             r.add_lock_waits(1);
         }
     }
 
     /// With `accepted` counted by the caller.
-    pub(crate) fn report_counts(&mut self, accepted: u64, server: &Server<Protocol>) {
+    pub fn report_counts(&mut self, accepted: u64, server: &Server<Protocol>) {
         let active = server.stats().active as u64;
         if let Some(r) = self.0.as_mut() {
             if r.report(accepted, active).is_err() {

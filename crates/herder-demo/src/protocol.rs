@@ -13,7 +13,7 @@
 //! deadline passes. When the server moves its connections to another process
 //! instead (a reload), both move: [`Echo`] at any point, [`Http`] between requests.
 
-use crate::reactor::{Flow, Input, Move, Output, Service};
+use herder_reactor::{Flow, Input, Move, Output, Service};
 use std::time::{Duration, Instant};
 
 /// Writes back every byte.
@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 /// # Examples
 ///
 /// ```
-/// use herder::protocol::Echo;
-/// use herder::reactor::{Server, ServerConfig};
+/// use herder_demo::protocol::Echo;
+/// use herder_reactor::{Server, ServerConfig};
 /// let server = Server::new(ServerConfig::default(), |_| Echo)?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -63,7 +63,7 @@ pub const BODY: &[u8] = b"Hello, world!";
 /// # Examples
 ///
 /// ```
-/// use herder::protocol::Http;
+/// use herder_demo::protocol::Http;
 ///
 /// // A server calls it as a Service; `respond` is the parser underneath.
 /// let mut http = Http::default();
@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_passed_deadline_answers_408_and_a_stale_one_does_not() {
-        use crate::reactor::Service as _;
+        use herder_reactor::Service as _;
         let mut http = Http::with_head_timeout(Duration::from_millis(1));
         let mut buf = Vec::new();
         http.respond(b"GET / HT", &mut buf);
@@ -558,18 +558,18 @@ mod tests {
             std::thread::yield_now();
         }
         let mut out = Vec::new();
-        let flow = http.on_deadline(&mut crate::reactor::Output::new(&mut out));
+        let flow = http.on_deadline(&mut herder_reactor::Output::new(&mut out));
         assert_eq!(flow, Flow::Close);
         assert!(out.starts_with(b"HTTP/1.1 408"));
         assert_eq!(http.deadline(), None);
         let mut out = Vec::new();
-        let flow = http.on_deadline(&mut crate::reactor::Output::new(&mut out));
+        let flow = http.on_deadline(&mut herder_reactor::Output::new(&mut out));
         assert_eq!((flow, out.len()), (Flow::Continue, 0));
     }
 
     fn drain(svc: &mut impl Service, idle: bool) -> Flow {
         let mut out = Vec::new();
-        let flow = svc.on_drain(idle, &mut crate::reactor::Output::new(&mut out));
+        let flow = svc.on_drain(idle, &mut herder_reactor::Output::new(&mut out));
         assert!(out.is_empty(), "nothing written on drain");
         flow
     }
@@ -577,7 +577,7 @@ mod tests {
     fn data(svc: &mut impl Service, bytes: &[u8]) -> (Flow, usize, String) {
         let mut out = Vec::new();
         let mut input = Input::new(bytes);
-        let flow = svc.on_data(&mut input, &mut crate::reactor::Output::new(&mut out));
+        let flow = svc.on_data(&mut input, &mut herder_reactor::Output::new(&mut out));
         (flow, input.len(), String::from_utf8(out).unwrap())
     }
 
@@ -832,7 +832,7 @@ impl Service for Protocol {
         }
     }
 
-    fn on_close(&mut self, reason: &crate::reactor::CloseReason) {
+    fn on_close(&mut self, reason: &herder_reactor::CloseReason) {
         match self {
             Protocol::Echo(s) => s.on_close(reason),
             Protocol::Http(s) => s.on_close(reason),

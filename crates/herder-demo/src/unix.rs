@@ -1,20 +1,15 @@
 //! What the example servers share: the command line, logging, and the supervisor's
 //! main loop.
-#![allow(dead_code, missing_docs)]
+pub use crate::flags::{Common, server, service};
+pub use crate::metrics;
 
-mod flags;
-pub(crate) mod metrics;
-
-#[allow(unused_imports)]
-pub(crate) use flags::{Common, server, service};
-
-use herder::pool::{Pool, PoolEvent};
+use herder_pool::{Pool, PoolEvent};
 use std::time::Duration;
 
 /// Installs the `tracing` subscriber: to stderr, at `level`, as text or JSON lines.
 /// Everything this process logs, the crates' lines included, carries its pid.
 /// Returns the guard of the process's span; keep it for the life of `main`.
-pub(crate) fn init_logging(c: &Common) -> tracing::span::EnteredSpan {
+pub fn init_logging(c: &Common) -> tracing::span::EnteredSpan {
     use tracing_subscriber::filter::LevelFilter;
     let level = match c.log_level.as_str() {
         "error" => LevelFilter::ERROR,
@@ -31,7 +26,7 @@ pub(crate) fn init_logging(c: &Common) -> tracing::span::EnteredSpan {
         "json" => builder.json().try_init(),
         _ => builder.try_init(),
     };
-    let role = if std::env::var_os(herder::pool::WORKER_ENV).is_some() {
+    let role = if std::env::var_os(herder_pool::WORKER_ENV).is_some() {
         "worker"
     } else {
         "supervisor"
@@ -39,22 +34,13 @@ pub(crate) fn init_logging(c: &Common) -> tracing::span::EnteredSpan {
     tracing::info_span!("herder", pid = std::process::id(), role).entered()
 }
 
-/// Logs through `tracing`: 0 error, 1 warn, 2 info, 3 debug.
-#[macro_export]
-macro_rules! log {
-    (0, $($arg:tt)*) => { tracing::error!($($arg)*) };
-    (1, $($arg:tt)*) => { tracing::warn!($($arg)*) };
-    (2, $($arg:tt)*) => { tracing::info!($($arg)*) };
-    (3, $($arg:tt)*) => { tracing::debug!($($arg)*) };
-}
-
 /// The pool configuration both servers start from: the common flags' and the
 /// workers' user.
-pub(crate) fn pool_config(c: &Common) -> anyhow::Result<herder::pool::Config> {
-    let mut config = flags::pool_config(c);
+pub fn pool_config(c: &Common) -> anyhow::Result<herder_pool::Config> {
+    let mut config = crate::flags::pool_config(c);
     if let Some(user) = &c.user {
         use anyhow::Context;
-        let who = herder::pool::Credentials::lookup(user, c.group.as_deref())
+        let who = herder_pool::Credentials::lookup(user, c.group.as_deref())
             .with_context(|| format!("--user {user}"))?;
         config.worker_credentials = Some(who);
     }
@@ -66,7 +52,7 @@ static INHERITED: std::sync::Mutex<Option<Vec<(String, std::os::fd::OwnedFd)>>> 
     std::sync::Mutex::new(None);
 
 /// Takes the inherited sockets whose name `wanted` accepts.
-pub(crate) fn inherited(
+pub fn inherited(
     wanted: impl Fn(&str) -> bool,
 ) -> anyhow::Result<Vec<(String, std::os::fd::OwnedFd)>> {
     use anyhow::Context;
@@ -74,7 +60,7 @@ pub(crate) fn inherited(
         .lock()
         .map_err(|_| anyhow::anyhow!("inherited sockets: poisoned"))?;
     if all.is_none() {
-        *all = Some(herder::pool::systemd::listen_fds().context("socket activation")?);
+        *all = Some(herder_pool::systemd::listen_fds().context("socket activation")?);
     }
     let all = all.get_or_insert_with(Vec::new);
     let (taken, rest) = std::mem::take(all)
@@ -86,12 +72,12 @@ pub(crate) fn inherited(
 
 /// The listener: the one systemd passed (socket activation, `LISTEN_FDS`), or else
 /// one bound to `--listen`. Whether it came from systemd, too.
-pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, bool)> {
+pub fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, bool)> {
     use anyhow::Context;
     let mut activated = inherited(|name| name != metrics::NAME)?;
     match activated.len() {
         0 => {
-            let l = herder::pool::tcp_listener(c.listen)
+            let l = herder_pool::tcp_listener(c.listen)
                 .with_context(|| format!("binding {}", c.listen))?;
             keep_in_systemd(&l);
             Ok((l, false))
@@ -113,14 +99,14 @@ pub(crate) fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, boo
 }
 
 /// The name of the listener in systemd's descriptor store.
-pub(crate) const STORED_LISTENER: &str = "herder-listener";
+pub const STORED_LISTENER: &str = "herder-listener";
 
 /// Under systemd, hands a listener this process bound to systemd's descriptor store,
 /// so that it outlives this supervisor: connections made while none runs wait in its
 /// backlog for the next one (with `FileDescriptorStoreMax=` in the unit).
 fn keep_in_systemd(l: &std::net::TcpListener) {
     use std::os::fd::AsFd;
-    let stored = herder::pool::systemd::Notifier::from_env().and_then(|n| {
+    let stored = herder_pool::systemd::Notifier::from_env().and_then(|n| {
         n.map(|n| n.store_fds(STORED_LISTENER, &[l.as_fd()]))
             .transpose()
     });
@@ -134,7 +120,7 @@ fn keep_in_systemd(l: &std::net::TcpListener) {
 /// The supervisor of the hand-off model: its listener (inherited or bound), passed
 /// on at an upgrade, and the pool with signals and control socket, privileges
 /// dropped as asked. Returns the pool, the listener and its address.
-pub(crate) fn handoff_supervisor(
+pub fn handoff_supervisor(
     c: &Common,
 ) -> anyhow::Result<(Pool, std::net::TcpListener, std::net::SocketAddr)> {
     let (listener, _) = listener(c)?;
@@ -153,9 +139,9 @@ pub(crate) fn handoff_supervisor(
 
 /// After binding: with `--unprivileged-supervisor`, the supervisor switches to the
 /// workers' user (`--user`) too. `refuse` says why it cannot, if it cannot.
-pub(crate) fn drop_privileges(
+pub fn drop_privileges(
     c: &Common,
-    config: &herder::pool::Config,
+    config: &herder_pool::Config,
     refuse: Option<&str>,
 ) -> anyhow::Result<()> {
     let Some(who) = config.worker_credentials else {
@@ -182,7 +168,7 @@ pub(crate) fn drop_privileges(
 /// Runs the supervisor until a graceful stop ends: logs the pool's events, prints the
 /// one `listening on` line once every initial worker is ready, and calls `other` for
 /// the caller's own events.
-pub(crate) fn supervise(
+pub fn supervise(
     pool: &mut Pool,
     addr: std::net::SocketAddr,
     c: &Common,
@@ -222,7 +208,7 @@ pub(crate) fn supervise(
             && pool
                 .workers()
                 .iter()
-                .all(|w| w.state == herder::pool::State::Ready)
+                .all(|w| w.state == herder_pool::State::Ready)
         {
             announced = true;
             // Whoever reads stdout may be gone (after an upgrade, say): never a reason

@@ -2,85 +2,85 @@
 //! from it for the pool and the workers' servers. (Flags that only mean something on
 //! Unix are left out elsewhere.)
 
-use herder::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
-use herder::reactor::{Server, ServerConfig};
+use crate::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
+use herder_reactor::{Server, ServerConfig};
 use std::time::Duration;
 
 /// The options both servers take.
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct Common {
+pub struct Common {
     /// Address to bind; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) listen: std::net::SocketAddr,
+    pub listen: std::net::SocketAddr,
     /// Worker processes (default: the number of CPUs).
     #[arg(long)]
-    pub(crate) workers: Option<usize>,
+    pub workers: Option<usize>,
     /// `echo` writes back every byte; `http` answers every request with 200 OK.
     #[arg(long, default_value = "echo", value_parser = ["echo", "http"])]
-    pub(crate) protocol: String,
+    pub protocol: String,
     /// Answer control requests (line-delimited JSON, `herderctl`) on this Unix
     /// socket; on Windows, on the named pipe `\\.\pipe\NAME`.
     #[arg(long)]
-    pub(crate) control: Option<std::path::PathBuf>,
+    pub control: Option<std::path::PathBuf>,
     /// How long a graceful stop waits for open connections, in seconds (a reload,
     /// a scale-down and an upgrade move them to the workers that stay; those that
     /// cannot move get this long too).
     #[arg(long, default_value_t = 30)]
-    pub(crate) drain_timeout: u64,
+    pub drain_timeout: u64,
     /// Close a connection that reads and writes nothing for this long, in seconds
     /// (HTTP: `408` if it stopped in the middle of a request).
     #[arg(long, default_value_t = 60)]
-    pub(crate) idle_timeout: u64,
+    pub idle_timeout: u64,
     /// HTTP: how long a request's head may take to arrive, and its body may pause,
     /// in seconds; a slower request gets `408`.
     #[arg(long, default_value_t = 10)]
-    pub(crate) request_timeout: u64,
+    pub request_timeout: u64,
     /// The most connections one worker holds at once; at the limit it stops
     /// accepting (the hand-off supervisor sheds new connections when every worker is
     /// full, by the counts the workers last reported). 0: no limit.
     #[arg(long, default_value_t = 0)]
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
     /// Failures of one slot within 30 s (starts that fail, workers dying before
     /// they are ready or more than 10 times a second) that trip its breaker: the
     /// slot then waits a cool-down (10 s, doubling up to 5 min) before it tries
     /// again. 0: no breaker. A ready worker that dies is restarted at once.
     #[arg(long, default_value_t = 5)]
-    pub(crate) crash_limit: usize,
+    pub crash_limit: usize,
     /// The longest wait before restarting a slot that keeps failing, in
     /// milliseconds (the back-off doubles from 100 ms up to this).
     #[arg(long, default_value_t = 10_000)]
-    pub(crate) backoff_max_ms: u64,
+    pub backoff_max_ms: u64,
     #[cfg(unix)]
     /// Run the workers as this user (a name or a numeric id); the supervisor keeps
     /// its own. Needs root.
     #[arg(long)]
-    pub(crate) user: Option<String>,
+    pub user: Option<String>,
     #[cfg(unix)]
     /// The group for `--user` (default: the user's primary group).
     #[arg(long, requires = "user")]
-    pub(crate) group: Option<String>,
+    pub group: Option<String>,
     #[cfg(unix)]
     /// The supervisor switches to `--user` too, once it has bound its sockets (not
     /// with `--accept reuseport`, whose replacement listeners need the binding
     /// user).
     #[arg(long, requires = "user")]
-    pub(crate) unprivileged_supervisor: bool,
+    pub unprivileged_supervisor: bool,
     #[cfg(unix)]
     /// Serve the supervisor's figures for Prometheus at `http://ADDR/metrics`.
     #[arg(long)]
-    pub(crate) metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<std::net::SocketAddr>,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
-    pub(crate) log_level: String,
+    pub log_level: String,
     #[cfg(unix)]
     /// `text` lines, or `json` (one object per line).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub(crate) log_format: String,
+    pub log_format: String,
 }
 
 /// The pool settings the flags give.
-pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
-    let mut config = herder::pool::Config::default();
+pub fn pool_config(c: &Common) -> herder_pool::Config {
+    let mut config = herder_pool::Config::default();
     if let Some(n) = c.workers {
         config.workers = n.max(1);
     }
@@ -98,7 +98,7 @@ pub(crate) fn pool_config(c: &Common) -> herder::pool::Config {
 
 /// The server a worker of either example runs: the chosen protocol, a 60 s idle
 /// timeout, and room for the largest HTTP request.
-pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
+pub fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
     let mut config = ServerConfig::default();
     config.idle_timeout = Some(Duration::from_secs(c.idle_timeout.max(1)));
     config.max_input = MAX_HEAD + MAX_BODY + 1;
@@ -108,7 +108,7 @@ pub(crate) fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
 }
 
 /// A fresh service of the chosen protocol for one connection.
-pub(crate) fn service(c: &Common) -> Protocol {
+pub fn service(c: &Common) -> Protocol {
     match c.protocol.as_str() {
         "http" => Protocol::Http(Http::with_head_timeout(Duration::from_secs(
             c.request_timeout.max(1),
