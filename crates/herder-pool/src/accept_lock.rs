@@ -21,7 +21,7 @@ pub(crate) const LOCK_ENV: &str = "HERDER_ACCEPT_LOCK";
 /// `/proc/self/fd` and are Linux-only as written; elsewhere `Fcntl` uses per-process
 /// POSIX record locks on the inherited descriptor, and `Flock` is refused. `Pthread`
 /// needs robust mutexes: Linux (glibc, musl). On Windows the accept lock is a named
-/// mutex, not written yet.
+/// mutex (`Config::accept_lock`), with no kinds to choose from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum AcceptLockKind {

@@ -13,7 +13,8 @@ pub const FATAL_EXIT_CODE: i32 = 78;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Worker processes. Default: the number of CPUs.
+    /// Worker processes (at least 1, at most 4096; on Unix also at most half
+    /// `scoreboard_capacity`). Default: the number of CPUs.
     pub workers: usize,
     /// The program workers run. Default: this program (`std::env::current_exe`), as
     /// herder's process model re-executes itself.
@@ -161,5 +162,51 @@ impl Default for Config {
             #[cfg(windows)]
             accept_lock: false,
         }
+    }
+}
+
+/// The most workers a pool runs, whatever it is asked (the control socket refuses
+/// more).
+pub(crate) const MAX_WORKERS: usize = 4096;
+
+/// The number of slots a pool keeps when asked for `n`: at least one (a pool without
+/// workers serves nothing, and a stop is how to end it), at most `max` and
+/// [`MAX_WORKERS`].
+pub(crate) fn slot_count(n: usize, max: usize) -> usize {
+    n.clamp(1, max.clamp(1, MAX_WORKERS))
+}
+
+/// Refuses listener names a worker could not be told: they travel joined by `:` (as
+/// systemd's `LISTEN_FDNAMES` does), so a name must be non-empty and without `:`.
+pub(crate) fn check_listener_names<'a>(
+    mut names: impl Iterator<Item = &'a str>,
+) -> Result<(), crate::Error> {
+    match names.find(|n| n.is_empty() || n.contains(':')) {
+        Some(bad) => Err(crate::Error::Environment(format!(
+            "listener name {bad:?}: names must be non-empty and without ':'"
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_count_is_at_least_one_and_capped() {
+        assert_eq!(slot_count(0, 512), 1);
+        assert_eq!(slot_count(4, 512), 4);
+        assert_eq!(slot_count(600, 512), 512);
+        assert_eq!(slot_count(3, 0), 1);
+        assert_eq!(slot_count(usize::MAX, usize::MAX), MAX_WORKERS);
+    }
+
+    #[test]
+    fn listener_names_must_be_plain() {
+        assert!(check_listener_names(["http", "metrics"].into_iter()).is_ok());
+        assert!(check_listener_names(std::iter::empty()).is_ok());
+        assert!(check_listener_names(["http", ""].into_iter()).is_err());
+        assert!(check_listener_names(["a:b"].into_iter()).is_err());
     }
 }

@@ -124,8 +124,11 @@ fn parse(line: &[u8]) -> Result<Command, String> {
                 .get("workers")
                 .and_then(Value::as_u64)
                 .ok_or("scale needs \"workers\": a count")?;
-            if n == 0 || n > 4096 {
-                return Err("workers must be between 1 and 4096".into());
+            if n == 0 || n > crate::config::MAX_WORKERS as u64 {
+                return Err(format!(
+                    "workers must be between 1 and {}",
+                    crate::config::MAX_WORKERS
+                ));
             }
             Ok(Command::Scale(n as usize))
         }

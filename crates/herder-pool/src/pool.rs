@@ -240,8 +240,10 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the program cannot be found or the event loop not created.
+    /// [`Error::Io`] if the program cannot be found or the event loop not created;
+    /// [`Error::Environment`] if a listener's name is empty or contains `:`.
     pub fn new(config: Config, mut listeners: Vec<(String, OwnedFd)>) -> Result<Pool, Error> {
+        crate::config::check_listener_names(listeners.iter().map(|(n, _)| n.as_str()))?;
         let program = match &config.program {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(Error::io("finding the current executable"))?,

@@ -149,7 +149,8 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::Io`] if the program cannot be found, or the rendezvous socket or the
-    /// accept lock cannot be made.
+    /// accept lock cannot be made; [`Error::Environment`] if a listener's name is
+    /// empty or contains `:`.
     pub fn new(config: Config, listeners: Vec<(String, TcpListener)>) -> Result<Pool, Error> {
         let io = |what: &'static str| move |source| Error::Io { what, source };
         let program = match &config.program {
@@ -160,14 +161,7 @@ impl Pool {
             .args
             .clone()
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
-        if listeners
-            .iter()
-            .any(|(n, _)| n.is_empty() || n.contains(':'))
-        {
-            return Err(Error::Environment(
-                "listener names must be non-empty and without ':'".into(),
-            ));
-        }
+        crate::config::check_listener_names(listeners.iter().map(|(n, _)| n.as_str()))?;
         let rendezvous = TcpListener::bind("127.0.0.1:0").map_err(io("binding the rendezvous"))?;
         rendezvous
             .set_nonblocking(true)
@@ -210,7 +204,10 @@ impl Pool {
 
     /// Starts a worker in each of the configured number of slots.
     pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
-        self.grow(self.config.workers.max(1), events);
+        self.grow(
+            crate::config::slot_count(self.config.workers, crate::config::MAX_WORKERS),
+            events,
+        );
     }
 
     /// Adds slots up to `n`, each starting a worker.
@@ -236,7 +233,7 @@ impl Pool {
         if self.stopping {
             return;
         }
-        let n = n.max(1);
+        let n = crate::config::slot_count(n, crate::config::MAX_WORKERS);
         self.grow(n, events);
         if self.slots.len() > n {
             let deadline = Instant::now() + self.config.drain_timeout;

@@ -1,9 +1,12 @@
-//! Recycling after a connection limit, one slot at a time, and scaling with the load.
+//! Recycling after a connection limit, one slot at a time, and scaling with the load;
+//! what a pool refuses or clamps (listener names, a count of zero).
 #![cfg(target_os = "linux")]
 
 mod util;
 
 use herder_pool::{Autoscale, Pool, PoolEvent};
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 #[test]
@@ -80,4 +83,34 @@ fn busy_workers_bring_more_and_idle_ones_go() {
         });
     }
     assert_eq!(pool.workers().len(), 1, "down to the minimum, no further");
+}
+
+#[test]
+fn listener_names_workers_cannot_be_told_are_refused_at_once() {
+    for bad in ["", "a:b"] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = Pool::new(
+            util::config(1, "ready"),
+            vec![(bad.into(), OwnedFd::from(listener))],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("a listener named {bad:?} was accepted"));
+        assert!(
+            matches!(err, herder_pool::Error::Environment(_)),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn scaling_to_zero_keeps_one_worker() {
+    let mut pool = Pool::new(util::config(2, "ready"), Vec::new()).unwrap();
+    util::start_ready(&mut pool, 2);
+    let mut events = Vec::new();
+    pool.scale(0, &mut events);
+    assert_eq!(pool.workers().len(), 1, "{events:?}");
+    pool.stop(&mut events);
+    util::poll_until(&mut pool, Duration::from_secs(30), |e| {
+        matches!(e, PoolEvent::Stopped)
+    });
 }

@@ -60,8 +60,10 @@ impl Pool {
         self.spawn(slot, events);
     }
 
-    /// Changes the number of slots to `n`: new slots start a worker; removed slots
-    /// (the highest) have their workers drained.
+    /// Changes the number of slots to `n` (at least 1, at most half
+    /// [`Config::scoreboard_capacity`](crate::Config::scoreboard_capacity)): new slots
+    /// start a worker; removed slots (the highest) have their workers drained, or
+    /// moved.
     pub fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) {
         let before = events.len();
         self.scale_inner(n, events);
@@ -74,7 +76,7 @@ impl Pool {
         }
         // Half the scoreboard, so that every worker — a draining one next to its
         // successor included — has a record.
-        let n = n.min((self.config.scoreboard_capacity / 2).max(1));
+        let n = crate::config::slot_count(n, self.config.scoreboard_capacity / 2);
         while self.slots.len() > n {
             let slot = self.slots.len() - 1;
             let Some(s) = self.slots.pop() else {
