@@ -224,6 +224,10 @@ struct Slot<S> {
     exclusive: bool,
     /// For an exclusive slot: whether it is in the poller (not paused).
     armed: bool,
+    /// A waitable handle watched in this slot instead of a source
+    /// (`os::windows::ReactorExt`).
+    #[cfg(windows)]
+    waitable: Option<std::os::windows::io::OwnedHandle>,
 }
 
 /// An event loop over a set of sources of type `S`, which it owns.
@@ -328,24 +332,7 @@ impl<S: Source> Reactor<S> {
         exclusive: bool,
         add: impl FnOnce(Key, &S) -> io::Result<()>,
     ) -> io::Result<Key> {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None if self.slots.len() < MAX_SOURCES => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    source: None,
-                    exclusive: false,
-                    armed: false,
-                });
-                self.slots.len() - 1
-            }
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::OutOfMemory,
-                    "reactor is full",
-                ));
-            }
-        };
+        let index = self.free_slot()?;
         let slot = &mut self.slots[index];
         let key = Key::new(index, slot.generation);
         if let Err(e) = add(key, &source) {
@@ -360,6 +347,40 @@ impl<S: Source> Reactor<S> {
         slot.armed = exclusive;
         self.len += 1;
         Ok(key)
+    }
+
+    /// A free slot's index (not yet in use: the caller fills it or gives it back).
+    fn free_slot(&mut self) -> io::Result<usize> {
+        match self.free.pop() {
+            Some(i) => Ok(i),
+            None if self.slots.len() < MAX_SOURCES => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    source: None,
+                    exclusive: false,
+                    armed: false,
+                    #[cfg(windows)]
+                    waitable: None,
+                });
+                Ok(self.slots.len() - 1)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "reactor is full",
+            )),
+        }
+    }
+
+    /// Whether `key` is registered, as a source or (on Windows) a waitable handle.
+    fn is_live(&self, key: Key) -> bool {
+        let Some(slot) = self.slots.get(key.index()) else {
+            return false;
+        };
+        #[cfg(windows)]
+        let watched = slot.source.is_some() || slot.waitable.is_some();
+        #[cfg(not(windows))]
+        let watched = slot.source.is_some();
+        watched && Key::new(key.index(), slot.generation) == key
     }
 
     /// Changes what `key` is watched for; also re-arms a [`Mode::Oneshot`] source.
@@ -660,7 +681,7 @@ impl<S: Source> Reactor<S> {
                 continue;
             }
             let key = Key(ev.key);
-            if self.get(key).is_none() {
+            if !self.is_live(key) {
                 continue;
             }
             events.push(Event::Io {
@@ -687,6 +708,10 @@ impl<S: Source> Drop for Reactor<S> {
         for slot in &mut self.slots {
             if let Some(source) = slot.source.take() {
                 let _ = self.poller.delete(&source);
+            }
+            #[cfg(windows)]
+            if let Some(handle) = slot.waitable.take() {
+                let _ = self.poller.delete_waitable(&handle);
             }
         }
     }

@@ -2,3 +2,5 @@
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub mod linux;
+#[cfg(windows)]
+pub mod windows;

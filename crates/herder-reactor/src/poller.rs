@@ -368,5 +368,47 @@ mod portable {
         pub(crate) fn notify(&self) -> io::Result<()> {
             self.0.notify()
         }
+
+        /// Watches a waitable handle (a process, an event): reported readable, once,
+        /// when it is signalled.
+        ///
+        /// # Safety
+        ///
+        /// `handle` must be deleted from the poller before it is closed.
+        #[cfg(windows)]
+        pub(crate) unsafe fn add_waitable(
+            &self,
+            handle: &std::os::windows::io::OwnedHandle,
+            key: usize,
+        ) -> io::Result<()> {
+            use polling::os::iocp::PollerIocpExt;
+            // SAFETY: the caller's promise is `add_waitable`'s.
+            unsafe {
+                self.0
+                    .add_waitable(handle, polling::Event::readable(key), PollMode::Oneshot)
+            }
+        }
+
+        /// Arms a waitable handle again after it was reported.
+        #[cfg(windows)]
+        pub(crate) fn rearm_waitable(
+            &self,
+            handle: &std::os::windows::io::OwnedHandle,
+            key: usize,
+        ) -> io::Result<()> {
+            use polling::os::iocp::PollerIocpExt;
+            self.0
+                .modify_waitable(handle, polling::Event::readable(key), PollMode::Oneshot)
+        }
+
+        /// Stops watching a waitable handle.
+        #[cfg(windows)]
+        pub(crate) fn delete_waitable(
+            &self,
+            handle: &std::os::windows::io::OwnedHandle,
+        ) -> io::Result<()> {
+            use polling::os::iocp::PollerIocpExt;
+            self.0.remove_waitable(handle)
+        }
     }
 }

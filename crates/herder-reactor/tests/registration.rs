@@ -121,3 +121,100 @@ fn a_paused_source_whose_peer_hung_up_does_not_wake_every_poll() {
     }
     assert!(woken <= 1, "a paused source woke {woken} polls");
 }
+
+/// Waitable handles (`os::windows`): a child process's exit and an event set from
+/// another thread wake the loop under their keys, once per arming, next to sockets.
+#[cfg(windows)]
+mod waitables {
+    use super::{LONG, SHORT, io_keys};
+    use herder_reactor::os::windows::ReactorExt;
+    use herder_reactor::{Event, Reactor};
+    use std::net::TcpStream;
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+    use windows_sys::Win32::System::Threading::{CreateEventW, SetEvent};
+
+    fn event() -> OwnedHandle {
+        // SAFETY: an unnamed auto-reset event, not set; a null return is checked.
+        let raw = unsafe { CreateEventW(std::ptr::null(), 0, 0, std::ptr::null()) };
+        assert!(
+            !raw.is_null(),
+            "CreateEventW: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a new handle that nothing else owns.
+        unsafe { OwnedHandle::from_raw_handle(raw) }
+    }
+
+    fn set(handle: &OwnedHandle) {
+        use std::os::windows::io::AsRawHandle;
+        // SAFETY: a live event handle.
+        assert_ne!(unsafe { SetEvent(handle.as_raw_handle()) }, 0);
+    }
+
+    fn poll_for(reactor: &mut Reactor<TcpStream>, key: herder_reactor::Key) -> Vec<Event> {
+        let deadline = std::time::Instant::now() + LONG;
+        let mut events = Vec::new();
+        while !io_keys(&events).contains(&key) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{key:?} never reported"
+            );
+            reactor.poll(&mut events, Some(LONG)).unwrap();
+        }
+        events
+    }
+
+    #[test]
+    fn a_child_process_exit_is_an_event() {
+        let exe = std::env::current_exe().unwrap();
+        // The test binary lists its tests and exits.
+        let child = std::process::Command::new(exe)
+            .arg("--list")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reactor: Reactor<TcpStream> = Reactor::new().unwrap();
+        let key = reactor.add_waitable(OwnedHandle::from(child)).unwrap();
+        assert_eq!(reactor.len(), 1);
+        assert!(reactor.waitable(key).is_some());
+        assert!(reactor.get(key).is_none(), "a waitable is not a source");
+        let events = poll_for(&mut reactor, key);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Io { key: k, readable: true, .. } if *k == key
+        )));
+        // Reported once: not again until re-armed.
+        let mut events = Vec::new();
+        reactor.poll(&mut events, Some(SHORT)).unwrap();
+        assert!(!io_keys(&events).contains(&key), "{events:?}");
+        let process = reactor.remove_waitable(key).unwrap();
+        drop(process);
+        assert!(reactor.is_empty());
+        assert!(reactor.remove_waitable(key).is_err(), "a stale key");
+    }
+
+    #[test]
+    fn an_event_set_from_another_thread_wakes_the_loop_each_time_it_is_rearmed() {
+        let mut reactor: Reactor<TcpStream> = Reactor::new().unwrap();
+        let handle = event();
+        let raw = handle.try_clone().unwrap();
+        let key = reactor.add_waitable(handle).unwrap();
+        for _ in 0..3 {
+            let raw = raw.try_clone().unwrap();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(SHORT);
+                set(&raw);
+            });
+            poll_for(&mut reactor, key);
+            t.join().unwrap();
+            reactor.rearm_waitable(key).unwrap();
+        }
+        // Not set since: nothing reported.
+        let mut events = Vec::new();
+        reactor.poll(&mut events, Some(SHORT)).unwrap();
+        assert!(!io_keys(&events).contains(&key), "{events:?}");
+        // A source's calls refuse a waitable's key, and the other way round.
+        assert!(reactor.deregister(key).is_err());
+        assert!(reactor.remove_waitable(key).is_ok());
+    }
+}
