@@ -13,6 +13,12 @@
 //! supervisor at start, presenting a one-time token from its environment: nothing
 //! is inherited but the standard handles, and another local process cannot take a
 //! worker's place without the token.
+//!
+//! The supervisor runs on a herder-reactor event loop (IOCP): the rendezvous socket,
+//! each worker's process handle (its exit) and the stop event are watched there, and
+//! the threads that block on a channel's or the control pipe's reads wake the loop
+//! when they have something. Deadlines (ready timeout, drain, heartbeats, back-off)
+//! bound the wait; nothing is polled on a tick.
 
 use crate::Error;
 pub use crate::config::{Config, FATAL_EXIT_CODE};
@@ -21,6 +27,8 @@ use crate::restart::{Decision, Exit, History};
 pub use crate::state::{Load, State, WorkerInfo};
 use crate::state::{reload_finished, status_response};
 use herder_fd::{Channel, Handoff, Message};
+use herder_reactor::os::windows::ReactorExt;
+use herder_reactor::{Event, Interest, Key, Mode, Reactor, Waker};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
@@ -58,6 +66,8 @@ struct Slot {
 
 struct Proc {
     child: Child,
+    /// Its process handle in the event loop: reported when it exits.
+    exit_key: Key,
     slot: usize,
     generation: u64,
     /// The load it last reported.
@@ -84,6 +94,24 @@ struct Proc {
     ready_pending: bool,
     /// When it is terminated if still running (ready timeout, drain deadline).
     deadline: Option<Instant>,
+}
+
+/// Where the threads that block (channel reads, the control pipe) report to the
+/// pool: a queue, and the loop woken for each report.
+#[derive(Clone)]
+struct Reporter {
+    queue: mpsc::Sender<Report>,
+    waker: Waker,
+}
+
+impl Reporter {
+    /// Queues `report` and wakes the pool; false if the pool is gone.
+    fn send(&self, report: Report) -> bool {
+        let queued = self.queue.send(report).is_ok();
+        // A pool that cannot be woken is gone, and the queue says so next time.
+        let _ = self.waker.wake();
+        queued
+    }
 }
 
 /// What the channel threads report.
@@ -115,17 +143,23 @@ pub struct Pool {
     program: PathBuf,
     args: Vec<OsString>,
     listeners: Vec<(String, TcpListener)>,
-    /// Where workers connect their channels.
-    rendezvous: TcpListener,
+    /// The event loop: the rendezvous socket, the workers' process handles, the stop
+    /// event.
+    reactor: Reactor<TcpListener>,
+    /// What the last wait reported.
+    ready: Vec<Event>,
+    /// Where workers connect their channels: its key and address.
+    rendezvous: (Key, SocketAddr),
     slots: Vec<Slot>,
     procs: HashMap<u32, Proc>,
     reports: mpsc::Receiver<Report>,
-    reporter: mpsc::Sender<Report>,
+    reporter: Reporter,
     /// The accept lock's mutex: held open here so that it exists while workers come
     /// and go.
     lock: Option<(String, std::os::windows::io::OwnedHandle)>,
-    /// Signaled by [`request_stop`] from another process: a graceful stop.
-    stop_event: std::os::windows::io::OwnedHandle,
+    /// The key of the event [`request_stop`] signals from another process: a
+    /// graceful stop.
+    stop_key: Key,
     stopping: bool,
     stopped_reported: bool,
     /// The newest generation.
@@ -162,10 +196,17 @@ impl Pool {
             .clone()
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
         crate::config::check_listener_names(listeners.iter().map(|(n, _)| n.as_str()))?;
+        let mut reactor = Reactor::new().map_err(io("creating the event loop"))?;
         let rendezvous = TcpListener::bind("127.0.0.1:0").map_err(io("binding the rendezvous"))?;
         rendezvous
             .set_nonblocking(true)
             .map_err(io("binding the rendezvous"))?;
+        let rendezvous_addr = rendezvous
+            .local_addr()
+            .map_err(io("binding the rendezvous"))?;
+        let rendezvous_key = reactor
+            .register(rendezvous, Interest::READABLE, Mode::Level)
+            .map_err(io("watching the rendezvous"))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -178,19 +219,28 @@ impl Pool {
         };
         let stop_event = crate::sys::create_event(&stop_event_name(std::process::id()))
             .map_err(io("creating the stop event"))?;
-        let (reporter, reports) = mpsc::channel();
+        let stop_key = reactor
+            .add_waitable(stop_event)
+            .map_err(io("watching the stop event"))?;
+        let (queue, reports) = mpsc::channel();
+        let reporter = Reporter {
+            queue,
+            waker: reactor.waker(),
+        };
         Ok(Pool {
             config,
             program,
             args,
             listeners,
-            rendezvous,
+            reactor,
+            ready: Vec::new(),
+            rendezvous: (rendezvous_key, rendezvous_addr),
             slots: Vec::new(),
             procs: HashMap::new(),
             reports,
             reporter,
             lock,
-            stop_event,
+            stop_key,
             stopping: false,
             stopped_reported: false,
             generation: 1,
@@ -402,6 +452,9 @@ impl Pool {
     /// sending fails.
     pub fn send(&mut self, slot: usize, payload: &[u8]) -> Result<u32, Error> {
         let (pid, p) = self.current_proc(slot)?;
+        if !p.ready || p.draining {
+            return Err(Error::NoWorker(slot));
+        }
         let ch = p.channel.as_mut().ok_or(Error::NoWorker(slot))?;
         ch.send(payload)
             .map_err(|source| Error::Channel { slot, source })?;
@@ -442,44 +495,74 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// None yet; failures of single workers are events.
+    /// [`Error::Io`] if the event loop fails. Failures of single workers are events,
+    /// never errors.
     pub fn poll(
         &mut self,
         events: &mut Vec<PoolEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), Error> {
-        // Exits and deadlines are checked on a short tick; channel messages wake the
-        // wait at once.
-        let tick = Duration::from_millis(20);
-        let wait = timeout.map_or(tick, |t| t.min(tick));
-        let end = Instant::now() + timeout.unwrap_or(Duration::MAX.min(Duration::from_secs(3600)));
-        loop {
-            if !self.stopping && crate::sys::event_signaled(&self.stop_event) {
-                self.stop(events);
+        // The wait ends at the next deadline of the pool's own, or at a wake-up: a
+        // worker's exit, the rendezvous, the stop event, a thread's report.
+        let now = Instant::now();
+        let wait = match self.next_deadline() {
+            Some(at) => {
+                let until = at.saturating_duration_since(now);
+                Some(timeout.map_or(until, |t| t.min(until)))
             }
-            self.accept_channels();
-            match self.reports.recv_timeout(wait) {
-                Ok(r) => self.on_report(r, events),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {}
-            }
-            while let Ok(r) = self.reports.try_recv() {
-                self.on_report(r, events);
-            }
-            self.reap(events);
-            self.timers(events);
-            if self.reload_pending
-                && self.reloading.is_none()
-                && !self.procs.values().any(|p| p.draining)
-            {
-                self.reload_pending = false;
-                self.reload(events);
-            }
-            self.check_stopped(events);
-            if !events.is_empty() || Instant::now() >= end {
-                return Ok(());
+            None => timeout,
+        };
+        let mut ready = std::mem::take(&mut self.ready);
+        let waited = self.reactor.poll(&mut ready, wait);
+        for e in &ready {
+            match *e {
+                Event::Io { key, .. } if key == self.stop_key => self.stop(events),
+                Event::Io { key, .. } if key == self.rendezvous.0 => self.accept_channels(),
+                // Exits: `reap` looks at every worker.
+                _ => {}
             }
         }
+        self.ready = ready;
+        waited.map_err(|source| Error::Io {
+            what: "waiting for events",
+            source,
+        })?;
+        while let Ok(r) = self.reports.try_recv() {
+            self.on_report(r, events);
+        }
+        self.reap(events);
+        self.timers(events);
+        if self.reload_pending
+            && self.reloading.is_none()
+            && !self.procs.values().any(|p| p.draining)
+        {
+            self.reload_pending = false;
+            self.reload(events);
+        }
+        self.check_stopped(events);
+        Ok(())
+    }
+
+    /// The earliest deadline of the pool's own: a worker's ready or drain deadline,
+    /// the end of its heartbeat allowance, a slot's back-off or cool-down.
+    fn next_deadline(&self) -> Option<Instant> {
+        let heartbeat = self.config.heartbeat_timeout;
+        let procs = self.procs.values().flat_map(|p| {
+            let silent_until = match (heartbeat, p.last_heard) {
+                (Some(limit), Some(heard)) if p.ready && !p.draining && !p.hung => {
+                    // `timers` acts once the silence is longer than the limit.
+                    Some(heard + limit + Duration::from_millis(1))
+                }
+                _ => None,
+            };
+            [p.deadline, silent_until]
+        });
+        let slots = self
+            .slots
+            .iter()
+            .filter(|s| !self.stopping && matches!(s.state, State::Backoff | State::Tripped))
+            .map(|s| s.restart_at);
+        procs.chain(slots).flatten().min()
     }
 
     /// Starts the worker of `slot`, at the newest generation (whichever one it had
@@ -502,14 +585,7 @@ impl Pool {
     fn launch(&mut self, slot: usize, generation: u64, events: &mut Vec<PoolEvent>) -> Option<u32> {
         // Unguessable: whoever presents it gets the worker's channel.
         let token = format!("{:016x}{:016x}{slot:x}", random_u64(), random_u64());
-        let addr = match self.rendezvous.local_addr() {
-            Ok(a) => a,
-            Err(source) => {
-                let error = Error::Spawn { slot, source };
-                events.push(PoolEvent::SpawnFailed { slot, error });
-                return None;
-            }
-        };
+        let addr = self.rendezvous.1;
         let names: Vec<&str> = self.listeners.iter().map(|(n, _)| n.as_str()).collect();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
@@ -521,13 +597,28 @@ impl Pool {
             Some((name, _)) => cmd.env(LOCK_ENV, name),
             None => cmd.env_remove(LOCK_ENV),
         };
-        match cmd.spawn() {
-            Ok(child) => {
+        let spawned = cmd.spawn().and_then(|mut child| {
+            // Its exit wakes the loop.
+            let watched = std::os::windows::io::AsHandle::as_handle(&child)
+                .try_clone_to_owned()
+                .and_then(|h| self.reactor.add_waitable(h));
+            match watched {
+                Ok(key) => Ok((child, key)),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err(e)
+                }
+            }
+        });
+        match spawned {
+            Ok((child, exit_key)) => {
                 let pid = child.id();
                 self.procs.insert(
                     pid,
                     Proc {
                         child,
+                        exit_key,
                         slot,
                         generation,
                         accepted: 0,
@@ -567,7 +658,10 @@ impl Pool {
     /// reads its token (at most 5 s), so that a local process that connects and
     /// says nothing holds up nothing but that thread.
     fn accept_channels(&mut self) {
-        while let Ok((stream, _)) = self.rendezvous.accept() {
+        let Some(rendezvous) = self.reactor.get(self.rendezvous.0) else {
+            return;
+        };
+        while let Ok((stream, _)) = rendezvous.accept() {
             let reporter = self.reporter.clone();
             std::thread::spawn(move || channel_thread(stream, reporter));
         }
@@ -773,6 +867,7 @@ impl Pool {
             let Some(p) = self.procs.remove(&pid) else {
                 continue;
             };
+            let _ = self.reactor.remove_waitable(p.exit_key);
             let slot = p.slot;
             let mark = events.len();
             let restart_in = self.exited(pid, &p, status, events);
@@ -964,7 +1059,7 @@ impl Pool {
 /// A channel connection's thread: reads the token, reports it with a clone of the
 /// stream, and once the pool accepted it (and handed over the listeners), reads the
 /// worker's messages until the channel ends.
-fn channel_thread(stream: TcpStream, reporter: mpsc::Sender<Report>) {
+fn channel_thread(stream: TcpStream, reporter: Reporter) {
     let setup = || -> io::Result<(Vec<u8>, TcpStream, TcpStream)> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
@@ -984,14 +1079,11 @@ fn channel_thread(stream: TcpStream, reporter: mpsc::Sender<Report>) {
         return;
     };
     let (go, wait) = mpsc::channel();
-    if reporter
-        .send(Report::Hello {
-            token,
-            stream: for_pool,
-            go,
-        })
-        .is_err()
-    {
+    if !reporter.send(Report::Hello {
+        token,
+        stream: for_pool,
+        go,
+    }) {
         return;
     }
     let Ok(pid) = wait.recv() else {
@@ -999,11 +1091,11 @@ fn channel_thread(stream: TcpStream, reporter: mpsc::Sender<Report>) {
     };
     let mut reader = Channel::new(mine, pid);
     while let Ok(Some(message)) = reader.recv() {
-        if reporter.send(Report::Message(pid, message)).is_err() {
+        if !reporter.send(Report::Message(pid, message)) {
             return;
         }
     }
-    let _ = reporter.send(Report::Closed(pid));
+    reporter.send(Report::Closed(pid));
 }
 
 impl crate::control::Controlled for Pool {
@@ -1039,7 +1131,7 @@ fn control_thread(
     path: &str,
     first: OwnedHandle,
     security: &crate::sys::SecurityDescriptor,
-    reporter: &mpsc::Sender<Report>,
+    reporter: &Reporter,
     closed: &AtomicBool,
 ) {
     let busy = Arc::new(AtomicUsize::new(0));
@@ -1072,7 +1164,7 @@ fn control_thread(
 
 /// Reads one request line from a control client, has the pool carry it out, and
 /// writes the answer.
-fn serve_control(mut conn: std::fs::File, reporter: &mpsc::Sender<Report>) {
+fn serve_control(mut conn: std::fs::File, reporter: &Reporter) {
     use std::io::{Read, Write};
     let mut line = Vec::new();
     let mut buf = [0u8; 4096];
@@ -1085,10 +1177,7 @@ fn serve_control(mut conn: std::fs::File, reporter: &mpsc::Sender<Report>) {
             line.truncate(end);
             let (reply, answer) = mpsc::channel();
             let asked = Instant::now();
-            if reporter
-                .send(Report::Control { line, reply, asked })
-                .is_err()
-            {
+            if !reporter.send(Report::Control { line, reply, asked }) {
                 return;
             }
             break answer
@@ -1143,8 +1232,8 @@ fn stop_event_name(pid: u32) -> String {
 
 /// Asks the pool of supervisor `pid` (in this session, of this user) to stop
 /// gracefully, as `SIGTERM` does on Unix: Windows has no signals, and a server
-/// without a console gets no Ctrl-C. The pool polls its stop event and starts a
-/// graceful stop when it is signaled.
+/// without a console gets no Ctrl-C. The pool's event loop watches its stop event
+/// and starts a graceful stop when it is signaled.
 ///
 /// # Errors
 ///
@@ -1154,7 +1243,11 @@ pub fn request_stop(pid: u32) -> io::Result<()> {
 }
 
 /// Tells a worker to drain, by `deadline`.
+/// A worker told already keeps its first deadline.
 fn drain(p: &mut Proc, deadline: Instant) {
+    if p.draining {
+        return;
+    }
     p.draining = true;
     p.deadline = Some(deadline);
     let told = p

@@ -80,12 +80,6 @@ pub(crate) fn create_event(name: &str) -> io::Result<OwnedHandle> {
     owned(unsafe { CreateEventW(std::ptr::null(), 0, 0, name.as_ptr()) })
 }
 
-/// Whether the event is signaled (an auto-reset event is reset by the check).
-pub(crate) fn event_signaled(event: &OwnedHandle) -> bool {
-    // SAFETY: a valid event handle; a zero timeout never blocks.
-    unsafe { WaitForSingleObject(event.as_raw_handle(), 0) == WAIT_OBJECT_0 }
-}
-
 /// Signals the named event `name`.
 pub(crate) fn signal_event(name: &str) -> io::Result<()> {
     let name = wide(name);
