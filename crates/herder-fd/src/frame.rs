@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! byte 0      version (1)
-//! byte 1      flags (reserved, 0)
+//! byte 1      flags: bit 0, the sender waits for no acknowledgement of the
+//!             sockets attached (Windows); the other bits are reserved, 0
 //! bytes 2..4  number of attached descriptors, u16 little-endian
 //! bytes 4..8  payload length, u32 little-endian
 //! bytes 8..   payload
@@ -17,10 +18,15 @@ use std::io;
 
 pub(crate) const VERSION: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 8;
+/// Flag: the sender of the attached sockets waits for no acknowledgement.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) const NO_ACK: u8 = 1;
+const KNOWN_FLAGS: u8 = NO_ACK;
 
 /// A decoded frame header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Header {
+    pub(crate) flags: u8,
     pub(crate) nfds: usize,
     pub(crate) len: usize,
 }
@@ -29,6 +35,7 @@ impl Header {
     pub(crate) fn encode(self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0] = VERSION;
+        h[1] = self.flags;
         h[2..4].copy_from_slice(&(self.nfds as u16).to_le_bytes());
         h[4..8].copy_from_slice(&(self.len as u32).to_le_bytes());
         h
@@ -42,9 +49,10 @@ impl Header {
         if b[0] != VERSION {
             return Err(Error::Malformed("unknown frame version").into());
         }
-        if b[1] != 0 {
+        if b[1] & !KNOWN_FLAGS != 0 {
             return Err(Error::Malformed("unknown frame flags").into());
         }
+        let flags = b[1];
         let nfds = u16::from_le_bytes([b[2], b[3]]) as usize;
         let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
         if nfds > max_fds {
@@ -56,7 +64,7 @@ impl Header {
         if len > max_len {
             return Err(invalid_data(Error::MessageTooLarge { len, max: max_len }));
         }
-        Ok(Header { nfds, len })
+        Ok(Header { flags, nfds, len })
     }
 }
 
@@ -67,6 +75,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let h = Header {
+            flags: NO_ACK,
             nfds: 253,
             len: 70_000,
         };
@@ -79,17 +88,25 @@ mod tests {
         assert_eq!(kind(b"\x01\x00\x00"), io::ErrorKind::InvalidData);
         assert_eq!(kind(b"GET / HT"), io::ErrorKind::InvalidData);
         assert_eq!(
-            kind(b"\x01\x01\x00\x00\x00\x00\x00\x00"),
+            kind(b"\x01\x02\x00\x00\x00\x00\x00\x00"),
             io::ErrorKind::InvalidData
         );
-        let big = Header { nfds: 0, len: 1025 }.encode();
+        let big = Header {
+            len: 1025,
+            ..Header::default()
+        }
+        .encode();
         let e = Header::decode(&big, 1024, 253).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(matches!(
             Error::of(&e),
             Some(Error::MessageTooLarge { len: 1025, .. })
         ));
-        let many = Header { nfds: 254, len: 0 }.encode();
+        let many = Header {
+            nfds: 254,
+            ..Header::default()
+        }
+        .encode();
         assert!(matches!(
             Error::of(&Header::decode(&many, 1024, 253).unwrap_err()),
             Some(Error::TooManyFds { count: 254, .. })

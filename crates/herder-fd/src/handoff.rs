@@ -29,13 +29,10 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 const TAG: u8 = b'H';
-#[cfg(unix)]
 const BATCH_TAG: u8 = b'B';
 /// A batch's header: tag, reserved, count.
-#[cfg(unix)]
 pub(crate) const BATCH_HEADER_LEN: usize = 4;
 /// A batch record's length prefix.
-#[cfg(unix)]
 pub(crate) const RECORD_PREFIX_LEN: usize = 4;
 /// The longest typed header: tag, kind, family, reserved, id, an IPv6 address.
 pub(crate) const MAX_META_LEN: usize = 4 + 8 + 16 + 2 + 4 + 4;
@@ -100,8 +97,7 @@ pub(crate) fn encoded(kind: SocketKind, h: &Handoff<'_>) -> Vec<u8> {
 }
 
 /// Encodes a batch of hand-offs of one kind. The caller checks that there are at most
-/// `u16::MAX` (in practice [`MAX_FDS_PER_MESSAGE`](crate::MAX_FDS_PER_MESSAGE)).
-#[cfg(unix)]
+/// `u16::MAX` (in practice `MAX_FDS_PER_MESSAGE` on Unix, `MAX_SOCKETS_PER_MESSAGE` on Windows).
 pub(crate) fn encode_batch<'a>(
     kind: SocketKind,
     items: impl ExactSizeIterator<Item = &'a Handoff<'a>>,
@@ -120,14 +116,12 @@ pub(crate) fn encode_batch<'a>(
 }
 
 /// Whether a payload is a batch rather than a single hand-off.
-#[cfg(unix)]
 pub(crate) fn is_batch(p: &[u8]) -> bool {
     p.first() == Some(&BATCH_TAG)
 }
 
 /// Splits a batch into its records: each record's metadata, and the range of the
 /// payload that holds its data.
-#[cfg(unix)]
 pub(crate) fn decode_batch(p: &[u8]) -> io::Result<Vec<(Meta, std::ops::Range<usize>)>> {
     let bad = |what| -> io::Error { Error::Malformed(what).into() };
     if p.len() < BATCH_HEADER_LEN || p[0] != BATCH_TAG || p[1] != 0 {
@@ -265,7 +259,6 @@ mod tests {
         }
     }
 
-    #[cfg(unix)]
     #[test]
     fn a_batch_round_trips_and_every_cut_is_rejected() {
         let items = [
@@ -377,7 +370,6 @@ mod tests {
             }
         }
 
-        #[cfg(unix)]
         proptest! {
             /// A batch from a hostile peer: an error, or records whose ranges are in
             /// bounds and whose number the payload can hold — never a panic, never an

@@ -52,10 +52,12 @@
 mod error;
 mod frame;
 mod handoff;
+mod message;
 mod socket;
 
 pub use error::Error;
 pub use handoff::{Handoff, SocketKind};
+pub use message::Message;
 pub use socket::{Received, Socket, Transfer};
 
 #[cfg_attr(unix, path = "sys/unix.rs")]
@@ -66,7 +68,7 @@ mod sys;
 mod channel;
 #[cfg(unix)]
 pub use channel::{
-    CHANNEL_ENV, Channel, ChannelKind, ChildEnd, DEFAULT_MAX_PAYLOAD, MAX_FDS_PER_MESSAGE, Message,
+    CHANNEL_ENV, Channel, ChannelKind, ChildEnd, DEFAULT_MAX_PAYLOAD, MAX_FDS_PER_MESSAGE,
     PeerCredentials, is_cloexec, peer_credentials, recv_fds, send_fds,
 };
 
@@ -77,7 +79,7 @@ pub mod tokio;
 #[cfg(windows)]
 mod channel_windows;
 #[cfg(windows)]
-pub use channel_windows::{Channel, DEFAULT_MAX_PAYLOAD, Duplex, Message};
+pub use channel_windows::{Channel, DEFAULT_MAX_PAYLOAD, Duplex, MAX_SOCKETS_PER_MESSAGE};
 
 #[cfg(not(any(unix, windows)))]
 compile_error!("herder-fd supports Unix and Windows only");
