@@ -345,21 +345,31 @@ impl Channel {
     }
 
     /// Receives a socket sent with [`send_socket`](Self::send_socket), rebuilds it with
-    /// `WSASocketW(FROM_PROTOCOL_INFO)` (not inheritable) and acknowledges it.
-    /// `Ok(None)` at end of stream.
+    /// `WSASocketW(FROM_PROTOCOL_INFO)` (not inheritable) and acknowledges it; or the
+    /// one socket of a [`send_sockets`](Self::send_sockets), which waits for no
+    /// acknowledgement. `Ok(None)` at end of stream.
     ///
     /// # Errors
     ///
     /// [`Error::Malformed`] if the message is not a typed hand-off; what `WSASocketW`
-    /// returns (also reported to the sender); stream errors.
+    /// returns (also reported to the sender); [`Error::FdCountMismatch`] for a batch of
+    /// more than one; stream errors.
     #[doc(alias = "WSASocketW")]
     pub fn recv_socket(&mut self) -> io::Result<Option<Received>> {
         let Some(frame) = self.read_frame()? else {
             return Ok(None);
         };
         if frame.flags & NO_ACK != 0 {
-            // One of a `send_sockets`: nobody waits for an answer.
-            return rebuild(frame).into_socket().map(Some);
+            // A `send_sockets` of one: nobody waits for an answer.
+            let mut sockets = rebuild(frame).into_sockets()?;
+            return match (sockets.pop(), sockets.is_empty()) {
+                (Some(one), true) => Ok(Some(one)),
+                (got, _) => Err(Error::FdCountMismatch {
+                    expected: 1,
+                    received: sockets.len() + usize::from(got.is_some()),
+                }
+                .into()),
+            };
         }
         let (mut payload, infos) = (frame.payload, frame.infos);
         if infos.len() != sys::PROTOCOL_INFO_LEN {

@@ -55,6 +55,7 @@ impl Message {
     /// # Examples
     ///
     /// ```
+    /// # #[cfg(unix)] {
     /// use herder_fd::{Channel, Handoff};
     /// use std::net::{TcpListener, TcpStream};
     ///
@@ -63,6 +64,7 @@ impl Message {
     /// let (mut tx, mut rx) = Channel::pair()?;
     /// tx.send_sockets(&[(&a, Handoff { id: 7, ..Default::default() })])?;
     /// assert_eq!(rx.recv()?.expect("a message").handoff_ids()?, [7]);
+    /// # }
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn handoff_ids(&self) -> io::Result<Vec<u64>> {
@@ -122,6 +124,7 @@ impl Message {
     /// # Examples
     ///
     /// ```
+    /// # #[cfg(unix)] {
     /// use herder_fd::{Channel, Handoff};
     /// use std::net::{TcpListener, TcpStream};
     ///
@@ -133,6 +136,7 @@ impl Message {
     /// tx.send_sockets(&[(&a, ha), (&b, hb)])?;
     /// let got = rx.recv()?.expect("a message").into_sockets()?;
     /// assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+    /// # }
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn into_sockets(self) -> io::Result<Vec<Received>> {

@@ -169,6 +169,22 @@ fn a_batch_of_sockets_travels_without_an_acknowledgement() {
         assert_eq!(reply, format!("#{}", 10 + i));
     }
     assert_eq!(rx.recv().unwrap().unwrap().payload(), b"after");
+    // A batch of one is what `recv_socket` takes, too.
+    let (client, conn) = (
+        TcpStream::connect(l.local_addr().unwrap()).unwrap(),
+        l.accept().unwrap().0,
+    );
+    tx.send_sockets(&[(
+        &conn,
+        Handoff {
+            id: 5,
+            ..Default::default()
+        },
+    )])
+    .unwrap();
+    let got = rx.recv_socket().unwrap().expect("a socket");
+    assert_eq!(got.id, 5);
+    drop((client, conn, got));
     // Too many for one message: refused before anything is sent.
     let one = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let many: Vec<(&TcpStream, Handoff<'_>)> = (0..=herder_fd::MAX_SOCKETS_PER_MESSAGE)

@@ -15,10 +15,10 @@
 //! worker's place without the token.
 //!
 //! The supervisor runs on a herder-reactor event loop (IOCP): the rendezvous socket,
-//! each worker's process handle (its exit) and the stop event are watched there, and
-//! the threads that block on a channel's or the control pipe's reads wake the loop
-//! when they have something. Deadlines (ready timeout, drain, heartbeats, back-off)
-//! bound the wait; nothing is polled on a tick.
+//! the workers' channels (non-blocking), each worker's process handle (its exit) and
+//! the stop event are watched there; the threads that block on the control pipe wake
+//! the loop when they have a request. Deadlines (ready timeout, drain, heartbeats,
+//! back-off, a token not presented) bound the wait; nothing is polled on a tick.
 
 use crate::Error;
 pub use crate::config::{Config, FATAL_EXIT_CODE};
@@ -34,6 +34,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::windows::io::OwnedHandle;
+use std::os::windows::io::{AsSocket, BorrowedSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,6 +51,38 @@ const CHANNEL_ENV: &str = "HERDER_WORKER_CHANNEL";
 const LOCK_ENV: &str = "HERDER_ACCEPT_MUTEX";
 /// How long a control client waits for the pool to carry out its request.
 const CONTROL_WAIT: Duration = Duration::from_secs(30);
+/// How long a connection to the rendezvous has to present its token.
+const HELLO_WAIT: Duration = Duration::from_secs(5);
+/// Connections to the rendezvous that have not presented a token, at most; more are
+/// closed at once.
+const MAX_HELLOS: usize = 64;
+/// Messages read from one worker's channel per wake-up, so that one that floods it
+/// does not starve the others (the channel is level-triggered: the rest comes next).
+const READ_BATCH: usize = 256;
+
+/// The sockets the pool's loop watches (its waitable handles aside).
+enum Watched {
+    /// Where workers connect their channels.
+    Rendezvous(TcpListener),
+    /// A connection from a worker: its own handle on the socket its [`Channel`]
+    /// reads and writes.
+    Conn(TcpStream),
+}
+
+impl AsSocket for Watched {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        match self {
+            Watched::Rendezvous(l) => l.as_socket(),
+            Watched::Conn(c) => c.as_socket(),
+        }
+    }
+}
+
+/// A connection to the rendezvous that has not yet presented its token.
+struct Hello {
+    channel: Channel,
+    until: Instant,
+}
 
 struct Slot {
     state: State,
@@ -85,8 +118,9 @@ struct Proc {
     token: String,
     ready: bool,
     draining: bool,
-    /// Where the pool writes to the worker; the reading half is with a thread.
-    channel: Option<Channel>,
+    /// The worker's channel (non-blocking), once it connected, and its key in the
+    /// loop.
+    channel: Option<(Channel, Key)>,
     /// The second connection, for hand-offs: the pool's alone, so that it can wait
     /// for each acknowledgement on it.
     handoff: Option<Channel>,
@@ -114,18 +148,8 @@ impl Reporter {
     }
 }
 
-/// What the channel threads report.
+/// What the control pipe's threads report.
 enum Report {
-    /// A connection to the rendezvous presented `token`; the thread waits for the
-    /// go-ahead (the pool first hands over the listeners on `stream`) before it reads
-    /// the channel for the worker whose pid it is sent.
-    Hello {
-        token: Vec<u8>,
-        stream: TcpStream,
-        go: mpsc::Sender<u32>,
-    },
-    Message(u32, Message),
-    Closed(u32),
     /// A request line from the control pipe, where its answer goes, and when it
     /// was asked.
     Control {
@@ -143,9 +167,13 @@ pub struct Pool {
     program: PathBuf,
     args: Vec<OsString>,
     listeners: Vec<(String, TcpListener)>,
-    /// The event loop: the rendezvous socket, the workers' process handles, the stop
-    /// event.
-    reactor: Reactor<TcpListener>,
+    /// The event loop: the rendezvous socket, the workers' channels, their process
+    /// handles, the stop event.
+    reactor: Reactor<Watched>,
+    /// Connections that have yet to present their token, by key.
+    hellos: HashMap<Key, Hello>,
+    /// The worker each watched channel belongs to, by key.
+    conns: HashMap<Key, u32>,
     /// What the last wait reported.
     ready: Vec<Event>,
     /// Where workers connect their channels: its key and address.
@@ -205,7 +233,11 @@ impl Pool {
             .local_addr()
             .map_err(io("binding the rendezvous"))?;
         let rendezvous_key = reactor
-            .register(rendezvous, Interest::READABLE, Mode::Level)
+            .register(
+                Watched::Rendezvous(rendezvous),
+                Interest::READABLE,
+                Mode::Level,
+            )
             .map_err(io("watching the rendezvous"))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -233,6 +265,8 @@ impl Pool {
             args,
             listeners,
             reactor,
+            hellos: HashMap::new(),
+            conns: HashMap::new(),
             ready: Vec::new(),
             rendezvous: (rendezvous_key, rendezvous_addr),
             slots: Vec::new(),
@@ -296,8 +330,8 @@ impl Pool {
             for pid in removed {
                 if let Some(p) = self.procs.get_mut(&pid) {
                     p.orphan = true;
-                    drain(p, deadline);
                 }
+                self.drain(pid, deadline);
             }
             self.reload_failed.retain(|&s| s < n);
             self.check_reloaded(events);
@@ -455,9 +489,10 @@ impl Pool {
         if !p.ready || p.draining {
             return Err(Error::NoWorker(slot));
         }
-        let ch = p.channel.as_mut().ok_or(Error::NoWorker(slot))?;
-        ch.send(payload)
-            .map_err(|source| Error::Channel { slot, source })?;
+        let (ch, _) = p.channel.as_mut().ok_or(Error::NoWorker(slot))?;
+        let sent = ch.send(payload);
+        self.watch_output(pid);
+        sent.map_err(|source| Error::Channel { slot, source })?;
         Ok(pid)
     }
 
@@ -479,8 +514,9 @@ impl Pool {
         // than queued in a backlog nobody reads.
         self.listeners.clear();
         let deadline = Instant::now() + self.config.drain_timeout;
-        for p in self.procs.values_mut() {
-            drain(p, deadline);
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            self.drain(pid, deadline);
         }
         self.check_stopped(events);
     }
@@ -518,7 +554,25 @@ impl Pool {
             match *e {
                 Event::Io { key, .. } if key == self.stop_key => self.stop(events),
                 Event::Io { key, .. } if key == self.rendezvous.0 => self.accept_channels(),
-                // Exits: `reap` looks at every worker.
+                Event::Io { key, .. } if self.hellos.contains_key(&key) => {
+                    self.on_hello(key, events)
+                }
+                Event::Io {
+                    key,
+                    readable,
+                    writable,
+                    hangup,
+                } => {
+                    if let Some(&pid) = self.conns.get(&key) {
+                        if writable {
+                            self.flush_channel(pid);
+                        }
+                        if readable || hangup {
+                            self.read_channel(pid, events);
+                        }
+                    }
+                    // Otherwise an exit: `reap` looks at every worker.
+                }
                 _ => {}
             }
         }
@@ -547,6 +601,7 @@ impl Pool {
     /// the end of its heartbeat allowance, a slot's back-off or cool-down.
     fn next_deadline(&self) -> Option<Instant> {
         let heartbeat = self.config.heartbeat_timeout;
+        let hellos = self.hellos.values().map(|h| Some(h.until));
         let procs = self.procs.values().flat_map(|p| {
             let silent_until = match (heartbeat, p.last_heard) {
                 (Some(limit), Some(heard)) if p.ready && !p.draining && !p.hung => {
@@ -562,7 +617,7 @@ impl Pool {
             .iter()
             .filter(|s| !self.stopping && matches!(s.state, State::Backoff | State::Tripped))
             .map(|s| s.restart_at);
-        procs.chain(slots).flatten().min()
+        procs.chain(slots).chain(hellos).flatten().min()
     }
 
     /// Starts the worker of `slot`, at the newest generation (whichever one it had
@@ -654,28 +709,66 @@ impl Pool {
         }
     }
 
-    /// Takes the channel connections of starting workers. Each gets a thread that
-    /// reads its token (at most 5 s), so that a local process that connects and
-    /// says nothing holds up nothing but that thread.
+    /// Takes the connections of starting workers, each watched until it presents
+    /// its token ([`HELLO_WAIT`] at most).
     fn accept_channels(&mut self) {
-        let Some(rendezvous) = self.reactor.get(self.rendezvous.0) else {
-            return;
-        };
-        while let Ok((stream, _)) = rendezvous.accept() {
-            let reporter = self.reporter.clone();
-            std::thread::spawn(move || channel_thread(stream, reporter));
+        loop {
+            let Some(Watched::Rendezvous(rendezvous)) = self.reactor.get(self.rendezvous.0) else {
+                return;
+            };
+            // Errors other than `WouldBlock` (a connection reset before it was taken)
+            // concern that connection alone.
+            let Ok((stream, _)) = rendezvous.accept() else {
+                return;
+            };
+            if self.hellos.len() >= MAX_HELLOS {
+                continue;
+            }
+            let Ok(reader) = stream.set_nonblocking(true).and_then(|()| {
+                let _ = stream.set_nodelay(true);
+                stream.try_clone()
+            }) else {
+                continue;
+            };
+            let Ok(key) =
+                self.reactor
+                    .register(Watched::Conn(stream), Interest::READABLE, Mode::Level)
+            else {
+                continue;
+            };
+            self.hellos.insert(
+                key,
+                Hello {
+                    channel: Channel::new(reader, 0),
+                    until: Instant::now() + HELLO_WAIT,
+                },
+            );
         }
     }
 
-    /// A connection presented `token`: if it is a starting worker's, hands over the
-    /// listeners and lets its thread read the channel.
-    fn adopt_channel(
-        &mut self,
-        token: &[u8],
-        stream: TcpStream,
-        go: &mpsc::Sender<u32>,
-        events: &mut Vec<PoolEvent>,
-    ) -> io::Result<()> {
+    /// Reads the token of connection `key`; once it has one, gives the connection to
+    /// the worker that presented it, or closes it.
+    fn on_hello(&mut self, key: Key, events: &mut Vec<PoolEvent>) {
+        let Some(hello) = self.hellos.get_mut(&key) else {
+            return;
+        };
+        let token = match hello.channel.recv() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Ok(Some(m)) => Some(m.into_payload()),
+            _ => None,
+        };
+        // The hello's reader read no further than the token's frame: a channel made
+        // afresh on the socket finds the next frame whole.
+        self.hellos.remove(&key);
+        let adopted = token.is_some_and(|t| self.adopt_channel(key, &t, events));
+        if !adopted {
+            let _ = self.reactor.deregister(key);
+        }
+    }
+
+    /// Connection `key` presented `token`: if it is a starting worker's, hands over
+    /// the listeners and reads the channel from now on. Whether it was taken.
+    fn adopt_channel(&mut self, key: Key, token: &[u8], events: &mut Vec<PoolEvent>) -> bool {
         // The hand-off connection presents the token with "/h" after it.
         let (token, handoff) = match token.strip_suffix(b"/h") {
             Some(t) => (t, true),
@@ -689,14 +782,20 @@ impl Pool {
             };
             free && !p.token.is_empty() && p.token.as_bytes() == token
         }) else {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "unknown token",
-            ));
+            return false;
         };
         if handoff {
-            // Bounded: a worker that stops acknowledging cannot hang the pool.
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            // Not watched: read only for each hand-off's acknowledgement, blocking and
+            // bounded, so that a worker that stops acknowledging cannot hang the pool.
+            let Ok(Watched::Conn(stream)) = self.reactor.deregister(key) else {
+                return true;
+            };
+            let blocking = stream
+                .set_nonblocking(false)
+                .and_then(|()| stream.set_read_timeout(Some(HELLO_WAIT)));
+            if blocking.is_err() {
+                return true;
+            }
             p.handoff = Some(Channel::new(stream, pid));
             if p.channel.is_some() {
                 // Each connection once.
@@ -706,59 +805,124 @@ impl Pool {
                 let slot = p.slot;
                 self.mark_ready(pid, slot, events);
             }
-            return Ok(());
+            return true;
         }
         if p.handoff.is_some() {
             p.token.clear();
         }
+        let Some(Ok(stream)) = self.reactor.get(key).map(|w| match w {
+            Watched::Conn(c) => c
+                .try_clone()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s)),
+            Watched::Rendezvous(_) => Err(io::ErrorKind::InvalidInput.into()),
+        }) else {
+            return false;
+        };
         let mut channel = Channel::new(stream, pid);
+        // Each listener as a message of its own; the pool keeps its copies for good,
+        // so nothing waits for the worker's word that it has its own.
         for (i, (name, listener)) in self.listeners.iter().enumerate() {
             let meta = Handoff {
                 id: i as u64,
                 peer: None,
                 data: name.as_bytes(),
             };
-            if let Err(source) = channel.send_socket(listener, &meta) {
+            if let Err(source) = channel.send_sockets(&[(listener, meta)]) {
                 let slot = p.slot;
                 events.push(PoolEvent::SpawnFailed {
                     slot,
                     error: Error::Channel { slot, source },
                 });
                 let _ = p.child.kill();
-                return Ok(());
+                return false;
             }
         }
-        p.channel = Some(channel);
-        let _ = go.send(pid);
-        Ok(())
+        p.channel = Some((channel, key));
+        self.conns.insert(key, pid);
+        self.watch_output(pid);
+        true
+    }
+
+    /// Reads what worker `pid` sent (up to [`READ_BATCH`] messages); at the end of
+    /// its channel, stops watching it.
+    fn read_channel(&mut self, pid: u32, events: &mut Vec<PoolEvent>) {
+        for _ in 0..READ_BATCH {
+            let Some((ch, _)) = self.procs.get_mut(&pid).and_then(|p| p.channel.as_mut()) else {
+                return;
+            };
+            match ch.recv() {
+                Ok(Some(message)) => self.on_message(pid, message, events),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // The end, or a broken frame: nothing more can be said to it, and its
+                // exit follows (`reap`).
+                Ok(None) | Err(_) => {
+                    self.close_channel(pid);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes what is left of a message to worker `pid`.
+    fn flush_channel(&mut self, pid: u32) {
+        let Some((ch, _)) = self.procs.get_mut(&pid).and_then(|p| p.channel.as_mut()) else {
+            return;
+        };
+        match ch.flush() {
+            Ok(()) => self.watch_output(pid),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.close_channel(pid),
+        }
+    }
+
+    /// Watches worker `pid`'s channel for writability while part of a message waits.
+    fn watch_output(&mut self, pid: u32) {
+        let Some((ch, key)) = self.procs.get(&pid).and_then(|p| p.channel.as_ref()) else {
+            return;
+        };
+        let interest = match ch.has_pending_output() {
+            true => Interest::BOTH,
+            false => Interest::READABLE,
+        };
+        let key = *key;
+        if self.reactor.modify(key, interest, Mode::Level).is_err() {
+            self.close_channel(pid);
+        }
+    }
+
+    /// Forgets worker `pid`'s channel.
+    fn close_channel(&mut self, pid: u32) {
+        let Some((_, key)) = self.procs.get_mut(&pid).and_then(|p| p.channel.take()) else {
+            return;
+        };
+        self.conns.remove(&key);
+        let _ = self.reactor.deregister(key);
+    }
+
+    /// A message from worker `pid`: its readiness, its load, or the application's.
+    fn on_message(&mut self, pid: u32, message: Message, events: &mut Vec<PoolEvent>) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let slot = p.slot;
+        if message.payload() == crate::message::READY {
+            if !p.ready && !p.ready_pending {
+                if p.handoff.is_some() {
+                    self.mark_ready(pid, slot, events);
+                } else {
+                    p.ready_pending = true;
+                }
+            }
+        } else if let Some(load) = parse_load(message.payload()) {
+            (p.accepted, p.active, p.lock_waits) = load;
+            p.last_heard = Some(Instant::now());
+        } else if !crate::message::is_pool_message(message.payload()) {
+            events.push(PoolEvent::Message { slot, message });
+        }
     }
 
     fn on_report(&mut self, report: Report, events: &mut Vec<PoolEvent>) {
         match report {
-            Report::Hello { token, stream, go } => {
-                // Refused: the thread sees its go-ahead dropped and ends.
-                let _ = self.adopt_channel(&token, stream, &go, events);
-            }
-            Report::Message(pid, message) => {
-                let Some(p) = self.procs.get_mut(&pid) else {
-                    return;
-                };
-                let slot = p.slot;
-                if message.payload() == crate::message::READY {
-                    if !p.ready && !p.ready_pending {
-                        if p.handoff.is_some() {
-                            self.mark_ready(pid, slot, events);
-                        } else {
-                            p.ready_pending = true;
-                        }
-                    }
-                } else if let Some(load) = parse_load(message.payload()) {
-                    (p.accepted, p.active, p.lock_waits) = load;
-                    p.last_heard = Some(Instant::now());
-                } else if !crate::message::is_pool_message(message.payload()) {
-                    events.push(PoolEvent::Message { slot, message });
-                }
-            }
             Report::Control { line, reply, asked } => {
                 // Its client was told there is no answer: carrying it out now would
                 // surprise whoever sent it.
@@ -774,12 +938,6 @@ impl Pool {
                     Err(msg) => crate::control::error(&msg),
                 };
                 let _ = reply.send(answer);
-            }
-            // Its exit follows and `reap` handles it; nothing more can be said to it.
-            Report::Closed(pid) => {
-                if let Some(p) = self.procs.get_mut(&pid) {
-                    p.channel = None;
-                }
             }
         }
     }
@@ -803,9 +961,7 @@ impl Pool {
             s.state = State::Ready;
             if let Some(old) = s.current.replace(pid) {
                 let deadline = Instant::now() + self.config.drain_timeout;
-                if let Some(old) = self.procs.get_mut(&old) {
-                    drain(old, deadline);
-                }
+                self.drain(old, deadline);
             }
             self.check_reloaded(events);
         } else if s.current == Some(pid) {
@@ -844,6 +1000,26 @@ impl Pool {
         }
     }
 
+    /// Tells worker `pid` to drain, by `deadline`. A worker told already keeps its
+    /// first deadline.
+    fn drain(&mut self, pid: u32, deadline: Instant) {
+        let Some(p) = self.procs.get_mut(&pid).filter(|p| !p.draining) else {
+            return;
+        };
+        p.draining = true;
+        p.deadline = Some(deadline);
+        let told = p
+            .channel
+            .as_mut()
+            .is_some_and(|(ch, _)| ch.send(crate::message::DRAIN).is_ok());
+        if told {
+            self.watch_output(pid);
+        } else {
+            // No channel yet (or a broken or full one): it cannot drain.
+            let _ = p.child.kill();
+        }
+    }
+
     /// How many slots the pool has.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -864,6 +1040,10 @@ impl Pool {
             })
             .collect();
         for (pid, status) in exited {
+            // What it sent before it died comes first: the kernel holds it for the
+            // pool, up to the end of the channel.
+            self.read_channel(pid, events);
+            self.close_channel(pid);
             let Some(p) = self.procs.remove(&pid) else {
                 continue;
             };
@@ -958,6 +1138,17 @@ impl Pool {
 
     fn timers(&mut self, events: &mut Vec<PoolEvent>) {
         let now = Instant::now();
+        let late: Vec<Key> = self
+            .hellos
+            .iter()
+            .filter(|(_, h)| now >= h.until)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            // No token in time: whoever it is holds up nothing.
+            self.hellos.remove(&key);
+            let _ = self.reactor.deregister(key);
+        }
         let heartbeat = self.config.heartbeat_timeout;
         for (&pid, p) in &mut self.procs {
             if p.deadline.is_some_and(|d| now >= d) {
@@ -1054,48 +1245,6 @@ impl Pool {
             .filter_map(|(n, l)| Some((n.clone(), l.local_addr().ok()?)))
             .collect()
     }
-}
-
-/// A channel connection's thread: reads the token, reports it with a clone of the
-/// stream, and once the pool accepted it (and handed over the listeners), reads the
-/// worker's messages until the channel ends.
-fn channel_thread(stream: TcpStream, reporter: Reporter) {
-    let setup = || -> io::Result<(Vec<u8>, TcpStream, TcpStream)> {
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut hello = Channel::new(stream.try_clone()?, 0);
-        let token = hello
-            .recv()?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no token"))?;
-        stream.set_read_timeout(None)?;
-        Ok((
-            token.into_payload(),
-            stream.try_clone()?,
-            stream.try_clone()?,
-        ))
-    };
-    let Ok((token, for_pool, mine)) = setup() else {
-        return;
-    };
-    let (go, wait) = mpsc::channel();
-    if !reporter.send(Report::Hello {
-        token,
-        stream: for_pool,
-        go,
-    }) {
-        return;
-    }
-    let Ok(pid) = wait.recv() else {
-        return;
-    };
-    let mut reader = Channel::new(mine, pid);
-    while let Ok(Some(message)) = reader.recv() {
-        if !reporter.send(Report::Message(pid, message)) {
-            return;
-        }
-    }
-    reporter.send(Report::Closed(pid));
 }
 
 impl crate::control::Controlled for Pool {
@@ -1243,22 +1392,6 @@ pub fn request_stop(pid: u32) -> io::Result<()> {
 }
 
 /// Tells a worker to drain, by `deadline`.
-/// A worker told already keeps its first deadline.
-fn drain(p: &mut Proc, deadline: Instant) {
-    if p.draining {
-        return;
-    }
-    p.draining = true;
-    p.deadline = Some(deadline);
-    let told = p
-        .channel
-        .as_mut()
-        .is_some_and(|ch| ch.send(crate::message::DRAIN).is_ok());
-    if !told {
-        // No channel yet (or a broken one): nothing to drain.
-        let _ = p.child.kill();
-    }
-}
 
 impl Drop for Pool {
     fn drop(&mut self) {

@@ -1,7 +1,8 @@
 //! The pool on Windows (run under Wine in CI): workers start, get the listener and
 //! report ready; a terminated worker is replaced; a graceful stop drains them; the
 //! named-mutex accept lock is taken over from a holder terminated mid-hold; rolling
-//! restarts, scaling and load reports, driven through the control pipe.
+//! restarts, scaling and load reports, driven through the control pipe; a worker's
+//! last messages come before its exit.
 #![cfg(windows)]
 
 use herder_pool::{Config, Pool, PoolEvent, Worker, is_drain_request};
@@ -27,6 +28,18 @@ fn worker_entry() {
         loop {
             std::thread::sleep(Duration::from_secs(60));
         }
+    }
+    if role == "last-words" {
+        // Ready, then many messages at once and an exit: none may be lost, and all
+        // come before the pool reports the exit.
+        worker.ready().unwrap();
+        for i in 0..500 {
+            worker
+                .channel()
+                .send(format!("word {i}").as_bytes())
+                .unwrap();
+        }
+        std::process::exit(3);
     }
     if role == "lock" {
         // Take the lock and never let it go; report what it took.
@@ -441,4 +454,35 @@ fn a_worker_that_stops_reporting_is_terminated_and_replaced() {
         w.pid != Some(first) && w.state == herder_pool::State::Ready
     });
     assert_eq!(pool.workers()[0].restarts, 1);
+}
+
+#[test]
+fn a_workers_last_messages_come_before_its_exit() {
+    let mut c = config(1, "last-words");
+    // Restarted at once every time: stop at the first exit.
+    c.restart_intensity = 1000;
+    let mut pool = Pool::new(c, Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    let seen = until(&mut pool, "the exit", |e| {
+        matches!(e, PoolEvent::Exited { .. })
+    });
+    let words: Vec<String> = seen
+        .iter()
+        .filter_map(|e| match e {
+            PoolEvent::Message { message, .. } => {
+                Some(String::from_utf8_lossy(message.payload()).into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (0..500).map(|i| format!("word {i}")).collect();
+    assert_eq!(words, expected, "{seen:?}");
+    let code = seen.iter().find_map(|e| match e {
+        PoolEvent::Exited { status, .. } => status.code(),
+        _ => None,
+    });
+    assert_eq!(code, Some(3));
+    pool.stop(&mut events);
+    until(&mut pool, "the stop", |e| matches!(e, PoolEvent::Stopped));
 }
