@@ -4,6 +4,7 @@
 //!
 //! - [`protocol`]: the demo services, echo and a small HTTP/1.1 server, as
 //!   herder-reactor [`Service`](herder_reactor::Service)s.
+//!
 //! With the default feature `servers`:
 //!
 //! - [`flags`]: the command line both example servers take, and the pool and
