@@ -97,36 +97,50 @@ pub fn watch_drain(mut channel: herder_fd::Channel, server: &Server<Protocol>) -
     drain
 }
 
-/// Reports a worker's load to the supervisor after each turn of its loop, for
-/// `status` (only when it changed).
-pub struct Load(Option<herder_pool::LoadReporter>);
+/// Publishes a worker's load in its scoreboard record after each turn of its loop:
+/// the heartbeat that tells the supervisor the worker is alive, and the counts for
+/// `status`, least-loaded dispatch and load-aware accepting.
+pub struct Load {
+    card: Option<herder_pool::Scorecard>,
+    /// Connections accepted as last published.
+    accepted: u64,
+}
 
 impl Load {
-    /// The worker's load reporter, if its supervisor reads loads.
+    /// The worker's scorecard, if the supervisor gave it a record.
     pub fn new(worker: &mut herder_pool::Worker) -> Load {
-        Load(worker.load_reporter())
+        Load {
+            card: worker.scorecard(),
+            accepted: 0,
+        }
     }
 
-    /// Reports `server`'s counts.
+    /// The scorecard, for load-aware accepting.
+    pub fn card(&self) -> Option<&herder_pool::Scorecard> {
+        self.card.as_ref()
+    }
+
+    /// Publishes `server`'s counts.
     pub fn report(&mut self, server: &Server<Protocol>) {
         self.report_counts(server.stats().accepted, server);
     }
 
     /// Counts a turn in which the accept lock was held by another.
     pub fn lock_wait(&mut self) {
-        if let Some(r) = self.0.as_mut() {
-            r.add_lock_waits(1);
+        if let Some(card) = &self.card {
+            card.add_lock_waits(1);
         }
     }
 
     /// With `accepted` counted by the caller.
     pub fn report_counts(&mut self, accepted: u64, server: &Server<Protocol>) {
-        let active = server.stats().active as u64;
-        if let Some(r) = self.0.as_mut() {
-            if r.report(accepted, active).is_err() {
-                // The supervisor is gone; the drain watcher sees it too.
-                self.0 = None;
-            }
-        }
+        let Some(card) = &self.card else {
+            return;
+        };
+        // `active` first: a supervisor that sees the new count of connections taken
+        // in sees the open count with it.
+        card.set_active(server.stats().active as u64);
+        card.add_accepted(accepted.saturating_sub(self.accepted));
+        self.accepted = self.accepted.max(accepted);
     }
 }

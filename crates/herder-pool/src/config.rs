@@ -13,8 +13,8 @@ pub const FATAL_EXIT_CODE: i32 = 78;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Worker processes (at least 1, at most 4096; on Unix also at most half
-    /// `scoreboard_capacity`). Default: the number of CPUs.
+    /// Worker processes (at least 1, at most 4096 and half `scoreboard_capacity`).
+    /// Default: the number of CPUs.
     pub workers: usize,
     /// The program workers run. Default: this program (`std::env::current_exe`), as
     /// herder's process model re-executes itself.
@@ -74,17 +74,16 @@ pub struct Config {
     #[cfg(unix)]
     pub move_connections: bool,
     /// A ready worker whose heartbeat is older than this is taken for hung
-    /// ([`PoolEvent::Hung`](crate::PoolEvent::Hung)) and replaced. On Unix the
-    /// heartbeat is the scoreboard's (`Scorecard::heartbeat`), and a hung worker gets
-    /// `SIGTERM`, then `SIGKILL` after `kill_grace`. On Windows it is the worker's
-    /// load report (`LoadReporter::report`; a worker that never reported is not
-    /// watched), and a hung worker is terminated. Default: none, as workers must
-    /// heartbeat for it; the example servers set it.
+    /// ([`PoolEvent::Hung`](crate::PoolEvent::Hung)) and replaced. The heartbeat is
+    /// the scoreboard's (`Scorecard::heartbeat`, or publishing its load with
+    /// `Scorecard::set_active`), counted from the worker's ready message. A hung
+    /// worker gets `SIGTERM`, then `SIGKILL` after `kill_grace` on Unix; on Windows
+    /// it is terminated. Default: none, as workers must heartbeat for it; the example
+    /// servers set it.
     pub heartbeat_timeout: Option<Duration>,
     #[cfg(unix)]
     /// Between `SIGTERM` and `SIGKILL` for a hung worker. Default 5 s.
     pub kill_grace: Duration,
-    #[cfg(unix)]
     /// Records in the scoreboard: the most worker processes alive at once, draining
     /// ones included. Default 1024 (64 KiB of shared memory).
     pub scoreboard_capacity: usize,
@@ -147,7 +146,6 @@ impl Default for Config {
             heartbeat_timeout: None,
             #[cfg(unix)]
             kill_grace: Duration::from_secs(5),
-            #[cfg(unix)]
             scoreboard_capacity: 1024,
             #[cfg(unix)]
             accept_lock: None,

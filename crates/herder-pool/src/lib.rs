@@ -40,16 +40,18 @@
 //! handed the listeners (and, with `Pool::send_socket`, connections) with
 //! `WSADuplicateSocketW` over a loopback channel; restarts with the same back-off
 //! and breaker; rolling restarts, scaling and the control requests over a named pipe;
-//! a named-mutex `AcceptLock`. There is no scoreboard there (workers report their
-//! load over their channel), no signals (`request_stop`), and no binary upgrade.
+//! a named-mutex `AcceptLock`; the same scoreboard, in a named mapping. There are no
+//! signals (`request_stop`) and no binary upgrade.
 //! [The platforms page](https://github.com/herder-rs/herder/blob/main/docs/platforms.md)
 //! lists the differences.
 //!
 //! Each worker has a record in a scoreboard in shared memory (an anonymous
-//! `memfd`, nothing left behind by name): its heartbeat, connections taken and open,
-//! written with atomics by the worker ([`Scorecard`]) and read without locks by the
-//! supervisor. A worker whose heartbeat is older than the heartbeat timeout gets
-//! `SIGTERM`, then `SIGKILL` after a grace period, and is replaced.
+//! `memfd` on Linux, nothing left behind by name; a mapping backed by the paging file
+//! on Windows): its heartbeat, connections taken and open, written with atomics by
+//! the worker ([`Scorecard`]) and read without locks by the supervisor and by its
+//! peers (load-aware accepting). A worker whose heartbeat is older than the heartbeat
+//! timeout gets `SIGTERM`, then `SIGKILL` after a grace period (on Windows it is
+//! terminated), and is replaced.
 //!
 //! For the shared-listener model, the pool can create an accept lock
 //! ([`Config::accept_lock`]): `flock`, `fcntl` record locks, or a robust process-shared
@@ -82,8 +84,8 @@ mod moves;
 #[cfg(unix)]
 mod pool;
 mod restart;
-#[cfg(unix)]
 mod scoreboard;
+mod scorecard;
 #[cfg(unix)]
 mod shared;
 mod state;
@@ -103,8 +105,8 @@ mod sys;
 mod pool_windows;
 #[cfg(windows)]
 pub use pool_windows::{
-    AcceptLock, Config, FATAL_EXIT_CODE, Load, LoadReporter, Pool, PoolEvent, State, WORKER_ENV,
-    Worker, WorkerInfo, control_pipe_path, is_drain_request, request_stop,
+    AcceptLock, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WORKER_ENV, Worker,
+    WorkerInfo, control_pipe_path, is_drain_request, request_stop,
 };
 
 #[cfg(unix)]
@@ -123,12 +125,11 @@ pub use message::is_reserved;
 pub use moves::MoveStats;
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
+pub use scorecard::{PEER_FRESH, Scorecard};
 #[cfg(unix)]
 pub use shared::{SharedListener, Sharing};
 #[cfg(unix)]
-pub use worker::{
-    CHANNEL_NAME, PEER_FRESH, Scorecard, WORKER_ENV, Worker, is_drain_request, send_ready,
-};
+pub use worker::{CHANNEL_NAME, WORKER_ENV, Worker, is_drain_request, send_ready};
 
 /// The README's examples, compiled as doctests.
 #[cfg(all(doctest, unix))]

@@ -2,7 +2,8 @@
 
 use crate::Error;
 use crate::message::{self, MOVE_ID, Receipt};
-use crate::worker::{Scorecard, Worker, is_drain_request, send_ready};
+use crate::scorecard::Scorecard;
+use crate::worker::{Worker, is_drain_request, send_ready};
 use herder_fd::{Channel, Message};
 use herder_reactor::{
     Departure, Event, Interest, Key, Mode, Server, Service, Signal, Stream, TimerId,

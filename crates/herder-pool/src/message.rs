@@ -14,18 +14,8 @@ pub(crate) const DRAIN: &[u8] = b"PD";
 #[cfg(unix)]
 pub(crate) const MOVE: &[u8] = b"PV";
 
-/// Worker to supervisor on Windows (where there is no shared scoreboard): its load,
-/// followed by three little-endian `u64`s, connections accepted and open and
-/// accept-lock waits; also its heartbeat.
-#[cfg(windows)]
-pub(crate) const LOAD: &[u8] = b"PL";
-
 /// Whether a payload is one of the pool's own two-byte messages.
 pub(crate) fn is_pool_message(payload: &[u8]) -> bool {
-    #[cfg(windows)]
-    if payload == LOAD {
-        return true;
-    }
     #[cfg(unix)]
     if payload == MOVE {
         return true;

@@ -6,8 +6,10 @@
 //!
 //! Rolling restarts ([`Pool::reload`]), scaling ([`Pool::scale`]) and the control
 //! pipe ([`Pool::listen_control`], the same JSON lines as the Unix control socket)
-//! work as on Unix. Workers report their load over their channel
-//! ([`Worker::load_reporter`]) instead of a shared scoreboard.
+//! work as on Unix, and so does the scoreboard: each worker has a record in shared
+//! memory (a named mapping here) where its [`Scorecard`](crate::Scorecard) publishes
+//! its heartbeat and load, for [`Pool::load`], `status`, hung-worker detection and
+//! load-aware accepting.
 //!
 //! A worker's channel is a loopback TCP connection that the worker opens to the
 //! supervisor at start, presenting a one-time token from its environment: nothing
@@ -38,7 +40,7 @@ use std::os::windows::io::{AsSocket, BorrowedSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// The variable that tells a worker its slot and generation, `SLOT:GENERATION`.
@@ -49,6 +51,8 @@ pub const WORKER_ENV: &str = "HERDER_WORKER";
 const CHANNEL_ENV: &str = "HERDER_WORKER_CHANNEL";
 /// The variable naming the accept lock's mutex.
 const LOCK_ENV: &str = "HERDER_ACCEPT_MUTEX";
+/// The variable naming the scoreboard's shared memory.
+const SCOREBOARD_ENV: &str = "HERDER_SCOREBOARD";
 /// How long a control client waits for the pool to carry out its request.
 const CONTROL_WAIT: Duration = Duration::from_secs(30);
 /// How long a connection to the rendezvous has to present its token.
@@ -103,15 +107,10 @@ struct Proc {
     exit_key: Key,
     slot: usize,
     generation: u64,
-    /// The load it last reported.
-    accepted: u64,
-    active: u64,
+    /// Its record in the scoreboard, if one was free.
+    record: Option<usize>,
     /// Its slot was scaled away: it drains, and its exit concerns no slot.
     orphan: bool,
-    /// When its last load report came (none yet: not watched for hanging), and its
-    /// accept-lock waits.
-    last_heard: Option<Instant>,
-    lock_waits: u64,
     /// Terminated for hanging.
     hung: bool,
     started: Instant,
@@ -188,6 +187,10 @@ pub struct Pool {
     /// The key of the event [`request_stop`] signals from another process: a
     /// graceful stop.
     stop_key: Key,
+    /// The scoreboard: its shared memory (kept while workers come and go) and map.
+    board: (crate::scoreboard::Shared, crate::scoreboard::Board),
+    /// When the workers' heartbeats are looked at next, with a heartbeat timeout.
+    heartbeat_check: Option<Instant>,
     stopping: bool,
     stopped_reported: bool,
     /// The newest generation.
@@ -254,6 +257,8 @@ impl Pool {
         let stop_key = reactor
             .add_waitable(stop_event)
             .map_err(io("watching the stop event"))?;
+        let board = crate::scoreboard::Board::create(config.scoreboard_capacity.max(1))
+            .map_err(io("creating the scoreboard"))?;
         let (queue, reports) = mpsc::channel();
         let reporter = Reporter {
             queue,
@@ -275,6 +280,8 @@ impl Pool {
             reporter,
             lock,
             stop_key,
+            board,
+            heartbeat_check: None,
             stopping: false,
             stopped_reported: false,
             generation: 1,
@@ -288,10 +295,8 @@ impl Pool {
 
     /// Starts a worker in each of the configured number of slots.
     pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
-        self.grow(
-            crate::config::slot_count(self.config.workers, crate::config::MAX_WORKERS),
-            events,
-        );
+        let n = crate::config::slot_count(self.config.workers, self.config.scoreboard_capacity / 2);
+        self.grow(n, events);
     }
 
     /// Adds slots up to `n`, each starting a worker.
@@ -317,7 +322,9 @@ impl Pool {
         if self.stopping {
             return;
         }
-        let n = crate::config::slot_count(n, crate::config::MAX_WORKERS);
+        // Half the scoreboard, so that every worker — a draining one next to its
+        // successor included — has a record.
+        let n = crate::config::slot_count(n, self.config.scoreboard_capacity / 2);
         self.grow(n, events);
         if self.slots.len() > n {
             let deadline = Instant::now() + self.config.drain_timeout;
@@ -402,6 +409,7 @@ impl Pool {
             .enumerate()
             .map(|(slot, s)| {
                 let current = s.current.and_then(|pid| self.procs.get(&pid));
+                let record = current.and_then(|p| self.record(p));
                 let mut draining: Vec<u32> = self
                     .procs
                     .iter()
@@ -418,9 +426,9 @@ impl Pool {
                     generation: current.map_or(self.generation, |p| p.generation),
                     state: s.state,
                     restarts: s.restarts,
-                    accepted: current.map_or(0, |p| p.accepted),
-                    active: current.map_or(0, |p| p.active),
-                    lock_waits: current.map_or(0, |p| p.lock_waits),
+                    accepted: record.map_or(0, |r| r.accepted()),
+                    active: record.map_or(0, |r| r.active()),
+                    lock_waits: record.map_or(0, |r| r.lock_waits()),
                     draining,
                     last_exit: s.last_exit,
                     restart_in: s
@@ -432,16 +440,24 @@ impl Pool {
             .collect()
     }
 
-    /// The current worker of `slot` and its load as it last reported it
-    /// ([`LoadReporter`]), if it is ready.
+    /// The current worker of `slot` and its load as it last published it
+    /// ([`Scorecard`](crate::Scorecard)), if it is ready.
     pub fn load(&self, slot: usize) -> Option<Load> {
         let pid = self.slots.get(slot)?.current?;
         let p = self.procs.get(&pid).filter(|p| p.ready && !p.draining)?;
+        let r = self.record(p);
+        // `accepted` before `active`: seeing a worker's new count of connections
+        // taken in means seeing the open count it published with it.
         Some(Load {
             pid,
-            accepted: p.accepted,
-            active: p.active,
+            accepted: r.map_or(0, |r| r.accepted()),
+            active: r.map_or(0, |r| r.active()),
         })
+    }
+
+    /// Worker `p`'s record in the scoreboard.
+    fn record(&self, p: &Proc) -> Option<&crate::scoreboard::Record> {
+        p.record.and_then(|i| self.board.1.record(i))
     }
 
     /// Starts a slot stopped by the breaker or by a fatal exit again, with a fresh
@@ -598,26 +614,21 @@ impl Pool {
     }
 
     /// The earliest deadline of the pool's own: a worker's ready or drain deadline,
-    /// the end of its heartbeat allowance, a slot's back-off or cool-down.
+    /// the next look at the heartbeats, a slot's back-off or cool-down, a token due.
     fn next_deadline(&self) -> Option<Instant> {
-        let heartbeat = self.config.heartbeat_timeout;
         let hellos = self.hellos.values().map(|h| Some(h.until));
-        let procs = self.procs.values().flat_map(|p| {
-            let silent_until = match (heartbeat, p.last_heard) {
-                (Some(limit), Some(heard)) if p.ready && !p.draining && !p.hung => {
-                    // `timers` acts once the silence is longer than the limit.
-                    Some(heard + limit + Duration::from_millis(1))
-                }
-                _ => None,
-            };
-            [p.deadline, silent_until]
-        });
+        let procs = self.procs.values().map(|p| p.deadline);
         let slots = self
             .slots
             .iter()
             .filter(|s| !self.stopping && matches!(s.state, State::Backoff | State::Tripped))
             .map(|s| s.restart_at);
-        procs.chain(slots).chain(hellos).flatten().min()
+        procs
+            .chain(slots)
+            .chain(hellos)
+            .chain([self.heartbeat_check])
+            .flatten()
+            .min()
     }
 
     /// Starts the worker of `slot`, at the newest generation (whichever one it had
@@ -639,13 +650,24 @@ impl Pool {
     /// Starts a worker process for `slot`; `None` if that failed (reported).
     fn launch(&mut self, slot: usize, generation: u64, events: &mut Vec<PoolEvent>) -> Option<u32> {
         // Unguessable: whoever presents it gets the worker's channel.
-        let token = format!("{:016x}{:016x}{slot:x}", random_u64(), random_u64());
+        let token = format!(
+            "{:016x}{:016x}{slot:x}",
+            crate::sys::random_u64(),
+            crate::sys::random_u64()
+        );
         let addr = self.rendezvous.1;
         let names: Vec<&str> = self.listeners.iter().map(|(n, _)| n.as_str()).collect();
+        // Its record, before it exists (the pid follows); none free: it runs without.
+        let record = self.board.1.assign(0, slot, generation);
+        let role = match record {
+            Some(r) => format!("{slot}:{generation}:{r}"),
+            None => format!("{slot}:{generation}"),
+        };
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
-            .env(WORKER_ENV, format!("{slot}:{generation}"))
+            .env(WORKER_ENV, role)
+            .env(SCOREBOARD_ENV, &self.board.0.name)
             .env(CHANNEL_ENV, format!("{addr} {token} {}", names.join(":")))
             .stdin(Stdio::null());
         match &self.lock {
@@ -669,6 +691,9 @@ impl Pool {
         match spawned {
             Ok((child, exit_key)) => {
                 let pid = child.id();
+                if let Some(r) = record {
+                    self.board.1.set_pid(r, pid);
+                }
                 self.procs.insert(
                     pid,
                     Proc {
@@ -676,11 +701,8 @@ impl Pool {
                         exit_key,
                         slot,
                         generation,
-                        accepted: 0,
-                        active: 0,
+                        record,
                         orphan: false,
-                        last_heard: None,
-                        lock_waits: 0,
                         hung: false,
                         started: Instant::now(),
                         token,
@@ -700,6 +722,9 @@ impl Pool {
                 Some(pid)
             }
             Err(source) => {
+                if let Some(r) = record {
+                    self.board.1.release(r);
+                }
                 events.push(PoolEvent::SpawnFailed {
                     slot,
                     error: Error::Spawn { slot, source },
@@ -913,9 +938,6 @@ impl Pool {
                     p.ready_pending = true;
                 }
             }
-        } else if let Some(load) = parse_load(message.payload()) {
-            (p.accepted, p.active, p.lock_waits) = load;
-            p.last_heard = Some(Instant::now());
         } else if !crate::message::is_pool_message(message.payload()) {
             events.push(PoolEvent::Message { slot, message });
         }
@@ -947,6 +969,10 @@ impl Pool {
             return;
         };
         p.ready = true;
+        if let Some(r) = p.record.and_then(|i| self.board.1.record(i)) {
+            // The heartbeat clock starts when the worker is ready.
+            r.heartbeat();
+        }
         let draining = p.draining;
         if !draining {
             p.deadline = None;
@@ -1048,6 +1074,9 @@ impl Pool {
                 continue;
             };
             let _ = self.reactor.remove_waitable(p.exit_key);
+            if let Some(r) = p.record {
+                self.board.1.release(r);
+            }
             let slot = p.slot;
             let mark = events.len();
             let restart_in = self.exited(pid, &p, status, events);
@@ -1120,17 +1149,21 @@ impl Pool {
     fn crashed(&mut self, slot: usize, how: Exit, events: &mut Vec<PoolEvent>) -> Option<Duration> {
         let s = &mut self.slots[slot];
         let now = Instant::now();
-        let (state, delay) = match s.history.exited(&self.config, how, now, random_u64()) {
-            Decision::Restart(delay) => (State::Backoff, delay),
-            Decision::Trip { failures, retry_in } => {
-                events.push(PoolEvent::BreakerTripped {
-                    slot,
-                    failures,
-                    retry_in,
-                });
-                (State::Tripped, retry_in)
-            }
-        };
+        let (state, delay) =
+            match s
+                .history
+                .exited(&self.config, how, now, crate::sys::random_u64())
+            {
+                Decision::Restart(delay) => (State::Backoff, delay),
+                Decision::Trip { failures, retry_in } => {
+                    events.push(PoolEvent::BreakerTripped {
+                        slot,
+                        failures,
+                        retry_in,
+                    });
+                    (State::Tripped, retry_in)
+                }
+            };
         s.state = state;
         s.restart_at = Some(now + delay);
         Some(delay)
@@ -1149,21 +1182,18 @@ impl Pool {
             self.hellos.remove(&key);
             let _ = self.reactor.deregister(key);
         }
-        let heartbeat = self.config.heartbeat_timeout;
-        for (&pid, p) in &mut self.procs {
+        for p in self.procs.values_mut() {
             if p.deadline.is_some_and(|d| now >= d) {
                 // Not ready in time, or past its drain deadline.
                 p.deadline = None;
                 let _ = p.child.kill();
             }
-            let silent = p.last_heard.map(|h| now.saturating_duration_since(h));
-            if let (Some(limit), Some(silent)) = (heartbeat, silent) {
-                if silent > limit && p.ready && !p.draining && !p.hung {
-                    p.hung = true;
-                    let _ = p.child.kill();
-                    let slot = p.slot;
-                    events.push(PoolEvent::Hung { slot, pid, silent });
-                }
+        }
+        if let Some(limit) = self.config.heartbeat_timeout {
+            if self.heartbeat_check.is_none_or(|at| now >= at) {
+                self.check_heartbeats(limit, events);
+                // A quarter of the timeout: a hung worker is found within 1.25 times it.
+                self.heartbeat_check = Some(now + (limit / 4).max(Duration::from_millis(10)));
             }
         }
         if self.stopping {
@@ -1184,6 +1214,31 @@ impl Pool {
             self.slots[slot].restart_at = None;
             self.slots[slot].restarts += 1;
             self.spawn(slot, events);
+        }
+    }
+
+    /// Terminates every ready worker whose scoreboard heartbeat is older than `limit`
+    /// (Windows has no gentler signal; its exit is handled as a crash).
+    fn check_heartbeats(&mut self, limit: Duration, events: &mut Vec<PoolEvent>) {
+        let limit_ms = limit.as_millis() as u64;
+        let board = &self.board.1;
+        for (&pid, p) in &mut self.procs {
+            if !p.ready || p.draining || p.hung {
+                continue;
+            }
+            let Some(r) = p.record.and_then(|i| board.record(i)) else {
+                continue;
+            };
+            let silent = r.silent_ms();
+            if silent > limit_ms {
+                p.hung = true;
+                let _ = p.child.kill();
+                events.push(PoolEvent::Hung {
+                    slot: p.slot,
+                    pid,
+                    silent: Duration::from_millis(silent),
+                });
+            }
         }
     }
 
@@ -1351,29 +1406,6 @@ pub fn control_pipe_path(name: &str) -> String {
     }
 }
 
-/// The load in a worker's `LOAD` message: connections accepted and open, and
-/// accept-lock waits.
-fn parse_load(payload: &[u8]) -> Option<(u64, u64, u64)> {
-    let rest = payload.strip_prefix(crate::message::LOAD)?;
-    if rest.len() != 24 {
-        return None;
-    }
-    let word = |i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&rest[i * 8..i * 8 + 8]);
-        u64::from_le_bytes(w)
-    };
-    Some((word(0), word(1), word(2)))
-}
-
-/// 64 bits from the OS's random source (std seeds its hash keys from it).
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x68_65_72_64_65_72);
-    h.finish()
-}
-
 /// The name of the event that stops the pool of supervisor `pid`.
 fn stop_event_name(pid: u32) -> String {
     format!("Local\\herder-stop-{pid}")
@@ -1415,8 +1447,7 @@ pub struct Worker {
     slot: usize,
     generation: u64,
     channel: Channel,
-    /// A second handle on the channel's connection, for load reports.
-    load: Option<SharedStream>,
+    scorecard: Option<crate::Scorecard>,
     handoff: Option<Channel>,
     listeners: Vec<(String, TcpListener)>,
 }
@@ -1434,13 +1465,27 @@ impl Worker {
             return Ok(None);
         };
         let bad = |what: &str| Error::Environment(what.to_string());
-        let (slot, generation) = role
+        let (slot, generation, record) = role
             .to_str()
             .and_then(|r| {
-                let (slot, generation) = r.split_once(':')?;
-                Some((slot.parse().ok()?, generation.parse().ok()?))
+                let mut parts = r.split(':');
+                let slot = parts.next()?.parse().ok()?;
+                let generation = parts.next()?.parse().ok()?;
+                let record = match parts.next() {
+                    Some(r) => Some(r.parse::<usize>().ok()?),
+                    None => None,
+                };
+                parts.next().is_none().then_some((slot, generation, record))
             })
             .ok_or_else(|| bad("HERDER_WORKER"))?;
+        let scorecard = match (record, std::env::var(SCOREBOARD_ENV)) {
+            (Some(index), Ok(name)) => {
+                let board = crate::scoreboard::Board::open(&name)
+                    .map_err(|e| Error::Environment(format!("scoreboard: {e}")))?;
+                crate::Scorecard::new(Arc::new(board), index)
+            }
+            _ => None,
+        };
         let spec = std::env::var(CHANNEL_ENV).map_err(|_| bad("HERDER_WORKER_CHANNEL"))?;
         let mut parts = spec.splitn(3, ' ');
         let (Some(addr), Some(token), names) = (parts.next(), parts.next(), parts.next()) else {
@@ -1450,18 +1495,7 @@ impl Worker {
         let io = |what: &'static str| move |source| Error::Io { what, source };
         let stream = TcpStream::connect(addr).map_err(io("connecting the channel"))?;
         let _ = stream.set_nodelay(true);
-        // The channel and the load reporter write on one connection, frame by frame.
-        let writer = Arc::new(Mutex::new(
-            stream.try_clone().map_err(io("connecting the channel"))?,
-        ));
-        let shared = || -> Result<SharedStream, Error> {
-            Ok(SharedStream {
-                read: stream.try_clone().map_err(io("connecting the channel"))?,
-                write: writer.clone(),
-            })
-        };
-        let load = Some(shared()?);
-        let mut channel = Channel::new(shared()?, 0);
+        let mut channel = Channel::new(stream, 0);
         channel
             .send(token.as_bytes())
             .map_err(io("presenting the channel's token"))?;
@@ -1489,7 +1523,7 @@ impl Worker {
             slot,
             generation,
             channel,
-            load,
+            scorecard,
             handoff: Some(handoff),
             listeners,
         }))
@@ -1505,14 +1539,11 @@ impl Worker {
         self.generation
     }
 
-    /// Takes the handle for reporting this worker's load to the supervisor, for
-    /// `status` (on Unix the shared scoreboard does this). `None` the second time.
-    pub fn load_reporter(&mut self) -> Option<LoadReporter> {
-        Some(LoadReporter {
-            channel: Channel::new(self.load.take()?, 0),
-            lock_waits: 0,
-            last: None,
-        })
+    /// This worker's record in the scoreboard: its heartbeat and load, for the
+    /// supervisor and for its peers' load-aware accepting. `None` if the supervisor
+    /// had no record free.
+    pub fn scorecard(&self) -> Option<crate::Scorecard> {
+        self.scorecard.clone()
     }
 
     /// Takes the listener named `name`.
@@ -1563,79 +1594,6 @@ impl Worker {
             })),
             Err(_) => Ok(None),
         }
-    }
-}
-
-/// A handle on a worker's channel connection. The worker's channel and its load
-/// reporter each have one; writes take a lock shared by both and write all they are
-/// given (a channel writes each frame in one call), so their frames never
-/// interleave.
-struct SharedStream {
-    read: TcpStream,
-    write: Arc<Mutex<TcpStream>>,
-}
-
-impl io::Read for SharedStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read.read(buf)
-    }
-}
-
-impl io::Write for SharedStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut stream = self
-            .write
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        stream.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A worker's handle for reporting its load ([`Worker::load_reporter`]).
-pub struct LoadReporter {
-    channel: Channel,
-    lock_waits: u64,
-    last: Option<((u64, u64, u64), Instant)>,
-}
-
-impl LoadReporter {
-    /// Reports connections accepted so far and open now (and the lock waits counted
-    /// with [`add_lock_waits`](Self::add_lock_waits)) if they changed since the last
-    /// report or a second has passed: the report is also the worker's heartbeat
-    /// ([`Config::heartbeat_timeout`]), so call it from the worker's loop at least
-    /// once a second, after [`ready`](Worker::ready). The report is a message of a
-    /// few bytes on the channel's connection; a lock keeps it and the channel's own
-    /// messages whole.
-    ///
-    /// # Errors
-    ///
-    /// What sending returns (the supervisor is gone).
-    pub fn report(&mut self, accepted: u64, active: u64) -> io::Result<()> {
-        let now = (accepted, active, self.lock_waits);
-        if self
-            .last
-            .is_some_and(|(last, at)| last == now && at.elapsed() < Duration::from_secs(1))
-        {
-            return Ok(());
-        }
-        let mut message = crate::message::LOAD.to_vec();
-        for word in [now.0, now.1, now.2] {
-            message.extend_from_slice(&word.to_le_bytes());
-        }
-        self.channel.send(&message)?;
-        self.last = Some((now, Instant::now()));
-        Ok(())
-    }
-
-    /// Counts `n` times this worker found the accept lock held by another when it
-    /// wanted to accept (`lock_waits` in `status`); sent with the next report.
-    pub fn add_lock_waits(&mut self, n: u64) {
-        self.lock_waits += n;
     }
 }
 

@@ -4,22 +4,37 @@
 //! ```text
 //! header (64 bytes): magic "HERDERSB", version, capacity
 //! record (64 bytes each): pid, state, slot, generation, heartbeat (ms of
-//!                         CLOCK_MONOTONIC), accepted, active, flags, lock waits
+//!                         CLOCK_MONOTONIC, GetTickCount64 on Windows), accepted,
+//!                         active, flags, lock waits
 //! ```
 //!
 //! Records belong to processes, not slots: during a rolling restart a slot's old and
-//! new worker each have their own.
+//! new worker each have their own. The memory is a `memfd` (or an unlinked POSIX
+//! object) inherited as a descriptor on Unix, and a named mapping backed by the
+//! paging file on Windows, opened by name.
 
 use crate::sys::{self, Mapping};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// What keeps a scoreboard in existence and lets a worker find it: a descriptor on
+/// Unix, a name (and the handle that keeps it) on Windows.
+#[cfg(unix)]
+pub(crate) type Shared = std::os::fd::OwnedFd;
+#[cfg(windows)]
+pub(crate) type Shared = sys::SharedMemory;
+/// How a worker refers to its inherited scoreboard.
+#[cfg(unix)]
+pub(crate) type SharedRef<'a> = std::os::fd::BorrowedFd<'a>;
+#[cfg(windows)]
+pub(crate) type SharedRef<'a> = &'a str;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"HERDERSB");
 const VERSION: u32 = 2;
 const HEADER: usize = 64;
 
 /// The name of the scoreboard among a worker's inherited descriptors.
+#[cfg(unix)]
 pub(crate) const SCOREBOARD_NAME: &str = "herder-scoreboard";
 
 #[repr(C, align(64))]
@@ -57,8 +72,11 @@ pub(crate) struct Board {
 
 impl Board {
     /// Creates a scoreboard for `capacity` worker processes.
-    pub(crate) fn create(capacity: usize) -> io::Result<(OwnedFd, Board)> {
+    pub(crate) fn create(capacity: usize) -> io::Result<(Shared, Board)> {
+        #[cfg(unix)]
         let (fd, map) = sys::shared_memory(c"herder-scoreboard", HEADER + capacity * 64)?;
+        #[cfg(windows)]
+        let (fd, map) = sys::shared_memory(HEADER + capacity * 64)?;
         let board = Board { map, capacity };
         let h = board.header();
         h.version.store(VERSION, Ordering::Relaxed);
@@ -68,7 +86,7 @@ impl Board {
     }
 
     /// Maps a scoreboard inherited from the supervisor.
-    pub(crate) fn open(fd: BorrowedFd<'_>) -> io::Result<Board> {
+    pub(crate) fn open(fd: SharedRef<'_>) -> io::Result<Board> {
         let head = sys::map_shared(fd, HEADER)?;
         // SAFETY: the mapping is HEADER bytes, page-aligned, of which Header is the
         // first 64; every field is an atomic, valid for any bit pattern.

@@ -4,7 +4,8 @@
 use crate::Error;
 use crate::accept_lock::AcceptLock;
 use crate::link::WorkerLink;
-use crate::worker::{Scorecard, Worker};
+use crate::scorecard::Scorecard;
+use crate::worker::Worker;
 use herder_reactor::{Event, Key, Server, Service};
 use std::io;
 use std::net::SocketAddr;

@@ -40,8 +40,14 @@ fn client(
 fn status_scale_reload_and_stop() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ctl.sock");
-    // A stale socket left by a dead supervisor is replaced.
+    // A stale socket left by a dead supervisor is replaced. (Stale once nobody holds
+    // it: a worker another test forks at this moment holds a copy of every descriptor
+    // until its exec closes them.)
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&path).is_ok_and(|_| Instant::now() < deadline) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut pool = Pool::new(util::config(2, "ready"), Vec::new()).unwrap();
     pool.listen_control(&path).unwrap();
     assert_eq!(

@@ -1,8 +1,8 @@
 //! The pool on Windows (run under Wine in CI): workers start, get the listener and
 //! report ready; a terminated worker is replaced; a graceful stop drains them; the
 //! named-mutex accept lock is taken over from a holder terminated mid-hold; rolling
-//! restarts, scaling and load reports, driven through the control pipe; a worker's
-//! last messages come before its exit.
+//! restarts, scaling and the scoreboard's load figures, driven through the control
+//! pipe; a worker's last messages come before its exit.
 #![cfg(windows)]
 
 use herder_pool::{Config, Pool, PoolEvent, Worker, is_drain_request};
@@ -20,11 +20,11 @@ fn worker_entry() {
     };
     let role = std::env::var(ROLE).unwrap_or_default();
     if role == "hang" {
-        // One report (its heartbeat starts), then silence, as a worker stuck in a loop.
+        // Ready (its heartbeat clock starts), one figure published, then silence, as
+        // a worker stuck in a loop.
+        let card = worker.scorecard().expect("a scorecard");
+        card.add_lock_waits(3);
         worker.ready().unwrap();
-        let mut load = worker.load_reporter().unwrap();
-        load.add_lock_waits(3);
-        load.report(0, 0).unwrap();
         loop {
             std::thread::sleep(Duration::from_secs(60));
         }
@@ -60,26 +60,25 @@ fn worker_entry() {
     // in the middle of one would reset it.
     let listener = worker.take_listener("echo").expect("the listener");
     listener.set_nonblocking(true).unwrap();
-    let mut load = worker.load_reporter().expect("a load reporter");
-    assert!(worker.load_reporter().is_none(), "a second reporter");
+    let card = worker.scorecard().expect("a scorecard");
     worker.ready().unwrap();
     let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = draining.clone();
     let server = std::thread::spawn(move || {
-        let mut accepted = 0;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            card.heartbeat();
             let Ok((mut conn, _)) = listener.accept() else {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             };
-            accepted += 1;
             let _ = conn.set_nonblocking(false);
             let mut buf = [0u8; 64];
             let n = conn.read(&mut buf).unwrap_or(0);
             let _ = write!(conn, "{} ", std::process::id());
             let _ = conn.write_all(&buf[..n]);
             drop(conn);
-            let _ = load.report(accepted, 0);
+            card.set_active(0);
+            card.add_accepted(1);
         }
     });
     while let Ok(Some(message)) = worker.channel().recv() {
@@ -292,7 +291,7 @@ fn reload_scale_and_status_through_the_control_pipe() {
     pool.start(&mut events);
     settle(&mut pool, "two workers ready", |p| all_ready(p, 2));
 
-    // Load reports reach `status`: every connection counted, by the worker that took
+    // The scoreboard reaches `status`: every connection counted, by the worker that took
     // it (each answer starts with the pid of the worker that served it).
     let mut served: std::collections::HashMap<u64, u64> = Default::default();
     for _ in 0..10 {
@@ -432,7 +431,7 @@ fn a_worker_that_stops_reporting_is_terminated_and_replaced() {
     pool.start(&mut events);
     settle(&mut pool, "ready", |p| all_ready(p, 1));
     let first = pool.workers()[0].pid.unwrap();
-    // Its report reached the pool: the lock waits it counted show.
+    // What it published reached the pool: the lock waits it counted show.
     settle(&mut pool, "the report", |p| p.workers()[0].lock_waits == 3);
     let seen = until(&mut pool, "the hang noticed", |e| {
         matches!(e, PoolEvent::Hung { .. })

@@ -263,3 +263,132 @@ pub(crate) fn connect_pipe(pipe: &OwnedHandle) -> io::Result<()> {
     }
     Err(e)
 }
+
+/// A view of shared memory, unmapped on drop.
+pub(crate) struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the view is plain shared memory; all access to it goes through atomics
+// (see `scoreboard`), so it may be used from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        use windows_sys::Win32::System::Memory::{MEMORY_MAPPED_VIEW_ADDRESS, UnmapViewOfFile};
+        // SAFETY: unmaps exactly the view this value owns (invariant).
+        unsafe {
+            UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS {
+                Value: self.ptr.as_ptr().cast(),
+            })
+        };
+    }
+}
+
+/// Shared memory made by the pool: its name, which workers open it by, and the
+/// handle that keeps it in existence while workers come and go.
+pub(crate) struct SharedMemory {
+    pub(crate) name: String,
+    _handle: OwnedHandle,
+}
+
+/// Creates `len` zero bytes of shared memory backed by the paging file, under a new
+/// name in this session's namespace that only the current user, SYSTEM and the
+/// administrators may open, and maps it.
+pub(crate) fn shared_memory(len: usize) -> io::Result<(SharedMemory, Mapping)> {
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
+    use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+    use windows_sys::Win32::System::Memory::{CreateFileMappingW, PAGE_READWRITE};
+    let security = owner_only()?;
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: security.0,
+        bInheritHandle: 0,
+    };
+    let size = len as u64;
+    // A name nobody else has: the pool's pid and a random part.
+    let name = format!(
+        "Local\\herder-scoreboard-{}-{:016x}",
+        std::process::id(),
+        random_u64()
+    );
+    let wname = wide(&name);
+    // SAFETY: no file (the paging file backs it); `attributes` and the descriptor it
+    // points to outlive the call; `wname` is NUL-terminated UTF-16.
+    let handle = owned(unsafe {
+        CreateFileMappingW(
+            INVALID_HANDLE_VALUE,
+            &attributes,
+            PAGE_READWRITE,
+            (size >> 32) as u32,
+            size as u32,
+            wname.as_ptr(),
+        )
+    })?;
+    if io::Error::last_os_error().raw_os_error()
+        == Some(windows_sys::Win32::Foundation::ERROR_ALREADY_EXISTS as i32)
+    {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    let map = map_view(&handle, len)?;
+    Ok((
+        SharedMemory {
+            name,
+            _handle: handle,
+        },
+        map,
+    ))
+}
+
+/// Opens the shared memory named `name` and maps its first `len` bytes.
+pub(crate) fn map_shared(name: &str, len: usize) -> io::Result<Mapping> {
+    use windows_sys::Win32::System::Memory::{FILE_MAP_ALL_ACCESS, OpenFileMappingW};
+    let wname = wide(name);
+    // SAFETY: `wname` is NUL-terminated UTF-16; the handle is not inherited.
+    let handle = owned(unsafe { OpenFileMappingW(FILE_MAP_ALL_ACCESS, 0, wname.as_ptr()) })?;
+    // The view keeps the memory alive once the handle is closed.
+    map_view(&handle, len)
+}
+
+fn map_view(handle: &OwnedHandle, len: usize) -> io::Result<Mapping> {
+    use windows_sys::Win32::System::Memory::{FILE_MAP_ALL_ACCESS, MapViewOfFile};
+    if len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty mapping",
+        ));
+    }
+    // SAFETY: a valid mapping handle; the system picks the address, and refuses a
+    // length beyond the memory's size.
+    let view = unsafe { MapViewOfFile(handle.as_raw_handle(), FILE_MAP_ALL_ACCESS, 0, 0, len) };
+    let ptr =
+        std::ptr::NonNull::new(view.Value.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+    Ok(Mapping { ptr, len })
+}
+
+/// Milliseconds since the system started: the same clock in every process.
+pub(crate) fn monotonic_ms() -> u64 {
+    // SAFETY: no arguments; reads the tick count.
+    unsafe { windows_sys::Win32::System::SystemInformation::GetTickCount64() }
+}
+
+/// 64 bits from the OS's random source (std seeds its hash keys from it).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x68_65_72_64_65_72);
+    h.finish()
+}
