@@ -180,7 +180,7 @@ mod windows {
             .context("no hand-off channel")?;
         worker.ready()?;
         let mut load = common::Load::new(&mut worker);
-        let drain = common::watch_drain(worker.into_channel(), &server);
+        let drain = common::watch_drain(worker.take_channel().context("no channel")?, &server);
         // Connections arrive on a thread of their own (each receipt acknowledges),
         // and join the event loop through a queue and its waker.
         let (tx, rx) = mpsc::channel();

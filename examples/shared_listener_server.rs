@@ -21,12 +21,10 @@ fn main() -> anyhow::Result<()> {
 /// lacks here.
 #[cfg(windows)]
 mod windows {
-    use anyhow::Context;
     use clap::Parser;
-    use herder::pool::{Pool, Worker};
+    use herder::pool::{Pool, SharedListener, Sharing, Worker, WorkerLink};
     use herder_demo::windows::{self as common, Common, say};
-    use std::sync::atomic::Ordering;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     #[derive(Debug, Parser)]
     #[command(about = "Workers sharing one listener (Windows)")]
@@ -57,76 +55,17 @@ mod windows {
     }
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
-        let listener = worker
-            .take_listener("http")
-            .context("no listener inherited")?;
-        let mut lock = worker.accept_lock()?;
+        // The pool's named mutex, if it has one (none for `--accept none`), and
+        // load-aware accepting through the scoreboard, as on Unix.
         let mut server = common::server(&args.common)?;
-        let key = server.add_listener(listener)?;
-        if lock.is_some() {
-            server.pause_listener(key)?;
-        }
-        worker.ready()?;
-        let mut load = common::Load::new(&mut worker);
-        let drain = common::watch_drain(worker.into_channel(), &server);
-        let drain_timeout = Duration::from_secs(args.common.drain_timeout);
-        let mut armed = lock.is_none();
-        let mut events = Vec::new();
-        // After a turn with the lock in which it accepted, a worker sits the next turn
-        // out, so that the lock goes round instead of staying with its last winner.
-        let mut yielding = false;
-        loop {
-            if drain.load(Ordering::SeqCst) && !server.is_draining() {
-                // Closes the listener too.
-                server.drain(Instant::now() + drain_timeout);
-                armed = false;
-            }
-            let draining = server.is_draining();
-            let mut held = false;
-            let want = match lock.as_mut() {
-                Some(l) if !draining && !yielding => {
-                    held = l.try_lock()?;
-                    if !held {
-                        load.lock_wait();
-                    }
-                    held
-                }
-                Some(_) => false,
-                None => !draining,
-            };
-            yielding = false;
-            let before = server.stats().accepted;
-            if want != armed {
-                if want {
-                    server.resume_listener(key)?;
-                } else {
-                    server.pause_listener(key)?;
-                }
-                armed = want;
-            }
-            let wait = if lock.is_some() && !held {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(500)
-            };
-            server.poll(&mut events, Some(wait))?;
-            if held {
-                if let Some(l) = lock.as_mut() {
-                    l.unlock()?;
-                }
-                yielding = server.stats().accepted > before;
-            }
-            load.report(&server);
-            events.clear();
-            if draining && server.is_empty() {
-                break;
-            }
-        }
+        let shared = SharedListener::new(&mut worker, &mut server, "http", Sharing::Lock)?;
+        let drain = Duration::from_secs(args.common.drain_timeout);
+        let link = WorkerLink::ready(&mut worker, &mut server, drain)?;
+        link.run_shared(&mut server, shared, |_peer| common::service(&args.common))?;
         // What this worker did, for its operator (and the Windows tests).
         say(format_args!(
-            "worker exits: accepted {}, lock recovered {}",
-            server.stats().accepted,
-            lock.as_ref().map_or(0, |l| l.recovered())
+            "worker exits: accepted {}, drained",
+            server.stats().accepted
         ));
         Ok(())
     }

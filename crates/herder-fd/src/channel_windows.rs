@@ -8,7 +8,8 @@ use crate::socket::{Received, Socket, Transfer};
 use crate::sys;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::windows::io::AsSocket;
+use std::net::TcpStream;
+use std::os::windows::io::{AsRawSocket, AsSocket, BorrowedSocket, RawSocket};
 
 /// The default largest payload a [`Channel`] sends or accepts: 64 KiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
@@ -57,6 +58,9 @@ impl<T: Read + Write + Send> Duplex for T {}
 /// receive fails.
 pub struct Channel {
     stream: Box<dyn Duplex>,
+    /// The socket `stream` is, when it is one ([`Channel::from_tcp`]): owned by
+    /// `stream`, valid as long as it.
+    socket: Option<RawSocket>,
     peer_pid: u32,
     max_payload: usize,
     /// Set when the stream lost its framing; every later receive fails.
@@ -85,6 +89,7 @@ impl Channel {
     pub fn new(stream: impl Duplex + 'static, peer_pid: u32) -> Channel {
         Channel {
             stream: Box::new(stream),
+            socket: None,
             peer_pid,
             max_payload: DEFAULT_MAX_PAYLOAD,
             broken: false,
@@ -93,6 +98,43 @@ impl Channel {
             output: Vec::new(),
             written: 0,
         }
+    }
+
+    /// Wraps a loopback TCP connection to process `peer_pid`, as [`new`](Self::new),
+    /// keeping hold of the socket: an event loop can then watch it
+    /// ([`socket`](Self::socket)) and the channel switch between blocking and
+    /// non-blocking use ([`set_nonblocking`](Self::set_nonblocking)).
+    pub fn from_tcp(stream: TcpStream, peer_pid: u32) -> Channel {
+        let socket = stream.as_raw_socket();
+        let mut channel = Channel::new(stream, peer_pid);
+        channel.socket = Some(socket);
+        channel
+    }
+
+    /// The channel's socket, for a channel made with [`from_tcp`](Self::from_tcp):
+    /// to register in an event loop (duplicate it to own it).
+    pub fn socket(&self) -> Option<BorrowedSocket<'_>> {
+        // SAFETY: the socket belongs to `self.stream`, which lives as long as
+        // `self`; the borrow cannot outlive it.
+        self.socket
+            .map(|raw| unsafe { BorrowedSocket::borrow_raw(raw) })
+    }
+
+    /// Switches the channel's socket to non-blocking use, or back (see the type's
+    /// documentation for what `WouldBlock` means then).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::Unsupported`] for a channel not made with
+    /// [`from_tcp`](Self::from_tcp); what `ioctlsocket` returns.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        let socket = self.socket().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the channel was not made from a TcpStream",
+            )
+        })?;
+        sys::set_nonblocking(socket, nonblocking)
     }
 
     /// The process id sockets are duplicated for.

@@ -26,6 +26,11 @@ impl Message {
         &self.payload
     }
 
+    /// How many descriptors (on Windows, sockets) came with the message.
+    pub fn descriptor_count(&self) -> usize {
+        self.fds.len()
+    }
+
     /// Takes the payload, closing any descriptor.
     pub fn into_payload(self) -> Vec<u8> {
         self.payload

@@ -75,7 +75,6 @@ mod credentials;
 mod dispatch;
 mod error;
 mod event;
-#[cfg(unix)]
 mod link;
 mod listener;
 mod message;
@@ -86,7 +85,6 @@ mod pool;
 mod restart;
 mod scoreboard;
 mod scorecard;
-#[cfg(unix)]
 mod shared;
 mod state;
 #[cfg(unix)]
@@ -106,7 +104,7 @@ mod pool_windows;
 #[cfg(windows)]
 pub use pool_windows::{
     AcceptLock, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WORKER_ENV, Worker,
-    WorkerInfo, control_pipe_path, is_drain_request, request_stop,
+    WorkerInfo, control_pipe_path, is_drain_request, request_stop, send_ready,
 };
 
 #[cfg(unix)]
@@ -117,7 +115,6 @@ pub use credentials::Credentials;
 #[cfg(unix)]
 pub use dispatch::{Choice, DispatchStats, Dispatcher};
 pub use error::Error;
-#[cfg(unix)]
 pub use link::WorkerLink;
 pub use listener::{reuseport_listener, tcp_listener};
 pub use message::is_reserved;
@@ -126,7 +123,6 @@ pub use moves::MoveStats;
 #[cfg(unix)]
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
 pub use scorecard::{PEER_FRESH, Scorecard};
-#[cfg(unix)]
 pub use shared::{SharedListener, Sharing};
 #[cfg(unix)]
 pub use worker::{CHANNEL_NAME, WORKER_ENV, Worker, is_drain_request, send_ready};

@@ -3,7 +3,7 @@
 use crate::Error;
 use crate::message::{self, MOVE_ID, Receipt};
 use crate::scorecard::Scorecard;
-use crate::worker::{Worker, is_drain_request, send_ready};
+use crate::{Worker, is_drain_request, send_ready};
 use herder_fd::{Channel, Message};
 use herder_reactor::{
     Departure, Event, Interest, Key, Mode, Server, Service, Signal, Stream, TimerId,
@@ -11,7 +11,6 @@ use herder_reactor::{
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// Connections sent to move and not yet settled, at most: each holds a descriptor
@@ -127,13 +126,11 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
         channel
             .set_nonblocking(true)
             .map_err(io("making the channel non-blocking"))?;
-        let watched = channel
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(io("duplicating the channel"))?;
+        let watched = watchable(&channel).map_err(io("duplicating the channel"))?;
         let key = server
-            .add_source(Box::new(watched), Interest::READABLE, Mode::Level)
+            .add_source(watched, Interest::READABLE, Mode::Level)
             .map_err(io("watching the channel"))?;
+        #[cfg(unix)]
         server
             .watch_signals(&[Signal::Terminate, Signal::Interrupt])
             .map_err(io("watching signals"))?;
@@ -179,9 +176,9 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
     ) -> io::Result<bool> {
         match event {
             Event::Io { key, .. } if *key == self.key => loop {
-                // `recv_lossy`: at this process's descriptor limit the kernel drops
-                // a hand-off's descriptors, and the supervisor must hear which.
-                match self.channel.recv_lossy() {
+                // At this process's descriptor limit the kernel drops a hand-off's
+                // descriptors, and the supervisor must hear which.
+                match recv_lossy(&mut self.channel) {
                     Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
                     Ok(Some(m)) if m.payload() == message::MOVE => self.move_out(server),
                     Ok(Some(m)) if is_drain_request(m.payload()) => self.drain(server),
@@ -189,7 +186,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
                         self.settle(server, m.payload())
                     }
                     // A message with descriptors whose header names hand-offs.
-                    Ok(Some(m)) if !m.fds().is_empty() => match m.handoff_ids() {
+                    Ok(Some(m)) if m.descriptor_count() > 0 => match m.handoff_ids() {
                         Ok(ids) => self.adopt(server, m, ids, &mut service),
                         Err(_) => on_message(server, m),
                     },
@@ -245,7 +242,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
         // Refusals first: an acknowledgement covers every id up to its own. Each is
         // forgotten only once sent, so a failed send is tried again next time.
         while !self.lost.is_empty() {
-            let n = self.lost.len().min(herder_fd::MAX_FDS_PER_MESSAGE);
+            let n = self.lost.len().min(MAX_IDS);
             self.send(&Receipt::Refused(self.lost[..n].to_vec()))?;
             self.lost.drain(..n);
         }
@@ -509,7 +506,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
             return Ok(());
         }
         let bytes = receipt.encode();
-        match self.send_blocking(|ch| ch.send(&bytes, &[])) {
+        match self.send_blocking(|ch| send_bytes(ch, &bytes)) {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -547,4 +544,52 @@ impl<Svc: Service + 'static> std::fmt::Debug for WorkerLink<Svc> {
             .field("parked", &self.parked.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The most ids one refusal names: as many as one message carries descriptors.
+#[cfg(unix)]
+const MAX_IDS: usize = herder_fd::MAX_FDS_PER_MESSAGE;
+#[cfg(windows)]
+const MAX_IDS: usize = herder_fd::MAX_SOCKETS_PER_MESSAGE;
+
+/// A handle of the channel's own for the event loop to watch.
+#[cfg(unix)]
+fn watchable(channel: &Channel) -> io::Result<Box<dyn herder_reactor::Source>> {
+    use std::os::fd::AsFd;
+    Ok(Box::new(channel.as_fd().try_clone_to_owned()?))
+}
+
+#[cfg(windows)]
+fn watchable(channel: &Channel) -> io::Result<Box<dyn herder_reactor::Source>> {
+    let socket = channel.socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the worker's channel is not a socket",
+        )
+    })?;
+    Ok(Box::new(socket.try_clone_to_owned()?))
+}
+
+/// Receives a message, with its payload even if its descriptors were lost
+/// (`Message::lost_fds`).
+#[cfg(unix)]
+fn recv_lossy(channel: &mut Channel) -> io::Result<Option<Message>> {
+    channel.recv_lossy()
+}
+
+#[cfg(windows)]
+fn recv_lossy(channel: &mut Channel) -> io::Result<Option<Message>> {
+    // Sockets that cannot be rebuilt are counted in `lost_fds` already.
+    channel.recv()
+}
+
+/// Sends a message of bytes alone.
+#[cfg(unix)]
+fn send_bytes(channel: &mut Channel, payload: &[u8]) -> io::Result<()> {
+    channel.send(payload, &[])
+}
+
+#[cfg(windows)]
+fn send_bytes(channel: &mut Channel, payload: &[u8]) -> io::Result<()> {
+    channel.send(payload)
 }

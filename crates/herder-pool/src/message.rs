@@ -11,12 +11,10 @@ pub(crate) const DRAIN: &[u8] = b"PD";
 /// Supervisor to worker: drain as [`DRAIN`] says, and move every connection that can
 /// move to the other workers first (through the supervisor). A worker that cannot
 /// move connections drains.
-#[cfg(unix)]
 pub(crate) const MOVE: &[u8] = b"PV";
 
 /// Whether a payload is one of the pool's own two-byte messages.
 pub(crate) fn is_pool_message(payload: &[u8]) -> bool {
-    #[cfg(unix)]
     if payload == MOVE {
         return true;
     }
@@ -25,19 +23,15 @@ pub(crate) fn is_pool_message(payload: &[u8]) -> bool {
 
 /// Worker to supervisor: every hand-off up to this id (a little-endian `u64` follows)
 /// arrived and is served.
-#[cfg(unix)]
 pub(crate) const ACK: &[u8] = b"PA";
 /// Worker to supervisor: the hand-offs with these ids (little-endian `u64`s follow)
 /// arrived without their descriptors; nobody serves them.
-#[cfg(unix)]
 pub(crate) const REFUSED: &[u8] = b"PN";
 /// Supervisor to worker: the connections this worker sent to move, by the ids it
 /// gave them (little-endian `u64`s follow), are owned by another worker now.
-#[cfg(unix)]
 pub(crate) const MOVED: &[u8] = b"PM";
 /// Supervisor to worker: the connections this worker sent to move (ids follow)
 /// found no taker; it keeps them and finishes them itself.
-#[cfg(unix)]
 pub(crate) const KEPT: &[u8] = b"PK";
 /// New supervisor to old during an upgrade, on the channel of moving connections:
 /// it takes them.
@@ -48,7 +42,6 @@ pub(crate) const HELLO: &[u8] = b"PH";
 /// [`Service`](herder_reactor::Service) state travels with them), not new ones: from
 /// a draining worker to the supervisor, and from the supervisor to their new
 /// worker. Their data is [`encode_move`]'s.
-#[cfg(unix)]
 pub(crate) const MOVE_ID: u64 = 1 << 63;
 
 /// Whether `payload` is reserved for the pool's own messages: `b'P'` followed by
@@ -68,7 +61,6 @@ pub fn is_reserved(payload: &[u8]) -> bool {
 /// A moving connection's hand-off data: a flags byte (bit 0: the peer has sent
 /// nothing yet), the length of its service's state (`u32`, little-endian), the
 /// state, then the input its service had not consumed.
-#[cfg(unix)]
 pub(crate) fn encode_move(fresh: bool, state: &[u8], input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + state.len() + input.len());
     out.push(u8::from(fresh));
@@ -80,7 +72,6 @@ pub(crate) fn encode_move(fresh: bool, state: &[u8], input: &[u8]) -> Vec<u8> {
 
 /// A moving connection's data decoded: whether it is fresh, the state, the input;
 /// `None` if malformed.
-#[cfg(unix)]
 pub(crate) fn decode_move(data: &[u8]) -> Option<(bool, &[u8], &[u8])> {
     let (&flags, rest) = data.split_first()?;
     if flags > 1 {
@@ -95,7 +86,6 @@ pub(crate) fn decode_move(data: &[u8]) -> Option<(bool, &[u8], &[u8])> {
 }
 
 /// A worker's receipt for hand-offs, as the supervisor reads it.
-#[cfg(unix)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Receipt {
     Ack(u64),
@@ -104,7 +94,6 @@ pub(crate) enum Receipt {
     Kept(Vec<u64>),
 }
 
-#[cfg(unix)]
 impl Receipt {
     /// The message's bytes.
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -141,7 +130,7 @@ impl Receipt {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

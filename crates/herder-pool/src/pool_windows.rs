@@ -1446,7 +1446,7 @@ impl Drop for Pool {
 pub struct Worker {
     slot: usize,
     generation: u64,
-    channel: Channel,
+    channel: Option<Channel>,
     scorecard: Option<crate::Scorecard>,
     handoff: Option<Channel>,
     listeners: Vec<(String, TcpListener)>,
@@ -1495,7 +1495,7 @@ impl Worker {
         let io = |what: &'static str| move |source| Error::Io { what, source };
         let stream = TcpStream::connect(addr).map_err(io("connecting the channel"))?;
         let _ = stream.set_nodelay(true);
-        let mut channel = Channel::new(stream, 0);
+        let mut channel = Channel::from_tcp(stream, 0);
         channel
             .send(token.as_bytes())
             .map_err(io("presenting the channel's token"))?;
@@ -1522,7 +1522,7 @@ impl Worker {
         Ok(Some(Worker {
             slot,
             generation,
-            channel,
+            channel: Some(channel),
             scorecard,
             handoff: Some(handoff),
             listeners,
@@ -1553,9 +1553,15 @@ impl Worker {
     }
 
     /// The channel to the supervisor: read it for the drain request
-    /// ([`is_drain_request`](crate::is_drain_request)).
-    pub fn channel(&mut self) -> &mut Channel {
-        &mut self.channel
+    /// ([`is_drain_request`](crate::is_drain_request)). `None` once taken.
+    pub fn channel(&mut self) -> Option<&mut Channel> {
+        self.channel.as_mut()
+    }
+
+    /// Takes the channel to the supervisor, e.g. to register it in an event loop
+    /// ([`Channel::socket`](herder_fd::Channel::socket)).
+    pub fn take_channel(&mut self) -> Option<Channel> {
+        self.channel.take()
     }
 
     /// Takes the hand-off channel, on which the supervisor sends connections
@@ -1565,19 +1571,18 @@ impl Worker {
         self.handoff.take()
     }
 
-    /// Takes the channel, e.g. to wait for the drain request on a thread of its own
-    /// (after [`ready`](Self::ready)).
-    pub fn into_channel(self) -> Channel {
-        self.channel
-    }
-
     /// Tells the supervisor this worker is ready.
     ///
     /// # Errors
     ///
-    /// What sending returns.
+    /// `NotConnected` if the channel was taken ([`send_ready`] then); what sending
+    /// returns.
     pub fn ready(&mut self) -> io::Result<()> {
-        self.channel.send(crate::message::READY)
+        let ch = self
+            .channel
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the channel was taken"))?;
+        send_ready(ch)
     }
 
     /// The pool's accept lock, this worker's handle on it; `None` without one.
@@ -1597,9 +1602,20 @@ impl Worker {
     }
 }
 
+/// Tells the supervisor, on a channel taken from the [`Worker`], that the worker is
+/// ready.
+///
+/// # Errors
+///
+/// What sending returns.
+pub fn send_ready(channel: &mut Channel) -> io::Result<()> {
+    channel.send(crate::message::READY)
+}
+
 /// Whether a message from the supervisor asks the worker to drain and exit.
 pub fn is_drain_request(payload: &[u8]) -> bool {
-    payload == crate::message::DRAIN
+    // The pool on Windows does not move connections; a drain request it is still.
+    payload == crate::message::DRAIN || payload == crate::message::MOVE
 }
 
 /// The accept lock on Windows: a named mutex. A holder that ends without releasing

@@ -1,11 +1,9 @@
 //! The shared-listener model's worker side: a listening socket every worker holds,
 //! taken in turns.
 
-use crate::Error;
-use crate::accept_lock::AcceptLock;
 use crate::link::WorkerLink;
 use crate::scorecard::Scorecard;
-use crate::worker::Worker;
+use crate::{AcceptLock, Error, Worker};
 use herder_reactor::{Event, Key, Server, Service};
 use std::io;
 use std::net::SocketAddr;

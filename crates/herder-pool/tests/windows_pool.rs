@@ -36,6 +36,7 @@ fn worker_entry() {
         for i in 0..500 {
             worker
                 .channel()
+                .unwrap()
                 .send(format!("word {i}").as_bytes())
                 .unwrap();
         }
@@ -47,6 +48,7 @@ fn worker_entry() {
         let took = lock.try_lock().unwrap();
         worker
             .channel()
+            .unwrap()
             .send(format!("lock {took} {}", lock.recovered()).as_bytes())
             .unwrap();
         worker.ready().unwrap();
@@ -81,7 +83,7 @@ fn worker_entry() {
             card.add_accepted(1);
         }
     });
-    while let Ok(Some(message)) = worker.channel().recv() {
+    while let Ok(Some(message)) = worker.channel().unwrap().recv() {
         if is_drain_request(message.payload()) {
             break;
         }

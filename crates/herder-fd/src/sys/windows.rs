@@ -95,3 +95,15 @@ pub(crate) fn socket_from_protocol_info(bytes: &[u8]) -> io::Result<OwnedSocket>
     // SAFETY: a new socket that nothing else owns.
     Ok(unsafe { OwnedSocket::from_raw_socket(s as _) })
 }
+
+/// `ioctlsocket(FIONBIO)`: switches `socket` between blocking and non-blocking.
+pub(crate) fn set_nonblocking(socket: BorrowedSocket<'_>, nonblocking: bool) -> io::Result<()> {
+    use windows_sys::Win32::Networking::WinSock::{FIONBIO, ioctlsocket};
+    let mut on = u32::from(nonblocking);
+    // SAFETY: `socket` is a live socket for the duration of the call; `on` is
+    // writable.
+    if unsafe { ioctlsocket(socket.as_raw_socket() as SOCKET, FIONBIO, &mut on) } == SOCKET_ERROR {
+        return Err(last_error());
+    }
+    Ok(())
+}
