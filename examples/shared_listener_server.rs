@@ -38,6 +38,7 @@ mod windows {
 
     pub(crate) fn main() -> anyhow::Result<()> {
         let args = Args::parse();
+        let _span = common::init_logging(&args.common);
         if let Some(worker) = Worker::from_env()? {
             return worker_main(worker, &args);
         }
@@ -45,13 +46,7 @@ mod windows {
         let mut config = common::pool_config(&args.common);
         config.accept_lock = args.accept == "mutex";
         let mut pool = Pool::new(config, vec![("http".into(), listener)])?;
-        common::supervise(
-            &mut pool,
-            addr,
-            &args.common,
-            Duration::from_millis(100),
-            |_| {},
-        )
+        common::supervise(&mut pool, addr, &args.common, |_, _| {})
     }
 
     fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {

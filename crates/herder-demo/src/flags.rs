@@ -72,7 +72,6 @@ pub struct Common {
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
     pub log_level: String,
-    #[cfg(unix)]
     /// `text` lines, or `json` (one object per line).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

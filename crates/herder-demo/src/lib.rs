@@ -33,6 +33,8 @@ pub use tracing as __tracing;
 
 #[cfg(feature = "servers")]
 pub mod flags;
+#[cfg(feature = "servers")]
+mod logging;
 #[cfg(all(unix, feature = "servers"))]
 pub mod metrics;
 pub mod protocol;

@@ -1,13 +1,12 @@
 //! The hand-off model's supervisor side: accept connections and hand each to a
 //! worker, keeping it until the worker acknowledges it.
 
-use crate::pool::{Pool, PoolEvent};
 use crate::sys;
+use crate::{Pool, PoolEvent};
 use herder_fd::Handoff;
 use herder_reactor::{Event, Interest, Key, Mode, TimerId};
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// How a [`Dispatcher`] chooses the worker for a connection.
@@ -109,6 +108,7 @@ struct Conn {
 /// let mut pool = Pool::new(Config::default(), Vec::new())?;
 /// let mut dispatcher = Dispatcher::new(Choice::LeastLoaded);
 /// dispatcher.add_listener(&mut pool, std::net::TcpListener::bind("127.0.0.1:8080")?)?;
+/// #[cfg(unix)]
 /// pool.handle_signals()?;
 /// let mut events = Vec::new();
 /// pool.start(&mut events);
@@ -209,16 +209,13 @@ impl Dispatcher {
         listener
             .set_nonblocking(true)
             .map_err(io("making a listener non-blocking"))?;
-        let watched = listener
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(io("duplicating a listener"))?;
+        let watched = watchable(&listener).map_err(io("duplicating a listener"))?;
         let interest = if self.accepting && !self.stopping {
             Interest::READABLE
         } else {
             Interest::NONE
         };
-        let key = pool.add_source(Box::new(watched), interest, Mode::Level)?;
+        let key = pool.add_source(watched, interest, Mode::Level)?;
         self.listeners.push((key, listener));
         self.measure(pool);
         Ok(())
@@ -290,6 +287,7 @@ impl Dispatcher {
                     self.dispatch_all(pool, conns);
                 }
             }
+            #[cfg(unix)]
             PoolEvent::Upgraded { .. } => {
                 // The new supervisor accepts from now on; the connections taken here
                 // go to this pool's workers before they drain, and those no worker
@@ -507,7 +505,7 @@ impl Dispatcher {
         }
         for (slot, mut group) in groups.into_iter().enumerate() {
             while !group.is_empty() {
-                let rest = group.split_off(group.len().min(herder_fd::MAX_FDS_PER_MESSAGE));
+                let rest = group.split_off(group.len().min(crate::message::MAX_SOCKETS));
                 self.send_chunk(pool, slot, group);
                 group = rest;
             }
@@ -558,7 +556,7 @@ impl Dispatcher {
                 peer: Some(conn.peer),
                 data: &[],
             };
-            match pool.send_socket(slot, &conn.stream, &meta) {
+            match pool.send_sockets(slot, &[(&conn.stream, meta)]) {
                 Ok(pid) => {
                     self.stats.handed_off += 1;
                     *self.handed.entry(pid).or_default() += 1;
@@ -653,4 +651,13 @@ impl std::fmt::Debug for Dispatcher {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
+}
+
+/// A handle of the listener's own for the pool's loop to watch.
+fn watchable(listener: &TcpListener) -> std::io::Result<Box<dyn herder_reactor::Source>> {
+    #[cfg(unix)]
+    let handle = std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?;
+    #[cfg(windows)]
+    let handle = std::os::windows::io::AsSocket::as_socket(listener).try_clone_to_owned()?;
+    Ok(Box::new(handle))
 }

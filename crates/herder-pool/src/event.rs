@@ -2,7 +2,6 @@
 
 use crate::Error;
 use herder_fd::Message;
-#[cfg(unix)]
 use herder_reactor::Event;
 #[cfg(unix)]
 use std::io;
@@ -130,7 +129,6 @@ pub enum PoolEvent {
         /// Its pid.
         pid: u32,
     },
-    #[cfg(unix)]
     /// A worker acknowledged every hand-off up to `upto`: its server owns them
     /// ([`WorkerLink`](crate::WorkerLink) acknowledges after each poll). The
     /// [`Dispatcher`](crate::Dispatcher) closes its copies then.
@@ -142,7 +140,6 @@ pub enum PoolEvent {
         /// The highest hand-off id acknowledged; every lower one is acknowledged too.
         upto: u64,
     },
-    #[cfg(unix)]
     /// A worker refused these hand-offs: it received them without their
     /// descriptors (its descriptor table was full), or could not serve them (at its
     /// connection limit). Nobody serves them.
@@ -154,16 +151,14 @@ pub enum PoolEvent {
         /// The hand-off ids.
         ids: Vec<u64>,
     },
-    /// A message from a worker that is not the pool's own. On Unix, every message a
-    /// worker sent before it exited is reported before its
-    /// [`Exited`](PoolEvent::Exited).
+    /// A message from a worker that is not the pool's own. Every message a worker
+    /// sent before it exited is reported before its [`Exited`](PoolEvent::Exited).
     Message {
         /// The slot it came from.
         slot: usize,
         /// The message, with any descriptors.
         message: Message,
     },
-    #[cfg(unix)]
     /// Something of the caller's: a source's readiness, a timer, a signal, a wake.
     Other(Event),
 }

@@ -71,7 +71,6 @@ mod config;
 mod control;
 #[cfg(unix)]
 mod credentials;
-#[cfg(unix)]
 mod dispatch;
 mod error;
 mod event;
@@ -112,7 +111,6 @@ pub use accept_lock::{AcceptLock, AcceptLockKind};
 pub use control::Command;
 #[cfg(unix)]
 pub use credentials::Credentials;
-#[cfg(unix)]
 pub use dispatch::{Choice, DispatchStats, Dispatcher};
 pub use error::Error;
 pub use link::WorkerLink;

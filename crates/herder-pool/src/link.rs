@@ -242,7 +242,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
         // Refusals first: an acknowledgement covers every id up to its own. Each is
         // forgotten only once sent, so a failed send is tried again next time.
         while !self.lost.is_empty() {
-            let n = self.lost.len().min(MAX_IDS);
+            let n = self.lost.len().min(message::MAX_SOCKETS);
             self.send(&Receipt::Refused(self.lost[..n].to_vec()))?;
             self.lost.drain(..n);
         }
@@ -545,12 +545,6 @@ impl<Svc: Service + 'static> std::fmt::Debug for WorkerLink<Svc> {
             .finish_non_exhaustive()
     }
 }
-
-/// The most ids one refusal names: as many as one message carries descriptors.
-#[cfg(unix)]
-const MAX_IDS: usize = herder_fd::MAX_FDS_PER_MESSAGE;
-#[cfg(windows)]
-const MAX_IDS: usize = herder_fd::MAX_SOCKETS_PER_MESSAGE;
 
 /// A handle of the channel's own for the event loop to watch.
 #[cfg(unix)]

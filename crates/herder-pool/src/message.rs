@@ -4,6 +4,12 @@
 //! A pool message is a payload of `b'P'`, a command byte and the command's body, with
 //! no descriptors. See [`is_reserved`].
 
+/// The most sockets one message carries, and so the most ids one refusal names.
+#[cfg(unix)]
+pub(crate) const MAX_SOCKETS: usize = herder_fd::MAX_FDS_PER_MESSAGE;
+#[cfg(windows)]
+pub(crate) const MAX_SOCKETS: usize = herder_fd::MAX_SOCKETS_PER_MESSAGE;
+
 /// Worker to supervisor: ready to serve.
 pub(crate) const READY: &[u8] = b"PR";
 /// Supervisor to worker: stop accepting, drain and exit.

@@ -30,7 +30,7 @@ pub use crate::state::{Load, State, WorkerInfo};
 use crate::state::{reload_finished, status_response};
 use herder_fd::{Channel, Handoff, Message};
 use herder_reactor::os::windows::ReactorExt;
-use herder_reactor::{Event, Interest, Key, Mode, Reactor, Waker};
+use herder_reactor::{Event, Interest, Key, Mode, Reactor, TimerId, Waker};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
@@ -71,6 +71,8 @@ enum Watched {
     /// A connection from a worker: its own handle on the socket its [`Channel`]
     /// reads and writes.
     Conn(TcpStream),
+    /// A source of the caller's ([`Pool::add_source`]).
+    User(Box<dyn herder_reactor::Source>),
 }
 
 impl AsSocket for Watched {
@@ -78,6 +80,7 @@ impl AsSocket for Watched {
         match self {
             Watched::Rendezvous(l) => l.as_socket(),
             Watched::Conn(c) => c.as_socket(),
+            Watched::User(u) => u.as_socket(),
         }
     }
 }
@@ -586,9 +589,14 @@ impl Pool {
                         if readable || hangup {
                             self.read_channel(pid, events);
                         }
+                    } else if matches!(self.reactor.get(key), Some(Watched::User(_))) {
+                        events.push(PoolEvent::Other(*e));
                     }
                     // Otherwise an exit: `reap` looks at every worker.
                 }
+                // The pool keeps no timer of its own in the loop: this is the caller's.
+                Event::Timer(_) => events.push(PoolEvent::Other(*e)),
+                // The control pipe's threads: their reports are read below.
                 _ => {}
             }
         }
@@ -815,6 +823,7 @@ impl Pool {
             let Ok(Watched::Conn(stream)) = self.reactor.deregister(key) else {
                 return true;
             };
+            // (Anything else under the key would not be a hello's.)
             let blocking = stream
                 .set_nonblocking(false)
                 .and_then(|()| stream.set_read_timeout(Some(HELLO_WAIT)));
@@ -839,7 +848,7 @@ impl Pool {
             Watched::Conn(c) => c
                 .try_clone()
                 .and_then(|s| s.set_nonblocking(true).map(|()| s)),
-            Watched::Rendezvous(_) => Err(io::ErrorKind::InvalidInput.into()),
+            _ => Err(io::ErrorKind::InvalidInput.into()),
         }) else {
             return false;
         };
@@ -938,7 +947,19 @@ impl Pool {
                     p.ready_pending = true;
                 }
             }
-        } else if !crate::message::is_pool_message(message.payload()) {
+        } else if crate::message::is_pool_message(message.payload()) {
+            // Another of the pool's own: nothing for a worker to send.
+        } else if crate::message::is_reserved(message.payload()) {
+            use crate::message::Receipt;
+            match Receipt::decode(message.payload()) {
+                Some(Receipt::Ack(upto)) => {
+                    events.push(PoolEvent::Acknowledged { slot, pid, upto })
+                }
+                Some(Receipt::Refused(ids)) => events.push(PoolEvent::Refused { slot, pid, ids }),
+                // Reserved, and not what the worker side of the pool sends.
+                _ => tracing::warn!(slot, pid, "a malformed pool message; ignored"),
+            }
+        } else {
             events.push(PoolEvent::Message { slot, message });
         }
     }
@@ -1043,6 +1064,106 @@ impl Pool {
         } else {
             // No channel yet (or a broken or full one): it cannot drain.
             let _ = p.child.kill();
+        }
+    }
+
+    /// Hands several sockets to the ready worker of `slot` in one message over its
+    /// channel (herder-fd's `Channel::send_sockets`), without waiting: the worker
+    /// reads them with `Message::into_sockets` ([`WorkerLink`](crate::WorkerLink)
+    /// does, and acknowledges them, [`PoolEvent::Acknowledged`]). Keep each socket
+    /// open until then: on Windows a socket whose last handle closes before the
+    /// worker rebuilt it is gone. (The [`Dispatcher`](crate::Dispatcher) does.) `Ok`
+    /// names the worker's pid.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoWorker`] if the slot has no ready worker (or it drains);
+    /// [`Error::Channel`] if sending fails (`WouldBlock` when its channel is full;
+    /// more than `MAX_SOCKETS_PER_MESSAGE` sockets are refused).
+    pub fn send_sockets<S: herder_fd::Transfer + AsSocket>(
+        &mut self,
+        slot: usize,
+        items: &[(&S, Handoff<'_>)],
+    ) -> Result<u32, Error> {
+        let (pid, p) = self.current_proc(slot)?;
+        if !p.ready || p.draining {
+            return Err(Error::NoWorker(slot));
+        }
+        let (ch, _) = p.channel.as_mut().ok_or(Error::NoWorker(slot))?;
+        let sent = ch.send_sockets(items);
+        self.watch_output(pid);
+        sent.map_err(|source| Error::Channel { slot, source })?;
+        Ok(pid)
+    }
+
+    /// Watches a source of the caller's (a socket) in the pool's event loop; its
+    /// readiness comes back as [`PoolEvent::Other`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if registering fails.
+    pub fn add_source(
+        &mut self,
+        source: Box<dyn herder_reactor::Source>,
+        interest: Interest,
+        mode: Mode,
+    ) -> Result<Key, Error> {
+        self.reactor
+            .register(Watched::User(source), interest, mode)
+            .map_err(|source| Error::Io {
+                what: "watching a source",
+                source,
+            })
+    }
+
+    /// Changes what a source of the caller's is watched for.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]: `NotFound` if `key` is not a source added with
+    /// [`add_source`](Self::add_source).
+    pub fn modify_source(&mut self, key: Key, interest: Interest, mode: Mode) -> Result<(), Error> {
+        let what = "changing a source";
+        self.user_source(key, what)?;
+        self.reactor
+            .modify(key, interest, mode)
+            .map_err(|source| Error::Io { what, source })
+    }
+
+    /// Stops watching a source of the caller's and gives it back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]: `NotFound` if `key` is not a source added with
+    /// [`add_source`](Self::add_source).
+    pub fn remove_source(&mut self, key: Key) -> Result<Box<dyn herder_reactor::Source>, Error> {
+        let what = "removing a source";
+        self.user_source(key, what)?;
+        match self.reactor.deregister(key) {
+            Ok(Watched::User(s)) => Ok(s),
+            Ok(_) => Err(not_a_source(what)),
+            Err(source) => Err(Error::Io { what, source }),
+        }
+    }
+
+    /// A source of the caller's.
+    pub fn source(&self, key: Key) -> Option<&dyn herder_reactor::Source> {
+        match self.reactor.get(key)? {
+            Watched::User(u) => Some(&**u),
+            _ => None,
+        }
+    }
+
+    /// Starts a timer of the caller's; it comes back as [`PoolEvent::Other`].
+    pub fn add_timer(&mut self, deadline: Instant, repeat: Option<Duration>) -> TimerId {
+        self.reactor.add_timer(deadline, repeat)
+    }
+
+    /// `NotFound` unless `key` is a source of the caller's.
+    fn user_source(&self, key: Key, what: &'static str) -> Result<(), Error> {
+        match self.reactor.get(key) {
+            Some(Watched::User(_)) => Ok(()),
+            _ => Err(not_a_source(what)),
         }
     }
 
@@ -1409,6 +1530,16 @@ pub fn control_pipe_path(name: &str) -> String {
 /// The name of the event that stops the pool of supervisor `pid`.
 fn stop_event_name(pid: u32) -> String {
     format!("Local\\herder-stop-{pid}")
+}
+
+fn not_a_source(what: &'static str) -> Error {
+    Error::Io {
+        what,
+        source: io::Error::new(
+            io::ErrorKind::NotFound,
+            "not a source added with add_source",
+        ),
+    }
 }
 
 /// Asks the pool of supervisor `pid` (in this session, of this user) to stop

@@ -392,3 +392,21 @@ pub(crate) fn random_u64() -> u64 {
     h.write_u64(0x68_65_72_64_65_72);
     h.finish()
 }
+
+/// The most descriptors this process may hold: Windows sets no such limit on
+/// sockets (memory does), so there is no budget to keep.
+pub(crate) fn nofile_limit() -> Option<usize> {
+    None
+}
+
+/// How many descriptors are open: not counted on Windows (see [`nofile_limit`]).
+pub(crate) fn open_descriptors() -> Option<usize> {
+    None
+}
+
+/// Whether `e` says the process or the system ran out of sockets or buffer space
+/// (`WSAEMFILE`, `WSAENOBUFS`).
+pub(crate) fn is_out_of_descriptors(e: &io::Error) -> bool {
+    use windows_sys::Win32::Networking::WinSock::{WSAEMFILE, WSAENOBUFS};
+    matches!(e.raw_os_error(), Some(c) if c == WSAEMFILE || c == WSAENOBUFS)
+}
