@@ -409,6 +409,14 @@ impl Dispatcher {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    // Not inherited by a worker started while the supervisor holds
+                    // it (on Unix, accept4 makes it close-on-exec): such a copy would
+                    // keep the connection open as long as that worker lives.
+                    #[cfg(windows)]
+                    if let Err(e) = sys::no_inherit(&stream) {
+                        tracing::debug!(error = %e, "accept: cannot make it private; closed");
+                        continue;
+                    }
                     // Blocking in the worker's hands, as a fresh socket would be: on
                     // Linux an accepted socket is (it does not inherit the
                     // listener's O_NONBLOCK); elsewhere it may not be.

@@ -754,7 +754,9 @@ impl Pool {
             let Ok((stream, _)) = rendezvous.accept() else {
                 return;
             };
-            if self.hellos.len() >= MAX_HELLOS {
+            // A worker started later must not inherit another's channel: its end
+            // of file is how that worker learns the supervisor is gone.
+            if self.hellos.len() >= MAX_HELLOS || crate::sys::no_inherit(&stream).is_err() {
                 continue;
             }
             let Ok(reader) = stream.set_nonblocking(true).and_then(|()| {

@@ -77,6 +77,9 @@ pub mod os;
 #[cfg(unix)]
 #[path = "sys/unix.rs"]
 mod sys;
+#[cfg(windows)]
+#[path = "sys/windows.rs"]
+mod sys;
 
 pub use server::{
     DRAINING, Departure, LIMIT_REACHED, Server, ServerConfig, Stats, Stream, Watched,

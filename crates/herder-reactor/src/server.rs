@@ -1537,9 +1537,10 @@ fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
     crate::sys::accept(listener)
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
 fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
     let (stream, _) = listener.accept()?;
+    crate::sys::no_inherit(&stream)?;
     stream.set_nonblocking(true)?;
     Ok(stream)
 }

@@ -32,7 +32,7 @@ pub fn config(workers: usize, behaviour: &str) -> Config {
 
 /// The worker's side, run from each test binary's `worker_entry` test.
 pub fn worker_main() {
-    let Some(mut w) = Worker::from_env().expect("worker environment") else {
+    let Some(w) = Worker::from_env().expect("worker environment") else {
         return;
     };
     let behaviour = std::env::var(BEHAVIOUR).unwrap_or_default();
@@ -45,6 +45,17 @@ pub fn worker_main() {
             .is_some_and(|p| w.slot() == 0 && std::path::Path::new(p).exists());
         link_worker(w, stall);
     }
+    #[cfg(unix)]
+    unix_worker(w, &behaviour);
+    // No other behaviour on Windows: the pool's Windows tests have their own.
+    #[cfg(windows)]
+    std::process::exit(3);
+}
+
+/// The behaviours other than `link-echo`, on the Unix pool's worker API.
+#[cfg(unix)]
+fn unix_worker(mut w: Worker, behaviour: &str) -> ! {
+    let behaviour = behaviour.to_string();
     let crash_slot: Option<usize> = behaviour
         .strip_prefix("crash-slot-")
         .and_then(|s| s.parse().ok());
@@ -136,6 +147,7 @@ pub fn worker_main() {
     std::process::exit(0);
 }
 
+#[cfg(unix)]
 /// Checks what the worker inherited; returns "ok ..." or what is wrong.
 fn check_inheritance(w: &mut Worker) -> String {
     let names: Vec<String> = w.names().map(str::to_string).collect();
@@ -154,12 +166,14 @@ fn check_inheritance(w: &mut Worker) -> String {
     )
 }
 
+#[cfg(unix)]
 fn is_cloexec(fd: &impl std::os::fd::AsRawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
     flags != -1 && flags & libc::FD_CLOEXEC != 0
 }
 
+#[cfg(unix)]
 /// This process's descriptors.
 pub fn open_fds() -> Vec<i32> {
     // Collect first: while the directory is being read, it is a descriptor too.
@@ -239,6 +253,7 @@ pub fn start_ready(pool: &mut Pool, n: usize) -> Vec<PoolEvent> {
 
 /// Takes the pool's accept lock over and over; after each take, reports it and holds
 /// it for 200 ms. Ends when the supervisor goes away.
+#[cfg(unix)]
 fn lock_loop(w: &mut Worker) -> ! {
     let mut lock = w
         .accept_lock()
@@ -306,4 +321,26 @@ fn link_worker(mut w: Worker, stall: bool) -> ! {
     }
     link.run(&mut server, |_| Echo).expect("serving");
     std::process::exit(0);
+}
+
+/// Kills the current worker of `slot` at once (`SIGKILL`, `TerminateProcess`).
+pub fn kill_worker(pool: &mut Pool, slot: usize) {
+    #[cfg(unix)]
+    pool.signal(slot, libc::SIGKILL).unwrap();
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, PROCESS_TERMINATE, TerminateProcess,
+        };
+        let pid = pool.workers()[slot].pid.expect("a worker");
+        // SAFETY: opens a process this test's pool started, terminates it, closes
+        // the handle.
+        unsafe {
+            let h = OpenProcess(PROCESS_TERMINATE, 0, pid);
+            assert!(!h.is_null(), "OpenProcess({pid})");
+            assert_ne!(TerminateProcess(h, 9), 0, "TerminateProcess({pid})");
+            CloseHandle(h);
+        }
+    }
 }
