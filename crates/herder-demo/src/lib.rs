@@ -42,3 +42,10 @@ pub mod protocol;
 pub mod unix;
 #[cfg(all(windows, feature = "servers"))]
 pub mod windows;
+
+/// What the example servers share on this platform, under one name: [`unix`], or
+/// `windows` on Windows, which offer the same functions where the platform allows.
+#[cfg(all(unix, feature = "servers"))]
+pub use unix as common;
+#[cfg(all(windows, feature = "servers"))]
+pub use windows as common;

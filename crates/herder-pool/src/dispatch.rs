@@ -583,7 +583,6 @@ impl Dispatcher {
     /// Closes a connection nobody can take (every worker `full`, or no worker ready
     /// and the queue full), rather than let a queue grow.
     fn shed(&mut self, conn: Conn, full: bool) {
-        drop(conn);
         self.stats.shed += 1;
         if self.log_limited(0) {
             let shed = self.stats.shed;
@@ -596,6 +595,8 @@ impl Dispatcher {
                 tracing::warn!(shed, "no worker ready and the queue is full: shedding");
             }
         }
+        // Closed once counted and logged.
+        drop(conn);
     }
 
     /// Keeps a connection until a worker can take it (one becomes ready, a retry
