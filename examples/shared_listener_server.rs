@@ -143,7 +143,7 @@ fn supervisor(args: &Args) -> anyhow::Result<(Pool, std::net::SocketAddr)> {
     config.accept_lock = args.accept == "mutex";
     let mut pool = Pool::new(config, vec![("http".into(), listener)])?;
     if let Some(name) = &args.common.control {
-        pool.listen_control(&name.to_string_lossy())?;
+        pool.listen_control(name)?;
     }
     Ok((pool, addr))
 }

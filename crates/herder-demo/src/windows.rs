@@ -35,7 +35,7 @@ pub fn handoff_supervisor(c: &Common) -> anyhow::Result<(Pool, TcpListener, Sock
     let addr = listener.local_addr()?;
     let mut pool = Pool::new(pool_config(c)?, Vec::new())?;
     if let Some(name) = &c.control {
-        pool.listen_control(&name.to_string_lossy())?;
+        pool.listen_control(name)?;
     }
     Ok((pool, listener, addr))
 }

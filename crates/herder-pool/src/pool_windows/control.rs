@@ -1,0 +1,162 @@
+//! The control pipe on Windows: a named pipe, served by threads that block on it and
+//! hand each request to the pool's loop (the JSON lines of the Unix control socket).
+
+use super::{CONTROL_WAIT, Pool, PoolEvent, Report, Reporter};
+use crate::Error;
+use crate::state::status_response;
+use std::io;
+use std::os::windows::io::OwnedHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+impl Pool {
+    /// Answers control requests on the named pipe `name` (`\\.\pipe\NAME`, or a
+    /// full `\\.\pipe\…` path): the JSON lines of the Unix control socket
+    /// ([`Command`](crate::Command)), carried out during [`poll`](Self::poll) and
+    /// reported as [`PoolEvent::Command`]. Only the current user, SYSTEM and the
+    /// administrators may open the pipe, and only from this machine. `upgrade` is
+    /// refused: binary upgrades are Unix-only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the pipe exists already (another server uses the name) or
+    /// cannot be made.
+    pub fn listen_control(&mut self, name: impl AsRef<std::path::Path>) -> Result<(), Error> {
+        let io = |what: &'static str| move |source| Error::Io { what, source };
+        let path = control_pipe_path(&name.as_ref().to_string_lossy());
+        // `FILE_FLAG_FIRST_PIPE_INSTANCE` refuses a name in use on Windows, not on
+        // every implementation of it (Wine): ask first as well.
+        if crate::sys::pipe_exists(&path) {
+            return Err(Error::Io {
+                what: "creating the control pipe",
+                source: io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{path} exists: another server uses the name"),
+                ),
+            });
+        }
+        let security = crate::sys::owner_only().map_err(io("securing the control pipe"))?;
+        let first = crate::sys::create_pipe(&path, true, &security)
+            .map_err(io("creating the control pipe"))?;
+        let reporter = self.reporter.clone();
+        let thread_path = path.clone();
+        let closed = self.control_closed.clone();
+        std::thread::spawn(move || {
+            control_thread(&thread_path, first, &security, &reporter, &closed);
+        });
+        self.control_path = Some(path);
+        Ok(())
+    }
+
+    /// The control pipe's path, once [`listen_control`](Self::listen_control)
+    /// succeeded.
+    pub fn control_path(&self) -> Option<&str> {
+        self.control_path.as_deref()
+    }
+}
+
+impl crate::control::Controlled for Pool {
+    fn status(&self) -> Vec<u8> {
+        let mut extra = serde_json::Map::new();
+        extra.insert("reloading".into(), self.reloading.into());
+        status_response(self.generation, self.stopping, self.workers(), extra)
+    }
+
+    fn reload(&mut self, events: &mut Vec<PoolEvent>) -> u64 {
+        Pool::reload(self, events);
+        self.generation
+    }
+
+    fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) -> usize {
+        Pool::scale(self, n, events);
+        self.slots.len()
+    }
+
+    fn stop(&mut self, events: &mut Vec<PoolEvent>) {
+        Pool::stop(self, events);
+    }
+
+    fn upgrade(&mut self, _: &mut Vec<PoolEvent>) -> Result<u32, String> {
+        Err("binary upgrades are not supported on Windows".into())
+    }
+}
+
+/// Serves the control pipe: waits for a client on an instance, makes the next
+/// instance at once (so a second client need not wait), and answers each client on a
+/// thread of its own (16 at most; more are closed unanswered).
+fn control_thread(
+    path: &str,
+    first: OwnedHandle,
+    security: &crate::sys::SecurityDescriptor,
+    reporter: &Reporter,
+    closed: &AtomicBool,
+) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    let mut pipe = first;
+    loop {
+        let connected = crate::sys::connect_pipe(&pipe);
+        if closed.load(Ordering::SeqCst) {
+            // The pool is gone (and its wake-up connection is this one).
+            return;
+        }
+        let next = loop {
+            match crate::sys::create_pipe(path, false, security) {
+                Ok(next) => break next,
+                Err(_) if closed.load(Ordering::SeqCst) => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let conn = std::mem::replace(&mut pipe, next);
+        if connected.is_err() || busy.load(Ordering::SeqCst) >= 16 {
+            continue;
+        }
+        busy.fetch_add(1, Ordering::SeqCst);
+        let (reporter, busy) = (reporter.clone(), busy.clone());
+        std::thread::spawn(move || {
+            serve_control(std::fs::File::from(conn), &reporter);
+            busy.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Reads one request line from a control client, has the pool carry it out, and
+/// writes the answer.
+fn serve_control(mut conn: std::fs::File, reporter: &Reporter) {
+    use std::io::{Read, Write};
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+        }
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            let (reply, answer) = mpsc::channel();
+            let asked = Instant::now();
+            if !reporter.send(Report::Control { line, reply, asked }) {
+                return;
+            }
+            break answer
+                .recv_timeout(CONTROL_WAIT)
+                .unwrap_or_else(|_| crate::control::error("the supervisor did not answer"));
+        }
+        if line.len() > crate::control::MAX_LINE {
+            break crate::control::error("request line too long");
+        }
+    };
+    // Flushing waits for the client to read the answer; closing then cannot lose it.
+    let _ = conn.write_all(&answer).and_then(|()| conn.sync_all());
+}
+
+/// The full path of control pipe `name`: `\\.\pipe\NAME`, unless `name` is a
+/// path already.
+pub fn control_pipe_path(name: &str) -> String {
+    if name.starts_with(r"\\") {
+        name.to_string()
+    } else {
+        format!(r"\\.\pipe\{name}")
+    }
+}
