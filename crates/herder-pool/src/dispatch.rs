@@ -2,7 +2,7 @@
 //! worker, keeping it until the worker acknowledges it.
 
 use crate::sys;
-use crate::{Pool, PoolEvent};
+use crate::{Pool, PoolEvent, Watched};
 use herder_fd::Handoff;
 use herder_reactor::{Event, Interest, Key, Mode, TimerId};
 use std::collections::{HashMap, VecDeque};
@@ -127,7 +127,8 @@ struct Conn {
 /// [`WorkerLink`]: crate::WorkerLink
 pub struct Dispatcher {
     choice: Choice,
-    listeners: Vec<(Key, TcpListener)>,
+    /// The listeners, watched (and owned) by the pool.
+    listeners: Vec<Watched<TcpListener>>,
     /// Where round-robin goes next, and least-loaded's tie-break.
     next: usize,
     /// Connections handed to each worker (by pid) and not yet acknowledged.
@@ -198,8 +199,7 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if it cannot be made non-blocking, duplicated
-    /// or watched.
+    /// [`Error::Io`](crate::Error::Io) if it cannot be made non-blocking or watched.
     pub fn add_listener(
         &mut self,
         pool: &mut Pool,
@@ -209,14 +209,13 @@ impl Dispatcher {
         listener
             .set_nonblocking(true)
             .map_err(io("making a listener non-blocking"))?;
-        let watched = watchable(&listener).map_err(io("duplicating a listener"))?;
         let interest = if self.accepting && !self.stopping {
             Interest::READABLE
         } else {
             Interest::NONE
         };
-        let key = pool.add_source(watched, interest, Mode::Level)?;
-        self.listeners.push((key, listener));
+        let watched = pool.watch(listener, interest, Mode::Level)?;
+        self.listeners.push(watched);
         self.measure(pool);
         Ok(())
     }
@@ -241,7 +240,7 @@ impl Dispatcher {
         let mut own = false;
         match event {
             PoolEvent::Other(Event::Io { key, .. })
-                if self.listeners.iter().any(|(k, _)| k == key) =>
+                if self.listeners.iter().any(|w| w.key() == *key) =>
             {
                 own = true;
                 self.accept(pool, *key);
@@ -326,8 +325,8 @@ impl Dispatcher {
     /// Closes the listeners: new connections are refused at once, or wait for
     /// whoever else holds the socket (systemd, a new supervisor).
     pub fn close_listeners(&mut self, pool: &mut Pool) {
-        for (key, _) in self.listeners.drain(..) {
-            let _ = pool.remove_source(key);
+        for w in self.listeners.drain(..) {
+            let _ = pool.unwatch(w);
         }
         self.accepting = false;
     }
@@ -348,8 +347,8 @@ impl Dispatcher {
             Interest::NONE
         };
         let mut ok = true;
-        for (key, _) in &self.listeners {
-            ok &= pool.modify_source(*key, interest, Mode::Level).is_ok();
+        for w in &self.listeners {
+            ok &= pool.modify_source(w.key(), interest, Mode::Level).is_ok();
         }
         if ok {
             self.accepting = on;
@@ -404,7 +403,12 @@ impl Dispatcher {
         let room = self.budget.saturating_sub(self.held());
         let mut batch: Vec<Conn> = self.pending.drain(..).collect();
         for _ in 0..room.min(ACCEPT_BURST) {
-            let Some((_, listener)) = self.listeners.iter().find(|(k, _)| *k == key) else {
+            let Some(listener) = self
+                .listeners
+                .iter()
+                .find(|w| w.key() == key)
+                .and_then(|w| pool.watched(*w))
+            else {
                 break;
             };
             match listener.accept() {
@@ -660,13 +664,4 @@ impl std::fmt::Debug for Dispatcher {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
-}
-
-/// A handle of the listener's own for the pool's loop to watch.
-fn watchable(listener: &TcpListener) -> std::io::Result<Box<dyn herder_reactor::Source>> {
-    #[cfg(unix)]
-    let handle = std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?;
-    #[cfg(windows)]
-    let handle = std::os::windows::io::AsSocket::as_socket(listener).try_clone_to_owned()?;
-    Ok(Box::new(handle))
 }

@@ -88,6 +88,7 @@ mod shared;
 mod state;
 #[cfg(unix)]
 pub mod systemd;
+mod watch;
 #[cfg(unix)]
 mod worker;
 
@@ -122,6 +123,7 @@ pub use moves::MoveStats;
 pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
 pub use scorecard::{PEER_FRESH, Scorecard};
 pub use shared::{SharedListener, Sharing};
+pub use watch::Watched;
 #[cfg(unix)]
 pub use worker::{CHANNEL_NAME, WORKER_ENV, Worker, is_drain_request, send_ready};
 

@@ -4,6 +4,7 @@ mod control;
 mod moving;
 mod processes;
 mod rollout;
+mod sources;
 mod upgrade;
 
 use control::ControlConn;
@@ -96,8 +97,8 @@ enum Source {
     ControlListener(UnixListener),
     /// A control-socket connection.
     ControlConn(UnixStream),
-    /// A source of the caller's ([`Pool::add_source`]).
-    User(Box<dyn herder_reactor::Source>),
+    /// A source of the caller's ([`Pool::add_source`], [`Pool::watch`]).
+    User(Box<dyn crate::watch::UserSource>),
     /// The socket a new supervisor reports its readiness on during an upgrade.
     Datagram(UnixDatagram),
 }
@@ -580,85 +581,6 @@ impl Pool {
             accepted: r.map_or(0, |r| r.accepted()),
             active: r.map_or(0, |r| r.active()),
         })
-    }
-
-    /// Watches a source of the caller's in the pool's event loop; its readiness comes
-    /// back as [`PoolEvent::Other`]. The supervisor of the hand-off model watches its
-    /// listener this way.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if registering fails.
-    pub fn add_source(
-        &mut self,
-        source: Box<dyn herder_reactor::Source>,
-        interest: Interest,
-        mode: Mode,
-    ) -> Result<Key, Error> {
-        self.reactor
-            .register(Source::User(source), interest, mode)
-            .map_err(Error::io("watching a source"))
-    }
-
-    /// Changes what a source of the caller's is watched for.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`]: `NotFound` if `key` is not a source added with
-    /// [`add_source`](Self::add_source).
-    pub fn modify_source(&mut self, key: Key, interest: Interest, mode: Mode) -> Result<(), Error> {
-        if !matches!(self.reactor.get(key), Some(Source::User(_))) {
-            return Err(Error::Io {
-                what: "changing a source",
-                source: io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "not a source added with add_source",
-                ),
-            });
-        }
-        self.reactor
-            .modify(key, interest, mode)
-            .map_err(Error::io("changing a source"))
-    }
-
-    /// Stops watching a source of the caller's and gives it back.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`]: `NotFound` if `key` is not a source added with
-    /// [`add_source`](Self::add_source).
-    pub fn remove_source(&mut self, key: Key) -> Result<Box<dyn herder_reactor::Source>, Error> {
-        let not_found = || Error::Io {
-            what: "removing a source",
-            source: io::Error::new(
-                io::ErrorKind::NotFound,
-                "not a source added with add_source",
-            ),
-        };
-        if !matches!(self.reactor.get(key), Some(Source::User(_))) {
-            return Err(not_found());
-        }
-        match self.reactor.deregister(key) {
-            Ok(Source::User(s)) => Ok(s),
-            Ok(_) => Err(not_found()),
-            Err(e) => Err(Error::Io {
-                what: "removing a source",
-                source: e,
-            }),
-        }
-    }
-
-    /// A source of the caller's.
-    pub fn source(&self, key: Key) -> Option<&dyn herder_reactor::Source> {
-        match self.reactor.get(key)? {
-            Source::User(u) => Some(&**u),
-            _ => None,
-        }
-    }
-
-    /// Starts a timer of the caller's; it comes back as [`PoolEvent::Other`].
-    pub fn add_timer(&mut self, deadline: Instant, repeat: Option<Duration>) -> TimerId {
-        self.reactor.add_timer(deadline, repeat)
     }
 
     /// Sends `sig` to the current worker of `slot`.

@@ -1,5 +1,6 @@
 //! Recycling after a connection limit, one slot at a time, and scaling with the load;
-//! what a pool refuses or clamps (listener names, a count of zero).
+//! what a pool refuses or clamps (listener names, a count of zero); a source of the
+//! caller's watched in the pool's loop comes back with its type.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -113,4 +114,32 @@ fn scaling_to_zero_keeps_one_worker() {
     util::poll_until(&mut pool, Duration::from_secs(30), |e| {
         matches!(e, PoolEvent::Stopped)
     });
+}
+
+#[test]
+fn a_watched_source_comes_back_typed() {
+    use herder_reactor::{Event, Interest, Mode};
+    use std::io::{Read, Write};
+    let mut pool = Pool::new(util::config(1, "ready"), Vec::new()).unwrap();
+    let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    reader.set_nonblocking(true).unwrap();
+    let pipe = pool.watch(reader, Interest::READABLE, Mode::Level).unwrap();
+    writer.write_all(b"hello").unwrap();
+    let seen = util::poll_until(
+        &mut pool,
+        Duration::from_secs(30),
+        |e| matches!(e, PoolEvent::Other(Event::Io { key, .. }) if *key == pipe.key()),
+    );
+    assert!(!seen.is_empty());
+    let mut got = [0u8; 5];
+    pool.watched_mut(pipe)
+        .expect("still watched")
+        .read_exact(&mut got)
+        .unwrap();
+    assert_eq!(&got, b"hello");
+    assert!(pool.watched(pipe).is_some());
+    let reader = pool.unwatch(pipe).unwrap();
+    assert!(pool.watched(pipe).is_none());
+    assert!(pool.unwatch(pipe).is_err(), "given back once");
+    drop(reader);
 }

@@ -230,7 +230,7 @@ impl Pool {
         let watched = channel
             .set_nonblocking(true)
             .and_then(|()| channel.send(message::HELLO, &[]))
-            .and_then(|()| self.watch(&channel, Watch::Upstream));
+            .and_then(|()| self.watch_moves(&channel, Watch::Upstream));
         match watched {
             Ok(key) => self.upstream = Some((channel, key)),
             Err(e) => tracing::warn!(error = %e, "cannot take connections from the old supervisor"),
@@ -261,13 +261,13 @@ impl Pool {
             tracing::warn!(error = %e, "cannot move connections to the new supervisor");
             return;
         }
-        match self.watch(&channel, Watch::Downstream) {
+        match self.watch_moves(&channel, Watch::Downstream) {
             Ok(key) => self.downstream = Some(Downstream { channel, key, pid }),
             Err(e) => tracing::warn!(error = %e, "cannot move connections to the new supervisor"),
         }
     }
 
-    fn watch(&mut self, channel: &Channel, watch: Watch) -> io::Result<Key> {
+    fn watch_moves(&mut self, channel: &Channel, watch: Watch) -> io::Result<Key> {
         let dup = channel.as_fd().try_clone_to_owned()?;
         let key = self
             .reactor
@@ -276,7 +276,7 @@ impl Pool {
         Ok(key)
     }
 
-    fn unwatch(&mut self, key: Key) {
+    fn unwatch_moves(&mut self, key: Key) {
         self.watches.remove(&key);
         let _ = self.reactor.deregister(key);
     }
@@ -299,7 +299,7 @@ impl Pool {
                 Ok(None) | Err(_) => {
                     let key = *key;
                     self.upstream = None;
-                    self.unwatch(key);
+                    self.unwatch_moves(key);
                     return;
                 }
             }
@@ -340,7 +340,7 @@ impl Pool {
                 Ok(None) | Err(_) => {
                     let key = d.key;
                     self.downstream = None;
-                    self.unwatch(key);
+                    self.unwatch_moves(key);
                     let unknown = self.moves.abandoned(pid);
                     if !unknown.is_empty() {
                         tracing::warn!(

@@ -79,8 +79,8 @@ enum Watched {
     /// A connection from a worker: its own handle on the socket its [`Channel`]
     /// reads and writes.
     Conn(TcpStream),
-    /// A source of the caller's ([`Pool::add_source`]).
-    User(Box<dyn herder_reactor::Source>),
+    /// A source of the caller's ([`Pool::add_source`], [`Pool::watch`]).
+    User(Box<dyn crate::watch::UserSource>),
 }
 
 impl AsSocket for Watched {

@@ -3,6 +3,7 @@
 
 use super::{Pool, Watched};
 use crate::Error;
+use crate::watch::Watched as Typed;
 use herder_fd::Handoff;
 use herder_reactor::{Interest, Key, Mode, TimerId};
 use std::io;
@@ -10,6 +11,65 @@ use std::os::windows::io::AsSocket;
 use std::time::{Duration, Instant};
 
 impl Pool {
+    /// Watches `source` in the pool's event loop, keeping its type: the handle gets
+    /// it back as a `&T` ([`watched`](Self::watched)), a `&mut T`
+    /// ([`watched_mut`](Self::watched_mut)) or a `T` ([`unwatch`](Self::unwatch)),
+    /// and names its readiness in [`PoolEvent::Other`](crate::PoolEvent::Other)
+    /// ([`Typed::key`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if registering fails.
+    pub fn watch<T: herder_reactor::Source>(
+        &mut self,
+        source: T,
+        interest: Interest,
+        mode: Mode,
+    ) -> Result<Typed<T>, Error> {
+        self.reactor
+            .register(Watched::User(Box::new(source)), interest, mode)
+            .map(Typed::new)
+            .map_err(|source| Error::Io {
+                what: "watching a source",
+                source,
+            })
+    }
+
+    /// The source `watched` names, if it is still watched.
+    pub fn watched<T: herder_reactor::Source>(&self, watched: Typed<T>) -> Option<&T> {
+        match self.reactor.get(watched.key())? {
+            Watched::User(u) => (**u).as_any().downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// The source `watched` names, mutably, if it is still watched.
+    pub fn watched_mut<T: herder_reactor::Source>(&mut self, watched: Typed<T>) -> Option<&mut T> {
+        // SAFETY: the pool replaces no source; the caller gets a `&mut T`, not the
+        // slot, and cannot close the socket the reactor watches without giving the
+        // `T` up.
+        match unsafe { self.reactor.get_mut(watched.key()) }? {
+            Watched::User(u) => (**u).as_any_mut().downcast_mut(),
+            _ => None,
+        }
+    }
+
+    /// Stops watching the source `watched` names and gives it back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]: `NotFound` if it is no longer watched.
+    pub fn unwatch<T: herder_reactor::Source>(&mut self, watched: Typed<T>) -> Result<T, Error> {
+        let gone = || not_a_source("unwatching a source");
+        if self.watched(watched).is_none() {
+            return Err(gone());
+        }
+        match self.reactor.deregister(watched.key()) {
+            Ok(Watched::User(u)) => u.into_any().downcast().map(|t| *t).map_err(|_| gone()),
+            _ => Err(gone()),
+        }
+    }
+
     /// Hands several sockets to the ready worker of `slot` in one message over its
     /// channel (herder-fd's `Channel::send_sockets`), without waiting: the worker
     /// reads them with `Message::into_sockets` ([`WorkerLink`](crate::WorkerLink)
@@ -52,7 +112,7 @@ impl Pool {
         mode: Mode,
     ) -> Result<Key, Error> {
         self.reactor
-            .register(Watched::User(source), interest, mode)
+            .register(Watched::User(crate::watch::boxed(source)), interest, mode)
             .map_err(|source| Error::Io {
                 what: "watching a source",
                 source,
@@ -83,7 +143,7 @@ impl Pool {
         let what = "removing a source";
         self.user_source(key, what)?;
         match self.reactor.deregister(key) {
-            Ok(Watched::User(s)) => Ok(s),
+            Ok(Watched::User(s)) => Ok(crate::watch::unboxed(s)),
             Ok(_) => Err(not_a_source(what)),
             Err(source) => Err(Error::Io { what, source }),
         }
@@ -92,7 +152,7 @@ impl Pool {
     /// A source of the caller's.
     pub fn source(&self, key: Key) -> Option<&dyn herder_reactor::Source> {
         match self.reactor.get(key)? {
-            Watched::User(u) => Some(&**u),
+            Watched::User(u) => Some(u.as_source()),
             _ => None,
         }
     }
