@@ -76,6 +76,7 @@ mod error;
 mod event;
 mod link;
 mod listener;
+mod mapping;
 mod message;
 #[cfg(unix)]
 mod moves;

@@ -408,30 +408,7 @@ pub(crate) fn is_notify_var(name: &OsStr) -> bool {
     )
 }
 
-/// A shared memory region mapped into this process (`mmap(MAP_SHARED)`).
-///
-/// Invariant: `ptr` is the start of a live mapping of `len` bytes, page-aligned,
-/// until drop.
-pub(crate) struct Mapping {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory; all access to it goes through atomics
-// (see `scoreboard`), so it may be used from any thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-}
+pub(crate) use crate::mapping::Mapping;
 
 impl Drop for Mapping {
     fn drop(&mut self) {

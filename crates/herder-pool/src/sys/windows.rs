@@ -264,27 +264,7 @@ pub(crate) fn connect_pipe(pipe: &OwnedHandle) -> io::Result<()> {
     Err(e)
 }
 
-/// A view of shared memory, unmapped on drop.
-pub(crate) struct Mapping {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the view is plain shared memory; all access to it goes through atomics
-// (see `scoreboard`), so it may be used from any thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-}
+pub(crate) use crate::mapping::Mapping;
 
 impl Drop for Mapping {
     fn drop(&mut self) {
