@@ -325,9 +325,23 @@ fn one_server(name: &str, extra: &[&str]) {
 #[test]
 fn the_windows_handoff_server_sheds_over_its_limit() {
     use std::io::{Read, Write};
+    // A free port for the metrics endpoint (bound and released here).
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let server = Server::start(
         "handoff_server",
-        &["--workers", "1", "--max-connections", "1"],
+        &[
+            "--workers",
+            "1",
+            "--max-connections",
+            "1",
+            "--metrics",
+            &metrics_addr,
+        ],
     );
     let addr = server.addr;
     let mut held = std::net::TcpStream::connect(addr).unwrap();
@@ -352,6 +366,15 @@ fn the_windows_handoff_server_sheds_over_its_limit() {
     while !server.log().contains("shedding") {
         assert!(Instant::now() < deadline, "not logged: {}", server.log());
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // And counted, on the metrics endpoint as on Unix.
+    let metrics = get_metrics(&metrics_addr);
+    for line in [
+        "herder_handoffs_shed_total 1",
+        "herder_generation 1",
+        "herder_handoffs_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} in {metrics}");
     }
 
     // The held one still works; once it is closed (and the worker has said so),
@@ -378,4 +401,18 @@ fn the_windows_handoff_server_sheds_over_its_limit() {
     let mut server = server;
     let status = wait(&mut server.child, "the stop", Duration::from_secs(60));
     assert!(status.success(), "{status}\n{}", server.log());
+}
+
+/// `GET /metrics` from a server's metrics endpoint: the body.
+fn get_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
 }

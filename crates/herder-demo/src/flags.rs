@@ -65,7 +65,6 @@ pub struct Common {
     /// user).
     #[arg(long, requires = "user")]
     pub unprivileged_supervisor: bool,
-    #[cfg(unix)]
     /// Serve the supervisor's figures for Prometheus at `http://ADDR/metrics`.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,

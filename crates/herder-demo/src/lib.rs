@@ -9,9 +9,9 @@
 //!
 //! - [`flags`]: the command line both example servers take, and the pool and
 //!   worker settings that follow from it.
-//! - [`unix`] (Unix) and `windows` (Windows): the rest of what the example servers
-//!   share — logging, the listener, the supervisor's loop, and on Unix the
-//!   Prometheus endpoint ([`metrics`]).
+//! - [`unix`] (Unix) and `windows` (Windows), one of them also named [`common`]: the
+//!   rest of what the example servers share — logging, the listener, the
+//!   supervisor's loop with the Prometheus endpoint ([`metrics`]).
 
 // No panics on request paths: library code handles every error; the invariants it
 // relies on instead are stated where they are (`#[expect]` with a reason).
@@ -35,9 +35,11 @@ pub use tracing as __tracing;
 pub mod flags;
 #[cfg(feature = "servers")]
 mod logging;
-#[cfg(all(unix, feature = "servers"))]
+#[cfg(feature = "servers")]
 pub mod metrics;
 pub mod protocol;
+#[cfg(feature = "servers")]
+mod supervise;
 #[cfg(all(unix, feature = "servers"))]
 pub mod unix;
 #[cfg(all(windows, feature = "servers"))]

@@ -48,11 +48,16 @@ impl Metrics {
     /// passed on), and watches it in the pool's loop.
     pub fn start(pool: &mut Pool, addr: SocketAddr) -> anyhow::Result<Metrics> {
         use anyhow::Context;
-        let listener = match crate::unix::inherited(|name| name == NAME)?.pop() {
+        #[cfg(unix)]
+        let inherited = crate::unix::inherited(|name| name == NAME)?.pop();
+        #[cfg(windows)]
+        let inherited: Option<(String, TcpListener)> = None;
+        let listener = match inherited {
             Some((_, fd)) => TcpListener::from(fd),
             None => TcpListener::bind(addr).with_context(|| format!("binding --metrics {addr}"))?,
         };
         listener.set_nonblocking(true)?;
+        #[cfg(unix)]
         pool.pass_on_upgrade(NAME, std::os::fd::OwnedFd::from(listener.try_clone()?));
         let key = pool.add_source(
             Box::new(listener.try_clone()?),
@@ -117,7 +122,10 @@ impl Metrics {
                     return;
                 }
             };
-            if self.conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
+            if self.conns.len() >= MAX_CONNS
+                || stream.set_nonblocking(true).is_err()
+                || private(&stream).is_err()
+            {
                 continue;
             }
             let Ok(watched) = stream.try_clone() else {
@@ -283,6 +291,13 @@ pub fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
         "Binary upgrades abandoned.",
         &[(String::new(), tally.upgrades_failed)],
     );
+    #[cfg(unix)]
+    moves(pool, &mut metric);
+}
+
+/// The live connections retiring workers moved (Unix: Windows does not move them).
+#[cfg(unix)]
+fn moves(pool: &Pool, metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)])) {
     let moves = pool.move_stats();
     metric(
         "herder_connections_moved_total",
@@ -296,4 +311,26 @@ pub fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
         "Live connections that found no taker and were finished by the worker they were in.",
         &[(String::new(), moves.kept)],
     );
+}
+
+/// A scraper's connection is the supervisor's alone: on Unix `accept4` makes it
+/// close-on-exec; on Windows an accepted socket may be inheritable, and a worker
+/// started while it is open would keep it open.
+#[cfg(unix)]
+fn private(_: &TcpStream) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(windows)]
+fn private(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::windows::io::AsRawSocket;
+    use windows_sys::Win32::Foundation::{HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation};
+    // SAFETY: a live socket, whose handle is a kernel handle; only its inherit flag
+    // changes.
+    let ok =
+        unsafe { SetHandleInformation(stream.as_raw_socket() as HANDLE, HANDLE_FLAG_INHERIT, 0) };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

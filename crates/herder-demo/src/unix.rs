@@ -3,9 +3,9 @@
 pub use crate::flags::{Common, server, service};
 pub use crate::logging::init_logging;
 pub use crate::metrics;
+pub use crate::supervise::supervise;
 
-use herder_pool::{Pool, PoolEvent};
-use std::time::Duration;
+use herder_pool::Pool;
 
 /// The pool configuration both servers start from: the common flags' and the
 /// workers' user.
@@ -136,60 +136,4 @@ pub fn drop_privileges(
         who.gid
     );
     Ok(())
-}
-
-/// Runs the supervisor until a graceful stop ends: logs the pool's events, prints the
-/// one `listening on` line once every initial worker is ready, and calls `other` for
-/// the caller's own events.
-pub fn supervise(
-    pool: &mut Pool,
-    addr: std::net::SocketAddr,
-    c: &Common,
-    extra_metrics: &dyn Fn(&mut String),
-    mut other: impl FnMut(&mut Pool, &PoolEvent),
-) -> anyhow::Result<()> {
-    let mut metrics = match c.metrics {
-        Some(addr) => Some(metrics::Metrics::start(pool, addr)?),
-        None => None,
-    };
-    let tally = std::cell::RefCell::new(metrics::Tally::default());
-    let render = |pool: &Pool, out: &mut String| {
-        metrics::render_pool(pool, &tally.borrow(), out);
-        extra_metrics(out);
-    };
-    let mut events = Vec::new();
-    pool.start(&mut events);
-    let mut announced = false;
-    loop {
-        for e in events.drain(..) {
-            if let Some(m) = metrics.as_mut() {
-                if m.on_event(pool, &e, &render) {
-                    continue;
-                }
-            }
-            match &e {
-                PoolEvent::Reloaded { .. } => tally.borrow_mut().reloads += 1,
-                PoolEvent::UpgradeFailed { .. } => tally.borrow_mut().upgrades_failed += 1,
-                // The pool logged it; a graceful stop ends here.
-                PoolEvent::Stopped => return Ok(()),
-                _ => {}
-            }
-            other(pool, &e);
-        }
-        if !announced
-            && !pool.workers().is_empty()
-            && pool
-                .workers()
-                .iter()
-                .all(|w| w.state == herder_pool::State::Ready)
-        {
-            announced = true;
-            // Whoever reads stdout may be gone (after an upgrade, say): never a reason
-            // to stop serving.
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
-        }
-        pool.poll(&mut events, Some(Duration::from_millis(500)))?;
-    }
 }

@@ -413,6 +413,11 @@ impl Pool {
         events.push(reload_finished(generation, failed));
     }
 
+    /// The current generation: 1 at start, one more for each [`reload`](Self::reload).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// A snapshot of every slot.
     pub fn workers(&self) -> Vec<WorkerInfo> {
         self.slots
