@@ -323,14 +323,5 @@ fn private(_: &TcpStream) -> std::io::Result<()> {
 
 #[cfg(windows)]
 fn private(stream: &TcpStream) -> std::io::Result<()> {
-    use std::os::windows::io::AsRawSocket;
-    use windows_sys::Win32::Foundation::{HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation};
-    // SAFETY: a live socket, whose handle is a kernel handle; only its inherit flag
-    // changes.
-    let ok =
-        unsafe { SetHandleInformation(stream.as_raw_socket() as HANDLE, HANDLE_FLAG_INHERIT, 0) };
-    if ok == 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    herder_reactor::os::windows::no_inherit(stream)
 }

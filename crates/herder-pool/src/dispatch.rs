@@ -417,7 +417,7 @@ impl Dispatcher {
                     // it (on Unix, accept4 makes it close-on-exec): such a copy would
                     // keep the connection open as long as that worker lives.
                     #[cfg(windows)]
-                    if let Err(e) = sys::no_inherit(&stream) {
+                    if let Err(e) = herder_reactor::os::windows::no_inherit(&stream) {
                         tracing::debug!(error = %e, "accept: cannot make it private; closed");
                         continue;
                     }

@@ -95,12 +95,6 @@ pub(crate) fn boxed(source: Box<dyn herder_reactor::Source>) -> Box<dyn UserSour
     Box::new(Boxed(source))
 }
 
-/// What `remove_source` gives back: the source, boxed (one `add_source` was given
-/// comes back in one more box, which reads and watches the same).
-pub(crate) fn unboxed(source: Box<dyn UserSource>) -> Box<dyn herder_reactor::Source> {
-    source.into_source()
-}
-
 /// A pool's type of source, which holds the caller's among its own: what the shared
 /// functions below work on, for both platforms' pools.
 pub(crate) trait Holder: herder_reactor::Source + Sized {
@@ -217,7 +211,10 @@ pub(crate) fn remove<S: Holder>(
         return Err(not_found(what));
     }
     let user = reactor.deregister(key).map_err(io(what))?.into_user();
-    user.map(unboxed).ok_or_else(|| not_found(what))
+    // A source `add_source` was given comes back in one more box, which reads and
+    // watches the same.
+    user.map(UserSource::into_source)
+        .ok_or_else(|| not_found(what))
 }
 
 /// `Pool::source`.

@@ -24,7 +24,9 @@ impl Pool {
             };
             // A worker started later must not inherit another's channel: its end
             // of file is how that worker learns the supervisor is gone.
-            if self.hellos.len() >= MAX_HELLOS || crate::sys::no_inherit(&stream).is_err() {
+            if self.hellos.len() >= MAX_HELLOS
+                || herder_reactor::os::windows::no_inherit(&stream).is_err()
+            {
                 continue;
             }
             let Ok(reader) = stream.set_nonblocking(true).and_then(|()| {

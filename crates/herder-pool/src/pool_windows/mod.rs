@@ -582,6 +582,9 @@ impl Pool {
         };
         let mut ready = std::mem::take(&mut self.ready);
         let waited = self.reactor.poll(&mut ready, wait);
+        // Whether a worker's process handle was signalled: only then is there an
+        // exit to collect (not at every message or acknowledgement).
+        let mut exited = false;
         for e in &ready {
             match *e {
                 Event::Io { key, .. } if key == self.stop_key => self.stop(events),
@@ -604,8 +607,10 @@ impl Pool {
                         }
                     } else if matches!(self.reactor.get(key), Some(Watched::User(_))) {
                         events.push(PoolEvent::Other(*e));
+                    } else {
+                        // A worker's process handle: `reap` collects its exit.
+                        exited = true;
                     }
-                    // Otherwise an exit: `reap` looks at every worker.
                 }
                 // The pool keeps no timer of its own in the loop: this is the caller's.
                 Event::Timer(_) => events.push(PoolEvent::Other(*e)),
@@ -621,7 +626,9 @@ impl Pool {
         while let Ok(r) = self.reports.try_recv() {
             self.on_report(r, events);
         }
-        self.reap(events);
+        if exited {
+            self.reap(events);
+        }
         self.timers(events);
         if self.reload_pending
             && self.reloading.is_none()

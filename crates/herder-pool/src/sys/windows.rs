@@ -390,24 +390,3 @@ pub(crate) fn is_out_of_descriptors(e: &io::Error) -> bool {
     use windows_sys::Win32::Networking::WinSock::{WSAEMFILE, WSAENOBUFS};
     matches!(e.raw_os_error(), Some(c) if c == WSAEMFILE || c == WSAENOBUFS)
 }
-
-/// Makes `socket`'s handle not inheritable: a worker started later must not get a
-/// copy of a connection the supervisor holds (which would keep it open as long as
-/// that worker lives). Accepted sockets may be inheritable, depending on the system.
-pub(crate) fn no_inherit(socket: &impl std::os::windows::io::AsSocket) -> io::Result<()> {
-    use std::os::windows::io::AsRawSocket;
-    use windows_sys::Win32::Foundation::{HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation};
-    // SAFETY: a live socket, whose handle is a kernel handle; only its inherit flag
-    // changes.
-    let ok = unsafe {
-        SetHandleInformation(
-            socket.as_socket().as_raw_socket() as HANDLE,
-            HANDLE_FLAG_INHERIT,
-            0,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}

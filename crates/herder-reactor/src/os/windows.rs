@@ -1,4 +1,5 @@
-//! Windows-only registration: waitable handles.
+//! Windows-only parts: waitable handles in a reactor, and sockets kept from child
+//! processes.
 //!
 //! IOCP reports sockets; a Windows program also waits for kernel objects — a child
 //! process that exits, an event another process sets. A reactor watches those as
@@ -116,4 +117,17 @@ impl<S: Source> Reactor<S> {
         }
         slot.waitable.as_ref().ok_or_else(crate::not_found)
     }
+}
+
+/// Makes `socket`'s handle not inheritable (`SetHandleInformation`), as a socket
+/// accepted on Unix with `SOCK_CLOEXEC` is: a process started later must not get a
+/// copy of a connection, which would keep it open as long as that process lives.
+/// Accepted sockets may be inheritable, depending on the system; a
+/// [`Server`](crate::Server) does this to every connection it accepts.
+///
+/// # Errors
+///
+/// What `SetHandleInformation` returns.
+pub fn no_inherit(socket: &impl std::os::windows::io::AsSocket) -> io::Result<()> {
+    crate::sys::no_inherit(socket)
 }
