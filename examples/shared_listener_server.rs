@@ -77,49 +77,22 @@ fn worker_main(mut worker: Worker, args: &Args) -> anyhow::Result<()> {
 }
 
 /// The pool, with the listener (or, for `reuseport`, a listener per slot), the
-/// accept lock, signals, the control socket and the workers' user; and the address.
-#[cfg(unix)]
+/// accept lock, signals, the control endpoint and the workers' user; and the address.
 fn supervisor(args: &Args) -> anyhow::Result<(Pool, std::net::SocketAddr)> {
-    use anyhow::Context;
-    use herder::pool::{AcceptLockKind, reuseport_listener};
-    use std::os::fd::OwnedFd;
     let mut config = common::pool_config(&args.common)?;
-    config.accept_lock = match args.accept.as_str() {
-        "flock" => Some(AcceptLockKind::Flock),
-        "fcntl" => Some(AcceptLockKind::Fcntl),
-        "pthread" => Some(AcceptLockKind::Pthread),
-        _ => None,
-    };
+    // `exclusive`, `reuseport` and `none` take no lock.
+    config.accept_lock = args.accept.parse().ok();
     let reuseport = args.accept == "reuseport";
-    let (listener, addr) = if reuseport {
-        if !common::inherited(|name| name != common::metrics::NAME)?.is_empty() {
-            anyhow::bail!(
-                "--accept reuseport binds a listener per worker; with socket activation, choose another --accept"
-            );
+    let (mut pool, addr) = match reuseport {
+        true => reuseport_pool(args, &config)?,
+        false => {
+            let (listener, _) = common::listener(&args.common)?;
+            let addr = listener.local_addr()?;
+            let pool = Pool::new(config.clone(), vec![("http".into(), listener.into())])?;
+            (pool, addr)
         }
-        // One listener per slot, in one SO_REUSEPORT group; the first picks the port.
-        let first = reuseport_listener(args.common.listen).context("binding")?;
-        let addr = first.local_addr()?;
-        (OwnedFd::from(first), addr)
-    } else {
-        let (l, _) = common::listener(&args.common)?;
-        let addr = l.local_addr()?;
-        (OwnedFd::from(l), addr)
     };
-    let mut pool = if reuseport {
-        let mut pool = Pool::new(config.clone(), Vec::new())?;
-        let mut first = Some(listener);
-        pool.set_slot_listeners(move |_slot| {
-            let l = match first.take() {
-                Some(l) => l,
-                None => OwnedFd::from(reuseport_listener(addr)?),
-            };
-            Ok(vec![("http".to_string(), l)])
-        });
-        pool
-    } else {
-        Pool::new(config.clone(), vec![("http".to_string(), listener)])?
-    };
+    #[cfg(unix)]
     pool.handle_signals()?;
     if let Some(path) = &args.common.control {
         pool.listen_control(path)?;
@@ -133,17 +106,38 @@ fn supervisor(args: &Args) -> anyhow::Result<(Pool, std::net::SocketAddr)> {
     Ok((pool, addr))
 }
 
-/// The pool, with the listener and the named mutex (`--accept mutex`), and the
-/// control pipe; and the address.
-#[cfg(windows)]
-fn supervisor(args: &Args) -> anyhow::Result<(Pool, std::net::SocketAddr)> {
-    let (listener, _) = common::listener(&args.common)?;
-    let addr = listener.local_addr()?;
-    let mut config = common::pool_config(&args.common)?;
-    config.accept_lock = args.accept == "mutex";
-    let mut pool = Pool::new(config, vec![("http".into(), listener)])?;
-    if let Some(name) = &args.common.control {
-        pool.listen_control(name)?;
+/// A pool whose slots each have their own listener in one `SO_REUSEPORT` group.
+#[cfg(unix)]
+fn reuseport_pool(
+    args: &Args,
+    config: &herder::pool::Config,
+) -> anyhow::Result<(Pool, std::net::SocketAddr)> {
+    use anyhow::Context;
+    use herder::pool::reuseport_listener;
+    if !common::inherited(|name| name != common::metrics::NAME)?.is_empty() {
+        anyhow::bail!(
+            "--accept reuseport binds a listener per worker; with socket activation, choose another --accept"
+        );
     }
+    // One listener per slot, in one SO_REUSEPORT group; the first picks the port.
+    let first = reuseport_listener(args.common.listen).context("binding")?;
+    let addr = first.local_addr()?;
+    let mut pool = Pool::new(config.clone(), Vec::new())?;
+    let mut first = Some(first);
+    pool.set_slot_listeners(move |_slot| {
+        let l = match first.take() {
+            Some(l) => l,
+            None => reuseport_listener(addr)?,
+        };
+        Ok(vec![("http".to_string(), l.into())])
+    });
     Ok((pool, addr))
+}
+
+#[cfg(windows)]
+fn reuseport_pool(
+    _: &Args,
+    _: &herder::pool::Config,
+) -> anyhow::Result<(Pool, std::net::SocketAddr)> {
+    anyhow::bail!("--accept reuseport is not available on Windows")
 }

@@ -31,3 +31,13 @@ pub fn handoff_supervisor(c: &Common) -> anyhow::Result<(Pool, TcpListener, Sock
     }
     Ok((pool, listener, addr))
 }
+
+/// After binding: nothing on Windows, where workers run as the supervisor does
+/// (there is no `--user`).
+pub fn drop_privileges(
+    _: &Common,
+    _: &herder_pool::Config,
+    _refuse: Option<&str>,
+) -> anyhow::Result<()> {
+    Ok(())
+}

@@ -2,72 +2,16 @@
 //! one mechanism per kind, all with the same API, all released by the kernel when
 //! their holder dies.
 
+use crate::AcceptLockKind;
 use crate::sys;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::str::FromStr;
 
 /// The name of the lock among a worker's inherited descriptors.
 pub(crate) const LOCK_NAME: &str = "herder-accept-lock";
 /// The variable naming the lock's kind.
 pub(crate) const LOCK_ENV: &str = "HERDER_ACCEPT_LOCK";
-
-/// The mechanism behind an [`AcceptLock`].
-///
-/// # Portability
-///
-/// `Flock` and the open-file-description `Fcntl` reopen the lock file through
-/// `/proc/self/fd` and are Linux-only as written; elsewhere `Fcntl` uses per-process
-/// POSIX record locks on the inherited descriptor, and `Flock` is refused. `Pthread`
-/// needs robust mutexes: Linux (glibc, musl). On Windows the accept lock is a named
-/// mutex (`Config::accept_lock`), with no kinds to choose from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AcceptLockKind {
-    /// `flock(2)` on an anonymous file (a `memfd`): released when the holder's
-    /// descriptor is closed, which its death does.
-    Flock,
-    /// `fcntl(2)` record locks (open-file-description locks on Linux): released the
-    /// same way.
-    Fcntl,
-    /// A process-shared robust `pthread` mutex in shared memory: a holder's death
-    /// hands it to the next taker (`EOWNERDEAD`), which repairs it.
-    Pthread,
-}
-
-impl AcceptLockKind {
-    /// The name used on command lines and in the environment.
-    pub fn name(self) -> &'static str {
-        match self {
-            AcceptLockKind::Flock => "flock",
-            AcceptLockKind::Fcntl => "fcntl",
-            AcceptLockKind::Pthread => "pthread",
-        }
-    }
-}
-
-impl fmt::Display for AcceptLockKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for AcceptLockKind {
-    type Err = io::Error;
-
-    fn from_str(s: &str) -> io::Result<AcceptLockKind> {
-        match s {
-            "flock" => Ok(AcceptLockKind::Flock),
-            "fcntl" => Ok(AcceptLockKind::Fcntl),
-            "pthread" => Ok(AcceptLockKind::Pthread),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unknown accept lock {s:?}"),
-            )),
-        }
-    }
-}
 
 enum Inner {
     /// A descriptor of the lock file of this process's own (flock, OFD locks) or the

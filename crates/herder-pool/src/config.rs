@@ -81,13 +81,13 @@ pub struct Config {
     /// it is terminated. Default: none, as workers must heartbeat for it; the example
     /// servers set it.
     pub heartbeat_timeout: Option<Duration>,
-    #[cfg(unix)]
-    /// Between `SIGTERM` and `SIGKILL` for a hung worker. Default 5 s.
+    /// Between `SIGTERM` and `SIGKILL` for a hung worker, or for the new supervisor
+    /// of an abandoned upgrade (Unix: on Windows a hung worker is terminated at
+    /// once). Default 5 s.
     pub kill_grace: Duration,
     /// Records in the scoreboard: the most worker processes alive at once, draining
     /// ones included. Default 1024 (64 KiB of shared memory).
     pub scoreboard_capacity: usize,
-    #[cfg(unix)]
     /// Recycle a worker after it has taken about this many connections (±10 %, so
     /// that workers started together are not recycled together; connections moved
     /// to it do not count): a successor is started, and the old worker retires once
@@ -95,11 +95,9 @@ pub struct Config {
     /// or draining them. At most one slot recycles at a time. Default: none
     /// (workers are never recycled).
     pub max_connections: Option<u64>,
-    #[cfg(unix)]
     /// Scale with the load between a minimum and a maximum of workers. Default: none
     /// (the number of workers changes only when asked).
     pub autoscale: Option<crate::Autoscale>,
-    #[cfg(unix)]
     /// An accept lock for the workers to share ([`Worker::accept_lock`]). Default:
     /// none.
     ///
@@ -116,10 +114,6 @@ pub struct Config {
     /// [`systemd`](crate::systemd)). Default: true. Workers never see the
     /// variables.
     pub systemd_notify: bool,
-    /// A named mutex for the workers to take turns accepting with
-    /// ([`Worker::accept_lock`](crate::Worker::accept_lock)). Default: none.
-    #[cfg(windows)]
-    pub accept_lock: bool,
 }
 
 impl Default for Config {
@@ -144,21 +138,15 @@ impl Default for Config {
             #[cfg(unix)]
             move_connections: true,
             heartbeat_timeout: None,
-            #[cfg(unix)]
             kill_grace: Duration::from_secs(5),
             scoreboard_capacity: 1024,
-            #[cfg(unix)]
             accept_lock: None,
             #[cfg(unix)]
             worker_credentials: None,
             #[cfg(unix)]
             systemd_notify: true,
-            #[cfg(unix)]
             max_connections: None,
-            #[cfg(unix)]
             autoscale: None,
-            #[cfg(windows)]
-            accept_lock: false,
         }
     }
 }

@@ -40,7 +40,6 @@ pub enum Error {
 }
 
 impl Error {
-    #[cfg(unix)]
     pub(crate) fn io(what: &'static str) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::Io { what, source }
     }

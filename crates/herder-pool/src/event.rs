@@ -3,7 +3,6 @@
 use crate::Error;
 use herder_fd::Message;
 use herder_reactor::Event;
-#[cfg(unix)]
 use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -59,7 +58,6 @@ pub enum PoolEvent {
         /// The cool-down before the next try.
         retry_in: Duration,
     },
-    #[cfg(unix)]
     /// A worker's channel failed or sent something malformed; the channel is closed,
     /// and the worker is killed.
     ChannelError {
@@ -120,7 +118,6 @@ pub enum PoolEvent {
     Stopped,
     /// A control request (or, on Unix, an operator's signal) was carried out.
     Command(crate::Command),
-    #[cfg(unix)]
     /// A worker reached its connection limit: a successor is starting, and it will
     /// drain once the successor is ready.
     Recycling {

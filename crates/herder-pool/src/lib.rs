@@ -76,11 +76,11 @@ mod error;
 mod event;
 mod link;
 mod listener;
+mod lock_kind;
 mod mapping;
 mod message;
 #[cfg(unix)]
 mod moves;
-#[cfg(unix)]
 mod pool;
 mod restart;
 mod scoreboard;
@@ -92,6 +92,9 @@ pub mod systemd;
 mod watch;
 #[cfg(unix)]
 mod worker;
+#[cfg(windows)]
+#[path = "worker_windows.rs"]
+mod worker;
 
 #[cfg(unix)]
 #[path = "sys/unix.rs"]
@@ -101,15 +104,12 @@ mod sys;
 mod sys;
 
 #[cfg(windows)]
-mod pool_windows;
+pub use pool::{control_pipe_path, request_stop};
 #[cfg(windows)]
-pub use pool_windows::{
-    AcceptLock, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WORKER_ENV, Worker,
-    WorkerInfo, control_pipe_path, is_drain_request, request_stop, send_ready,
-};
+pub use worker::AcceptLock;
 
 #[cfg(unix)]
-pub use accept_lock::{AcceptLock, AcceptLockKind};
+pub use accept_lock::AcceptLock;
 pub use control::Command;
 #[cfg(unix)]
 pub use credentials::Credentials;
@@ -117,16 +117,19 @@ pub use dispatch::{Choice, DispatchStats, Dispatcher};
 pub use error::Error;
 pub use link::WorkerLink;
 pub use listener::{reuseport_listener, tcp_listener};
+pub use lock_kind::AcceptLockKind;
 pub use message::is_reserved;
 #[cfg(unix)]
 pub use moves::MoveStats;
-#[cfg(unix)]
-pub use pool::{Autoscale, Config, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo};
+pub use pool::{
+    Autoscale, Config, Descriptor, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo,
+};
 pub use scorecard::{PEER_FRESH, Scorecard};
 pub use shared::{SharedListener, Sharing};
 pub use watch::Watched;
 #[cfg(unix)]
-pub use worker::{CHANNEL_NAME, WORKER_ENV, Worker, is_drain_request, send_ready};
+pub use worker::CHANNEL_NAME;
+pub use worker::{WORKER_ENV, Worker, is_drain_request, send_ready};
 
 /// The README's examples, compiled as doctests.
 #[cfg(all(doctest, unix))]

@@ -1,49 +1,108 @@
 //! The supervisor's side: a pool of worker slots, each running one worker process.
+//!
+//! One `Pool` for every platform. What a platform must provide is small, and lives
+//! in one file each (`unix.rs`, `windows.rs`), in the manner of mio's `sys`:
+//!
+//! - **launch** a worker for a slot and generation with the pool's listeners and a
+//!   channel to it (`Pool::launch`): on Unix a re-executed program inheriting its
+//!   descriptors, on Windows a `CreateProcess` whose channel connects back with a
+//!   one-time token and receives the listeners over it;
+//! - **watch its exit** in the event loop (`Watch::Exit`): a pidfd, or `SIGCHLD`
+//!   and a periodic look, on Unix; the process handle on Windows;
+//! - **ask it to drain** over its channel (the same message everywhere), and
+//!   **terminate** or **kill** it (`Process`): `SIGTERM` and `SIGKILL`, or
+//!   `TerminateProcess` for both;
+//! - **collect its exit status** (`Process::try_wait`).
+//!
+//! Everything else — slots, restarts and the breaker (`crate::restart`, pure), the
+//! rollout of a new generation, recycling, autoscaling, heartbeats, the scoreboard,
+//! the control requests, the caller's sources and timers — is this module's, once.
+//! The control endpoint is a Unix socket or a named pipe (`control_socket.rs`,
+//! `control_pipe.rs`); binary upgrades and live connection moves are Unix-only
+//! (`upgrade.rs`, `moving.rs`).
 
 mod control;
+#[cfg(windows)]
+mod control_pipe;
+#[cfg(unix)]
+mod control_socket;
+#[cfg(unix)]
 mod moving;
 mod processes;
 mod rollout;
 mod sources;
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
 mod upgrade;
+#[cfg(windows)]
+mod windows;
 
-use control::ControlConn;
-use processes::wait_blocking;
 pub use rollout::Autoscale;
-use upgrade::Upgrade;
+#[cfg(unix)]
+use unix::Process;
+#[cfg(windows)]
+use windows::Process;
+#[cfg(windows)]
+pub use windows::{control_pipe_path, request_stop};
 
 pub use crate::config::{Config, FATAL_EXIT_CODE};
 use crate::error::Error;
 pub use crate::event::PoolEvent;
-use crate::message::{self, MOVE_ID, Receipt};
-use crate::moves::Moves;
-use crate::restart::{Decision, Exit, History};
-use crate::scoreboard::{Board, SCOREBOARD_NAME};
+use crate::message::{self, Receipt};
+use crate::restart::History;
+use crate::scoreboard::Board;
+use crate::state::reload_finished;
 pub use crate::state::{Load, State, WorkerInfo};
-use crate::state::{reload_finished, status_response};
-use crate::sys;
-use crate::worker::{CHANNEL_NAME, WORKER_ENV};
 use herder_fd::Channel;
-use herder_reactor::{Event, Interest, Key, Mode, Reactor, Signal, TimerId};
+use herder_reactor::{Event, Interest, Key, Mode, Reactor, TimerId};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+/// A listener or other socket the pool hands to its workers: any owned descriptor
+/// on Unix (`TcpListener`, `UnixListener`, … convert into it), an owned socket on
+/// Windows (where workers receive TCP listeners).
+#[cfg(unix)]
+pub type Descriptor = std::os::fd::OwnedFd;
+/// A listener or other socket the pool hands to its workers: any owned descriptor
+/// on Unix (`TcpListener`, `UnixListener`, … convert into it), an owned socket on
+/// Windows (where workers receive TCP listeners).
+#[cfg(windows)]
+pub type Descriptor = std::os::windows::io::OwnedSocket;
+
+/// How the pool keeps a listener: as the descriptor it is on Unix, as the TCP
+/// listener a worker rebuilds on Windows.
+#[cfg(unix)]
+type Listener = std::os::fd::OwnedFd;
+#[cfg(windows)]
+type Listener = std::net::TcpListener;
+
+/// The bound of what [`Pool::send_socket`] and [`Pool::send_sockets`] take: the
+/// platform's "has a socket" trait.
+#[cfg(unix)]
+pub(crate) use std::os::fd::AsFd as AsDescriptor;
+#[cfg(windows)]
+pub(crate) use std::os::windows::io::AsSocket as AsDescriptor;
 
 /// One worker process.
 struct Proc {
     slot: usize,
     generation: u64,
+    /// The platform's handle on it: terminate, kill, collect its exit.
+    process: Process,
     ready: bool,
     /// Told to drain: its exit is expected, not a crash, and not replaced.
     draining: bool,
+    /// Its channel: from the start on Unix, once it connected on Windows.
     channel: Option<Channel>,
+    /// Whether its channel is watched for room to write (a message waits in part).
+    writing: bool,
     watches: Vec<Key>,
     started_at: Instant,
     /// The ready timeout, the drain deadline, or the kill grace of a hung worker.
@@ -52,7 +111,7 @@ struct Proc {
     record: Option<usize>,
     /// Connections after which it is recycled.
     recycle_at: Option<u64>,
-    /// Sent `SIGTERM` for a stopped heartbeat.
+    /// Terminated for a stopped heartbeat.
     hung: bool,
 }
 
@@ -70,7 +129,7 @@ struct Slot {
     restart_at: Option<Instant>,
     /// Descriptors for this slot's workers only (e.g. its own `SO_REUSEPORT`
     /// listener), kept across restarts so nothing queued on them is lost.
-    own: Vec<(String, OwnedFd)>,
+    own: Vec<(String, Listener)>,
 }
 
 impl Slot {
@@ -89,22 +148,35 @@ impl Slot {
     }
 }
 
-/// Sources the pool's reactor watches.
+/// Sources the pool's reactor watches (on Windows, the waitable process handles and
+/// the stop event besides).
 enum Source {
     /// A pool-owned descriptor: a duplicate of a worker's channel, or a pidfd.
-    Fd(OwnedFd),
+    #[cfg(unix)]
+    Fd(std::os::fd::OwnedFd),
     /// The control socket.
-    ControlListener(UnixListener),
+    #[cfg(unix)]
+    ControlListener(std::os::unix::net::UnixListener),
     /// A control-socket connection.
-    ControlConn(UnixStream),
+    #[cfg(unix)]
+    ControlConn(std::os::unix::net::UnixStream),
+    /// The socket a new supervisor reports its readiness on during an upgrade.
+    #[cfg(unix)]
+    Datagram(std::os::unix::net::UnixDatagram),
+    /// Where workers connect their channels.
+    #[cfg(windows)]
+    Rendezvous(std::net::TcpListener),
+    /// A connection from a worker: the pool's own handle on the socket its channel
+    /// reads and writes.
+    #[cfg(windows)]
+    Conn(std::net::TcpStream),
     /// A source of the caller's ([`Pool::add_source`], [`Pool::watch`]).
     User(Box<dyn crate::watch::UserSource>),
-    /// The socket a new supervisor reports its readiness on during an upgrade.
-    Datagram(UnixDatagram),
 }
 
-impl AsFd for Source {
-    fn as_fd(&self) -> BorrowedFd<'_> {
+#[cfg(unix)]
+impl std::os::fd::AsFd for Source {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
             Source::Fd(fd) => fd.as_fd(),
             Source::ControlListener(l) => l.as_fd(),
@@ -115,17 +187,42 @@ impl AsFd for Source {
     }
 }
 
+#[cfg(windows)]
+impl std::os::windows::io::AsSocket for Source {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        match self {
+            Source::Rendezvous(l) => l.as_socket(),
+            Source::Conn(c) => c.as_socket(),
+            Source::User(u) => u.as_socket(),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Watch {
     Channel(u32),
     Exit(u32),
+    #[cfg(unix)]
     ControlListener,
+    #[cfg(unix)]
     ControlConn,
+    #[cfg(unix)]
     UpgradeReady,
     /// The old supervisor's channel of moving connections.
+    #[cfg(unix)]
     Upstream,
     /// The new supervisor's channel of moving connections.
+    #[cfg(unix)]
     Downstream,
+    /// Where workers connect their channels.
+    #[cfg(windows)]
+    Rendezvous,
+    /// A connection that has yet to present a worker's token.
+    #[cfg(windows)]
+    Hello,
+    /// The event [`request_stop`] signals.
+    #[cfg(windows)]
+    Stop,
 }
 
 #[derive(Clone, Copy)]
@@ -135,11 +232,17 @@ enum TimerFor {
     /// A worker's ready timeout or drain deadline.
     Proc(u32),
     /// The control listener's pause after a failed accept.
+    #[cfg(unix)]
     ControlRetry(Key),
     /// The periodic check of an upgrade in progress.
+    #[cfg(unix)]
     Upgrade,
     /// The retry of replies about moving connections that found a channel full.
+    #[cfg(unix)]
     Replies,
+    /// A connection to the rendezvous that must present its token by then.
+    #[cfg(windows)]
+    Hello(Key),
 }
 
 /// A pool of worker processes, supervised: each slot runs one worker, started by
@@ -153,12 +256,14 @@ enum TimerFor {
 /// them all by a new generation, each old worker retired only once its successor is
 /// ready; [`scale`](Pool::scale) changes the number of slots. Drive it with
 /// [`poll`](Pool::poll). Dropping the pool kills whatever workers are left.
+///
+/// The same type, with the same behaviour, on every platform; what differs is
+/// listed on [the platforms page](https://github.com/herder-rs/herder/blob/main/docs/platforms.md).
 pub struct Pool {
     config: Config,
     program: PathBuf,
     args: Vec<OsString>,
-    base_env: Vec<(OsString, OsString)>,
-    listeners: Vec<(String, OwnedFd)>,
+    listeners: Vec<(String, Listener)>,
     reactor: Reactor<Source>,
     slots: Vec<Slot>,
     procs: HashMap<u32, Proc>,
@@ -174,38 +279,10 @@ pub struct Pool {
     stopping: bool,
     rng: u64,
     events: Vec<Event>,
-    sigchld: bool,
-    /// The scoreboard's descriptor (handed to every worker) and mapping.
-    board: (OwnedFd, Board),
+    /// The scoreboard's shared memory (handed to every worker) and mapping.
+    board: (crate::scoreboard::Shared, Board),
     /// The repeating timer that checks heartbeats.
     monitor: Option<TimerId>,
-    /// The control socket's path, removed on drop.
-    control_path: Option<PathBuf>,
-    /// Descriptors a new supervisor inherits at an upgrade, besides the listeners.
-    upgrade_fds: Vec<(String, OwnedFd)>,
-    /// The upgrade in progress.
-    upgrade: Option<Upgrade>,
-    /// The upgrade succeeded: stop at the next poll.
-    stop_after_upgrade: bool,
-    /// Why the last upgrade failed, for `status`.
-    upgrade_failed: Option<String>,
-    /// This program, as it was found at start (the path an upgrade runs again).
-    own_exe: Option<PathBuf>,
-    /// The old supervisor waiting for this one to be ready, during an upgrade.
-    parent: Option<crate::systemd::Notifier>,
-    /// The inherited control socket's path, while the old supervisor has not handed
-    /// over yet.
-    inherited_control_path: Option<PathBuf>,
-    /// What the pool tells systemd, when `NOTIFY_SOCKET` is set.
-    systemd: Option<crate::systemd::Reporter>,
-    /// The repeating timer of systemd's watchdog ping.
-    watchdog: Option<TimerId>,
-    /// The user the control socket answers (with root): the one that opened it, even
-    /// if the supervisor switched users since.
-    control_owner: u32,
-    control_conns: HashMap<Key, ControlConn>,
-    /// Whether the operator's signals are handled ([`Pool::handle_signals`]).
-    signals: bool,
     /// The slot whose worker is being recycled.
     recycling: Option<usize>,
     /// The once-a-second timer of recycling and scaling.
@@ -216,72 +293,64 @@ pub struct Pool {
     idle_ticks: u32,
     /// Makes the descriptors of a new slot ([`Pool::set_slot_listeners`]).
     slot_listeners: Option<SlotListeners>,
-    /// Looks for exits periodically where no pidfd tells.
-    reap_timer: Option<TimerId>,
-    /// Live connections on the move from a retired worker to another.
-    moves: Moves,
-    /// Started by an upgrade: the channel on which the old supervisor moves its
-    /// workers' connections here.
-    upstream: Option<(Channel, Key)>,
-    /// Upgraded: the channel to the new supervisor, which takes this pool's moving
-    /// connections.
-    downstream: Option<moving::Downstream>,
-    /// Replies about moving connections not sent yet (a channel was full), in
-    /// order, and whether a retry is armed.
-    replies: moving::Replies,
+    /// What the platform's side of the pool keeps.
+    os: OsState,
+}
+
+#[cfg(unix)]
+use unix::OsState;
+#[cfg(windows)]
+use windows::OsState;
+
+/// A worker just started, as the platform's `launch` returns it.
+struct Launched {
+    pid: u32,
+    process: Process,
+    /// Its channel, if it has one yet (on Windows it connects later).
+    channel: Option<Channel>,
+    /// What `launch` watches for it (its channel, its exit), in `Pool::watches`.
+    watches: Vec<Key>,
 }
 
 /// Makes a slot's own descriptors.
-type SlotListeners = Box<dyn FnMut(usize) -> io::Result<Vec<(String, OwnedFd)>>>;
+type SlotListeners = Box<dyn FnMut(usize) -> io::Result<Vec<(String, Descriptor)>>>;
 
 impl Pool {
-    /// Creates a pool that hands `listeners` (name, descriptor) to every worker as
-    /// descriptors 3, 4, … (`LISTEN_FDNAMES` carries the names), plus its channel,
-    /// named `herder-channel`. No worker starts before [`start`](Self::start).
+    /// Creates a pool that hands `listeners` (name, socket) to every worker, plus a
+    /// channel. No worker starts before [`start`](Self::start). A `TcpListener`
+    /// converts with `.into()` on every platform.
+    ///
+    /// On Unix a worker inherits them as descriptors 3, 4, … (`LISTEN_FDNAMES`
+    /// carries the names) and its channel as `herder-channel`; on Windows its
+    /// channel connects back to the pool, which duplicates the listeners to it
+    /// (`WSADuplicateSocketW`), each under its name. [`Worker::take_listener`]
+    /// finds them by name either way.
+    ///
+    /// [`Worker::take_listener`]: crate::Worker::take_listener
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the program cannot be found or the event loop not created;
-    /// [`Error::Environment`] if a listener's name is empty or contains `:`.
-    pub fn new(config: Config, mut listeners: Vec<(String, OwnedFd)>) -> Result<Pool, Error> {
+    /// [`Error::Io`] if the program cannot be found, the event loop, the scoreboard
+    /// or the accept lock not created (on Windows: the rendezvous socket, the stop
+    /// event); [`Error::Environment`] if a listener's name is empty or contains `:`.
+    pub fn new(config: Config, listeners: Vec<(String, Descriptor)>) -> Result<Pool, Error> {
         crate::config::check_listener_names(listeners.iter().map(|(n, _)| n.as_str()))?;
+        let mut listeners: Vec<(String, Listener)> = listeners
+            .into_iter()
+            .map(|(name, l)| (name, Listener::from(l)))
+            .collect();
         let program = match &config.program {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(Error::io("finding the current executable"))?,
         };
-        if let Some(who) = config.worker_credentials {
-            // Every start would fail with EACCES otherwise, each retried and backed
-            // off: say at once what to change.
-            who.check_can_execute(&program)
-                .map_err(Error::io("the workers' user cannot run the program"))?;
-        }
         let args = config
             .args
             .clone()
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
-        let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| {
-                !sys::is_listen_var(k)
-                    && !sys::is_notify_var(k)
-                    && k != crate::systemd::UPGRADE_ENV
-                    && k != WORKER_ENV
-                    && k != crate::accept_lock::LOCK_ENV
-            })
-            .chain(config.env.iter().cloned())
-            .collect();
-        if let Some(kind) = config.accept_lock {
-            let fd =
-                crate::AcceptLock::create(kind).map_err(Error::io("creating the accept lock"))?;
-            listeners.push((crate::accept_lock::LOCK_NAME.to_string(), fd));
-            base_env.push((crate::accept_lock::LOCK_ENV.into(), kind.name().into()));
-        }
         let mut reactor = Reactor::new().map_err(Error::io("creating the event loop"))?;
-        // Without pidfds, exits are noticed by SIGCHLD — if this is the process's
-        // only event loop watching signals — and by a periodic check in any case.
-        let sigchld = !cfg!(any(target_os = "linux", target_os = "android"))
-            && reactor.watch_signals(&[Signal::Child]).is_ok();
         let board = Board::create(config.scoreboard_capacity.max(1))
             .map_err(Error::io("creating the scoreboard"))?;
+        let os = OsState::new(&config, &program, &mut reactor, &mut listeners)?;
         let housekeeping =
             (config.max_connections.is_some() || config.autoscale.is_some()).then(|| {
                 let every = Duration::from_secs(1);
@@ -291,34 +360,16 @@ impl Pool {
             let every = (t / 4).max(Duration::from_millis(10));
             reactor.add_timer(Instant::now() + every, Some(every))
         });
-        let systemd = match config.systemd_notify {
-            true => crate::systemd::Notifier::from_env()
-                .map_err(|e| Error::Environment(e.to_string()))?,
-            false => None,
-        };
-        let watchdog = systemd.as_ref().and_then(|n| n.watchdog()).map(|t| {
-            let every = (t / 2).max(Duration::from_millis(10));
-            reactor.add_timer(Instant::now(), Some(every))
-        });
-        // Started by a supervisor being upgraded: tell it when ready.
-        let parent = match std::env::var_os(crate::systemd::UPGRADE_ENV) {
-            Some(path) => Some(
-                crate::systemd::Notifier::to_path(std::path::Path::new(&path))
-                    .map_err(Error::io("reaching the supervisor being upgraded"))?,
-            ),
-            None => None,
-        };
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let seed = nanos ^ (u64::from(sys::getpid()) << 32) ^ 0x9E37_79B9_7F4A_7C15;
-        Ok(Pool {
+        let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+        let mut pool = Pool {
             slots: Vec::new(),
             procs: HashMap::new(),
             config,
             program,
             args,
-            base_env,
             listeners,
             reactor,
             watches: HashMap::new(),
@@ -330,44 +381,17 @@ impl Pool {
             stopping: false,
             rng: seed | 1,
             events: Vec::new(),
-            sigchld,
             board,
             monitor,
-            control_path: None,
-            control_owner: sys::geteuid(),
-            control_conns: HashMap::new(),
-            signals: false,
             recycling: None,
             housekeeping,
             scale_step: 1,
             idle_ticks: 0,
             slot_listeners: None,
-            reap_timer: None,
-            moves: Moves::default(),
-            upstream: None,
-            downstream: None,
-            replies: moving::Replies::default(),
-            systemd: systemd.map(crate::systemd::Reporter::new),
-            watchdog,
-            upgrade_fds: Vec::new(),
-            upgrade: None,
-            upgrade_failed: None,
-            stop_after_upgrade: false,
-            own_exe: std::env::current_exe().ok(),
-            parent,
-            inherited_control_path: None,
-        })
-        .map(|mut pool: Pool| {
-            if !cfg!(any(target_os = "linux", target_os = "android")) {
-                pool.need_sigchld();
-            }
-            if pool.parent.is_some() {
-                if let Some(channel) = crate::systemd::inherited_moves() {
-                    pool.watch_upstream(channel);
-                }
-            }
-            pool
-        })
+            os,
+        };
+        pool.os_started();
+        Ok(pool)
     }
 
     /// Starts a worker in each of the configured number of slots. A worker that fails
@@ -375,54 +399,10 @@ impl Pool {
     /// the others.
     pub fn start(&mut self, events: &mut Vec<PoolEvent>) {
         let before = events.len();
-        self.start_inner(events);
-        trace_events(&events[before..]);
-    }
-
-    fn start_inner(&mut self, events: &mut Vec<PoolEvent>) {
         let n = self.config.workers;
         self.scale_inner(n, events);
         self.report();
-    }
-
-    /// Tells systemd (`sd_notify`) what changed, if it listens, and a supervisor
-    /// upgrading to this one that it is ready.
-    fn report(&mut self) {
-        if self.systemd.is_none() && self.parent.is_none() {
-            return;
-        }
-        let ready = self
-            .slots
-            .iter()
-            .filter(|s| s.state == State::Ready)
-            .count();
-        let snapshot = crate::systemd::Snapshot {
-            ready,
-            slots: self.slots.len(),
-            settled: !self
-                .slots
-                .iter()
-                .any(|s| matches!(s.state, State::Starting | State::Backoff)),
-            reloading: self.reloading.is_some() || self.reload_pending,
-            stopping: self.stopping,
-            generation: self.generation,
-            processes: self.procs.len(),
-        };
-        // A supervisor upgrading to this one hands over only when every slot is
-        // ready: a build whose workers crash does not take over.
-        if snapshot.ready == snapshot.slots && snapshot.ready > 0 && !self.stopping {
-            if let Some(parent) = self.parent.take() {
-                let _ = parent.notify(&format!("READY=1\nMAINPID={}", sys::getpid()));
-                // The control socket's file is this process's to remove from now on;
-                // before, a failed start must not remove the old supervisor's.
-                if self.control_path.is_none() {
-                    self.control_path = self.inherited_control_path.take();
-                }
-            }
-        }
-        if let Some(reporter) = self.systemd.as_mut() {
-            reporter.update(&snapshot);
-        }
+        trace_events(&events[before..]);
     }
 
     /// The current generation: 1 at start, one more for each [`reload`](Self::reload).
@@ -476,66 +456,59 @@ impl Pool {
         pids
     }
 
-    /// Sends a message to the current worker of `slot` over its channel (in the
-    /// hand-off model: a connection), if it is ready.
+    /// The pool's listeners' local addresses, by name (those that have one: TCP and
+    /// UDP sockets).
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(n, l)| {
+                let addr = socket2::SockRef::from(l).local_addr().ok()?.as_socket()?;
+                Some((n.clone(), addr))
+            })
+            .collect()
+    }
+
+    /// Sends a message to the current worker of `slot` over its channel, if it is
+    /// ready. `Ok` names the pid of the worker it went to.
     ///
     /// # Errors
     ///
     /// [`Error::NoWorker`] if the slot has no ready worker; [`Error::Channel`] for
     /// what sending returns (`WouldBlock` when the worker's channel is full).
-    pub fn send(
-        &mut self,
-        slot: usize,
-        payload: &[u8],
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(), Error> {
-        let ch = self.ready_channel(slot)?;
-        ch.send(payload, fds)
-            .map_err(|source| Error::Channel { slot, source })
-    }
-
-    /// Hands a socket to the current worker of `slot` with its header (herder-fd's
-    /// typed hand-off), if the worker is ready. `Ok` means the kernel has it, and
-    /// names the pid of the worker it went to. Ids with the top bit set are the
-    /// pool's own (connections moving between workers): keep yours below 2⁶³.
-    ///
-    /// # Errors
-    ///
-    /// As [`send`](Self::send).
-    pub fn send_socket<S: herder_fd::Transfer + AsFd>(
-        &mut self,
-        slot: usize,
-        socket: &S,
-        meta: &herder_fd::Handoff<'_>,
-    ) -> Result<u32, Error> {
+    pub fn send(&mut self, slot: usize, payload: &[u8]) -> Result<u32, Error> {
         let (pid, ch) = self.ready_worker(slot)?;
-        ch.send_socket(socket, meta)
-            .map_err(|source| Error::Channel { slot, source })?;
+        let sent = processes::send_message(ch, payload);
+        self.watch_output(pid);
+        sent.map_err(|source| Error::Channel { slot, source })?;
         Ok(pid)
     }
 
     /// Hands several sockets to the current worker of `slot` in one message
-    /// (herder-fd's [`Channel::send_sockets`]), if the worker is ready; the worker
-    /// reads them with `Message::into_sockets`. `Ok` names the pid of the worker they
-    /// went to. Hand-off ids with the top bit set are the pool's own (connections
-    /// moving between workers): keep yours below 2⁶³.
+    /// (herder-fd's `Channel::send_sockets`), if the worker is ready, without
+    /// waiting; the worker reads them with `Message::into_sockets`. `Ok` names the
+    /// pid of the worker they went to. Hand-off ids with the top bit set are the
+    /// pool's own (connections moving between workers): keep yours below 2⁶³.
+    ///
+    /// On Unix the kernel has them once this returns. On Windows the worker
+    /// rebuilds each socket from its duplicate: keep your copy open until it
+    /// acknowledges ([`PoolEvent::Acknowledged`], which
+    /// [`WorkerLink`](crate::WorkerLink) sends); the [`Dispatcher`](crate::Dispatcher)
+    /// does.
     ///
     /// # Errors
     ///
-    /// As [`send`](Self::send); more than `MAX_FDS_PER_MESSAGE` sockets are refused.
-    pub fn send_sockets<S: herder_fd::Transfer + AsFd>(
+    /// As [`send`](Self::send); more sockets than a message carries
+    /// (`MAX_FDS_PER_MESSAGE`, `MAX_SOCKETS_PER_MESSAGE`) are refused.
+    pub fn send_sockets<S: herder_fd::Transfer + AsDescriptor>(
         &mut self,
         slot: usize,
         items: &[(&S, herder_fd::Handoff<'_>)],
     ) -> Result<u32, Error> {
         let (pid, ch) = self.ready_worker(slot)?;
-        ch.send_sockets(items)
-            .map_err(|source| Error::Channel { slot, source })?;
+        let sent = ch.send_sockets(items);
+        self.watch_output(pid);
+        sent.map_err(|source| Error::Channel { slot, source })?;
         Ok(pid)
-    }
-
-    fn ready_channel(&mut self, slot: usize) -> Result<&mut Channel, Error> {
-        self.ready_worker(slot).map(|(_, ch)| ch)
     }
 
     /// The pid and channel of `slot`'s current worker, if it is ready and not draining.
@@ -551,11 +524,6 @@ impl Pool {
             .and_then(|p| p.channel.as_mut())
             .map(|ch| (pid, ch))
             .ok_or(Error::NoWorker(slot))
-    }
-
-    /// What became of the live connections retired workers moved to others.
-    pub fn move_stats(&self) -> crate::MoveStats {
-        self.moves.stats()
     }
 
     /// The number of slots.
@@ -583,20 +551,6 @@ impl Pool {
         })
     }
 
-    /// Sends `sig` to the current worker of `slot`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NoWorker`] if the slot has no running worker.
-    pub fn signal(&mut self, slot: usize, sig: i32) -> Result<(), Error> {
-        let pid = self
-            .slots
-            .get(slot)
-            .and_then(|s| s.current)
-            .ok_or(Error::NoWorker(slot))?;
-        sys::signal(pid, sig).map_err(Error::io("signalling a worker"))
-    }
-
     /// Waits up to `timeout` for something to happen, handles it, and appends what
     /// happened to `events`.
     ///
@@ -610,69 +564,50 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> Result<(), Error> {
         let before = events.len();
-        if std::mem::take(&mut self.stop_after_upgrade) {
-            self.stop_inner(events);
-        }
+        self.before_poll(events);
         let mut evs = std::mem::take(&mut self.events);
-        self.reactor
-            .poll(&mut evs, timeout)
-            .map_err(Error::io("waiting for events"))?;
+        let waited = self.reactor.poll(&mut evs, timeout);
         for ev in evs.drain(..) {
             match ev {
-                Event::Io { key, .. } => match self.watches.get(&key).copied() {
+                Event::Io {
+                    key,
+                    readable,
+                    writable,
+                    hangup,
+                } => match self.watches.get(&key).copied() {
                     Some(Watch::Channel(pid)) => {
-                        self.read_channel(pid, false, events);
+                        if writable {
+                            self.flush_channel(pid);
+                        }
+                        if readable || hangup {
+                            self.read_channel(pid, false, events);
+                        }
                     }
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
-                    Some(Watch::ControlListener) => self.accept_control(key),
-                    Some(Watch::ControlConn) => self.serve_control(key, events),
-                    Some(Watch::UpgradeReady) => self.on_upgrade_ready(events),
-                    Some(Watch::Upstream) => self.read_upstream(),
-                    Some(Watch::Downstream) => self.read_downstream(),
+                    Some(other) => self.on_os_watch(key, other, events),
                     None if matches!(self.reactor.get(key), Some(Source::User(_))) => {
                         events.push(PoolEvent::Other(ev))
                     }
                     None => {}
                 },
                 Event::Timer(id) if Some(id) == self.monitor => self.check_heartbeats(events),
-                Event::Timer(id) if Some(id) == self.watchdog => {
-                    if let Some(r) = &self.systemd {
-                        let _ = r.notifier.notify("WATCHDOG=1");
-                    }
-                }
-                Event::Timer(id) if Some(id) == self.reap_timer => {
-                    let pids: Vec<u32> = self.procs.keys().copied().collect();
-                    for pid in pids {
-                        self.reap(pid, events);
-                    }
-                }
                 Event::Timer(id) if Some(id) == self.housekeeping => {
                     self.recycle(events);
                     self.autoscale(events);
                 }
-                Event::Signal(sig) if self.signals && sig != Signal::Child => {
-                    self.on_signal(sig, events)
-                }
                 Event::Timer(id) => match self.timers.remove(&id) {
                     Some(TimerFor::Slot(slot)) => self.on_backoff_over(slot, events),
                     Some(TimerFor::Proc(pid)) => self.on_proc_timer(pid),
-                    Some(TimerFor::ControlRetry(key)) => {
-                        let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
-                    }
-                    Some(TimerFor::Upgrade) => self.on_upgrade_tick(id, events),
-                    Some(TimerFor::Replies) => self.retry_replies(),
-                    None => events.push(PoolEvent::Other(ev)),
+                    Some(other) => self.on_os_timer(id, other, events),
+                    // The platform's own repeating timers, or the caller's.
+                    None => self.on_os_event(ev, events),
                 },
-                Event::Signal(Signal::Child) if self.sigchld => {
-                    let pids: Vec<u32> = self.procs.keys().copied().collect();
-                    for pid in pids {
-                        self.reap(pid, events);
-                    }
-                }
-                other => events.push(PoolEvent::Other(other)),
+                other => self.on_os_event(other, events),
             }
         }
         self.events = evs;
+        waited.map_err(Error::io("waiting for events"))?;
+        self.after_poll(events);
         self.report();
         trace_events(&events[before..]);
         Ok(())
@@ -687,25 +622,29 @@ impl Pool {
     /// [`reuseport_listener`]: crate::reuseport_listener
     pub fn set_slot_listeners(
         &mut self,
-        make: impl FnMut(usize) -> io::Result<Vec<(String, OwnedFd)>> + 'static,
+        mut make: impl FnMut(usize) -> io::Result<Vec<(String, Descriptor)>> + 'static,
     ) {
-        self.slot_listeners = Some(Box::new(make));
+        self.slot_listeners = Some(Box::new(move |slot| make(slot)));
+    }
+
+    /// Whether a graceful stop was asked for ([`stop`](Self::stop), the control
+    /// endpoint, a signal or [`request_stop`](crate::request_stop)).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Whether a [`stop`](Self::stop) has finished: every worker is gone.
+    pub fn is_stopped(&self) -> bool {
+        self.stopping && self.procs.is_empty()
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if let Some(u) = self.upgrade.take() {
-            // A new supervisor half started: it must not outlive this one's exit.
-            let _ = sys::signal(u.pid, libc::SIGTERM);
-            let _ = std::fs::remove_dir_all(&u.dir);
-        }
-        if let Some(path) = &self.control_path {
-            let _ = std::fs::remove_file(path);
-        }
-        for pid in self.procs.keys() {
-            let _ = sys::signal(*pid, libc::SIGKILL);
-            let _ = wait_blocking(*pid);
+        self.os_drop();
+        for p in self.procs.values_mut() {
+            p.process.kill();
+            p.process.wait();
         }
     }
 }
@@ -775,12 +714,15 @@ fn trace_events(events: &[PoolEvent]) {
                     "worker reached its connection limit; recycling it"
                 )
             }
+            #[cfg(unix)]
             PoolEvent::UpgradeStarted { pid } => {
                 tracing::info!(pid, "upgrade: new supervisor starting")
             }
+            #[cfg(unix)]
             PoolEvent::Upgraded { pid } => {
                 tracing::info!(pid, "upgrade: new supervisor ready; handing over")
             }
+            #[cfg(unix)]
             PoolEvent::UpgradeFailed { reason } => {
                 tracing::error!(%reason, "upgrade failed; going on")
             }

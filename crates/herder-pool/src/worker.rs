@@ -1,7 +1,8 @@
 //! The worker's side: detect the worker role at the top of `main`, take the inherited
 //! descriptors, and talk to the supervisor.
 
-use crate::accept_lock::{AcceptLock, AcceptLockKind, LOCK_ENV, LOCK_NAME};
+use crate::AcceptLockKind;
+use crate::accept_lock::{AcceptLock, LOCK_ENV, LOCK_NAME};
 use crate::error::Error;
 use crate::message;
 use crate::scoreboard::{Board, SCOREBOARD_NAME};

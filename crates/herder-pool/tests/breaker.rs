@@ -254,7 +254,7 @@ fn a_worker_that_never_reports_ready_is_killed_and_retried() {
     pool.start(&mut events);
     // Not ready: it takes no work.
     assert!(matches!(
-        pool.send(0, b"work", &[]),
+        pool.send(0, b"work"),
         Err(herder_pool::Error::NoWorker(0))
     ));
     let events = util::poll_until(&mut pool, Duration::from_secs(30), |e| {

@@ -66,7 +66,7 @@ fn a_dead_worker_s_messages_are_reported_before_its_exit() {
     let pid = pool.workers()[0].pid.unwrap();
     // "Go", and five it never reads.
     for _ in 0..6 {
-        pool.send(0, b"go", &[]).unwrap();
+        pool.send(0, b"go").unwrap();
     }
     // Not a single poll until it is dead: its exit and its messages are both
     // waiting when the pool looks.

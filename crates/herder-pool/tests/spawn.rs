@@ -58,7 +58,7 @@ fn workers_start_with_their_listener_and_report_ready() {
             assert!(w.pid.is_some());
         }
         // The channel works both ways.
-        pool.send(1, b"hello", &[]).unwrap();
+        pool.send(1, b"hello").unwrap();
         let events = util::poll_until(&mut pool, Duration::from_secs(30), |e| {
             matches!(e, PoolEvent::Message { .. })
         });

@@ -1,51 +1,26 @@
-//! The control socket (line-delimited JSON) and the operator's signals.
+//! The control requests ([`Command`](crate::Command)) as the pool carries them
+//! out, whichever endpoint they came by (`control_socket.rs`, `control_pipe.rs`).
 
-use super::*;
-
-/// A control connection's buffers.
-#[derive(Default)]
-pub(super) struct ControlConn {
-    /// The connection (the reactor watches a duplicate of it).
-    pub(super) stream: Option<UnixStream>,
-    pub(super) input: Vec<u8>,
-    pub(super) output: Vec<u8>,
-    /// End of file seen: close once the output is written.
-    pub(super) eof: bool,
-}
-
-/// The most control connections at once.
-pub(super) const MAX_CONTROL_CONNS: usize = 64;
-
-/// The most unwritten response bytes per control connection.
-pub(super) const MAX_CONTROL_OUTPUT: usize = 4 << 20;
-
-/// Writes what the socket takes; `true` if the connection failed.
-pub(super) fn flush_control(conn: &mut UnixStream, out: &mut Vec<u8>) -> bool {
-    while !out.is_empty() {
-        match conn.write(out) {
-            Ok(0) => return true,
-            Ok(n) => {
-                out.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-    false
-}
+use super::{Pool, PoolEvent};
+use crate::state::status_response;
 
 impl crate::control::Controlled for Pool {
     fn status(&self) -> Vec<u8> {
         let mut extra = serde_json::Map::new();
         extra.insert("reloading".into(), self.reloading.into());
-        extra.insert(
-            "upgrading".into(),
-            self.upgrade.as_ref().map(|u| u.pid).into(),
-        );
-        extra.insert("upgrade_failed".into(), self.upgrade_failed.clone().into());
-        extra.insert("moved".into(), self.moves.moved.into());
-        extra.insert("moves_kept".into(), self.moves.kept.into());
+        #[cfg(unix)]
+        {
+            extra.insert(
+                "upgrading".into(),
+                self.os.upgrade.as_ref().map(|u| u.pid).into(),
+            );
+            extra.insert(
+                "upgrade_failed".into(),
+                self.os.upgrade_failed.clone().into(),
+            );
+            extra.insert("moved".into(), self.os.moves.moved.into());
+            extra.insert("moves_kept".into(), self.os.moves.kept.into());
+        }
         status_response(self.generation, self.stopping, self.workers(), extra)
     }
 
@@ -63,255 +38,18 @@ impl crate::control::Controlled for Pool {
         self.stop_inner(events);
     }
 
+    #[cfg(unix)]
     fn upgrade(&mut self, events: &mut Vec<PoolEvent>) -> Result<u32, String> {
         self.upgrade_inner(events);
-        match (&self.upgrade, &self.upgrade_failed) {
+        match (&self.os.upgrade, &self.os.upgrade_failed) {
             (Some(u), _) => Ok(u.pid),
             (None, Some(why)) => Err(why.clone()),
             (None, None) => Err("no upgrade started".into()),
         }
     }
-}
 
-impl Pool {
-    /// Listens for control requests on a Unix socket at `path` (mode 0600; only
-    /// processes of the user calling this, and root, are answered, even after the
-    /// supervisor switches to another user). A stale socket file left by a dead supervisor
-    /// is replaced; a live one is an error.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`]: `AddrInUse` if another process listens there, or what binding
-    /// returns.
-    pub fn listen_control(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
-        use std::os::unix::fs::FileTypeExt;
-        let path = path.as_ref();
-        // Upgraded from a supervisor that listened there: go on with its socket.
-        if let Some(listener) = crate::systemd::inherited_control(path) {
-            self.watch_control(listener, path)?;
-            if self.parent.is_some() {
-                // Not ours to remove until the old supervisor handed over.
-                self.inherited_control_path = self.control_path.take();
-            }
-            return Ok(());
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            let in_use = || Error::Io {
-                what: "binding the control socket",
-                source: io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "the path exists and is not a stale socket",
-                ),
-            };
-            if !meta.file_type().is_socket() {
-                return Err(in_use());
-            }
-            // Stale only if nobody listens: a refused connection says so.
-            match UnixStream::connect(path) {
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)
-                        .map_err(Error::io("removing a stale control socket"))?
-                }
-                _ => return Err(in_use()),
-            }
-        }
-        let listener = UnixListener::bind(path).map_err(Error::io("binding the control socket"))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(Error::io("restricting the control socket"))?;
-        self.watch_control(listener, path)
-    }
-
-    pub(super) fn watch_control(
-        &mut self,
-        listener: UnixListener,
-        path: &Path,
-    ) -> Result<(), Error> {
-        listener
-            .set_nonblocking(true)
-            .map_err(Error::io("binding the control socket"))?;
-        let key = self
-            .reactor
-            .register(
-                Source::ControlListener(listener),
-                Interest::READABLE,
-                Mode::Level,
-            )
-            .map_err(Error::io("watching the control socket"))?;
-        self.watches.insert(key, Watch::ControlListener);
-        self.control_path = Some(path.to_path_buf());
-        // The user that made the socket file: the one that opened it, even for a
-        // socket inherited from the supervisor before an upgrade.
-        use std::os::unix::fs::MetadataExt;
-        self.control_owner = std::fs::metadata(path).map_or(sys::geteuid(), |m| m.uid());
-        Ok(())
-    }
-
-    pub(super) fn accept_control(&mut self, key: Key) {
-        for _ in 0..16 {
-            let accepted = match self.reactor.get(key) {
-                Some(Source::ControlListener(l)) => l.accept(),
-                _ => return,
-            };
-            let conn = match accepted {
-                Ok((conn, _)) => conn,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    // Out of descriptors, most likely: stop listening for a moment
-                    // rather than spin on a level-triggered listener.
-                    if self
-                        .reactor
-                        .modify(key, Interest::NONE, Mode::Level)
-                        .is_ok()
-                    {
-                        let id = self
-                            .reactor
-                            .add_timer(Instant::now() + Duration::from_millis(100), None);
-                        self.timers.insert(id, TimerFor::ControlRetry(key));
-                    }
-                    return;
-                }
-            };
-            // Only processes of the user that opened the socket (or root) may control
-            // the pool, and only a bounded number at once. Workers running as another
-            // user (`worker_credentials`) are not answered.
-            let owner = self.control_owner;
-            let own =
-                herder_fd::peer_credentials(&conn).is_ok_and(|c| c.uid == owner || c.uid == 0);
-            if !own
-                || self.control_conns.len() >= MAX_CONTROL_CONNS
-                || conn.set_nonblocking(true).is_err()
-            {
-                continue;
-            }
-            let Ok(dup) = conn.try_clone() else { continue };
-            if let Ok(k) =
-                self.reactor
-                    .register(Source::ControlConn(dup), Interest::READABLE, Mode::Level)
-            {
-                self.watches.insert(k, Watch::ControlConn);
-                self.control_conns.insert(
-                    k,
-                    ControlConn {
-                        stream: Some(conn),
-                        input: Vec::new(),
-                        output: Vec::new(),
-                        eof: false,
-                    },
-                );
-            }
-        }
-    }
-
-    pub(super) fn serve_control(&mut self, key: Key, events: &mut Vec<PoolEvent>) {
-        let Some(state) = self.control_conns.get_mut(&key) else {
-            return;
-        };
-        let Some(mut conn) = state.stream.take() else {
-            return;
-        };
-        let mut closed = flush_control(&mut conn, &mut state.output);
-        let mut buf = [0u8; 4096];
-        // Bounded reads per wake-up, and none while replies pile up unread.
-        for _ in 0..16 {
-            let Some(state) = self.control_conns.get_mut(&key) else {
-                break;
-            };
-            if closed || state.eof || state.output.len() > MAX_CONTROL_OUTPUT / 2 {
-                break;
-            }
-            match conn.read(&mut buf) {
-                Ok(0) => state.eof = true,
-                Ok(n) => state.input.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => closed = true,
-            }
-            // Handle complete lines as they arrive.
-            while let Some(state) = self.control_conns.get_mut(&key) {
-                let Some(end) = state.input.iter().position(|&b| b == b'\n') else {
-                    if state.input.len() > crate::control::MAX_LINE {
-                        state
-                            .output
-                            .extend_from_slice(&crate::control::error("request line too long"));
-                        state.eof = true;
-                        state.input.clear();
-                    }
-                    break;
-                };
-                let line: Vec<u8> = state.input.drain(..=end).collect();
-                let reply = match crate::Command::parse(&line) {
-                    Ok(cmd) => {
-                        let reply = crate::control::execute(self, &cmd, events);
-                        events.push(PoolEvent::Command(cmd));
-                        reply
-                    }
-                    Err(msg) => crate::control::error(&msg),
-                };
-                if let Some(state) = self.control_conns.get_mut(&key) {
-                    state.output.extend_from_slice(&reply);
-                    if state.output.len() > MAX_CONTROL_OUTPUT {
-                        // A client that asks and never reads.
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-        }
-        let Some(state) = self.control_conns.get_mut(&key) else {
-            return;
-        };
-        closed |= flush_control(&mut conn, &mut state.output);
-        closed |= state.eof && state.output.is_empty();
-        if closed {
-            self.watches.remove(&key);
-            self.control_conns.remove(&key);
-            let _ = self.reactor.deregister(key);
-            return;
-        }
-        let interest = Interest {
-            readable: !state.eof,
-            writable: !state.output.is_empty(),
-        };
-        state.stream = Some(conn);
-        let _ = self.reactor.modify(key, interest, Mode::Level);
-    }
-
-    /// Handles the operator's signals the usual way: `SIGTERM` and `SIGINT` stop
-    /// gracefully, `SIGHUP` reloads, `SIGTTIN` and `SIGTTOU` add and remove a worker.
-    /// Each is also reported as a [`PoolEvent::Command`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if another event loop of this process watches signals.
-    pub fn handle_signals(&mut self) -> Result<(), Error> {
-        self.reactor
-            .watch_signals(&[
-                Signal::Terminate,
-                Signal::Interrupt,
-                Signal::Hangup,
-                Signal::TtyIn,
-                Signal::TtyOut,
-                Signal::User2,
-            ])
-            .map_err(Error::io("watching signals"))?;
-        self.signals = true;
-        Ok(())
-    }
-
-    pub(super) fn on_signal(&mut self, sig: Signal, events: &mut Vec<PoolEvent>) {
-        let cmd = match sig {
-            Signal::Terminate | Signal::Interrupt => crate::Command::Stop,
-            Signal::Hangup => crate::Command::Reload,
-            Signal::TtyIn => crate::Command::Scale(self.slots.len() + 1),
-            Signal::TtyOut => crate::Command::Scale(self.slots.len().saturating_sub(1).max(1)),
-            Signal::User2 => crate::Command::Upgrade,
-            other => {
-                events.push(PoolEvent::Other(Event::Signal(other)));
-                return;
-            }
-        };
-        crate::control::execute(self, &cmd, events);
-        events.push(PoolEvent::Command(cmd));
+    #[cfg(windows)]
+    fn upgrade(&mut self, _: &mut Vec<PoolEvent>) -> Result<u32, String> {
+        Err("binary upgrades are not supported on Windows".into())
     }
 }

@@ -81,7 +81,7 @@ impl Pool {
                 _ => kept.push(id),
             }
         }
-        if self.downstream.is_some() && self.stopping {
+        if self.os.downstream.is_some() && self.stopping {
             self.forward_downstream(origin, moving, &mut kept);
         } else {
             self.forward_to_workers(origin, moving, &mut kept);
@@ -103,10 +103,10 @@ impl Pool {
             }
         }
         for (slot, group) in groups {
-            let first = self.moves.next_ids(group.len());
+            let first = self.os.moves.next_ids(group.len());
             let items = handoffs(&group, first);
             match self.send_sockets(slot, &items) {
-                Ok(target) => self.moves.sent(target, first, &origins(origin, &group)),
+                Ok(target) => self.os.moves.sent(target, first, &origins(origin, &group)),
                 Err(e) => {
                     tracing::debug!(slot, error = %e, "forwarding moving connections failed");
                     kept.extend(group.iter().map(|m| m.0));
@@ -116,16 +116,16 @@ impl Pool {
     }
 
     fn forward_downstream(&mut self, origin: u32, moving: Vec<Moving>, kept: &mut Vec<u64>) {
-        let first = self.moves.next_ids(moving.len());
+        let first = self.os.moves.next_ids(moving.len());
         let items = handoffs(&moving, first);
-        let Some(d) = self.downstream.as_mut() else {
+        let Some(d) = self.os.downstream.as_mut() else {
             kept.extend(moving.iter().map(|m| m.0));
             return;
         };
         match d.channel.send_sockets(&items) {
             Ok(()) => {
                 let pid = d.pid;
-                self.moves.sent(pid, first, &origins(origin, &moving));
+                self.os.moves.sent(pid, first, &origins(origin, &moving));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "moving connections to the new supervisor failed");
@@ -151,7 +151,7 @@ impl Pool {
             })
             .min_by_key(|(s, l)| {
                 l.active as usize
-                    + self.moves.pending_to(l.pid)
+                    + self.os.moves.pending_to(l.pid)
                     + extra.get(s).copied().unwrap_or(0)
             })
             .map(|(s, _)| s)
@@ -160,7 +160,7 @@ impl Pool {
     /// Connections that found no taker stay with `origin`.
     fn keep(&mut self, origin: u32, ids: Vec<u64>) {
         if !ids.is_empty() {
-            self.moves.count_kept(ids.len());
+            self.os.moves.count_kept(ids.len());
             self.reply(Verdicts::from([(origin, ids)]), Receipt::Kept);
         }
     }
@@ -171,7 +171,8 @@ impl Pool {
     pub(super) fn reply(&mut self, verdicts: Verdicts, receipt: fn(Vec<u64>) -> Receipt) {
         for (origin, ids) in verdicts {
             for chunk in ids.chunks(herder_fd::MAX_FDS_PER_MESSAGE) {
-                self.replies
+                self.os
+                    .replies
                     .queue
                     .push_back((origin, receipt(chunk.to_vec()).encode()));
             }
@@ -181,7 +182,7 @@ impl Pool {
 
     /// The retry timer fired.
     pub(super) fn retry_replies(&mut self) {
-        self.replies.retry = None;
+        self.os.replies.retry = None;
         self.flush_replies();
     }
 
@@ -190,13 +191,13 @@ impl Pool {
     fn flush_replies(&mut self) {
         let mut blocked: Vec<u32> = Vec::new();
         let mut left = std::collections::VecDeque::new();
-        while let Some((origin, bytes)) = self.replies.queue.pop_front() {
+        while let Some((origin, bytes)) = self.os.replies.queue.pop_front() {
             if blocked.contains(&origin) {
                 left.push_back((origin, bytes));
                 continue;
             }
             let channel = match origin {
-                UPSTREAM => self.upstream.as_mut().map(|(ch, _)| ch),
+                UPSTREAM => self.os.upstream.as_mut().map(|(ch, _)| ch),
                 pid => self.procs.get_mut(&pid).and_then(|p| p.channel.as_mut()),
             };
             let Some(ch) = channel else {
@@ -214,12 +215,12 @@ impl Pool {
                 }
             }
         }
-        self.replies.queue = left;
-        if !self.replies.queue.is_empty() && self.replies.retry.is_none() {
+        self.os.replies.queue = left;
+        if !self.os.replies.queue.is_empty() && self.os.replies.retry.is_none() {
             let at = std::time::Instant::now() + REPLY_RETRY;
             let id = self.reactor.add_timer(at, None);
             self.timers.insert(id, TimerFor::Replies);
-            self.replies.retry = Some(id);
+            self.os.replies.retry = Some(id);
         }
     }
 
@@ -232,7 +233,7 @@ impl Pool {
             .and_then(|()| channel.send(message::HELLO, &[]))
             .and_then(|()| self.watch_moves(&channel, Watch::Upstream));
         match watched {
-            Ok(key) => self.upstream = Some((channel, key)),
+            Ok(key) => self.os.upstream = Some((channel, key)),
             Err(e) => tracing::warn!(error = %e, "cannot take connections from the old supervisor"),
         }
     }
@@ -262,7 +263,7 @@ impl Pool {
             return;
         }
         match self.watch_moves(&channel, Watch::Downstream) {
-            Ok(key) => self.downstream = Some(Downstream { channel, key, pid }),
+            Ok(key) => self.os.downstream = Some(Downstream { channel, key, pid }),
             Err(e) => tracing::warn!(error = %e, "cannot move connections to the new supervisor"),
         }
     }
@@ -284,7 +285,7 @@ impl Pool {
     /// Connections from the old supervisor, forwarded to this pool's workers.
     pub(super) fn read_upstream(&mut self) {
         for _ in 0..64 {
-            let Some((ch, key)) = self.upstream.as_mut() else {
+            let Some((ch, key)) = self.os.upstream.as_mut() else {
                 return;
             };
             match ch.recv_lossy() {
@@ -298,7 +299,7 @@ impl Pool {
                 // comes.
                 Ok(None) | Err(_) => {
                     let key = *key;
-                    self.upstream = None;
+                    self.os.upstream = None;
                     self.unwatch_moves(key);
                     return;
                 }
@@ -309,7 +310,7 @@ impl Pool {
     /// The new supervisor's word on the connections moved to it.
     pub(super) fn read_downstream(&mut self) {
         for _ in 0..64 {
-            let Some(d) = self.downstream.as_mut() else {
+            let Some(d) = self.os.downstream.as_mut() else {
                 return;
             };
             let pid = d.pid;
@@ -322,11 +323,11 @@ impl Pool {
             match got {
                 Ok(Some(msg)) => match Receipt::decode(msg.payload()) {
                     Some(Receipt::Moved(ids)) => {
-                        let settled = self.moves.settled(pid, &ids);
+                        let settled = self.os.moves.settled(pid, &ids);
                         self.reply(settled, Receipt::Moved);
                     }
                     Some(Receipt::Kept(ids)) => {
-                        let kept = self.moves.refused(pid, &ids);
+                        let kept = self.os.moves.refused(pid, &ids);
                         self.reply(kept, Receipt::Kept);
                     }
                     _ => tracing::warn!("an unexpected message from the new supervisor; ignored"),
@@ -339,9 +340,9 @@ impl Pool {
                 // whoever has them, never by two.
                 Ok(None) | Err(_) => {
                     let key = d.key;
-                    self.downstream = None;
+                    self.os.downstream = None;
                     self.unwatch_moves(key);
-                    let unknown = self.moves.abandoned(pid);
+                    let unknown = self.os.moves.abandoned(pid);
                     if !unknown.is_empty() {
                         tracing::warn!(
                             count = unknown.values().map(Vec::len).sum::<usize>(),

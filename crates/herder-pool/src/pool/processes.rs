@@ -1,17 +1,27 @@
 //! Worker processes: starting them, their channels, readiness, retirement, exits
-//! and what the restart policy makes of them, heartbeats, and the log of it all.
+//! and what the restart policy makes of them, heartbeats. The same on every
+//! platform: what differs (starting a process, its exit, terminating it) is the
+//! platform file's `launch` and `Process`.
 
 use super::*;
+use crate::restart::{Decision, Exit};
 
-pub(super) fn wait_blocking(pid: u32) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sys::try_wait(pid)?.is_none() {
-        if Instant::now() > deadline {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
+/// Sends `payload` over a worker's channel (no descriptors).
+pub(super) fn send_message(ch: &mut Channel, payload: &[u8]) -> io::Result<()> {
+    #[cfg(unix)]
+    return ch.send(payload, &[]);
+    #[cfg(windows)]
+    return ch.send(payload);
+}
+
+/// Receives a message from a worker's channel. On Unix `recv_lossy`: at the
+/// descriptor limit, a moving worker's connections arrive without their
+/// descriptors, and it must hear that it keeps them.
+fn recv_message(ch: &mut Channel) -> io::Result<Option<herder_fd::Message>> {
+    #[cfg(unix)]
+    return ch.recv_lossy();
+    #[cfg(windows)]
+    return ch.recv();
 }
 
 impl Pool {
@@ -75,9 +85,6 @@ impl Pool {
     }
 
     pub(super) fn try_spawn(&mut self, slot: usize) -> Result<u32, Error> {
-        let spawn_err = |source| Error::Spawn { slot, source };
-        let (parent, child) = Channel::pair().map_err(spawn_err)?;
-        parent.set_nonblocking(true).map_err(spawn_err)?;
         let generation = self.generation;
         let record = self.board.1.assign(0, slot, generation);
         let recycle_at = self.config.max_connections.map(|max| {
@@ -85,91 +92,30 @@ impl Pool {
             let factor = 0.9 + (self.next_random() % 201) as f64 / 1000.0;
             ((max as f64 * factor) as u64).max(1)
         });
-        let mut env = self.base_env.clone();
-        let role = match record {
-            Some(r) => format!("{slot}:{generation}:{r}"),
-            None => format!("{slot}:{generation}"),
-        };
-        env.push((WORKER_ENV.into(), role.into()));
-        let child_fd = OwnedFd::from(child);
-        let mut fds: Vec<(BorrowedFd<'_>, &str)> = self
-            .listeners
-            .iter()
-            .chain(&self.slots[slot].own)
-            .map(|(n, fd)| (fd.as_fd(), n.as_str()))
-            .collect();
-        fds.push((child_fd.as_fd(), CHANNEL_NAME));
-        if record.is_some() {
-            fds.push((self.board.0.as_fd(), SCOREBOARD_NAME));
-        }
-        let spawned = match sys::spawn(
-            &self.program,
-            &self.args,
-            &env,
-            &fds,
-            self.config.worker_credentials,
-        ) {
-            Ok(s) => s,
+        let launched = match self.launch(slot, generation, record) {
+            Ok(l) => l,
             Err(e) => {
-                if let Some(r) = record {
-                    self.board.1.release(r);
-                }
-                return Err(spawn_err(e));
-            }
-        };
-        drop(fds);
-        drop(child_fd);
-        let pid = spawned.pid;
-        if let Some(r) = record {
-            self.board.1.set_pid(r, pid);
-        }
-
-        let mut watches = Vec::new();
-        let dup = parent.as_fd().try_clone_to_owned().map_err(spawn_err);
-        let watch_channel = dup.and_then(|fd| {
-            self.reactor
-                .register(Source::Fd(fd), Interest::READABLE, Mode::Level)
-                .map_err(spawn_err)
-        });
-        match watch_channel {
-            Ok(key) => {
-                self.watches.insert(key, Watch::Channel(pid));
-                watches.push(key);
-            }
-            Err(e) => {
-                // Without its channel the worker is useless: stop it.
-                let _ = sys::signal(pid, libc::SIGKILL);
-                let _ = wait_blocking(pid);
                 if let Some(r) = record {
                     self.board.1.release(r);
                 }
                 return Err(e);
             }
-        }
-        match spawned.pidfd {
-            Some(pidfd) => {
-                match self
-                    .reactor
-                    .register(Source::Fd(pidfd), Interest::READABLE, Mode::Level)
-                {
-                    Ok(key) => {
-                        self.watches.insert(key, Watch::Exit(pid));
-                        watches.push(key);
-                    }
-                    Err(_) => self.need_sigchld(),
-                }
-            }
-            None => self.need_sigchld(),
+        };
+        let pid = launched.pid;
+        if let Some(r) = record {
+            self.board.1.set_pid(r, pid);
         }
         self.procs.insert(
             pid,
             Proc {
                 slot,
                 generation,
+                process: launched.process,
                 ready: false,
                 draining: false,
-                channel: Some(parent),
-                watches,
+                channel: launched.channel,
+                writing: false,
+                watches: launched.watches,
                 started_at: Instant::now(),
                 timer: None,
                 record,
@@ -182,27 +128,20 @@ impl Pool {
         Ok(pid)
     }
 
-    /// Without a pidfd, exits are noticed through `SIGCHLD`.
-    pub(super) fn need_sigchld(&mut self) {
-        if !self.sigchld && self.reactor.watch_signals(&[Signal::Child]).is_ok() {
-            self.sigchld = true;
-        }
-        // A SIGCHLD can be lost (a child that died before the handler was there) or
-        // the signal pipe taken by another loop: look for exits every second too.
-        if self.reap_timer.is_none() {
-            let every = Duration::from_secs(1);
-            self.reap_timer = Some(self.reactor.add_timer(Instant::now() + every, Some(every)));
-        }
-    }
-
     /// Tells a worker to drain — `moving` its connections to the others first, if
     /// the pool does that and is not stopping — and kills it if it is still there at
     /// the deadline.
     pub(super) fn retire(&mut self, pid: u32, moving: bool) {
-        let to = !self.stopping || self.downstream.is_some();
-        let request = match moving && self.config.move_connections && to {
-            true => message::MOVE,
-            false => message::DRAIN,
+        #[cfg(unix)]
+        let request = match moving && self.config.move_connections {
+            // After an upgrade, a stop moves them to the new supervisor's workers.
+            true if !self.stopping || self.os.downstream.is_some() => message::MOVE,
+            _ => message::DRAIN,
+        };
+        #[cfg(windows)]
+        let request = {
+            let _ = moving;
+            message::DRAIN
         };
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
@@ -214,10 +153,13 @@ impl Pool {
         let told = p
             .channel
             .as_mut()
-            .is_some_and(|ch| ch.send(request, &[]).is_ok());
-        if !told {
-            // A worker that cannot be told (channel gone or full) is asked by signal.
-            let _ = sys::signal(pid, libc::SIGTERM);
+            .is_some_and(|ch| send_message(ch, request).is_ok());
+        if told {
+            self.watch_output(pid);
+        } else {
+            // A worker that cannot be told (channel gone, full, or not connected
+            // yet) is asked by signal, or terminated where there are none.
+            p.process.terminate();
         }
         let at = Instant::now() + self.config.drain_timeout;
         self.set_proc_timer(pid, at);
@@ -241,32 +183,41 @@ impl Pool {
             let Some(ch) = p.channel.as_mut() else {
                 return false;
             };
-            // `recv_lossy`: at the descriptor limit, a moving worker's connections
-            // arrive without their descriptors, and it must hear that it keeps them.
-            match ch.recv_lossy() {
+            match recv_message(ch) {
+                #[cfg(unix)]
                 Ok(Some(msg)) if moving::is_move(&msg) => self.forward(pid, msg),
                 Ok(Some(msg)) if message::is_pool_message(msg.payload()) => {
-                    if msg.payload() == message::READY && !p.ready {
-                        p.ready = true;
+                    if msg.payload() == message::READY && !p.ready && self.may_be_ready(pid) {
+                        if let Some(p) = self.procs.get_mut(&pid) {
+                            p.ready = true;
+                        }
                         self.on_ready(pid, events);
                     }
                 }
                 Ok(Some(msg)) if message::is_reserved(msg.payload()) => {
                     match Receipt::decode(msg.payload()) {
-                        Some(Receipt::Ack(upto)) if upto & MOVE_ID != 0 => {
-                            let settled = self.moves.acknowledged(pid, upto);
+                        #[cfg(unix)]
+                        Some(Receipt::Ack(upto)) if upto & message::MOVE_ID != 0 => {
+                            let settled = self.os.moves.acknowledged(pid, upto);
                             self.reply(settled, Receipt::Moved);
                         }
                         Some(Receipt::Ack(upto)) => {
                             events.push(PoolEvent::Acknowledged { slot, pid, upto })
                         }
+                        #[cfg_attr(windows, allow(unused_mut))]
                         Some(Receipt::Refused(mut ids)) => {
-                            let moving: Vec<u64> =
-                                ids.iter().copied().filter(|id| id & MOVE_ID != 0).collect();
-                            if !moving.is_empty() {
-                                ids.retain(|id| id & MOVE_ID == 0);
-                                let kept = self.moves.refused(pid, &moving);
-                                self.reply(kept, Receipt::Kept);
+                            #[cfg(unix)]
+                            {
+                                let moving: Vec<u64> = ids
+                                    .iter()
+                                    .copied()
+                                    .filter(|id| id & message::MOVE_ID != 0)
+                                    .collect();
+                                if !moving.is_empty() {
+                                    ids.retain(|id| id & message::MOVE_ID == 0);
+                                    let kept = self.os.moves.refused(pid, &moving);
+                                    self.reply(kept, Receipt::Kept);
+                                }
                             }
                             if !ids.is_empty() {
                                 events.push(PoolEvent::Refused { slot, pid, ids })
@@ -290,7 +241,9 @@ impl Pool {
                     self.unwatch_channel(pid);
                     // Not if it was reaped already: its pid may be another's now.
                     if !reaped {
-                        let _ = sys::signal(pid, libc::SIGKILL);
+                        if let Some(p) = self.procs.get_mut(&pid) {
+                            p.process.kill();
+                        }
                     }
                     events.push(PoolEvent::ChannelError { slot, error });
                     return false;
@@ -350,11 +303,66 @@ impl Pool {
         let keys: Vec<Key> = p.watches.clone();
         for key in keys {
             if matches!(self.watches.get(&key), Some(Watch::Channel(_))) {
-                self.watches.remove(&key);
-                let _ = self.reactor.deregister(key);
+                self.forget_watch(key);
                 if let Some(p) = self.procs.get_mut(&pid) {
                     p.watches.retain(|k| *k != key);
                 }
+            }
+        }
+    }
+
+    /// Stops watching `key`, whatever it is (a source or, on Windows, a handle).
+    pub(super) fn forget_watch(&mut self, key: Key) {
+        #[cfg(windows)]
+        if matches!(self.watches.get(&key), Some(Watch::Exit(_))) {
+            use herder_reactor::os::windows::ReactorExt;
+            self.watches.remove(&key);
+            let _ = self.reactor.remove_waitable(key);
+            return;
+        }
+        self.watches.remove(&key);
+        let _ = self.reactor.deregister(key);
+    }
+
+    /// Writes what is left of a message to worker `pid` (its channel had room).
+    pub(super) fn flush_channel(&mut self, pid: u32) {
+        let Some(ch) = self.procs.get_mut(&pid).and_then(|p| p.channel.as_mut()) else {
+            return;
+        };
+        match ch.flush() {
+            Ok(()) => self.watch_output(pid),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Nothing more can be said to it; its exit follows.
+            Err(_) => self.unwatch_channel(pid),
+        }
+    }
+
+    /// Watches worker `pid`'s channel for room to write while part of a message
+    /// waits, and only then (one `epoll_ctl` when that changes, none per message).
+    pub(super) fn watch_output(&mut self, pid: u32) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let Some(ch) = p.channel.as_ref() else {
+            return;
+        };
+        let pending = ch.has_pending_output();
+        if pending == p.writing {
+            return;
+        }
+        p.writing = pending;
+        let interest = match pending {
+            true => Interest::BOTH,
+            false => Interest::READABLE,
+        };
+        let key = p
+            .watches
+            .iter()
+            .copied()
+            .find(|k| matches!(self.watches.get(k), Some(Watch::Channel(_))));
+        if let Some(key) = key {
+            if self.reactor.modify(key, interest, Mode::Level).is_err() {
+                self.unwatch_channel(pid);
             }
         }
     }
@@ -364,7 +372,10 @@ impl Pool {
         if !self.procs.contains_key(&pid) {
             return;
         }
-        let status = match sys::try_wait(pid) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let status = match p.process.try_wait() {
             Ok(Some(status)) => status,
             Ok(None) => return,
             // ECHILD: reaped elsewhere; nothing more will come.
@@ -386,8 +397,11 @@ impl Pool {
         self.unwatch_channel(pid);
         // Connections moving to it that it had not acknowledged stay with the
         // workers they came from.
-        let kept = self.moves.gone(pid);
-        self.reply(kept, Receipt::Kept);
+        #[cfg(unix)]
+        {
+            let kept = self.os.moves.gone(pid);
+            self.reply(kept, Receipt::Kept);
+        }
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };
@@ -395,8 +409,7 @@ impl Pool {
             self.board.1.release(r);
         }
         for key in p.watches {
-            self.watches.remove(&key);
-            let _ = self.reactor.deregister(key);
+            self.forget_watch(key);
         }
         if let Some(t) = p.timer {
             self.cancel_timer(t);
@@ -570,8 +583,8 @@ impl Pool {
             }
         }
         for (pid, slot, silent) in hung {
-            let _ = sys::signal(pid, libc::SIGTERM);
             if let Some(p) = self.procs.get_mut(&pid) {
+                p.process.terminate();
                 p.hung = true;
             }
             let at = Instant::now() + self.config.kill_grace;
@@ -585,7 +598,7 @@ impl Pool {
     pub(super) fn on_proc_timer(&mut self, pid: u32) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.timer = None;
-            let _ = sys::signal(pid, libc::SIGKILL);
+            p.process.kill();
         }
     }
 }

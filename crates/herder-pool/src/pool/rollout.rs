@@ -100,7 +100,12 @@ impl Pool {
             let mut s = Slot::new(self.generation);
             if let Some(make) = self.slot_listeners.as_mut() {
                 match make(slot) {
-                    Ok(own) => s.own = own,
+                    Ok(own) => {
+                        s.own = own
+                            .into_iter()
+                            .map(|(name, d)| (name, Listener::from(d)))
+                            .collect()
+                    }
                     Err(source) => {
                         events.push(PoolEvent::SpawnFailed {
                             slot,
@@ -178,14 +183,8 @@ impl Pool {
         self.reloading = None;
         // An upgrade in progress is abandoned: the new supervisor must not outlive
         // a stop the operator asked for.
-        let grace = self.config.kill_grace;
-        if let Some(u) = self.upgrade.as_mut() {
-            if u.failed.is_none() {
-                u.failed = Some("the pool is stopping".into());
-                let _ = sys::signal(u.pid, libc::SIGTERM);
-                u.kill_at = Some(Instant::now() + grace);
-            }
-        }
+        #[cfg(unix)]
+        self.abandon_upgrade();
         for slot in 0..self.slots.len() {
             if let Some(t) = self.slots[slot].timer.take() {
                 self.cancel_timer(t);
@@ -199,10 +198,14 @@ impl Pool {
         // wait for whoever else holds the socket: systemd, a new supervisor) rather
         // than queue in a backlog nobody reads. Draining workers close theirs too.
         self.listeners.clear();
-        self.upgrade_fds.clear();
+        #[cfg(unix)]
+        self.os.upgrade_fds.clear();
         // After an upgrade the workers move their connections to the new
         // supervisor's; otherwise they drain.
-        let moving = self.downstream.is_some();
+        #[cfg(unix)]
+        let moving = self.os.downstream.is_some();
+        #[cfg(windows)]
+        let moving = false;
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
             self.retire(pid, moving);

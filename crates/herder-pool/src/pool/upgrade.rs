@@ -2,6 +2,9 @@
 //! pool's listeners and control socket, watched until it is ready, then handed over.
 
 use super::*;
+use crate::sys;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 
 /// An upgrade in progress.
 pub(super) struct Upgrade {
@@ -24,13 +27,26 @@ pub(super) struct Upgrade {
 }
 
 impl Pool {
+    /// A stop abandons an upgrade in progress: the new supervisor must not outlive a
+    /// stop the operator asked for.
+    pub(super) fn abandon_upgrade(&mut self) {
+        let grace = self.config.kill_grace;
+        if let Some(u) = self.os.upgrade.as_mut() {
+            if u.failed.is_none() {
+                u.failed = Some("the pool is stopping".into());
+                let _ = sys::signal(u.pid, libc::SIGTERM);
+                u.kill_at = Some(Instant::now() + grace);
+            }
+        }
+    }
+
     /// Adds a descriptor a new supervisor inherits at an [`upgrade`](Self::upgrade),
     /// under `name` in its `LISTEN_FDNAMES`: a listener of the caller's own (the
     /// pool's listeners are passed anyway). The new program finds it with
     /// [`systemd::listen_fds`](crate::systemd::listen_fds), as if systemd had passed
     /// it.
     pub fn pass_on_upgrade(&mut self, name: &str, fd: OwnedFd) {
-        self.upgrade_fds.push((name.to_string(), fd));
+        self.os.upgrade_fds.push((name.to_string(), fd));
     }
 
     /// Starts a zero-downtime upgrade (`SIGUSR2`, or `upgrade` on the control
@@ -54,19 +70,19 @@ impl Pool {
     }
 
     pub(super) fn upgrade_inner(&mut self, events: &mut Vec<PoolEvent>) {
-        if self.stopping || self.upgrade.is_some() {
+        if self.stopping || self.os.upgrade.is_some() {
             return;
         }
         match self.start_upgrade() {
             Ok(u) => {
                 let pid = u.pid;
-                self.upgrade = Some(u);
-                self.upgrade_failed = None;
+                self.os.upgrade = Some(u);
+                self.os.upgrade_failed = None;
                 events.push(PoolEvent::UpgradeStarted { pid });
             }
             Err(e) => {
                 let reason = e.to_string();
-                self.upgrade_failed = Some(reason.clone());
+                self.os.upgrade_failed = Some(reason.clone());
                 events.push(PoolEvent::UpgradeFailed { reason });
             }
         }
@@ -79,6 +95,7 @@ impl Pool {
             ));
         }
         let program = self
+            .os
             .own_exe
             .clone()
             .ok_or_else(|| Error::Environment("this program's path is unknown".into()))?;
@@ -118,7 +135,7 @@ impl Pool {
             .listeners
             .iter()
             .filter(|(n, _)| n != crate::accept_lock::LOCK_NAME)
-            .chain(&self.upgrade_fds)
+            .chain(&self.os.upgrade_fds)
             .map(|(n, fd)| (fd.as_fd(), n.as_str()))
             .collect();
         if let Some(c) = control {
@@ -180,7 +197,7 @@ impl Pool {
 
     /// The new supervisor wrote to the readiness socket.
     pub(super) fn on_upgrade_ready(&mut self, events: &mut Vec<PoolEvent>) {
-        let Some(u) = &self.upgrade else { return };
+        let Some(u) = &self.os.upgrade else { return };
         let mut ready = false;
         if let Some(Source::Datagram(socket)) = self.reactor.get(u.key) {
             let mut buf = [0u8; 512];
@@ -200,7 +217,7 @@ impl Pool {
     pub(super) fn on_upgrade_tick(&mut self, timer: TimerId, events: &mut Vec<PoolEvent>) {
         let grace = self.config.kill_grace;
         let ready_timeout = self.config.ready_timeout;
-        let Some(u) = self.upgrade.as_mut() else {
+        let Some(u) = self.os.upgrade.as_mut() else {
             self.reactor.cancel_timer(timer);
             return;
         };
@@ -236,7 +253,9 @@ impl Pool {
     /// Ends the upgrade in progress: on success, hands over and stops; on failure,
     /// goes on (the new supervisor is gone already).
     pub(super) fn end_upgrade(&mut self, result: Result<(), String>, events: &mut Vec<PoolEvent>) {
-        let Some(u) = self.upgrade.take() else { return };
+        let Some(u) = self.os.upgrade.take() else {
+            return;
+        };
         self.watches.remove(&u.key);
         let _ = self.reactor.deregister(u.key);
         self.timers.remove(&u.timer);
@@ -244,12 +263,12 @@ impl Pool {
         let _ = std::fs::remove_dir_all(&u.dir);
         match result {
             Ok(()) => {
-                if let Some(r) = self.systemd.take() {
+                if let Some(r) = self.os.systemd.take() {
                     let _ = r.notifier.notify(&format!("MAINPID={}", u.pid));
                 }
                 // The new main process speaks to systemd from now on: no STOPPING=1
                 // or watchdog ping from this one.
-                if let Some(t) = self.watchdog.take() {
+                if let Some(t) = self.os.watchdog.take() {
                     self.reactor.cancel_timer(t);
                 }
                 // The control socket is the new supervisor's now: stop answering on
@@ -264,7 +283,7 @@ impl Pool {
                     self.watches.remove(&key);
                     let _ = self.reactor.deregister(key);
                 }
-                self.control_path = None;
+                self.os.control_path = None;
                 if let Some(channel) = u.moves {
                     self.watch_downstream(channel, u.pid);
                 }
@@ -272,23 +291,12 @@ impl Pool {
                 // The graceful stop begins at the next poll: the caller first sees
                 // `Upgraded` while the workers still take connections (the hand-off
                 // supervisor's last ones).
-                self.stop_after_upgrade = true;
+                self.os.stop_after_upgrade = true;
             }
             Err(reason) => {
-                self.upgrade_failed = Some(reason.clone());
+                self.os.upgrade_failed = Some(reason.clone());
                 events.push(PoolEvent::UpgradeFailed { reason });
             }
         }
-    }
-
-    /// Whether a graceful stop was asked for ([`stop`](Self::stop), a signal, the
-    /// control socket, or the end of an upgrade).
-    pub fn is_stopping(&self) -> bool {
-        self.stopping
-    }
-
-    /// Whether a [`stop`](Self::stop) has finished: no worker is left.
-    pub fn is_stopped(&self) -> bool {
-        self.stopping && self.procs.is_empty()
     }
 }

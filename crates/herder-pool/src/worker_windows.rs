@@ -1,12 +1,23 @@
 //! The worker's side on Windows: the channel it connects to the supervisor, the
 //! listeners it receives there, its scorecard and the accept lock.
 
-use super::{CHANNEL_ENV, LOCK_ENV, SCOREBOARD_ENV, WORKER_ENV};
 use crate::Error;
 use herder_fd::Channel;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+
+/// The variable that tells a worker its slot and generation, `SLOT:GENERATION`
+/// (and its scoreboard record, `:RECORD`).
+pub const WORKER_ENV: &str = "HERDER_WORKER";
+/// The variable that tells a worker where its channel is: `ADDR TOKEN NAMES`, the
+/// supervisor's loopback address, the token to present, and the names of the
+/// listeners that follow, separated by `:`.
+pub(crate) const CHANNEL_ENV: &str = "HERDER_WORKER_CHANNEL";
+/// The variable naming the accept lock's mutex.
+pub(crate) const LOCK_ENV: &str = "HERDER_ACCEPT_MUTEX";
+/// The variable naming the scoreboard's shared memory.
+pub(crate) const SCOREBOARD_ENV: &str = "HERDER_SCOREBOARD";
 
 /// A worker's side: what [`Worker::from_env`] found.
 pub struct Worker {

@@ -1,15 +1,19 @@
 //! The control pipe on Windows: a named pipe, served by threads that block on it and
 //! hand each request to the pool's loop (the JSON lines of the Unix control socket).
 
-use super::{CONTROL_WAIT, Pool, PoolEvent, Report, Reporter};
+use super::windows::{Report, Reporter};
+use super::{Pool, PoolEvent};
 use crate::Error;
-use crate::state::status_response;
 use std::io;
 use std::os::windows::io::OwnedHandle;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// How long a control client waits for the pool to carry out its request.
+const CONTROL_WAIT: Duration = Duration::from_secs(30);
 
 impl Pool {
     /// Answers control requests on the named pipe `name` (`\\.\pipe\NAME`, or a
@@ -40,46 +44,42 @@ impl Pool {
         let security = crate::sys::owner_only().map_err(io("securing the control pipe"))?;
         let first = crate::sys::create_pipe(&path, true, &security)
             .map_err(io("creating the control pipe"))?;
-        let reporter = self.reporter.clone();
+        let reporter = self.os.reporter.clone();
         let thread_path = path.clone();
-        let closed = self.control_closed.clone();
+        let closed = self.os.control_closed.clone();
         std::thread::spawn(move || {
             control_thread(&thread_path, first, &security, &reporter, &closed);
         });
-        self.control_path = Some(path);
+        self.os.control_path = Some(path);
         Ok(())
     }
 
     /// The control pipe's path, once [`listen_control`](Self::listen_control)
     /// succeeded.
-    pub fn control_path(&self) -> Option<&str> {
-        self.control_path.as_deref()
-    }
-}
-
-impl crate::control::Controlled for Pool {
-    fn status(&self) -> Vec<u8> {
-        let mut extra = serde_json::Map::new();
-        extra.insert("reloading".into(), self.reloading.into());
-        status_response(self.generation, self.stopping, self.workers(), extra)
+    pub fn control_path(&self) -> Option<&Path> {
+        self.os.control_path.as_deref().map(Path::new)
     }
 
-    fn reload(&mut self, events: &mut Vec<PoolEvent>) -> u64 {
-        Pool::reload(self, events);
-        self.generation
-    }
-
-    fn scale(&mut self, n: usize, events: &mut Vec<PoolEvent>) -> usize {
-        Pool::scale(self, n, events);
-        self.slots.len()
-    }
-
-    fn stop(&mut self, events: &mut Vec<PoolEvent>) {
-        Pool::stop(self, events);
-    }
-
-    fn upgrade(&mut self, _: &mut Vec<PoolEvent>) -> Result<u32, String> {
-        Err("binary upgrades are not supported on Windows".into())
+    /// Carries out what a control pipe's thread reported.
+    pub(super) fn on_report(&mut self, report: Report, events: &mut Vec<PoolEvent>) {
+        match report {
+            Report::Control { line, reply, asked } => {
+                // Its client was told there is no answer: carrying it out now would
+                // surprise whoever sent it.
+                if asked.elapsed() >= CONTROL_WAIT {
+                    return;
+                }
+                let answer = match crate::Command::parse(&line) {
+                    Ok(cmd) => {
+                        let answer = crate::control::execute(self, &cmd, events);
+                        events.push(PoolEvent::Command(cmd));
+                        answer
+                    }
+                    Err(msg) => crate::control::error(&msg),
+                };
+                let _ = reply.send(answer);
+            }
+        }
     }
 }
 
