@@ -622,9 +622,9 @@ impl Pool {
     /// [`reuseport_listener`]: crate::reuseport_listener
     pub fn set_slot_listeners(
         &mut self,
-        mut make: impl FnMut(usize) -> io::Result<Vec<(String, Descriptor)>> + 'static,
+        make: impl FnMut(usize) -> io::Result<Vec<(String, Descriptor)>> + 'static,
     ) {
-        self.slot_listeners = Some(Box::new(move |slot| make(slot)));
+        self.slot_listeners = Some(Box::new(make));
     }
 
     /// Whether a graceful stop was asked for ([`stop`](Self::stop), the control
