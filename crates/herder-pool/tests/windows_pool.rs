@@ -2,7 +2,8 @@
 //! report ready; a terminated worker is replaced; a graceful stop drains them; the
 //! named-mutex accept lock is taken over from a holder terminated mid-hold; rolling
 //! restarts, scaling and the scoreboard's load figures, driven through the control
-//! pipe; a worker's last messages come before its exit.
+//! pipe; a worker's last messages come before its exit; recycling past a
+//! connection limit and autoscaling by load, from the scoreboard.
 #![cfg(windows)]
 
 use herder_pool::{Config, Pool, PoolEvent, Worker, is_drain_request};
@@ -11,6 +12,10 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 const ROLE: &str = "HERDER_POOL_TEST_ROLE";
+/// The open connections a `load` worker publishes.
+const ACTIVE: &str = "HERDER_POOL_TEST_ACTIVE";
+/// The connections a `load` worker says it took.
+const ACCEPTED: &str = "HERDER_POOL_TEST_ACCEPTED";
 
 /// The worker side, when the pool runs this test binary again.
 #[test]
@@ -19,6 +24,21 @@ fn worker_entry() {
         return;
     };
     let role = std::env::var(ROLE).unwrap_or_default();
+    if role == "load" {
+        // Publishes the load it is told to (open connections, connections taken),
+        // reports ready, and waits for the drain request.
+        let figure = |name: &str| std::env::var(name).map_or(0, |v| v.parse::<u64>().unwrap());
+        let card = worker.scorecard().expect("a scorecard");
+        card.set_active(figure(ACTIVE));
+        card.add_accepted(figure(ACCEPTED));
+        worker.ready().unwrap();
+        while let Ok(Some(message)) = worker.channel().unwrap().recv() {
+            if is_drain_request(message.payload()) {
+                break;
+            }
+        }
+        std::process::exit(0);
+    }
     if role == "hang" {
         // Ready (its heartbeat clock starts), one figure published, then silence, as
         // a worker stuck in a loop.
@@ -491,4 +511,63 @@ fn a_workers_last_messages_come_before_its_exit() {
         until(&mut pool, "the stop", |e| matches!(e, PoolEvent::Stopped));
     }
     assert!(pool.is_stopped());
+}
+
+#[test]
+fn a_worker_past_its_connection_limit_is_recycled() {
+    let mut c = config(1, "load");
+    c.env.push((ACCEPTED.into(), "100".into()));
+    c.max_connections = Some(10);
+    let mut pool = Pool::new(c, Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    settle(&mut pool, "ready", |p| all_ready(p, 1));
+    let first = pool.workers()[0].pid.unwrap();
+    let seen = until(
+        &mut pool,
+        "the recycling",
+        |e| matches!(e, PoolEvent::Recycling { slot: 0, pid } if *pid == first),
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(e, PoolEvent::Exited { .. })),
+        "{seen:?}"
+    );
+    // Its successor takes the slot once ready; then it drains and exits, and is not
+    // replaced (its exit concerns no slot).
+    let seen = until(
+        &mut pool,
+        "the old worker's exit",
+        |e| matches!(e, PoolEvent::Exited { pid, .. } if *pid == first),
+    );
+    let exit = seen.iter().find_map(|e| match e {
+        PoolEvent::Exited {
+            pid, restart_in, ..
+        } if *pid == first => Some(*restart_in),
+        _ => None,
+    });
+    assert_eq!(exit, Some(None), "{seen:?}");
+    let w = &pool.workers()[0];
+    assert_ne!(w.pid, Some(first));
+    assert_eq!(w.restarts, 0, "a recycle is no restart");
+}
+
+#[test]
+fn busy_workers_are_joined_by_more_up_to_the_maximum() {
+    let mut c = config(1, "load");
+    c.env.push((ACTIVE.into(), "10".into()));
+    c.autoscale = Some(herder_pool::Autoscale::new(1, 3, 5));
+    let mut pool = Pool::new(c, Vec::new()).unwrap();
+    let mut events = Vec::new();
+    pool.start(&mut events);
+    // 1, then 2 (one added), then 3 (two would be, the maximum caps it).
+    settle(&mut pool, "three ready workers", |p| all_ready(p, 3));
+    let mut events = Vec::new();
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        pool.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+    }
+    assert_eq!(pool.len(), 3, "no more than the maximum: {events:?}");
+    pool.stop(&mut events);
+    settle(&mut pool, "the stop", Pool::is_stopped);
 }

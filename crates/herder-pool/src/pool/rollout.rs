@@ -32,6 +32,49 @@ impl Autoscale {
     }
 }
 
+/// What autoscaling remembers from one look to the next, with the number of slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scaler {
+    /// The slots now.
+    pub(crate) slots: usize,
+    /// How many workers to add next time all are busy (1, 2, 4, … 32).
+    pub(crate) step: usize,
+    /// For how many looks (one a second) two workers have been idle.
+    pub(crate) idle_ticks: u32,
+}
+
+impl Autoscale {
+    /// One look, once a second, at the open connections of the ready workers
+    /// (`active`, none of them starting): the number of slots wanted, and what to
+    /// remember. Pure: the same decision on every platform, unit-tested here.
+    pub(crate) fn decide(&self, now: Scaler, active: &[u64]) -> (usize, Scaler) {
+        let n = now.slots;
+        if !active.is_empty() && active.iter().all(|&a| a >= self.busy_connections) && n < self.max
+        {
+            let add = now.step.min(self.max - n);
+            let next = Scaler {
+                slots: n + add,
+                step: (now.step * 2).min(32),
+                idle_ticks: 0,
+            };
+            return (n + add, next);
+        }
+        let mut next = Scaler {
+            slots: n,
+            step: 1,
+            idle_ticks: 0,
+        };
+        if active.iter().filter(|&&a| a == 0).count() >= 2 && n > self.min {
+            next.idle_ticks = now.idle_ticks + 1;
+            if Duration::from_secs(u64::from(next.idle_ticks)) >= self.idle_after {
+                next.idle_ticks = 0;
+                next.slots = n - 1;
+            }
+        }
+        (next.slots, next)
+    }
+}
+
 impl Pool {
     /// Starts a slot stopped by the breaker or by a fatal exit again, with a fresh
     /// back-off.
@@ -286,22 +329,84 @@ impl Pool {
             // Capacity is on its way: judge again once it is ready.
             return;
         }
-        if !ready.is_empty() && ready.iter().all(|&a| a >= auto.busy_connections) && n < auto.max {
-            let add = self.scale_step.min(auto.max - n);
-            self.scale_step = (self.scale_step * 2).min(32);
-            self.idle_ticks = 0;
-            self.scale_inner(n + add, events);
-            return;
+        let (target, scaler) = auto.decide(
+            Scaler {
+                slots: n,
+                step: self.scale_step,
+                idle_ticks: self.idle_ticks,
+            },
+            &ready,
+        );
+        self.scale_step = scaler.step;
+        self.idle_ticks = scaler.idle_ticks;
+        if target != n {
+            self.scale_inner(target, events);
         }
-        self.scale_step = 1;
-        if ready.iter().filter(|&&a| a == 0).count() >= 2 && n > auto.min {
-            self.idle_ticks += 1;
-            if Duration::from_secs(u64::from(self.idle_ticks)) >= auto.idle_after {
-                self.idle_ticks = 0;
-                self.scale_inner(n - 1, events);
-            }
-        } else {
-            self.idle_ticks = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Autoscale, Scaler};
+    use std::time::Duration;
+
+    fn at(slots: usize) -> Scaler {
+        Scaler {
+            slots,
+            step: 1,
+            idle_ticks: 0,
         }
+    }
+
+    #[test]
+    fn all_busy_adds_one_then_doubling_up_to_the_maximum() {
+        let auto = Autoscale::new(1, 10, 5);
+        let (n, s) = auto.decide(at(2), &[5, 9]);
+        assert_eq!((n, s.step), (3, 2));
+        let (n, s) = auto.decide(s, &[5, 9, 6]);
+        assert_eq!((n, s.step), (5, 4));
+        let (n, s) = auto.decide(s, &[5; 5]);
+        assert_eq!((n, s.step), (9, 8));
+        // Capped at the maximum, whatever the step.
+        let (n, s) = auto.decide(s, &[5; 9]);
+        assert_eq!((n, s.slots), (10, 10));
+        let (n, _) = auto.decide(s, &[5; 10]);
+        assert_eq!(n, 10);
+    }
+
+    #[test]
+    fn one_worker_not_busy_stops_the_growth_and_resets_the_step() {
+        let auto = Autoscale::new(1, 10, 5);
+        let (n, s) = auto.decide(
+            Scaler {
+                slots: 4,
+                step: 8,
+                idle_ticks: 0,
+            },
+            &[5, 5, 4, 5],
+        );
+        assert_eq!((n, s.step), (4, 1));
+        // No ready worker at all is no reason to grow.
+        assert_eq!(auto.decide(at(4), &[]).0, 4);
+    }
+
+    #[test]
+    fn two_idle_workers_for_idle_after_retire_one_down_to_the_minimum() {
+        let mut auto = Autoscale::new(2, 10, 5);
+        auto.idle_after = Duration::from_secs(3);
+        let mut s = at(4);
+        let mut sizes = Vec::new();
+        for _ in 0..12 {
+            let (n, next) = auto.decide(s, &vec![0; s.slots]);
+            sizes.push(n);
+            s = next;
+        }
+        // One fewer every third look, never below the minimum.
+        assert_eq!(sizes, [4, 4, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2]);
+        // A single idle worker is not enough, and any activity resets the count.
+        let (_, s) = auto.decide(at(4), &[0, 0, 1, 1]);
+        assert_eq!(s.idle_ticks, 1);
+        let (_, s) = auto.decide(s, &[0, 1, 1, 1]);
+        assert_eq!(s.idle_ticks, 0);
     }
 }
