@@ -3,8 +3,10 @@
 //! concurrent echo clients byte-exact; `status` over the control pipe shows that both
 //! workers accepted connections; a worker terminated with `taskkill /f` is replaced
 //! and new connections keep succeeding; a rolling restart brings up a new generation;
-//! `herderctl stop` serves an open byte stream to its end, refuses new connections
-//! meanwhile, and ends the server with exit code 0.
+//! a binary upgrade hands the listener and the control pipe to a new supervisor while
+//! the old one serves an open byte stream to its end and exits with 0; `herderctl
+//! stop` serves an open byte stream to its end, refuses new connections meanwhile,
+//! and ends the server.
 //!
 //! Needs the Windows build of the examples (`target/cross/x86_64-pc-windows-gnu/
 //! debug/examples`, or `HERDER_WINDOWS_EXAMPLES`) and a prepared Wine prefix, both
@@ -74,16 +76,30 @@ fn wait(child: &mut Child, what: &str, limit: Duration) -> std::process::ExitSta
 
 /// Runs a short Windows (or Wine builtin) program to its end; its output.
 fn run(dir: &Path, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+    match try_run(dir, program, args) {
+        Ok(stdout) => stdout,
+        Err(why) => panic!("{args:?}: {why}"),
+    }
+}
+
+/// Runs a short Windows (or Wine builtin) program to its end; its output, or why it
+/// failed.
+fn try_run(
+    dir: &Path,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+) -> Result<String, String> {
     let (out, err) = (dir.join("run.out"), dir.join("run.err"));
     let mut child = wine(program, args, &out, &err);
     let status = wait(&mut child, &format!("{args:?}"), Duration::from_secs(120));
     let stdout = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        status.success(),
-        "{args:?}: {status}\n{stdout}\n{}",
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
-    stdout
+    match status.success() {
+        true => Ok(stdout),
+        false => Err(format!(
+            "{status}\n{stdout}\n{}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        )),
+    }
 }
 
 /// A server under Wine (2 workers unless `extra` says otherwise), its process group
@@ -161,6 +177,13 @@ impl Server {
 
     fn status(&self) -> Value {
         serde_json::from_str(&self.ctl(&["status", "--json"])).unwrap()
+    }
+
+    /// `status`, if a supervisor answers on the pipe.
+    fn try_status(&self) -> Option<Value> {
+        let all = ["--control", self.control.as_str(), "status", "--json"];
+        let text = try_run(self.dir.path(), windows_example("herderctl"), &all).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Asks for `status` until `pred` accepts it (60 s at most).
@@ -280,10 +303,63 @@ fn one_server(name: &str, extra: &[&str]) {
         assert_eq!(echo(addr, &data), data, "{name}: after the reload");
     }
 
+    // A binary upgrade through the control pipe, with a byte stream open: a new
+    // supervisor (the same program) takes the listener and, once its workers are
+    // ready, the control pipe over; the old one's worker serves the open stream to
+    // its end, and the old supervisor exits with 0.
+    use std::io::{Read, Write};
+    let old = s["pid"].as_u64().unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let exchange = |stream: &mut std::net::TcpStream, byte: u8| {
+        let mut back = [0u8; 1];
+        stream.write_all(&[byte]).unwrap();
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back[0], byte, "{name}: the open stream");
+    };
+    exchange(&mut stream, b'u');
+    let answer = server.ctl(&["upgrade"]);
+    assert!(!answer.contains("error"), "{name}: {answer}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let s = loop {
+        // Between the old supervisor closing the pipe and the new one opening it,
+        // nobody answers: ask again.
+        if let Some(s) = server
+            .try_status()
+            .filter(|s| s["pid"] != old && settled(s, 1))
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no new supervisor\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let new = s["pid"].as_u64().unwrap();
+    println!("{name}: upgraded from supervisor {old} to {new}");
+    for &byte in b"pgrade" {
+        exchange(&mut stream, byte);
+    }
+    for i in 0..50u64 {
+        let data = payload(3000 + i, 2048);
+        assert_eq!(echo(addr, &data), data, "{name}: after the upgrade");
+    }
+    drop(stream);
+    let mut server = server;
+    let status = wait(
+        &mut server.child,
+        "the old supervisor",
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{name}: {status}\n{}", server.log());
+
     // A graceful stop through the control pipe, with a byte stream open: the stream
     // is served to its end, new connections are refused meanwhile, and the server
     // exits once the stream closes.
-    use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -314,9 +390,16 @@ fn one_server(name: &str, extra: &[&str]) {
         "{name}: new connections still accepted 1 s after the stop"
     );
     drop(stream);
-    let mut server = server;
-    let status = wait(&mut server.child, "the stop", Duration::from_secs(60));
-    assert!(status.success(), "{name}: {status}\n{}", server.log());
+    // The new supervisor is no child of this test's: it is gone once nobody answers
+    // on the pipe.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.try_status().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: still running after the stop"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `handoff_server --max-connections 1` with one worker: while a connection is open,

@@ -34,6 +34,8 @@ pub use tracing as __tracing;
 #[cfg(feature = "servers")]
 pub mod flags;
 #[cfg(feature = "servers")]
+mod inherited;
+#[cfg(feature = "servers")]
 mod logging;
 #[cfg(feature = "servers")]
 pub mod metrics;

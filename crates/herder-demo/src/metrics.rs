@@ -48,17 +48,13 @@ impl Metrics {
     /// passed on), and watches it in the pool's loop.
     pub fn start(pool: &mut Pool, addr: SocketAddr) -> anyhow::Result<Metrics> {
         use anyhow::Context;
-        #[cfg(unix)]
-        let inherited = crate::unix::inherited(|name| name == NAME)?.pop();
-        #[cfg(windows)]
-        let inherited: Option<(String, TcpListener)> = None;
+        let inherited = crate::inherited::inherited(|name| name == NAME)?.pop();
         let listener = match inherited {
             Some((_, fd)) => TcpListener::from(fd),
             None => TcpListener::bind(addr).with_context(|| format!("binding --metrics {addr}"))?,
         };
         listener.set_nonblocking(true)?;
-        #[cfg(unix)]
-        pool.pass_on_upgrade(NAME, std::os::fd::OwnedFd::from(listener.try_clone()?));
+        pool.pass_on_upgrade(NAME, listener.try_clone()?.into());
         let key = pool.add_source(
             Box::new(listener.try_clone()?),
             Interest::READABLE,

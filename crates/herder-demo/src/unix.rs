@@ -20,28 +20,7 @@ pub fn pool_config(c: &Common) -> anyhow::Result<herder_pool::Config> {
     Ok(config)
 }
 
-/// The inherited sockets (systemd's, or an upgraded supervisor's), adopted once.
-static INHERITED: std::sync::Mutex<Option<Vec<(String, std::os::fd::OwnedFd)>>> =
-    std::sync::Mutex::new(None);
-
-/// Takes the inherited sockets whose name `wanted` accepts.
-pub fn inherited(
-    wanted: impl Fn(&str) -> bool,
-) -> anyhow::Result<Vec<(String, std::os::fd::OwnedFd)>> {
-    use anyhow::Context;
-    let mut all = INHERITED
-        .lock()
-        .map_err(|_| anyhow::anyhow!("inherited sockets: poisoned"))?;
-    if all.is_none() {
-        *all = Some(herder_pool::systemd::listen_fds().context("socket activation")?);
-    }
-    let all = all.get_or_insert_with(Vec::new);
-    let (taken, rest) = std::mem::take(all)
-        .into_iter()
-        .partition(|(name, _)| wanted(name));
-    *all = rest;
-    Ok(taken)
-}
+pub use crate::inherited::inherited;
 
 /// The listener: the one systemd passed (socket activation, `LISTEN_FDS`), or else
 /// one bound to `--listen`. Whether it came from systemd, too.

@@ -1,6 +1,6 @@
 //! What the example servers share on Windows: the same functions as on Unix
 //! ([`common`](crate::common) names whichever this platform has), without what Windows
-//! lacks (signals, systemd, privilege separation, the metrics endpoint).
+//! lacks (signals, systemd, privilege separation).
 pub use crate::flags::{Common, server, service};
 pub use crate::logging::init_logging;
 pub use crate::supervise::supervise;
@@ -12,10 +12,17 @@ pub fn pool_config(c: &Common) -> anyhow::Result<herder_pool::Config> {
     Ok(crate::flags::pool_config(c))
 }
 
-/// The listener bound to `--listen`, and whether it was inherited (never, here: there
-/// is no socket activation on Windows).
+pub use crate::inherited::inherited;
+
+/// The listener: the one a supervisor upgrading to this one passed on, or else one
+/// bound to `--listen`. Whether it was inherited, too.
 pub fn listener(c: &Common) -> anyhow::Result<(TcpListener, bool)> {
     use anyhow::Context;
+    if let Some((_, socket)) = inherited(|name| name == "http")?.pop() {
+        let l = TcpListener::from(socket);
+        crate::log!(2, "listener inherited from an upgrade: {}", l.local_addr()?);
+        return Ok((l, true));
+    }
     let l = herder_pool::tcp_listener(c.listen).with_context(|| format!("binding {}", c.listen))?;
     Ok((l, false))
 }
@@ -29,6 +36,8 @@ pub fn handoff_supervisor(c: &Common) -> anyhow::Result<(Pool, TcpListener, Sock
     if let Some(name) = &c.control {
         pool.listen_control(name)?;
     }
+    // An upgrade's new supervisor gets the listener too.
+    pool.pass_on_upgrade("http", listener.try_clone()?.into());
     Ok((pool, listener, addr))
 }
 

@@ -91,14 +91,12 @@ pub enum PoolEvent {
         /// The slots that kept their old worker.
         slots: Vec<usize>,
     },
-    #[cfg(unix)]
     /// A zero-downtime upgrade began ([`Pool::upgrade`](crate::Pool::upgrade)): the
     /// program now on disk runs as a new supervisor with this pool's listeners.
     UpgradeStarted {
         /// The new supervisor's pid.
         pid: u32,
     },
-    #[cfg(unix)]
     /// The new supervisor reported ready: this pool hands its control socket over
     /// and stops gracefully from the next [`Pool::poll`](crate::Pool::poll) on (a
     /// [`Stopped`](Self::Stopped) follows). Stop accepting on listeners of your own
@@ -107,7 +105,6 @@ pub enum PoolEvent {
         /// The new supervisor's pid.
         pid: u32,
     },
-    #[cfg(unix)]
     /// The upgrade was abandoned: the new supervisor could not start, exited, or was
     /// not ready within the ready timeout (then it was stopped). This pool goes on.
     UpgradeFailed {

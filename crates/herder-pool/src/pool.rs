@@ -33,7 +33,6 @@ mod rollout;
 mod sources;
 #[cfg(unix)]
 mod unix;
-#[cfg(unix)]
 mod upgrade;
 #[cfg(windows)]
 mod windows;
@@ -43,6 +42,8 @@ pub use rollout::Autoscale;
 use unix::Process;
 #[cfg(windows)]
 use windows::Process;
+#[cfg(windows)]
+pub(crate) use windows::upgrade_sockets;
 #[cfg(windows)]
 pub use windows::{control_pipe_path, request_stop};
 
@@ -206,7 +207,7 @@ enum Watch {
     ControlListener,
     #[cfg(unix)]
     ControlConn,
-    #[cfg(unix)]
+    /// Where a new supervisor says it is ready, during an upgrade.
     UpgradeReady,
     /// The old supervisor's channel of moving connections.
     #[cfg(unix)]
@@ -235,7 +236,6 @@ enum TimerFor {
     #[cfg(unix)]
     ControlRetry(Key),
     /// The periodic check of an upgrade in progress.
-    #[cfg(unix)]
     Upgrade,
     /// The retry of replies about moving connections that found a channel full.
     #[cfg(unix)]
@@ -584,6 +584,7 @@ impl Pool {
                         }
                     }
                     Some(Watch::Exit(pid)) => self.reap(pid, events),
+                    Some(Watch::UpgradeReady) => self.on_upgrade_ready(events),
                     Some(other) => self.on_os_watch(key, other, events),
                     None if matches!(self.reactor.get(key), Some(Source::User(_))) => {
                         events.push(PoolEvent::Other(ev))
@@ -598,7 +599,8 @@ impl Pool {
                 Event::Timer(id) => match self.timers.remove(&id) {
                     Some(TimerFor::Slot(slot)) => self.on_backoff_over(slot, events),
                     Some(TimerFor::Proc(pid)) => self.on_proc_timer(pid),
-                    Some(other) => self.on_os_timer(id, other, events),
+                    Some(TimerFor::Upgrade) => self.on_upgrade_tick(id, events),
+                    Some(other) => self.on_os_timer(other),
                     // The platform's own repeating timers, or the caller's.
                     None => self.on_os_event(ev, events),
                 },
@@ -714,15 +716,12 @@ fn trace_events(events: &[PoolEvent]) {
                     "worker reached its connection limit; recycling it"
                 )
             }
-            #[cfg(unix)]
             PoolEvent::UpgradeStarted { pid } => {
                 tracing::info!(pid, "upgrade: new supervisor starting")
             }
-            #[cfg(unix)]
             PoolEvent::Upgraded { pid } => {
                 tracing::info!(pid, "upgrade: new supervisor ready; handing over")
             }
-            #[cfg(unix)]
             PoolEvent::UpgradeFailed { reason } => {
                 tracing::error!(%reason, "upgrade failed; going on")
             }

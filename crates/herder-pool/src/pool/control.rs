@@ -8,16 +8,16 @@ impl crate::control::Controlled for Pool {
     fn status(&self) -> Vec<u8> {
         let mut extra = serde_json::Map::new();
         extra.insert("reloading".into(), self.reloading.into());
+        extra.insert(
+            "upgrading".into(),
+            self.os.upgrade.as_ref().map(|u| u.pid).into(),
+        );
+        extra.insert(
+            "upgrade_failed".into(),
+            self.os.upgrade_failed.clone().into(),
+        );
         #[cfg(unix)]
         {
-            extra.insert(
-                "upgrading".into(),
-                self.os.upgrade.as_ref().map(|u| u.pid).into(),
-            );
-            extra.insert(
-                "upgrade_failed".into(),
-                self.os.upgrade_failed.clone().into(),
-            );
             extra.insert("moved".into(), self.os.moves.moved.into());
             extra.insert("moves_kept".into(), self.os.moves.kept.into());
         }
@@ -38,7 +38,6 @@ impl crate::control::Controlled for Pool {
         self.stop_inner(events);
     }
 
-    #[cfg(unix)]
     fn upgrade(&mut self, events: &mut Vec<PoolEvent>) -> Result<u32, String> {
         self.upgrade_inner(events);
         match (&self.os.upgrade, &self.os.upgrade_failed) {
@@ -46,10 +45,5 @@ impl crate::control::Controlled for Pool {
             (None, Some(why)) => Err(why.clone()),
             (None, None) => Err("no upgrade started".into()),
         }
-    }
-
-    #[cfg(windows)]
-    fn upgrade(&mut self, _: &mut Vec<PoolEvent>) -> Result<u32, String> {
-        Err("binary upgrades are not supported on Windows".into())
     }
 }

@@ -32,6 +32,17 @@ impl Pool {
         let path = control_pipe_path(&name.as_ref().to_string_lossy());
         // `FILE_FLAG_FIRST_PIPE_INSTANCE` refuses a name in use on Windows, not on
         // every implementation of it (Wine): ask first as well.
+        if crate::sys::pipe_exists(&path) && self.os.parent.is_some() {
+            // Started by an upgrade: the supervisor being replaced answers there
+            // until it hands over; the pipe is this one's once it has closed it.
+            self.os.control_pending = Some(path);
+            if self.os.control_retry.is_none() {
+                let every = std::time::Duration::from_millis(50);
+                let timer = self.reactor.add_timer(Instant::now() + every, Some(every));
+                self.os.control_retry = Some(timer);
+            }
+            return Ok(());
+        }
         if crate::sys::pipe_exists(&path) {
             return Err(Error::Io {
                 what: "creating the control pipe",
@@ -51,7 +62,36 @@ impl Pool {
             control_thread(&thread_path, first, &security, &reporter, &closed);
         });
         self.os.control_path = Some(path);
+        self.os.control_pending = None;
+        if let Some(timer) = self.os.control_retry.take() {
+            self.reactor.cancel_timer(timer);
+        }
         Ok(())
+    }
+
+    /// Opens the control pipe an upgrade's supervisor could not open yet, once the
+    /// supervisor it replaces has handed over and closed it.
+    pub(super) fn retry_control(&mut self) {
+        let Some(path) = self.os.control_pending.clone() else {
+            return;
+        };
+        if self.os.parent.is_none() && !crate::sys::pipe_exists(&path) {
+            if let Err(e) = self.listen_control(&path) {
+                tracing::warn!(%e, path, "opening the control pipe after the upgrade");
+            }
+        }
+    }
+
+    /// Stops answering on the control pipe: its thread ends, the name is free.
+    pub(super) fn close_control(&mut self) {
+        self.os.control_closed.store(true, Ordering::SeqCst);
+        if let Some(path) = self.os.control_path.take() {
+            // The thread waits for a client: be one.
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path);
+        }
     }
 
     /// The control pipe's path, once [`listen_control`](Self::listen_control)

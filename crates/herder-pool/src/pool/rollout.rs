@@ -226,7 +226,6 @@ impl Pool {
         self.reloading = None;
         // An upgrade in progress is abandoned: the new supervisor must not outlive
         // a stop the operator asked for.
-        #[cfg(unix)]
         self.abandon_upgrade();
         for slot in 0..self.slots.len() {
             if let Some(t) = self.slots[slot].timer.take() {
@@ -241,7 +240,6 @@ impl Pool {
         // wait for whoever else holds the socket: systemd, a new supervisor) rather
         // than queue in a backlog nobody reads. Draining workers close theirs too.
         self.listeners.clear();
-        #[cfg(unix)]
         self.os.upgrade_fds.clear();
         // After an upgrade the workers move their connections to the new
         // supervisor's; otherwise they drain.

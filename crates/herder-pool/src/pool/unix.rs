@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -312,27 +313,20 @@ impl Pool {
         match watch {
             Watch::ControlListener => self.accept_control(key),
             Watch::ControlConn => self.serve_control(key, events),
-            Watch::UpgradeReady => self.on_upgrade_ready(events),
             Watch::Upstream => self.read_upstream(),
             Watch::Downstream => self.read_downstream(),
-            Watch::Channel(_) | Watch::Exit(_) => {}
+            Watch::Channel(_) | Watch::Exit(_) | Watch::UpgradeReady => {}
         }
     }
 
     /// A timer of the platform's own, one-shot.
-    pub(super) fn on_os_timer(
-        &mut self,
-        id: TimerId,
-        timer: TimerFor,
-        events: &mut Vec<PoolEvent>,
-    ) {
+    pub(super) fn on_os_timer(&mut self, timer: TimerFor) {
         match timer {
             TimerFor::ControlRetry(key) => {
                 let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
             }
-            TimerFor::Upgrade => self.on_upgrade_tick(id, events),
             TimerFor::Replies => self.retry_replies(),
-            TimerFor::Slot(_) | TimerFor::Proc(_) => {}
+            TimerFor::Slot(_) | TimerFor::Proc(_) | TimerFor::Upgrade => {}
         }
     }
 
@@ -402,10 +396,10 @@ impl Pool {
 
     /// When the pool is dropped, before its workers are killed.
     pub(super) fn os_drop(&mut self) {
-        if let Some(u) = self.os.upgrade.take() {
+        if let Some(mut u) = self.os.upgrade.take() {
             // A new supervisor half started: it must not outlive this one's exit.
-            let _ = sys::signal(u.pid, libc::SIGTERM);
-            let _ = std::fs::remove_dir_all(&u.dir);
+            u.process.terminate();
+            let _ = std::fs::remove_dir_all(&u.os.dir);
         }
         if let Some(path) = &self.os.control_path {
             let _ = std::fs::remove_file(path);
@@ -508,5 +502,158 @@ impl Pool {
         };
         crate::control::execute(self, &cmd, events);
         events.push(PoolEvent::Command(cmd));
+    }
+}
+
+/// What an upgrade keeps on Unix.
+pub(super) struct UpgradeOs {
+    /// The private directory of the readiness socket.
+    dir: PathBuf,
+    /// This end of the channel the new supervisor takes moving connections on.
+    moves: Option<Channel>,
+}
+
+impl Pool {
+    /// Starts the new supervisor: this program with the listeners, the control
+    /// socket and a channel for moving connections as inherited descriptors, and a
+    /// readiness socket's path.
+    pub(super) fn start_upgrade(&mut self) -> Result<Upgrade, Error> {
+        let program = self.upgrade_program()?;
+        let dir = sys::private_dir().map_err(Error::io("creating the upgrade's directory"))?;
+        let ready =
+            UnixDatagram::bind(dir.join("ready")).and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let ready = match ready {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Error::Io {
+                    what: "binding the upgrade's readiness socket",
+                    source: e,
+                });
+            }
+        };
+        // The supervisor's own environment, without what was meant for this process
+        // alone; systemd's notification socket stays, for the new main process.
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !sys::is_listen_var(k) && k != "WATCHDOG_PID" && k != crate::systemd::UPGRADE_ENV
+            })
+            .collect();
+        env.push((
+            crate::systemd::UPGRADE_ENV.into(),
+            dir.join("ready").into_os_string(),
+        ));
+        let control = self
+            .watches
+            .iter()
+            .find(|(_, w)| matches!(w, Watch::ControlListener))
+            .and_then(|(k, _)| match self.reactor.get(*k) {
+                Some(Source::ControlListener(l)) => Some(l.as_fd()),
+                _ => None,
+            });
+        let mut fds: Vec<(BorrowedFd<'_>, &str)> = self
+            .listeners
+            .iter()
+            .filter(|(n, _)| n != crate::accept_lock::LOCK_NAME)
+            .chain(&self.os.upgrade_fds)
+            .map(|(n, fd)| (fd.as_fd(), n.as_str()))
+            .collect();
+        if let Some(c) = control {
+            fds.push((c, crate::systemd::CONTROL_NAME));
+        }
+        // Where this pool's workers' connections move to, if the pool moves them.
+        let moves = match self.config.move_connections {
+            true => Channel::pair().ok(),
+            false => None,
+        };
+        if let Some((_, theirs)) = &moves {
+            fds.push((theirs.as_fd(), crate::systemd::MOVES_NAME));
+        }
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let spawned = sys::spawn(&program, &args, &env, &fds, None);
+        drop(fds);
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Error::Io {
+                    what: "starting the new program",
+                    source: e,
+                });
+            }
+        };
+        let key =
+            match self
+                .reactor
+                .register(Source::Datagram(ready), Interest::READABLE, Mode::Level)
+            {
+                Ok(key) => key,
+                Err(source) => {
+                    // Unwatched, it must not go on.
+                    let _ = sys::signal(spawned.pid, libc::SIGKILL);
+                    let _ = sys::try_wait(spawned.pid);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(Error::Io {
+                        what: "watching the upgrade's readiness socket",
+                        source,
+                    });
+                }
+            };
+        let os = UpgradeOs {
+            dir,
+            moves: moves.map(|(ours, _)| ours),
+        };
+        Ok(self.watch_upgrade(spawned.pid, Process { pid: spawned.pid }, Some(key), os))
+    }
+
+    /// The new supervisor wrote to the readiness socket.
+    pub(super) fn on_upgrade_ready(&mut self, events: &mut Vec<PoolEvent>) {
+        let Some(u) = &self.os.upgrade else { return };
+        let mut ready = false;
+        if let Some(Source::Datagram(socket)) = u.key.and_then(|k| self.reactor.get(k)) {
+            let mut buf = [0u8; 512];
+            // Bounded: whatever else arrives waits for the next wake-up.
+            for _ in 0..16 {
+                let Ok(n) = socket.recv(&mut buf) else { break };
+                ready |= buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1");
+            }
+        }
+        if ready && u.failed.is_none() {
+            self.end_upgrade(Ok(()), events);
+        }
+    }
+
+    /// The new supervisor is ready: it speaks to systemd and answers on the control
+    /// socket from now on, and takes the workers' moving connections.
+    pub(super) fn hand_over(&mut self, u: Upgrade) {
+        let _ = std::fs::remove_dir_all(&u.os.dir);
+        if let Some(r) = self.os.systemd.take() {
+            let _ = r.notifier.notify(&format!("MAINPID={}", u.pid));
+        }
+        // The new main process speaks to systemd from now on: no STOPPING=1 or
+        // watchdog ping from this one.
+        if let Some(t) = self.os.watchdog.take() {
+            self.reactor.cancel_timer(t);
+        }
+        // The control socket is the new supervisor's now: stop answering on it, and
+        // leave the path alone.
+        let keys: Vec<Key> = self
+            .watches
+            .iter()
+            .filter(|(_, w)| matches!(w, Watch::ControlListener))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.forget_watch(key);
+        }
+        self.os.control_path = None;
+        if let Some(channel) = u.os.moves {
+            self.watch_downstream(channel, u.pid);
+        }
+    }
+
+    /// A failed upgrade's leftovers.
+    pub(super) fn drop_upgrade(&mut self, u: Upgrade) {
+        let _ = std::fs::remove_dir_all(&u.os.dir);
     }
 }

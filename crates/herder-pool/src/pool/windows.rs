@@ -118,8 +118,33 @@ pub(super) struct OsState {
     pub(super) reporter: Reporter,
     /// The control pipe's path, once listening.
     pub(super) control_path: Option<String>,
-    /// Set when the pool is dropped: the control pipe's thread ends.
+    /// Set when the pool is dropped or hands over: the control pipe's thread ends.
     pub(super) control_closed: Arc<AtomicBool>,
+    /// Started by an upgrade: the pipe to open once the old supervisor closed it,
+    /// and the timer that tries.
+    pub(super) control_pending: Option<String>,
+    pub(super) control_retry: Option<TimerId>,
+    /// Sockets a new supervisor gets at an upgrade, besides the listeners.
+    pub(super) upgrade_fds: Vec<(String, Listener)>,
+    /// The upgrade in progress.
+    pub(super) upgrade: Option<super::upgrade::Upgrade>,
+    /// The upgrade succeeded: stop at the next poll.
+    pub(super) stop_after_upgrade: bool,
+    /// Why the last upgrade failed, for `status`.
+    pub(super) upgrade_failed: Option<String>,
+    /// This program, as it was found at start (the path an upgrade runs again).
+    pub(super) own_exe: Option<std::path::PathBuf>,
+    /// Started by an upgrade: the connection to the supervisor being replaced,
+    /// told when every slot is ready.
+    pub(super) parent: Option<Channel>,
+}
+
+/// What an upgrade keeps on Windows.
+pub(super) struct UpgradeOs {
+    /// The token the new supervisor's connection presents (with `/u`).
+    token: String,
+    /// That connection, once it presented the token.
+    channel: Option<Channel>,
 }
 
 impl OsState {
@@ -175,6 +200,14 @@ impl OsState {
             reporter,
             control_path: None,
             control_closed: Arc::new(AtomicBool::new(false)),
+            control_pending: None,
+            control_retry: None,
+            upgrade_fds: Vec::new(),
+            upgrade: None,
+            stop_after_upgrade: false,
+            upgrade_failed: None,
+            own_exe: std::env::current_exe().ok(),
+            parent: parent_channel()?,
         })
     }
 }
@@ -215,6 +248,7 @@ impl Pool {
         cmd.args(&self.args)
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .env(WORKER_ENV, role)
+            .env_remove(UPGRADE_ENV)
             .env(SCOREBOARD_ENV, &self.board.0.name)
             .env(
                 CHANNEL_ENV,
@@ -268,7 +302,11 @@ impl Pool {
     }
 
     /// Before each wait.
-    pub(super) fn before_poll(&mut self, _events: &mut Vec<PoolEvent>) {}
+    pub(super) fn before_poll(&mut self, events: &mut Vec<PoolEvent>) {
+        if std::mem::take(&mut self.os.stop_after_upgrade) {
+            self.stop_inner(events);
+        }
+    }
 
     /// After each wait: the control pipe's requests.
     pub(super) fn after_poll(&mut self, events: &mut Vec<PoolEvent>) {
@@ -284,12 +322,12 @@ impl Pool {
             Watch::Stop => self.stop_inner(events),
             Watch::Rendezvous => self.accept_channels(),
             Watch::Hello => self.on_hello(key, events),
-            Watch::Channel(_) | Watch::Exit(_) => {}
+            Watch::Channel(_) | Watch::Exit(_) | Watch::UpgradeReady => {}
         }
     }
 
     /// A timer of the platform's own, one-shot.
-    pub(super) fn on_os_timer(&mut self, _: TimerId, timer: TimerFor, _: &mut Vec<PoolEvent>) {
+    pub(super) fn on_os_timer(&mut self, timer: TimerFor) {
         if let TimerFor::Hello(key) = timer {
             // No token in time: whoever it is holds up nothing.
             if self.os.hellos.remove(&key).is_some() {
@@ -298,26 +336,42 @@ impl Pool {
         }
     }
 
-    /// Any other event: the caller's.
+    /// Any other event: the platform's repeating timer, or the caller's.
     pub(super) fn on_os_event(&mut self, ev: Event, events: &mut Vec<PoolEvent>) {
-        if !matches!(ev, Event::Wake) {
-            events.push(PoolEvent::Other(ev));
+        match ev {
+            Event::Wake => {}
+            Event::Timer(id) if Some(id) == self.os.control_retry => self.retry_control(),
+            other => events.push(PoolEvent::Other(other)),
         }
     }
 
-    /// Nothing to tell on Windows (systemd's notifications are Unix's).
-    pub(super) fn report(&mut self) {}
+    /// Tells a supervisor upgrading to this one that it is ready, once every slot
+    /// is: a build whose workers crash does not take over.
+    pub(super) fn report(&mut self) {
+        if self.os.parent.is_none() || self.stopping {
+            return;
+        }
+        let ready = self
+            .slots
+            .iter()
+            .filter(|s| s.state == super::State::Ready)
+            .count();
+        if ready == 0 || ready < self.slots.len() {
+            return;
+        }
+        if let Some(mut parent) = self.os.parent.take() {
+            let _ = parent.send(crate::message::READY);
+        }
+        self.retry_control();
+    }
 
     /// When the pool is dropped, before its workers are killed.
     pub(super) fn os_drop(&mut self) {
-        // End the control pipe's thread: it waits for a client, so be one.
-        self.os.control_closed.store(true, Ordering::SeqCst);
-        if let Some(path) = &self.os.control_path {
-            let _ = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path);
+        if let Some(mut u) = self.os.upgrade.take() {
+            // A new supervisor half started: it must not outlive this one.
+            u.process.kill();
         }
+        self.close_control();
     }
 
     /// Takes the connections of starting workers, each watched until it presents
@@ -392,6 +446,9 @@ impl Pool {
     /// Connection `key` presented `token`: if it is a starting worker's, hands over
     /// the listeners and reads the channel from now on. Whether it was taken.
     fn adopt_channel(&mut self, key: Key, token: &[u8], events: &mut Vec<PoolEvent>) -> bool {
+        if let Some(token) = token.strip_suffix(b"/u") {
+            return self.adopt_upgrade(key, token, events);
+        }
         // The hand-off connection presents the token with "/h" after it.
         let (token, handoff) = match token.strip_suffix(b"/h") {
             Some(t) => (t, true),
@@ -467,6 +524,130 @@ impl Pool {
         true
     }
 
+    /// Starts the new supervisor: this program, told in its environment where to
+    /// connect, the token to present and the names of the sockets it gets there.
+    pub(super) fn start_upgrade(&mut self) -> Result<super::upgrade::Upgrade, Error> {
+        let program = self.upgrade_program()?;
+        let token = format!(
+            "{:016x}{:016x}",
+            crate::sys::random_u64(),
+            crate::sys::random_u64()
+        );
+        let names: Vec<&str> = self
+            .listeners
+            .iter()
+            .chain(&self.os.upgrade_fds)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let child = Command::new(program)
+            .args(std::env::args_os().skip(1))
+            .env(
+                UPGRADE_ENV,
+                format!("{} {token} {}", self.os.rendezvous.1, names.join(":")),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(Error::io("starting the new program"))?;
+        let pid = child.id();
+        let process = Process {
+            child,
+            token: String::new(),
+            handoff: None,
+            ready_pending: false,
+        };
+        let os = UpgradeOs {
+            token,
+            channel: None,
+        };
+        Ok(self.watch_upgrade(pid, process, None, os))
+    }
+
+    /// The new supervisor's connection presented `token`: hands it the listeners,
+    /// and watches for its word that it is ready.
+    fn adopt_upgrade(&mut self, key: Key, token: &[u8], events: &mut Vec<PoolEvent>) -> bool {
+        let Some(u) = self.os.upgrade.as_mut() else {
+            return false;
+        };
+        if u.os.channel.is_some() || u.os.token.is_empty() || u.os.token.as_bytes() != token {
+            return false;
+        }
+        let pid = u.pid;
+        let Some(Ok(stream)) = self.reactor.get(key).map(|w| match w {
+            Source::Conn(c) => c
+                .try_clone()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s)),
+            _ => Err(io::ErrorKind::InvalidInput.into()),
+        }) else {
+            return false;
+        };
+        let mut channel = Channel::new(stream, pid);
+        let sockets = self.listeners.iter().chain(&self.os.upgrade_fds);
+        for (i, (name, listener)) in sockets.enumerate() {
+            let meta = Handoff {
+                id: i as u64,
+                peer: None,
+                data: name.as_bytes(),
+            };
+            if let Err(e) = channel.send_sockets(&[(listener, meta)]) {
+                let reason = format!("handing the listeners to the new supervisor: {e}");
+                if let Some(u) = self.os.upgrade.as_mut() {
+                    u.process.kill();
+                    u.failed = Some(reason);
+                }
+                return false;
+            }
+        }
+        let _ = events;
+        if let Some(u) = self.os.upgrade.as_mut() {
+            u.os.token.clear();
+            u.os.channel = Some(channel);
+            u.key = Some(key);
+        }
+        self.watches.insert(key, Watch::UpgradeReady);
+        true
+    }
+
+    /// The new supervisor's connection has something: its word that it is ready,
+    /// or its end.
+    pub(super) fn on_upgrade_ready(&mut self, events: &mut Vec<PoolEvent>) {
+        let Some(u) = self.os.upgrade.as_mut() else {
+            return;
+        };
+        let Some(channel) = u.os.channel.as_mut() else {
+            return;
+        };
+        let mut ready = false;
+        let mut ended = false;
+        // Bounded: whatever else arrives waits for the next wake-up.
+        for _ in 0..16 {
+            match channel.recv() {
+                Ok(Some(m)) => ready |= m.payload() == crate::message::READY,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Its end: its exit follows, and the periodic check reports it.
+                Ok(None) | Err(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ready && u.failed.is_none() {
+            self.end_upgrade(Ok(()), events);
+        } else if ended {
+            if let Some(key) = u.key.take() {
+                u.os.channel = None;
+                self.forget_watch(key);
+            }
+        }
+    }
+
+    /// The new supervisor is ready: it answers on the control pipe from now on.
+    pub(super) fn hand_over(&mut self, _: super::upgrade::Upgrade) {
+        self.close_control();
+    }
+
+    /// A failed upgrade's leftovers: none on Windows.
+    pub(super) fn drop_upgrade(&mut self, _: super::upgrade::Upgrade) {}
+
     /// Hands `socket` to the ready worker of `slot`, duplicated for its pid, and
     /// waits for the worker's acknowledgement (5 s at most): the caller may close
     /// its copy once this returns `Ok`. Returns the worker's pid.
@@ -503,6 +684,84 @@ impl Pool {
             }
         }
     }
+}
+
+/// The variable that tells a supervisor started by an upgrade where to connect:
+/// `ADDR TOKEN NAMES`, as a worker's channel variable.
+const UPGRADE_ENV: &str = "HERDER_UPGRADE";
+
+/// The connection to the supervisor being upgraded, once [`upgrade_sockets`] made it.
+static PARENT: std::sync::Mutex<Option<Channel>> = std::sync::Mutex::new(None);
+/// Whether the sockets were taken already.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Connects to the supervisor being upgraded, if this process was started by one,
+/// and receives the sockets it passes on.
+fn connect_parent() -> Result<Option<(Channel, Vec<(String, Listener)>)>, Error> {
+    let Ok(spec) = std::env::var(UPGRADE_ENV) else {
+        return Ok(None);
+    };
+    let bad = || Error::Environment(format!("{UPGRADE_ENV} is malformed"));
+    let mut parts = spec.splitn(3, ' ');
+    let (Some(addr), Some(token), names) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
+    let stream = std::net::TcpStream::connect(addr)
+        .map_err(Error::io("reaching the supervisor being upgraded"))?;
+    // Its workers must not hold it: its end tells the old supervisor this one died.
+    herder_reactor::os::windows::no_inherit(&stream)
+        .map_err(Error::io("reaching the supervisor being upgraded"))?;
+    let _ = stream.set_nodelay(true);
+    let mut channel = Channel::from_tcp(stream, 0);
+    channel
+        .send(format!("{token}/u").as_bytes())
+        .map_err(Error::io("reaching the supervisor being upgraded"))?;
+    let count = names.map_or(0, |n| n.split(':').filter(|n| !n.is_empty()).count());
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let got = channel
+            .recv_socket()
+            .map_err(Error::io(
+                "receiving a listener from the supervisor being upgraded",
+            ))?
+            .ok_or_else(|| Error::Environment("the supervisor being upgraded went away".into()))?;
+        let name = String::from_utf8_lossy(&got.data).into_owned();
+        let herder_fd::Socket::TcpListener(listener) = got.socket else {
+            return Err(Error::Environment(format!(
+                "the upgraded supervisor's {name:?} is not a TCP listener"
+            )));
+        };
+        sockets.push((name, listener));
+    }
+    Ok(Some((channel, sockets)))
+}
+
+/// The sockets a supervisor being upgraded passes to this one (once; empty if this
+/// process was not started by an upgrade). See [`crate::inherited_sockets`].
+pub(crate) fn upgrade_sockets() -> Result<Vec<(String, super::Descriptor)>, Error> {
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(Vec::new());
+    }
+    let Some((channel, sockets)) = connect_parent()? else {
+        return Ok(Vec::new());
+    };
+    if let Ok(mut parent) = PARENT.lock() {
+        *parent = Some(channel);
+    }
+    Ok(sockets.into_iter().map(|(n, l)| (n, l.into())).collect())
+}
+
+/// The connection to the supervisor being upgraded, for the pool to report ready
+/// on: the one [`upgrade_sockets`] made, or a new one (whose sockets go unused).
+fn parent_channel() -> Result<Option<Channel>, Error> {
+    if let Some(channel) = PARENT.lock().ok().and_then(|mut p| p.take()) {
+        return Ok(Some(channel));
+    }
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(None);
+    }
+    Ok(connect_parent()?.map(|(channel, _)| channel))
 }
 
 /// The name of the event that stops the pool of supervisor `pid`.
