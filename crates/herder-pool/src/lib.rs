@@ -35,13 +35,13 @@
 //!
 //! # Portability
 //!
-//! On Windows the crate has a pool of its own with the same names and, where
-//! Windows allows, the same behaviour: workers started with `CreateProcess`, each
-//! handed the listeners (and, with `Pool::send_socket`, connections) with
-//! `WSADuplicateSocketW` over a loopback channel; restarts with the same back-off
-//! and breaker; rolling restarts, scaling and the control requests over a named pipe;
-//! a named-mutex `AcceptLock`; the same scoreboard, in a named mapping. There are no
-//! signals (`request_stop`) and no binary upgrade.
+//! One [`Pool`] for every platform, with the same behaviour where the platform
+//! allows: on Windows workers are started with `CreateProcess`, each connecting back
+//! to the pool over loopback and handed the listeners (and, with
+//! [`Pool::send_sockets`], connections) with `WSADuplicateSocketW`; restarts,
+//! rolling restarts, recycling, autoscaling, heartbeats, the control requests (over
+//! a named pipe) and binary upgrades are the same code. There are no signals
+//! (`request_stop` instead) and live connections do not move.
 //! [The platforms page](https://github.com/herder-rs/herder/blob/main/docs/platforms.md)
 //! lists the differences.
 //!

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::str::FromStr;
 
-/// The mechanism behind an [`AcceptLock`].
+/// The mechanism behind an [`AcceptLock`](crate::AcceptLock).
 ///
 /// # Portability
 ///

@@ -630,7 +630,7 @@ impl Pool {
     }
 
     /// Whether a graceful stop was asked for ([`stop`](Self::stop), the control
-    /// endpoint, a signal or [`request_stop`](crate::request_stop)).
+    /// endpoint, a signal on Unix, `request_stop` on Windows).
     pub fn is_stopping(&self) -> bool {
         self.stopping
     }
