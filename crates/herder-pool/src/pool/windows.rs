@@ -447,7 +447,7 @@ impl Pool {
     /// the listeners and reads the channel from now on. Whether it was taken.
     fn adopt_channel(&mut self, key: Key, token: &[u8], events: &mut Vec<PoolEvent>) -> bool {
         if let Some(token) = token.strip_suffix(b"/u") {
-            return self.adopt_upgrade(key, token, events);
+            return self.adopt_upgrade(key, token);
         }
         // The hand-off connection presents the token with "/h" after it.
         let (token, handoff) = match token.strip_suffix(b"/h") {
@@ -489,26 +489,12 @@ impl Pool {
         if p.process.handoff.is_some() {
             p.process.token.clear();
         }
-        let Some(Ok(stream)) = self.reactor.get(key).map(|w| match w {
-            Source::Conn(c) => c
-                .try_clone()
-                .and_then(|s| s.set_nonblocking(true).map(|()| s)),
-            _ => Err(io::ErrorKind::InvalidInput.into()),
-        }) else {
-            return false;
-        };
-        let mut channel = Channel::new(stream, pid);
-        // Each listener as a message of its own; the pool keeps its copies for good,
-        // so nothing waits for the worker's word that it has its own.
         let slot = p.slot;
         let own = self.slots.get(slot).map_or(&[][..], |s| &s.own[..]);
-        for (i, (name, listener)) in self.listeners.iter().chain(own).enumerate() {
-            let meta = Handoff {
-                id: i as u64,
-                peer: None,
-                data: name.as_bytes(),
-            };
-            if let Err(source) = channel.send_sockets(&[(listener, meta)]) {
+        let sockets = self.listeners.iter().chain(own);
+        match channel_with(&self.reactor, key, pid, sockets) {
+            None => return false,
+            Some(Err(source)) => {
                 events.push(PoolEvent::SpawnFailed {
                     slot,
                     error: Error::Channel { slot, source },
@@ -516,8 +502,8 @@ impl Pool {
                 p.process.kill();
                 return false;
             }
+            Some(Ok(channel)) => p.channel = Some(channel),
         }
-        p.channel = Some(channel);
         p.watches.push(key);
         self.watches.insert(key, Watch::Channel(pid));
         self.watch_output(pid);
@@ -564,7 +550,7 @@ impl Pool {
 
     /// The new supervisor's connection presented `token`: hands it the listeners,
     /// and watches for its word that it is ready.
-    fn adopt_upgrade(&mut self, key: Key, token: &[u8], events: &mut Vec<PoolEvent>) -> bool {
+    fn adopt_upgrade(&mut self, key: Key, token: &[u8]) -> bool {
         let Some(u) = self.os.upgrade.as_mut() else {
             return false;
         };
@@ -572,39 +558,26 @@ impl Pool {
             return false;
         }
         let pid = u.pid;
-        let Some(Ok(stream)) = self.reactor.get(key).map(|w| match w {
-            Source::Conn(c) => c
-                .try_clone()
-                .and_then(|s| s.set_nonblocking(true).map(|()| s)),
-            _ => Err(io::ErrorKind::InvalidInput.into()),
-        }) else {
+        let sockets = self.listeners.iter().chain(&self.os.upgrade_fds);
+        let sent = channel_with(&self.reactor, key, pid, sockets);
+        let Some(u) = self.os.upgrade.as_mut() else {
             return false;
         };
-        let mut channel = Channel::new(stream, pid);
-        let sockets = self.listeners.iter().chain(&self.os.upgrade_fds);
-        for (i, (name, listener)) in sockets.enumerate() {
-            let meta = Handoff {
-                id: i as u64,
-                peer: None,
-                data: name.as_bytes(),
-            };
-            if let Err(e) = channel.send_sockets(&[(listener, meta)]) {
-                let reason = format!("handing the listeners to the new supervisor: {e}");
-                if let Some(u) = self.os.upgrade.as_mut() {
-                    u.process.kill();
-                    u.failed = Some(reason);
-                }
-                return false;
+        match sent {
+            None => false,
+            Some(Err(e)) => {
+                u.process.kill();
+                u.failed = Some(format!("handing the listeners to the new supervisor: {e}"));
+                false
+            }
+            Some(Ok(channel)) => {
+                u.os.token.clear();
+                u.os.channel = Some(channel);
+                u.key = Some(key);
+                self.watches.insert(key, Watch::UpgradeReady);
+                true
             }
         }
-        let _ = events;
-        if let Some(u) = self.os.upgrade.as_mut() {
-            u.os.token.clear();
-            u.os.channel = Some(channel);
-            u.key = Some(key);
-        }
-        self.watches.insert(key, Watch::UpgradeReady);
-        true
     }
 
     /// The new supervisor's connection has something: its word that it is ready,
@@ -684,6 +657,39 @@ impl Pool {
             }
         }
     }
+}
+
+/// A channel to process `pid` on connection `key` (a non-blocking handle of the
+/// pool's own on it), with `sockets` sent down it first, each a message of its own
+/// named by its header's data. The pool keeps its copies for good, so nothing waits
+/// for the other side's word that it has its own. `None` if `key` is no connection.
+fn channel_with<'a>(
+    reactor: &Reactor<Source>,
+    key: Key,
+    pid: u32,
+    sockets: impl Iterator<Item = &'a (String, Listener)>,
+) -> Option<io::Result<Channel>> {
+    let Source::Conn(conn) = reactor.get(key)? else {
+        return None;
+    };
+    let stream = conn
+        .try_clone()
+        .and_then(|s| s.set_nonblocking(true).map(|()| s));
+    let mut channel = match stream {
+        Ok(s) => Channel::new(s, pid),
+        Err(e) => return Some(Err(e)),
+    };
+    for (i, (name, listener)) in sockets.enumerate() {
+        let meta = Handoff {
+            id: i as u64,
+            peer: None,
+            data: name.as_bytes(),
+        };
+        if let Err(e) = channel.send_sockets(&[(listener, meta)]) {
+            return Some(Err(e));
+        }
+    }
+    Some(Ok(channel))
 }
 
 /// The variable that tells a supervisor started by an upgrade where to connect:
