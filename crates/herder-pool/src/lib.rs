@@ -91,10 +91,6 @@ mod state;
 #[cfg(unix)]
 pub mod systemd;
 mod watch;
-#[cfg(unix)]
-mod worker;
-#[cfg(windows)]
-#[path = "worker_windows.rs"]
 mod worker;
 
 #[cfg(unix)]

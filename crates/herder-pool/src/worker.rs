@@ -1,35 +1,61 @@
-//! The worker's side: detect the worker role at the top of `main`, take the inherited
-//! descriptors, and talk to the supervisor.
+//! The worker's side: detect the worker role at the top of `main`, take what the
+//! supervisor handed over (listeners, the channel, the scoreboard record, the accept
+//! lock), and talk to the supervisor. One `Worker` for every platform; how it gets
+//! its descriptors is the platform's (`worker/unix.rs`: inherited the systemd way;
+//! `worker/windows.rs`: received over a channel it connects to the supervisor).
 
-use crate::AcceptLockKind;
-use crate::accept_lock::{AcceptLock, LOCK_ENV, LOCK_NAME};
+#[cfg(unix)]
+mod unix;
+#[cfg(windows)]
+mod windows;
+
+#[cfg(unix)]
+pub use unix::CHANNEL_NAME;
+#[cfg(unix)]
+pub(crate) use unix::listen_fds;
+#[cfg(windows)]
+pub use windows::AcceptLock;
+#[cfg(windows)]
+pub(crate) use windows::{CHANNEL_ENV, LOCK_ENV, SCOREBOARD_ENV, connect};
+
+use crate::Descriptor;
+#[cfg(unix)]
+use crate::accept_lock::AcceptLock;
 use crate::error::Error;
 use crate::message;
-use crate::scoreboard::{Board, SCOREBOARD_NAME};
 use crate::scorecard::Scorecard;
-use crate::sys;
 use herder_fd::Channel;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The variable naming a worker's slot, generation and scoreboard record,
 /// `SLOT:GENERATION[:RECORD]`.
 pub const WORKER_ENV: &str = "HERDER_WORKER";
-/// The name of the worker's channel to its supervisor among its inherited descriptors.
-pub const CHANNEL_NAME: &str = "herder-channel";
 
-/// What a worker process inherited from its supervisor: its slot, its generation, its
-/// channel and the named descriptors (listeners) handed over the systemd way.
+/// What the platform's side found for a worker.
+struct Parts {
+    channel: Option<Channel>,
+    fds: Vec<(String, Descriptor)>,
+    scorecard: Option<Scorecard>,
+    /// The connection [`Pool::send_socket`](crate::Pool::send_socket)'s hand-offs
+    /// come by (Windows).
+    #[cfg(windows)]
+    handoff: Option<Channel>,
+}
+
+/// What a worker process got from its supervisor: its slot, its generation, its
+/// channel and the named sockets (listeners): inherited the systemd way on Unix,
+/// received over the channel on Windows.
 #[derive(Debug)]
 pub struct Worker {
     slot: usize,
     generation: u64,
     channel: Option<Channel>,
-    fds: Vec<(String, OwnedFd)>,
+    fds: Vec<(String, Descriptor)>,
     scorecard: Option<Scorecard>,
+    #[cfg(windows)]
+    handoff: Option<Channel>,
 }
 
 static ADOPTED: AtomicBool = AtomicBool::new(false);
@@ -37,19 +63,21 @@ static ADOPTED: AtomicBool = AtomicBool::new(false);
 impl Worker {
     /// Detects the worker role. Call it at the top of `main`: `Ok(None)` means this
     /// process was not started as a herder worker (it is the supervisor, or a plain
-    /// program). The environment is read once and not changed — so nothing else in
-    /// the worker should adopt `LISTEN_FDS` descriptors too (another socket-activation
-    /// library would own them twice), and programs the worker starts inherit the
-    /// variables unless it clears them for them.
+    /// program). The environment is read once and not changed, and programs the
+    /// worker starts inherit the variables unless it clears them for them.
     ///
-    /// The descriptors named in `LISTEN_FDS`/`LISTEN_FDNAMES` are adopted only when
-    /// `LISTEN_PID` is this process's pid, as systemd specifies; each is checked to be
-    /// open and made close-on-exec.
+    /// On Unix the descriptors named in `LISTEN_FDS`/`LISTEN_FDNAMES` are adopted
+    /// only when `LISTEN_PID` is this process's pid, as systemd specifies; each is
+    /// checked to be open and made close-on-exec (so nothing else in the worker
+    /// should adopt `LISTEN_FDS` descriptors too). On Windows the worker connects its
+    /// channel to the supervisor, presenting the token from its environment, and
+    /// receives the listeners there.
     ///
     /// # Errors
     ///
     /// [`Error::Environment`] when the variables are malformed or a descriptor is
-    /// missing; a second call in one process finds nothing (`Ok(None)`).
+    /// missing; [`Error::Io`] when the channel cannot be set up (Windows); a second
+    /// call in one process finds nothing (`Ok(None)`).
     ///
     /// # Examples
     ///
@@ -93,24 +121,22 @@ impl Worker {
             Some(r) => Some(r.parse().map_err(|_| bad())?),
             None => None,
         };
-        let fds = listen_fds()?;
-        let mut worker = Worker {
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        #[cfg(unix)]
+        let parts = unix::adopt(slot, record)?;
+        #[cfg(windows)]
+        let parts = windows::adopt(slot, record)?;
+        Ok(Some(Worker {
             slot,
             generation,
-            channel: None,
-            fds,
-            scorecard: None,
-        };
-        if let Some(fd) = worker.take(CHANNEL_NAME) {
-            worker.channel =
-                Some(Channel::new(fd).map_err(|e| Error::Channel { slot, source: e })?);
-        }
-        if let (Some(fd), Some(index)) = (worker.take(SCOREBOARD_NAME), record) {
-            let board = Board::open(std::os::fd::AsFd::as_fd(&fd))
-                .map_err(|e| Error::Environment(format!("scoreboard: {e}")))?;
-            worker.scorecard = Scorecard::new(Arc::new(board), index);
-        }
-        Ok(Some(worker))
+            channel: parts.channel,
+            fds: parts.fds,
+            scorecard: parts.scorecard,
+            #[cfg(windows)]
+            handoff: parts.handoff,
+        }))
     }
 
     /// The worker's slot in the pool.
@@ -123,24 +149,25 @@ impl Worker {
         self.generation
     }
 
-    /// The names of the descriptors not taken yet.
+    /// The names of the sockets not taken yet.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.fds.iter().map(|(n, _)| n.as_str())
     }
 
-    /// Takes the inherited descriptor named `name`.
-    pub fn take(&mut self, name: &str) -> Option<OwnedFd> {
+    /// Takes the socket named `name`.
+    pub fn take(&mut self, name: &str) -> Option<Descriptor> {
         let i = self.fds.iter().position(|(n, _)| n == name)?;
         Some(self.fds.remove(i).1)
     }
 
-    /// Takes the inherited descriptor named `name` as a TCP listener.
+    /// Takes the socket named `name` as a TCP listener.
     pub fn take_listener(&mut self, name: &str) -> Option<TcpListener> {
         self.take(name).map(TcpListener::from)
     }
 
     /// The channel to the supervisor, for the worker's own messages (hand-offs come
-    /// over it in the hand-off model).
+    /// over it in the hand-off model; read it for the drain request,
+    /// [`is_drain_request`]). `None` once taken.
     pub fn channel(&mut self) -> Option<&mut Channel> {
         self.channel.as_mut()
     }
@@ -150,25 +177,33 @@ impl Worker {
         self.channel.take()
     }
 
+    /// Takes the hand-off connection, on which [`Pool::send_socket`] sends
+    /// connections (Windows: on Unix they come over the channel); read it with
+    /// [`Channel::recv_socket`](herder_fd::Channel::recv_socket), which
+    /// acknowledges.
+    ///
+    /// [`Pool::send_socket`]: crate::Pool::send_socket
+    #[cfg(windows)]
+    pub fn take_handoff_channel(&mut self) -> Option<Channel> {
+        self.handoff.take()
+    }
+
     /// The pool's accept lock ([`Config::accept_lock`](crate::Config::accept_lock)),
     /// this worker's own handle on it; `None` when the pool has none (or it was taken
     /// already).
     ///
     /// # Errors
     ///
-    /// What opening the inherited lock returns.
+    /// What opening the lock returns.
     pub fn accept_lock(&mut self) -> io::Result<Option<AcceptLock>> {
-        let Some(kind) = std::env::var(LOCK_ENV).ok() else {
-            return Ok(None);
-        };
-        let kind: AcceptLockKind = kind.parse()?;
-        match self.take(LOCK_NAME) {
-            Some(fd) => AcceptLock::open(kind, fd).map(Some),
-            None => Ok(None),
-        }
+        #[cfg(unix)]
+        return unix::accept_lock(|name| self.take(name));
+        #[cfg(windows)]
+        return windows::accept_lock();
     }
 
     /// This worker's record in the supervisor's scoreboard: heartbeats and load.
+    /// `None` if the supervisor had no record free.
     pub fn scorecard(&self) -> Option<Scorecard> {
         self.scorecard.clone()
     }
@@ -178,8 +213,8 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// [`io::ErrorKind::NotConnected`] if the channel was taken; what sending
-    /// returns.
+    /// [`io::ErrorKind::NotConnected`] if the channel was taken ([`send_ready`]
+    /// then); what sending returns.
     pub fn ready(&mut self) -> io::Result<()> {
         let ch = self
             .channel
@@ -196,46 +231,16 @@ impl Worker {
 ///
 /// What sending returns.
 pub fn send_ready(channel: &mut Channel) -> io::Result<()> {
-    channel.send(message::READY, &[])
+    #[cfg(unix)]
+    return channel.send(message::READY, &[]);
+    #[cfg(windows)]
+    return channel.send(message::READY);
 }
 
 /// Whether a message from the supervisor asks the worker to drain and exit — and,
 /// on a reload, a recycle or a scale-down, to move its connections to the other
-/// workers first, which [`WorkerLink`](crate::WorkerLink) does and a worker of its
-/// own may leave undone (it drains them then).
+/// workers first (Unix), which [`WorkerLink`](crate::WorkerLink) does and a worker
+/// of its own may leave undone (it drains them then).
 pub fn is_drain_request(payload: &[u8]) -> bool {
-    #[cfg(unix)]
-    if payload == message::MOVE {
-        return true;
-    }
-    payload == message::DRAIN
-}
-
-/// Parses `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, and adopts the descriptors.
-pub(crate) fn listen_fds() -> Result<Vec<(String, OwnedFd)>, Error> {
-    let var = |name: &str| std::env::var(name).ok();
-    let Some(pid) = var("LISTEN_PID") else {
-        return Ok(Vec::new());
-    };
-    if pid.parse::<u32>().ok() != Some(sys::getpid()) {
-        // Meant for another process (systemd's rule).
-        return Ok(Vec::new());
-    }
-    let count: usize = var("LISTEN_FDS")
-        .and_then(|n| n.parse().ok())
-        .filter(|&n| n <= 1024)
-        .ok_or_else(|| Error::Environment("LISTEN_FDS is missing or not a count".into()))?;
-    let names: Vec<String> = match var("LISTEN_FDNAMES") {
-        Some(n) => n.split(':').map(str::to_string).collect(),
-        None => vec!["unknown".to_string(); count],
-    };
-    if names.len() != count {
-        return Err(Error::Environment(format!(
-            "LISTEN_FDNAMES names {} descriptors, LISTEN_FDS {count}",
-            names.len()
-        )));
-    }
-    let fds = sys::adopt_inherited(count)
-        .map_err(|e| Error::Environment(format!("inherited descriptor: {e}")))?;
-    Ok(names.into_iter().zip(fds).collect())
+    payload == message::DRAIN || payload == message::MOVE
 }

@@ -707,39 +707,7 @@ fn connect_parent() -> Result<Option<(Channel, Vec<(String, Listener)>)>, Error>
     let Ok(spec) = std::env::var(UPGRADE_ENV) else {
         return Ok(None);
     };
-    let bad = || Error::Environment(format!("{UPGRADE_ENV} is malformed"));
-    let mut parts = spec.splitn(3, ' ');
-    let (Some(addr), Some(token), names) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
-    let stream = std::net::TcpStream::connect(addr)
-        .map_err(Error::io("reaching the supervisor being upgraded"))?;
-    // Its workers must not hold it: its end tells the old supervisor this one died.
-    herder_reactor::os::windows::no_inherit(&stream)
-        .map_err(Error::io("reaching the supervisor being upgraded"))?;
-    let _ = stream.set_nodelay(true);
-    let mut channel = Channel::from_tcp(stream, 0);
-    channel
-        .send(format!("{token}/u").as_bytes())
-        .map_err(Error::io("reaching the supervisor being upgraded"))?;
-    let count = names.map_or(0, |n| n.split(':').filter(|n| !n.is_empty()).count());
-    let mut sockets = Vec::with_capacity(count);
-    for _ in 0..count {
-        let got = channel
-            .recv_socket()
-            .map_err(Error::io(
-                "receiving a listener from the supervisor being upgraded",
-            ))?
-            .ok_or_else(|| Error::Environment("the supervisor being upgraded went away".into()))?;
-        let name = String::from_utf8_lossy(&got.data).into_owned();
-        let herder_fd::Socket::TcpListener(listener) = got.socket else {
-            return Err(Error::Environment(format!(
-                "the upgraded supervisor's {name:?} is not a TCP listener"
-            )));
-        };
-        sockets.push((name, listener));
-    }
+    let (channel, sockets, _) = crate::worker::connect(&spec, UPGRADE_ENV, "/u")?;
     Ok(Some((channel, sockets)))
 }
 
