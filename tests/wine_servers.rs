@@ -2,7 +2,8 @@
 //! 127.0.0.1 and driven from the Linux side (Wine's sockets are the host's): 200
 //! concurrent echo clients byte-exact; `status` over the control pipe shows that both
 //! workers accepted connections; a worker terminated with `taskkill /f` is replaced
-//! and new connections keep succeeding; a rolling restart brings up a new generation;
+//! and new connections keep succeeding; a rolling restart brings up a new generation
+//! and moves an open byte stream to it;
 //! a binary upgrade hands the listener and the control pipe to a new supervisor while
 //! the old one serves an open byte stream to its end and exits with 0; `herderctl
 //! stop` serves an open byte stream to its end, refuses new connections meanwhile,
@@ -285,7 +286,19 @@ fn one_server(name: &str, extra: &[&str]) {
         assert_eq!(echo(addr, &data), data, "{name}: after the replacement");
     }
 
-    // A rolling restart: new workers of generation 2, the old ones drained.
+    // A rolling restart, with a byte stream open: new workers of generation 2, the
+    // old ones gone at once, the stream moved to a new worker and served on.
+    use std::io::{Read, Write};
+    let exchange = |stream: &mut std::net::TcpStream, byte: u8| {
+        let mut back = [0u8; 1];
+        stream.write_all(&[byte]).unwrap();
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back[0], byte, "{name}: the open stream");
+    };
+    let mut open = std::net::TcpStream::connect(addr).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    exchange(&mut open, b'r');
     let before: Vec<u64> = field(&s, "pid");
     assert_eq!(server.ctl(&["reload"]).trim(), "ok");
     let s = server.status_until("generation 2", |s| {
@@ -298,6 +311,11 @@ fn one_server(name: &str, extra: &[&str]) {
         field(&s, "pid").iter().all(|p| !before.contains(p)),
         "{name}: old workers remain: {s}"
     );
+    assert!(s["moved"].as_u64() >= Some(1), "{name}: nothing moved: {s}");
+    for &byte in b"eload" {
+        exchange(&mut open, byte);
+    }
+    drop(open);
     for i in 0..50u64 {
         let data = payload(2000 + i, 2048);
         assert_eq!(echo(addr, &data), data, "{name}: after the reload");
@@ -307,18 +325,11 @@ fn one_server(name: &str, extra: &[&str]) {
     // supervisor (the same program) takes the listener and, once its workers are
     // ready, the control pipe over; the old one's worker serves the open stream to
     // its end, and the old supervisor exits with 0.
-    use std::io::{Read, Write};
     let old = s["pid"].as_u64().unwrap();
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let exchange = |stream: &mut std::net::TcpStream, byte: u8| {
-        let mut back = [0u8; 1];
-        stream.write_all(&[byte]).unwrap();
-        stream.read_exact(&mut back).unwrap();
-        assert_eq!(back[0], byte, "{name}: the open stream");
-    };
     exchange(&mut stream, b'u');
     let answer = server.ctl(&["upgrade"]);
     assert!(!answer.contains("error"), "{name}: {answer}");

@@ -287,12 +287,10 @@ pub fn render_pool(pool: &Pool, tally: &Tally, out: &mut String) {
         "Binary upgrades abandoned.",
         &[(String::new(), tally.upgrades_failed)],
     );
-    #[cfg(unix)]
     moves(pool, &mut metric);
 }
 
-/// The live connections retiring workers moved (Unix: Windows does not move them).
-#[cfg(unix)]
+/// The live connections retiring workers moved to others.
 fn moves(pool: &Pool, metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)])) {
     let moves = pool.move_stats();
     metric(

@@ -52,10 +52,8 @@ pub fn supervise(
                     continue;
                 }
             }
-            log_event(&e, c);
             match &e {
                 PoolEvent::Reloaded { .. } => tally.borrow_mut().reloads += 1,
-                #[cfg(unix)]
                 PoolEvent::UpgradeFailed { .. } => tally.borrow_mut().upgrades_failed += 1,
                 // The pool logged it; a graceful stop ends here.
                 PoolEvent::Stopped => return Ok(()),
@@ -83,24 +81,5 @@ pub fn supervise(
         // On Windows the console handler sets `STOP` without waking the loop: it is
         // looked at least twice a second.
         pool.poll(&mut events, Some(Duration::from_millis(500)))?;
-    }
-}
-
-/// The pool logs its events on Unix (`tracing`, target `herder_pool::pool`); the
-/// Windows pool does not yet, so the loop does.
-#[cfg(unix)]
-fn log_event(_: &PoolEvent, _: &Common) {}
-
-#[cfg(windows)]
-fn log_event(e: &PoolEvent, c: &Common) {
-    match e {
-        PoolEvent::Other(_) | PoolEvent::Acknowledged { .. } => {}
-        PoolEvent::Exited { .. }
-        | PoolEvent::SpawnFailed { .. }
-        | PoolEvent::BreakerTripped { .. }
-        | PoolEvent::Hung { .. }
-        | PoolEvent::ReloadFailed { .. } => crate::log!(1, "{e:?}"),
-        _ if c.log_level == "info" || c.log_level == "debug" => crate::log!(2, "{e:?}"),
-        _ => {}
     }
 }

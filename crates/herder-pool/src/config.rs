@@ -69,9 +69,9 @@ pub struct Config {
     /// services let move: [`Service::on_move`](herder_reactor::Service::on_move)),
     /// instead of serving them to their end: the old generation is gone in about a
     /// second whatever its connections do, and the peers see nothing. The worker's
-    /// [`WorkerLink`](crate::WorkerLink) does the moving. A stop and an upgrade drain.
+    /// [`WorkerLink`](crate::WorkerLink) does the moving. A stop drains; an upgrade
+    /// moves them to the new supervisor's workers on Unix, and drains on Windows.
     /// Default `true`.
-    #[cfg(unix)]
     pub move_connections: bool,
     /// A ready worker whose heartbeat is older than this is taken for hung
     /// ([`PoolEvent::Hung`](crate::PoolEvent::Hung)) and replaced. The heartbeat is
@@ -135,7 +135,6 @@ impl Default for Config {
             fatal_exit_code: Some(FATAL_EXIT_CODE),
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
-            #[cfg(unix)]
             move_connections: true,
             heartbeat_timeout: None,
             kill_grace: Duration::from_secs(5),

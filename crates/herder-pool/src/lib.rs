@@ -39,9 +39,10 @@
 //! allows: on Windows workers are started with `CreateProcess`, each connecting back
 //! to the pool over loopback and handed the listeners (and, with
 //! [`Pool::send_sockets`], connections) with `WSADuplicateSocketW`; restarts,
-//! rolling restarts, recycling, autoscaling, heartbeats, the control requests (over
-//! a named pipe) and binary upgrades are the same code. There are no signals
-//! (`request_stop` instead) and live connections do not move.
+//! rolling restarts, recycling, autoscaling, moving live connections, heartbeats,
+//! the control requests (over a named pipe) and binary upgrades are the same code.
+//! There are no signals (`request_stop` instead), and at an upgrade the old workers
+//! drain rather than move their connections to the new supervisor's.
 //! [The platforms page](https://github.com/herder-rs/herder/blob/main/docs/platforms.md)
 //! lists the differences.
 //!
@@ -80,7 +81,6 @@ mod listener;
 mod lock_kind;
 mod mapping;
 mod message;
-#[cfg(unix)]
 mod moves;
 mod pool;
 mod restart;
@@ -117,7 +117,6 @@ pub use link::WorkerLink;
 pub use listener::{reuseport_listener, tcp_listener};
 pub use lock_kind::AcceptLockKind;
 pub use message::is_reserved;
-#[cfg(unix)]
 pub use moves::MoveStats;
 pub use pool::{
     Autoscale, Config, Descriptor, FATAL_EXIT_CODE, Load, Pool, PoolEvent, State, WorkerInfo,

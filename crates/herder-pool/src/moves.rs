@@ -93,7 +93,9 @@ impl Moves {
         replies
     }
 
-    /// `target` took these ids (a new supervisor's answer, by id).
+    /// `target` took these ids (a new supervisor's answer, by id). (Connections
+    /// move to a new supervisor on Unix only.)
+    #[cfg_attr(windows, allow(dead_code))]
     pub(crate) fn settled(&mut self, target: u32, ids: &[u64]) -> Replies {
         let replies = self.take(target, ids);
         self.moved += count(&replies);
@@ -133,6 +135,7 @@ impl Moves {
 
     /// `target`, a new supervisor, died before it answered for these: whether its
     /// workers took them is not known, so their origins must let go of them.
+    #[cfg_attr(windows, allow(dead_code))]
     pub(crate) fn abandoned(&mut self, target: u32) -> Replies {
         let replies = self.take_all(target);
         self.abandoned += count(&replies);

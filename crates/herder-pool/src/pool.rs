@@ -26,7 +26,6 @@ mod control;
 mod control_pipe;
 #[cfg(unix)]
 mod control_socket;
-#[cfg(unix)]
 mod moving;
 mod processes;
 mod rollout;
@@ -238,7 +237,6 @@ enum TimerFor {
     /// The periodic check of an upgrade in progress.
     Upgrade,
     /// The retry of replies about moving connections that found a channel full.
-    #[cfg(unix)]
     Replies,
     /// A connection to the rendezvous that must present its token by then.
     #[cfg(windows)]
@@ -526,6 +524,11 @@ impl Pool {
             .ok_or(Error::NoWorker(slot))
     }
 
+    /// What became of the live connections retired workers moved to others.
+    pub fn move_stats(&self) -> crate::MoveStats {
+        self.os.moves.stats()
+    }
+
     /// The number of slots.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -600,6 +603,7 @@ impl Pool {
                     Some(TimerFor::Slot(slot)) => self.on_backoff_over(slot, events),
                     Some(TimerFor::Proc(pid)) => self.on_proc_timer(pid),
                     Some(TimerFor::Upgrade) => self.on_upgrade_tick(id, events),
+                    Some(TimerFor::Replies) => self.retry_replies(),
                     Some(other) => self.on_os_timer(other),
                     // The platform's own repeating timers, or the caller's.
                     None => self.on_os_event(ev, events),

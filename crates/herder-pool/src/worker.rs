@@ -16,7 +16,7 @@ pub(crate) use unix::listen_fds;
 #[cfg(windows)]
 pub use windows::AcceptLock;
 #[cfg(windows)]
-pub(crate) use windows::{CHANNEL_ENV, LOCK_ENV, SCOREBOARD_ENV, connect};
+pub(crate) use windows::{CHANNEL_ENV, LOCK_ENV, SCOREBOARD_ENV, SUPERVISOR_ENV, connect};
 
 use crate::Descriptor;
 #[cfg(unix)]

@@ -2,8 +2,8 @@
 //! loop, workers on `WorkerLink`. Connections spread over the workers and are
 //! acknowledged; a worker killed with connections it never acknowledged loses none
 //! of them (each is served once, by another); over the per-worker limit new
-//! connections are shed and counted. On Linux and on Windows (under Wine in CI); the
-//! tests of moving connections are Unix-only, as moving is.
+//! connections are shed and counted; a recycled worker moves its open connections
+//! to its successor. On Linux and on Windows (under Wine in CI).
 #![cfg(any(target_os = "linux", windows))]
 
 mod util;
@@ -11,9 +11,7 @@ mod util;
 use herder_pool::{Choice, Dispatcher, Pool};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-#[cfg(unix)]
 use std::sync::Arc;
-#[cfg(unix)]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -186,7 +184,6 @@ fn over_the_limit_new_connections_are_shed_and_counted() {
     assert_eq!(handle.join().unwrap(), "first");
 }
 
-#[cfg(unix)]
 /// A client that makes one echo exchange each time `steps` says so (counting it in
 /// `done`), and ends its connection when `steps` closes; the exchanges made, or the
 /// first failure.
@@ -223,14 +220,12 @@ fn stepping_client(
 
 /// `n` stepping clients: what drives them, their threads, and their count of
 /// exchanges made.
-#[cfg(unix)]
 type Clients = (
     Vec<mpsc::Sender<()>>,
     Vec<std::thread::JoinHandle<Result<usize, String>>>,
     Arc<AtomicUsize>,
 );
 
-#[cfg(unix)]
 fn stepping_clients(addr: SocketAddr, n: usize) -> Clients {
     let done = Arc::new(AtomicUsize::new(0));
     let (steps, clients) = (0..n)
@@ -243,7 +238,6 @@ fn stepping_clients(addr: SocketAddr, n: usize) -> Clients {
 }
 
 /// Lets every client make one exchange, serving until all did.
-#[cfg(unix)]
 fn step_all(pool: &mut Pool, d: &mut Dispatcher, steps: &[mpsc::Sender<()>], done: &AtomicUsize) {
     let target = done.load(Ordering::SeqCst) + steps.len();
     for s in steps {
@@ -304,7 +298,6 @@ fn a_reload_whose_new_worker_dies_before_it_acknowledged_keeps_each_connection_w
     });
 }
 
-#[cfg(unix)]
 #[test]
 fn a_recycled_worker_moves_its_open_connections_to_its_successor() {
     const CLIENTS: usize = 3;

@@ -16,11 +16,8 @@ impl crate::control::Controlled for Pool {
             "upgrade_failed".into(),
             self.os.upgrade_failed.clone().into(),
         );
-        #[cfg(unix)]
-        {
-            extra.insert("moved".into(), self.os.moves.moved.into());
-            extra.insert("moves_kept".into(), self.os.moves.kept.into());
-        }
+        extra.insert("moved".into(), self.os.moves.moved.into());
+        extra.insert("moves_kept".into(), self.os.moves.kept.into());
         status_response(self.generation, self.stopping, self.workers(), extra)
     }
 

@@ -4,22 +4,30 @@
 //! connection until it hears, so a connection is served by exactly one process at
 //! every moment, and one nobody takes stays where it was.
 
-use super::{Pool, Source, TimerFor, Watch};
+use super::{Pool, TimerFor, processes::send_message};
+#[cfg(unix)]
+use super::{Source, Watch};
 use crate::message::{self, MOVE_ID, Receipt};
 use crate::moves::Replies as Verdicts;
-use herder_fd::{Channel, Handoff, Message, Received, Socket};
+#[cfg(unix)]
+use herder_fd::Channel;
+use herder_fd::{Handoff, Message, Received, Socket};
+#[cfg(unix)]
 use herder_reactor::{Interest, Key, Mode};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
+#[cfg(unix)]
 use std::os::fd::AsFd;
 use std::time::Duration;
 
 /// The origin named for connections that came from the supervisor being upgraded.
+#[cfg(unix)]
 const UPSTREAM: u32 = 0;
 
 /// How long a send to the new supervisor may wait for room in the channel before
 /// its connections stay where they are.
+#[cfg(unix)]
 const DOWNSTREAM_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How soon replies that found a channel full are tried again.
@@ -33,6 +41,7 @@ pub(super) struct Replies {
 }
 
 /// The channel to the new supervisor after an upgrade.
+#[cfg(unix)]
 pub(super) struct Downstream {
     channel: Channel,
     key: Key,
@@ -46,7 +55,7 @@ type Moving = (u64, Option<SocketAddr>, Vec<u8>, TcpStream);
 
 /// Whether a message carries connections on the move.
 pub(super) fn is_move(msg: &Message) -> bool {
-    (!msg.fds().is_empty() || msg.lost_fds() > 0)
+    (msg.descriptor_count() > 0 || msg.lost_fds() > 0)
         && msg
             .handoff_ids()
             .is_ok_and(|ids| !ids.is_empty() && ids.iter().all(|id| id & MOVE_ID != 0))
@@ -81,11 +90,13 @@ impl Pool {
                 _ => kept.push(id),
             }
         }
+        #[cfg(unix)]
         if self.os.downstream.is_some() && self.stopping {
             self.forward_downstream(origin, moving, &mut kept);
-        } else {
-            self.forward_to_workers(origin, moving, &mut kept);
+            self.keep(origin, kept);
+            return;
         }
+        self.forward_to_workers(origin, moving, &mut kept);
         self.keep(origin, kept);
     }
 
@@ -115,6 +126,7 @@ impl Pool {
         }
     }
 
+    #[cfg(unix)]
     fn forward_downstream(&mut self, origin: u32, moving: Vec<Moving>, kept: &mut Vec<u64>) {
         let first = self.os.moves.next_ids(moving.len());
         let items = handoffs(&moving, first);
@@ -170,7 +182,7 @@ impl Pool {
     /// needs no word.
     pub(super) fn reply(&mut self, verdicts: Verdicts, receipt: fn(Vec<u64>) -> Receipt) {
         for (origin, ids) in verdicts {
-            for chunk in ids.chunks(herder_fd::MAX_FDS_PER_MESSAGE) {
+            for chunk in ids.chunks(message::MAX_SOCKETS) {
                 self.os
                     .replies
                     .queue
@@ -197,13 +209,18 @@ impl Pool {
                 continue;
             }
             let channel = match origin {
+                #[cfg(unix)]
                 UPSTREAM => self.os.upstream.as_mut().map(|(ch, _)| ch),
                 pid => self.procs.get_mut(&pid).and_then(|p| p.channel.as_mut()),
             };
             let Some(ch) = channel else {
                 continue;
             };
-            match ch.send(&bytes, &[]) {
+            let sent = send_message(ch, &bytes);
+            // A channel that keeps part of a message (Windows) is written when
+            // there is room.
+            self.watch_output(origin);
+            match sent {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     blocked.push(origin);
@@ -226,6 +243,7 @@ impl Pool {
 
     /// Watches the channel on which the supervisor upgrading to this one moves its
     /// workers' connections here.
+    #[cfg(unix)]
     pub(super) fn watch_upstream(&mut self, mut channel: Channel) {
         // The hello tells the old supervisor this program takes connections.
         let watched = channel
@@ -240,6 +258,7 @@ impl Pool {
 
     /// Watches the channel on which this pool's workers' connections move to the
     /// new supervisor `pid`, from the end of an upgrade on.
+    #[cfg(unix)]
     pub(super) fn watch_downstream(&mut self, mut channel: Channel, pid: u32) {
         // The new program said hello when it took the channel (before it was
         // ready, so the hello is here by now): one that did not (an older build,
@@ -268,6 +287,7 @@ impl Pool {
         }
     }
 
+    #[cfg(unix)]
     fn watch_moves(&mut self, channel: &Channel, watch: Watch) -> io::Result<Key> {
         let dup = channel.as_fd().try_clone_to_owned()?;
         let key = self
@@ -277,12 +297,14 @@ impl Pool {
         Ok(key)
     }
 
+    #[cfg(unix)]
     fn unwatch_moves(&mut self, key: Key) {
         self.watches.remove(&key);
         let _ = self.reactor.deregister(key);
     }
 
     /// Connections from the old supervisor, forwarded to this pool's workers.
+    #[cfg(unix)]
     pub(super) fn read_upstream(&mut self) {
         for _ in 0..64 {
             let Some((ch, key)) = self.os.upstream.as_mut() else {
@@ -308,6 +330,7 @@ impl Pool {
     }
 
     /// The new supervisor's word on the connections moved to it.
+    #[cfg(unix)]
     pub(super) fn read_downstream(&mut self) {
         for _ in 0..64 {
             let Some(d) = self.os.downstream.as_mut() else {

@@ -132,16 +132,14 @@ impl Pool {
     /// the pool does that and is not stopping — and kills it if it is still there at
     /// the deadline.
     pub(super) fn retire(&mut self, pid: u32, moving: bool) {
+        // After an upgrade (Unix), a stop moves them to the new supervisor's workers.
         #[cfg(unix)]
-        let request = match moving && self.config.move_connections {
-            // After an upgrade, a stop moves them to the new supervisor's workers.
-            true if !self.stopping || self.os.downstream.is_some() => message::MOVE,
-            _ => message::DRAIN,
-        };
+        let to = !self.stopping || self.os.downstream.is_some();
         #[cfg(windows)]
-        let request = {
-            let _ = moving;
-            message::DRAIN
+        let to = !self.stopping;
+        let request = match moving && self.config.move_connections && to {
+            true => message::MOVE,
+            false => message::DRAIN,
         };
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
@@ -184,7 +182,6 @@ impl Pool {
                 return false;
             };
             match recv_message(ch) {
-                #[cfg(unix)]
                 Ok(Some(msg)) if moving::is_move(&msg) => self.forward(pid, msg),
                 Ok(Some(msg)) if message::is_pool_message(msg.payload()) => {
                     if msg.payload() == message::READY && !p.ready && self.may_be_ready(pid) {
@@ -196,7 +193,6 @@ impl Pool {
                 }
                 Ok(Some(msg)) if message::is_reserved(msg.payload()) => {
                     match Receipt::decode(msg.payload()) {
-                        #[cfg(unix)]
                         Some(Receipt::Ack(upto)) if upto & message::MOVE_ID != 0 => {
                             let settled = self.os.moves.acknowledged(pid, upto);
                             self.reply(settled, Receipt::Moved);
@@ -204,20 +200,16 @@ impl Pool {
                         Some(Receipt::Ack(upto)) => {
                             events.push(PoolEvent::Acknowledged { slot, pid, upto })
                         }
-                        #[cfg_attr(windows, allow(unused_mut))]
                         Some(Receipt::Refused(mut ids)) => {
-                            #[cfg(unix)]
-                            {
-                                let moving: Vec<u64> = ids
-                                    .iter()
-                                    .copied()
-                                    .filter(|id| id & message::MOVE_ID != 0)
-                                    .collect();
-                                if !moving.is_empty() {
-                                    ids.retain(|id| id & message::MOVE_ID == 0);
-                                    let kept = self.os.moves.refused(pid, &moving);
-                                    self.reply(kept, Receipt::Kept);
-                                }
+                            let moving: Vec<u64> = ids
+                                .iter()
+                                .copied()
+                                .filter(|id| id & message::MOVE_ID != 0)
+                                .collect();
+                            if !moving.is_empty() {
+                                ids.retain(|id| id & message::MOVE_ID == 0);
+                                let kept = self.os.moves.refused(pid, &moving);
+                                self.reply(kept, Receipt::Kept);
                             }
                             if !ids.is_empty() {
                                 events.push(PoolEvent::Refused { slot, pid, ids })
@@ -397,11 +389,8 @@ impl Pool {
         self.unwatch_channel(pid);
         // Connections moving to it that it had not acknowledged stay with the
         // workers they came from.
-        #[cfg(unix)]
-        {
-            let kept = self.os.moves.gone(pid);
-            self.reply(kept, Receipt::Kept);
-        }
+        let kept = self.os.moves.gone(pid);
+        self.reply(kept, Receipt::Kept);
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };

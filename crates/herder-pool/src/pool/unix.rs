@@ -325,8 +325,7 @@ impl Pool {
             TimerFor::ControlRetry(key) => {
                 let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
             }
-            TimerFor::Replies => self.retry_replies(),
-            TimerFor::Slot(_) | TimerFor::Proc(_) | TimerFor::Upgrade => {}
+            TimerFor::Slot(_) | TimerFor::Proc(_) | TimerFor::Upgrade | TimerFor::Replies => {}
         }
     }
 
@@ -458,12 +457,6 @@ impl Pool {
             .and_then(|s| s.current)
             .ok_or(Error::NoWorker(slot))?;
         sys::signal(pid, sig).map_err(Error::io("signalling a worker"))
-    }
-
-    /// What became of the live connections retired workers moved to others (Unix
-    /// only: moving connections is).
-    pub fn move_stats(&self) -> crate::MoveStats {
-        self.os.moves.stats()
     }
 
     /// Handles the operator's signals the usual way: `SIGTERM` and `SIGINT` stop

@@ -14,7 +14,7 @@
 use super::{
     Error, Event, Interest, Launched, Listener, Mode, Pool, PoolEvent, Source, TimerFor, Watch,
 };
-use crate::worker::{CHANNEL_ENV, LOCK_ENV, SCOREBOARD_ENV, WORKER_ENV};
+use crate::worker::{CHANNEL_ENV, LOCK_ENV, SCOREBOARD_ENV, SUPERVISOR_ENV, WORKER_ENV};
 use herder_fd::{Channel, Handoff};
 use herder_reactor::os::windows::ReactorExt;
 use herder_reactor::{Key, Reactor, TimerId, Waker};
@@ -137,6 +137,10 @@ pub(super) struct OsState {
     /// Started by an upgrade: the connection to the supervisor being replaced,
     /// told when every slot is ready.
     pub(super) parent: Option<Channel>,
+    /// Live connections on the move from a retired worker to another.
+    pub(super) moves: crate::moves::Moves,
+    /// Replies about moving connections not sent yet, in order.
+    pub(super) replies: super::moving::Replies,
 }
 
 /// What an upgrade keeps on Windows.
@@ -208,6 +212,8 @@ impl OsState {
             upgrade_failed: None,
             own_exe: std::env::current_exe().ok(),
             parent: parent_channel()?,
+            moves: crate::moves::Moves::default(),
+            replies: super::moving::Replies::default(),
         })
     }
 }
@@ -248,6 +254,7 @@ impl Pool {
         cmd.args(&self.args)
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .env(WORKER_ENV, role)
+            .env(SUPERVISOR_ENV, std::process::id().to_string())
             .env_remove(UPGRADE_ENV)
             .env(SCOREBOARD_ENV, &self.board.0.name)
             .env(
@@ -707,7 +714,7 @@ fn connect_parent() -> Result<Option<(Channel, Vec<(String, Listener)>)>, Error>
     let Ok(spec) = std::env::var(UPGRADE_ENV) else {
         return Ok(None);
     };
-    let (channel, sockets, _) = crate::worker::connect(&spec, UPGRADE_ENV, "/u")?;
+    let (channel, sockets, _) = crate::worker::connect(&spec, UPGRADE_ENV, "/u", 0)?;
     Ok(Some((channel, sockets)))
 }
 

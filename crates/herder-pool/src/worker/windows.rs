@@ -17,6 +17,9 @@ pub(crate) const CHANNEL_ENV: &str = "HERDER_WORKER_CHANNEL";
 pub(crate) const LOCK_ENV: &str = "HERDER_ACCEPT_MUTEX";
 /// The variable naming the scoreboard's shared memory.
 pub(crate) const SCOREBOARD_ENV: &str = "HERDER_SCOREBOARD";
+/// The variable naming the supervisor's pid: the process the worker duplicates the
+/// connections it moves for.
+pub(crate) const SUPERVISOR_ENV: &str = "HERDER_SUPERVISOR";
 
 /// Adopts what the supervisor hands worker `slot` (its record `record`): connects
 /// the channel, receives the listeners, connects the hand-off connection.
@@ -31,7 +34,11 @@ pub(super) fn adopt(_slot: usize, record: Option<usize>) -> Result<Parts, Error>
     };
     let spec = std::env::var(CHANNEL_ENV)
         .map_err(|_| Error::Environment(format!("{CHANNEL_ENV} is missing")))?;
-    let (channel, listeners, (addr, token)) = connect(&spec, CHANNEL_ENV, "")?;
+    let supervisor = std::env::var(SUPERVISOR_ENV)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let (channel, listeners, (addr, token)) = connect(&spec, CHANNEL_ENV, "", supervisor)?;
     // The hand-off connection: sockets from the supervisor, acknowledged.
     let io = |what: &'static str| move |source| Error::Io { what, source };
     let stream = TcpStream::connect(addr).map_err(io("connecting the hand-off channel"))?;
@@ -50,12 +57,14 @@ pub(super) fn adopt(_slot: usize, record: Option<usize>) -> Result<Parts, Error>
 
 /// Connects to a supervisor's rendezvous as `spec` says (`ADDR TOKEN NAMES`, from
 /// the variable `var`), presents the token with `suffix`, and receives the named
-/// listeners: a worker's channel, or an upgrade's new supervisor's. The channel, the
-/// listeners, and the address and token.
+/// listeners: a worker's channel, or an upgrade's new supervisor's. The channel
+/// (whose sockets are duplicated for process `peer`), the listeners, and the
+/// address and token.
 pub(crate) fn connect(
     spec: &str,
     var: &str,
     suffix: &str,
+    peer: u32,
 ) -> Result<(Channel, Vec<(String, TcpListener)>, (SocketAddr, String)), Error> {
     let bad = || Error::Environment(format!("{var} is malformed"));
     let mut parts = spec.splitn(3, ' ');
@@ -69,7 +78,7 @@ pub(crate) fn connect(
     // one is gone.
     herder_reactor::os::windows::no_inherit(&stream).map_err(io("connecting to the supervisor"))?;
     let _ = stream.set_nodelay(true);
-    let mut channel = Channel::from_tcp(stream, 0);
+    let mut channel = Channel::from_tcp(stream, peer);
     channel
         .send(format!("{token}{suffix}").as_bytes())
         .map_err(io("presenting the token"))?;
