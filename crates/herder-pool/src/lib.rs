@@ -94,7 +94,7 @@ mod watch;
 mod worker;
 
 #[cfg(unix)]
-#[path = "sys/unix.rs"]
+#[path = "sys/unix/mod.rs"]
 mod sys;
 #[cfg(windows)]
 #[path = "sys/windows.rs"]
