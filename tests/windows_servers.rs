@@ -37,10 +37,11 @@ fn logged(log: &Mutex<Vec<String>>, what: &str, pred: impl Fn(&str) -> bool) -> 
     }
 }
 
-/// The pid in a `Spawned { slot: S, pid: P, generation: G }` line.
+/// The worker's pid in a `worker started slot=S pid=P generation=G` log line (the
+/// supervisor's own pid is in its span, `pid=P role="supervisor"`).
 fn spawned_pid(line: &str) -> u32 {
-    line.split("pid: ")
-        .nth(1)
+    line.split(" pid=")
+        .last()
         .and_then(|rest| rest.split([',', ' ']).next())
         .unwrap()
         .parse()
@@ -118,11 +119,11 @@ fn one_server(name: &'static str, extra: &[&str]) {
 
     // Terminate the worker of slot 0: it is replaced, and connections keep working.
     let victim = spawned_pid(&logged(&log, "slot 0 started", |l| {
-        l.contains("Spawned { slot: 0,")
+        l.contains("worker started slot=0 ")
     }));
     terminate(victim);
     logged(&log, "the replacement", |l| {
-        l.contains("Ready { slot: 0,") && !l.contains(&format!("pid: {victim} "))
+        l.contains("worker ready slot=0 ") && !l.ends_with(&format!(" pid={victim}"))
     });
     for i in 0..100u64 {
         let data = payload(1000 + i, 2048);
