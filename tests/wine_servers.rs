@@ -323,8 +323,9 @@ fn one_server(name: &str, extra: &[&str]) {
 
     // A binary upgrade through the control pipe, with a byte stream open: a new
     // supervisor (the same program) takes the listener and, once its workers are
-    // ready, the control pipe over; the old one's worker serves the open stream to
-    // its end, and the old supervisor exits with 0.
+    // ready, the control pipe over; the old one's worker moves the open stream to
+    // the new supervisor's workers, and the old supervisor exits with 0 while the
+    // stream is still open and served.
     let old = s["pid"].as_u64().unwrap();
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -352,21 +353,34 @@ fn one_server(name: &str, extra: &[&str]) {
     };
     let new = s["pid"].as_u64().unwrap();
     println!("{name}: upgraded from supervisor {old} to {new}");
+    let mut server = server;
+    let status = wait(
+        &mut server.child,
+        "the old supervisor, the stream still open",
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{name}: {status}\n{}", server.log());
     for &byte in b"pgrade" {
-        exchange(&mut stream, byte);
+        let mut back = [0u8; 1];
+        let r = stream
+            .write_all(&[byte])
+            .and_then(|()| stream.read_exact(&mut back));
+        assert!(
+            r.is_ok() && back[0] == byte,
+            "{name}: the moved stream: {r:?}\n{}",
+            server.log()
+        );
     }
+    let s = server.status();
+    assert!(
+        s["moved"].as_u64() >= Some(1),
+        "{name}: nothing moved here: {s}"
+    );
     for i in 0..50u64 {
         let data = payload(3000 + i, 2048);
         assert_eq!(echo(addr, &data), data, "{name}: after the upgrade");
     }
     drop(stream);
-    let mut server = server;
-    let status = wait(
-        &mut server.child,
-        "the old supervisor",
-        Duration::from_secs(60),
-    );
-    assert!(status.success(), "{name}: {status}\n{}", server.log());
 
     // A graceful stop through the control pipe, with a byte stream open: the stream
     // is served to its end, new connections are refused meanwhile, and the server

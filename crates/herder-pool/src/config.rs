@@ -70,8 +70,7 @@ pub struct Config {
     /// instead of serving them to their end: the old generation is gone in about a
     /// second whatever its connections do, and the peers see nothing. The worker's
     /// [`WorkerLink`](crate::WorkerLink) does the moving. A stop drains; an upgrade
-    /// moves them to the new supervisor's workers on Unix, and drains on Windows.
-    /// Default `true`.
+    /// moves them to the new supervisor's workers. Default `true`.
     pub move_connections: bool,
     /// A ready worker whose heartbeat is older than this is taken for hung
     /// ([`PoolEvent::Hung`](crate::PoolEvent::Hung)) and replaced. The heartbeat is

@@ -41,8 +41,7 @@
 //! [`Pool::send_sockets`], connections) with `WSADuplicateSocketW`; restarts,
 //! rolling restarts, recycling, autoscaling, moving live connections, heartbeats,
 //! the control requests (over a named pipe) and binary upgrades are the same code.
-//! There are no signals (`request_stop` instead), and at an upgrade the old workers
-//! drain rather than move their connections to the new supervisor's.
+//! There are no signals (`request_stop` instead).
 //! [The platforms page](https://github.com/herder-rs/herder/blob/main/docs/platforms.md)
 //! lists the differences.
 //!

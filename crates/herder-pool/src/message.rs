@@ -41,7 +41,6 @@ pub(crate) const MOVED: &[u8] = b"PM";
 pub(crate) const KEPT: &[u8] = b"PK";
 /// New supervisor to old during an upgrade, on the channel of moving connections:
 /// it takes them.
-#[cfg(unix)]
 pub(crate) const HELLO: &[u8] = b"PH";
 
 /// Hand-offs whose id has this bit set are connections on the move (a worker's

@@ -18,8 +18,9 @@
 //! rollout of a new generation, recycling, autoscaling, heartbeats, the scoreboard,
 //! the control requests, the caller's sources and timers — is this module's, once.
 //! The control endpoint is a Unix socket or a named pipe (`control_socket.rs`,
-//! `control_pipe.rs`); binary upgrades and live connection moves are Unix-only
-//! (`upgrade.rs`, `moving.rs`).
+//! `control_pipe.rs`). Binary upgrades (`upgrade.rs`) and live connection moves
+//! (`moving.rs`) are this module's too; the platform says how the new supervisor
+//! gets the listeners and the moving connections.
 
 mod control;
 #[cfg(windows)]
@@ -209,10 +210,8 @@ enum Watch {
     /// Where a new supervisor says it is ready, during an upgrade.
     UpgradeReady,
     /// The old supervisor's channel of moving connections.
-    #[cfg(unix)]
     Upstream,
     /// The new supervisor's channel of moving connections.
-    #[cfg(unix)]
     Downstream,
     /// Where workers connect their channels.
     #[cfg(windows)]
@@ -579,11 +578,13 @@ impl Pool {
                     hangup,
                 } => match self.watches.get(&key).copied() {
                     Some(Watch::Channel(pid)) => {
-                        if writable {
-                            self.flush_channel(pid);
-                        }
+                        // Reading first: what a dying worker sent is read before a
+                        // failed write to it ends the channel.
                         if readable || hangup {
                             self.read_channel(pid, false, events);
+                        }
+                        if writable {
+                            self.flush_channel(pid);
                         }
                     }
                     Some(Watch::Exit(pid)) => self.reap(pid, events),

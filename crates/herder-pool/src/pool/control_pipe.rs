@@ -20,8 +20,7 @@ impl Pool {
     /// full `\\.\pipe\…` path): the JSON lines of the Unix control socket
     /// ([`Command`](crate::Command)), carried out during [`poll`](Self::poll) and
     /// reported as [`PoolEvent::Command`]. Only the current user, SYSTEM and the
-    /// administrators may open the pipe, and only from this machine. `upgrade` is
-    /// refused: binary upgrades are Unix-only.
+    /// administrators may open the pipe, and only from this machine.
     ///
     /// # Errors
     ///
@@ -32,7 +31,7 @@ impl Pool {
         let path = control_pipe_path(&name.as_ref().to_string_lossy());
         // `FILE_FLAG_FIRST_PIPE_INSTANCE` refuses a name in use on Windows, not on
         // every implementation of it (Wine): ask first as well.
-        if crate::sys::pipe_exists(&path) && self.os.parent.is_some() {
+        if crate::sys::pipe_exists(&path) && self.os.ready_owed {
             // Started by an upgrade: the supervisor being replaced answers there
             // until it hands over; the pipe is this one's once it has closed it.
             self.os.control_pending = Some(path);
@@ -75,7 +74,7 @@ impl Pool {
         let Some(path) = self.os.control_pending.clone() else {
             return;
         };
-        if self.os.parent.is_none() && !crate::sys::pipe_exists(&path) {
+        if !self.os.ready_owed && !crate::sys::pipe_exists(&path) {
             if let Err(e) = self.listen_control(&path) {
                 tracing::warn!(%e, path, "opening the control pipe after the upgrade");
             }
@@ -86,11 +85,21 @@ impl Pool {
     pub(super) fn close_control(&mut self) {
         self.os.control_closed.store(true, Ordering::SeqCst);
         if let Some(path) = self.os.control_path.take() {
-            // The thread waits for a client: be one.
-            let _ = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path);
+            // The thread waits for a client: be one. Its one waiting instance may be
+            // taken by a client at this moment (`ERROR_PIPE_BUSY`): try again, a
+            // little while.
+            for _ in 0..50 {
+                let woke = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path);
+                match woke {
+                    Err(e) if e.raw_os_error() == Some(231) => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => break,
+                }
+            }
         }
     }
 

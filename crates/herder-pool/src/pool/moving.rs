@@ -4,16 +4,16 @@
 //! connection until it hears, so a connection is served by exactly one process at
 //! every moment, and one nobody takes stays where it was.
 
-use super::{Pool, TimerFor, processes::send_message};
+use super::processes::{recv_message, send_message};
+use super::{Pool, TimerFor};
 #[cfg(unix)]
 use super::{Source, Watch};
 use crate::message::{self, MOVE_ID, Receipt};
 use crate::moves::Replies as Verdicts;
+use herder_fd::{Channel, Handoff, Message, Received, Socket};
+use herder_reactor::Key;
 #[cfg(unix)]
-use herder_fd::Channel;
-use herder_fd::{Handoff, Message, Received, Socket};
-#[cfg(unix)]
-use herder_reactor::{Interest, Key, Mode};
+use herder_reactor::{Interest, Mode};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -22,8 +22,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 /// The origin named for connections that came from the supervisor being upgraded.
-#[cfg(unix)]
-const UPSTREAM: u32 = 0;
+pub(super) const UPSTREAM: u32 = 0;
 
 /// How long a send to the new supervisor may wait for room in the channel before
 /// its connections stay where they are.
@@ -41,12 +40,11 @@ pub(super) struct Replies {
 }
 
 /// The channel to the new supervisor after an upgrade.
-#[cfg(unix)]
 pub(super) struct Downstream {
-    channel: Channel,
-    key: Key,
+    pub(super) channel: Channel,
+    pub(super) key: Key,
     /// The new supervisor: the target its connections are booked under.
-    pid: u32,
+    pub(super) pid: u32,
 }
 
 /// One connection on the move: the origin's id for it, its peer, its data (state and
@@ -90,7 +88,6 @@ impl Pool {
                 _ => kept.push(id),
             }
         }
-        #[cfg(unix)]
         if self.os.downstream.is_some() && self.stopping {
             self.forward_downstream(origin, moving, &mut kept);
             self.keep(origin, kept);
@@ -126,7 +123,6 @@ impl Pool {
         }
     }
 
-    #[cfg(unix)]
     fn forward_downstream(&mut self, origin: u32, moving: Vec<Moving>, kept: &mut Vec<u64>) {
         let first = self.os.moves.next_ids(moving.len());
         let items = handoffs(&moving, first);
@@ -134,9 +130,12 @@ impl Pool {
             kept.extend(moving.iter().map(|m| m.0));
             return;
         };
-        match d.channel.send_sockets(&items) {
+        let sent = d.channel.send_sockets(&items);
+        #[cfg(windows)]
+        self.watch_moves_output();
+        match sent {
             Ok(()) => {
-                let pid = d.pid;
+                let pid = self.os.downstream.as_ref().map_or(0, |d| d.pid);
                 self.os.moves.sent(pid, first, &origins(origin, &moving));
             }
             Err(e) => {
@@ -209,7 +208,6 @@ impl Pool {
                 continue;
             }
             let channel = match origin {
-                #[cfg(unix)]
                 UPSTREAM => self.os.upstream.as_mut().map(|(ch, _)| ch),
                 pid => self.procs.get_mut(&pid).and_then(|p| p.channel.as_mut()),
             };
@@ -233,6 +231,10 @@ impl Pool {
             }
         }
         self.os.replies.queue = left;
+        // What a channel kept of a reply to the old supervisor is written when there
+        // is room (Windows).
+        #[cfg(windows)]
+        self.watch_moves_output();
         if !self.os.replies.queue.is_empty() && self.os.replies.retry.is_none() {
             let at = std::time::Instant::now() + REPLY_RETRY;
             let id = self.reactor.add_timer(at, None);
@@ -297,20 +299,18 @@ impl Pool {
         Ok(key)
     }
 
-    #[cfg(unix)]
-    fn unwatch_moves(&mut self, key: Key) {
+    pub(super) fn unwatch_moves(&mut self, key: Key) {
         self.watches.remove(&key);
         let _ = self.reactor.deregister(key);
     }
 
     /// Connections from the old supervisor, forwarded to this pool's workers.
-    #[cfg(unix)]
     pub(super) fn read_upstream(&mut self) {
         for _ in 0..64 {
             let Some((ch, key)) = self.os.upstream.as_mut() else {
                 return;
             };
-            match ch.recv_lossy() {
+            match recv_message(ch) {
                 Ok(Some(msg)) if is_move(&msg) => self.forward(UPSTREAM, msg),
                 Ok(Some(_)) => {
                     tracing::warn!("an unexpected message from the old supervisor; ignored")
@@ -330,19 +330,22 @@ impl Pool {
     }
 
     /// The new supervisor's word on the connections moved to it.
-    #[cfg(unix)]
     pub(super) fn read_downstream(&mut self) {
         for _ in 0..64 {
             let Some(d) = self.os.downstream.as_mut() else {
                 return;
             };
             let pid = d.pid;
-            // Replies only: wait for none.
+            // Replies only: wait for none (on Unix the channel blocks, with a
+            // bound, for sending).
+            #[cfg(unix)]
             let got = d.channel.set_nonblocking(true).and_then(|()| {
                 let got = d.channel.recv();
                 d.channel.set_nonblocking(false)?;
                 got
             });
+            #[cfg(windows)]
+            let got = d.channel.recv();
             match got {
                 Ok(Some(msg)) => match Receipt::decode(msg.payload()) {
                     Some(Receipt::Moved(ids)) => {

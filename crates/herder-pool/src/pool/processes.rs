@@ -17,7 +17,7 @@ pub(super) fn send_message(ch: &mut Channel, payload: &[u8]) -> io::Result<()> {
 /// Receives a message from a worker's channel. On Unix `recv_lossy`: at the
 /// descriptor limit, a moving worker's connections arrive without their
 /// descriptors, and it must hear that it keeps them.
-fn recv_message(ch: &mut Channel) -> io::Result<Option<herder_fd::Message>> {
+pub(super) fn recv_message(ch: &mut Channel) -> io::Result<Option<herder_fd::Message>> {
     #[cfg(unix)]
     return ch.recv_lossy();
     #[cfg(windows)]
@@ -132,11 +132,8 @@ impl Pool {
     /// the pool does that and is not stopping — and kills it if it is still there at
     /// the deadline.
     pub(super) fn retire(&mut self, pid: u32, moving: bool) {
-        // After an upgrade (Unix), a stop moves them to the new supervisor's workers.
-        #[cfg(unix)]
+        // After an upgrade, a stop moves them to the new supervisor's workers.
         let to = !self.stopping || self.os.downstream.is_some();
-        #[cfg(windows)]
-        let to = !self.stopping;
         let request = match moving && self.config.move_connections && to {
             true => message::MOVE,
             false => message::DRAIN,
@@ -228,7 +225,20 @@ impl Pool {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 // The worker died with messages of ours unread: the kernel says so
                 // once, and what it had sent (and then the end) still follows.
+                #[cfg(unix)]
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                // On Windows the reset ends the channel (herder-fd reads no further
+                // after it): the worker is gone, its exit follows.
+                #[cfg(windows)]
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    self.unwatch_channel(pid);
+                    return false;
+                }
                 Err(error) => {
                     self.unwatch_channel(pid);
                     // Not if it was reaped already: its pid may be another's now.

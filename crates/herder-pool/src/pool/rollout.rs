@@ -243,10 +243,7 @@ impl Pool {
         self.os.upgrade_fds.clear();
         // After an upgrade the workers move their connections to the new
         // supervisor's; otherwise they drain.
-        #[cfg(unix)]
         let moving = self.os.downstream.is_some();
-        #[cfg(windows)]
-        let moving = false;
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
             self.retire(pid, moving);

@@ -76,7 +76,7 @@ impl Pool {
     /// to this pool and receives duplicates of the listeners (`WSADuplicateSocketW`);
     /// it opens the control pipe once this pool has closed it at the hand-over (a
     /// client asking in between finds no pipe for a moment, and asks again); the
-    /// old workers drain their connections.
+    /// old workers move their connections down the new supervisor's connection.
     pub fn upgrade(&mut self, events: &mut Vec<PoolEvent>) {
         let before = events.len();
         self.upgrade_inner(events);
@@ -145,6 +145,10 @@ impl Pool {
     /// The upgrade's periodic check: the new supervisor's exit, the ready timeout,
     /// the kill after the grace period.
     pub(super) fn on_upgrade_tick(&mut self, timer: TimerId, events: &mut Vec<PoolEvent>) {
+        // A readiness that arrived in the same turn counts before the deadline.
+        if self.os.upgrade.as_ref().is_some_and(|u| u.key.is_some()) {
+            self.on_upgrade_ready(events);
+        }
         let grace = self.config.kill_grace;
         let ready_timeout = self.config.ready_timeout;
         let Some(u) = self.os.upgrade.as_mut() else {

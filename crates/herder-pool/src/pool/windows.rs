@@ -44,11 +44,19 @@ pub(super) struct Process {
     handoff: Option<Channel>,
     /// READY arrived before the hand-off connection; reported once both are there.
     ready_pending: bool,
+    /// A supervisor (an upgrade's): asked to stop by its stop event, as
+    /// [`request_stop`] does, rather than terminated.
+    supervisor: bool,
 }
 
 impl Process {
-    /// Ends it: Windows has no gentler way (`TerminateProcess`).
+    /// Ends it: a worker at once (Windows has no gentler way, `TerminateProcess`); a
+    /// supervisor is asked to stop gracefully (its stop event), and killed after the
+    /// grace period if it has not.
     pub(super) fn terminate(&mut self) {
+        if self.supervisor && request_stop(self.child.id()).is_ok() {
+            return;
+        }
         let _ = self.child.kill();
     }
 
@@ -134,9 +142,18 @@ pub(super) struct OsState {
     pub(super) upgrade_failed: Option<String>,
     /// This program, as it was found at start (the path an upgrade runs again).
     pub(super) own_exe: Option<std::path::PathBuf>,
-    /// Started by an upgrade: the connection to the supervisor being replaced,
-    /// told when every slot is ready.
+    /// Started by an upgrade: the connection to the supervisor being replaced, until
+    /// `os_started` watches it as `upstream`.
     pub(super) parent: Option<Channel>,
+    /// Started by an upgrade: the supervisor being replaced is still to be told that
+    /// every slot is ready.
+    pub(super) ready_owed: bool,
+    /// Started by an upgrade: that connection, on which the old supervisor moves
+    /// its workers' connections here.
+    pub(super) upstream: Option<(Channel, Key)>,
+    /// Upgraded: the connection to the new supervisor, which takes this pool's
+    /// moving connections.
+    pub(super) downstream: Option<super::moving::Downstream>,
     /// Live connections on the move from a retired worker to another.
     pub(super) moves: crate::moves::Moves,
     /// Replies about moving connections not sent yet, in order.
@@ -149,6 +166,8 @@ pub(super) struct UpgradeOs {
     token: String,
     /// That connection, once it presented the token.
     channel: Option<Channel>,
+    /// It said it takes live connections (`HELLO`).
+    hello: bool,
 }
 
 impl OsState {
@@ -212,6 +231,9 @@ impl OsState {
             upgrade_failed: None,
             own_exe: std::env::current_exe().ok(),
             parent: parent_channel()?,
+            ready_owed: false,
+            upstream: None,
+            downstream: None,
             moves: crate::moves::Moves::default(),
             replies: super::moving::Replies::default(),
         })
@@ -219,10 +241,78 @@ impl OsState {
 }
 
 impl Pool {
-    /// Right after the pool is made.
+    /// Right after the pool is made: started by an upgrade, the connection to the
+    /// old supervisor is watched for the connections it moves here (after a hello
+    /// that says this pool takes them).
     pub(super) fn os_started(&mut self) {
         self.watches.insert(self.os.rendezvous.0, Watch::Rendezvous);
         self.watches.insert(self.os.stop, Watch::Stop);
+        let Some(mut channel) = self.os.parent.take() else {
+            return;
+        };
+        self.os.ready_owed = true;
+        let hello = match self.config.move_connections {
+            true => channel.send(crate::message::HELLO),
+            false => Ok(()),
+        };
+        let watched = hello
+            .and_then(|()| channel.set_nonblocking(true))
+            .and_then(|()| self.watch_conn(&channel, Watch::Upstream));
+        match watched {
+            Ok(key) => self.os.upstream = Some((channel, key)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take connections from the old supervisor");
+                self.os.parent = Some(channel);
+            }
+        }
+    }
+
+    /// Watches `channel` (a handle of the pool's own on its socket) as `watch`.
+    fn watch_conn(&mut self, channel: &Channel, watch: Watch) -> io::Result<Key> {
+        let socket = channel
+            .socket()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?
+            .try_clone_to_owned()?;
+        let key = self.reactor.register(
+            Source::Conn(std::net::TcpStream::from(socket)),
+            Interest::READABLE,
+            Mode::Level,
+        )?;
+        self.watches.insert(key, watch);
+        Ok(key)
+    }
+
+    /// Watches the channels of moving connections between the supervisors for room
+    /// to write while part of a message waits there.
+    pub(super) fn watch_moves_output(&mut self) {
+        let channels = [
+            self.os
+                .upstream
+                .as_ref()
+                .map(|(c, k)| (c.has_pending_output(), *k)),
+            self.os
+                .downstream
+                .as_ref()
+                .map(|d| (d.channel.has_pending_output(), d.key)),
+        ];
+        for (pending, key) in channels.into_iter().flatten() {
+            let interest = match pending {
+                true => Interest::BOTH,
+                false => Interest::READABLE,
+            };
+            let _ = self.reactor.modify(key, interest, Mode::Level);
+        }
+    }
+
+    /// Writes what waits on the channels of moving connections.
+    fn flush_moves(&mut self) {
+        if let Some((c, _)) = self.os.upstream.as_mut() {
+            let _ = c.flush();
+        }
+        if let Some(d) = self.os.downstream.as_mut() {
+            let _ = d.channel.flush();
+        }
+        self.watch_moves_output();
     }
 
     /// Starts a worker process for `slot`: this program again, told in its
@@ -289,6 +379,7 @@ impl Pool {
                 token,
                 handoff: None,
                 ready_pending: false,
+                supervisor: false,
             },
             channel: None,
             watches: vec![key],
@@ -329,6 +420,14 @@ impl Pool {
             Watch::Stop => self.stop_inner(events),
             Watch::Rendezvous => self.accept_channels(),
             Watch::Hello => self.on_hello(key, events),
+            Watch::Upstream => {
+                self.flush_moves();
+                self.read_upstream();
+            }
+            Watch::Downstream => {
+                self.flush_moves();
+                self.read_downstream();
+            }
             Watch::Channel(_) | Watch::Exit(_) | Watch::UpgradeReady => {}
         }
     }
@@ -355,7 +454,7 @@ impl Pool {
     /// Tells a supervisor upgrading to this one that it is ready, once every slot
     /// is: a build whose workers crash does not take over.
     pub(super) fn report(&mut self) {
-        if self.os.parent.is_none() || self.stopping {
+        if !self.os.ready_owed || self.stopping {
             return;
         }
         let ready = self
@@ -366,7 +465,11 @@ impl Pool {
         if ready == 0 || ready < self.slots.len() {
             return;
         }
-        if let Some(mut parent) = self.os.parent.take() {
+        self.os.ready_owed = false;
+        if let Some((upstream, _)) = self.os.upstream.as_mut() {
+            let _ = upstream.send(crate::message::READY);
+            self.watch_moves_output();
+        } else if let Some(mut parent) = self.os.parent.take() {
             let _ = parent.send(crate::message::READY);
         }
         self.retry_control();
@@ -547,10 +650,12 @@ impl Pool {
             token: String::new(),
             handoff: None,
             ready_pending: false,
+            supervisor: true,
         };
         let os = UpgradeOs {
             token,
             channel: None,
+            hello: false,
         };
         Ok(self.watch_upgrade(pid, process, None, os))
     }
@@ -578,6 +683,10 @@ impl Pool {
                 false
             }
             Some(Ok(channel)) => {
+                // What the socket did not take at once goes when it has room.
+                if channel.has_pending_output() {
+                    let _ = self.reactor.modify(key, Interest::BOTH, Mode::Level);
+                }
                 u.os.token.clear();
                 u.os.channel = Some(channel);
                 u.key = Some(key);
@@ -596,12 +705,22 @@ impl Pool {
         let Some(channel) = u.os.channel.as_mut() else {
             return;
         };
+        // The rest of the listeners, if the socket had no room for all at once.
+        if channel.has_pending_output() {
+            let flushed = channel.flush();
+            if let (Ok(()), Some(key)) = (flushed, u.key) {
+                let _ = self.reactor.modify(key, Interest::READABLE, Mode::Level);
+            }
+        }
         let mut ready = false;
         let mut ended = false;
         // Bounded: whatever else arrives waits for the next wake-up.
         for _ in 0..16 {
             match channel.recv() {
-                Ok(Some(m)) => ready |= m.payload() == crate::message::READY,
+                Ok(Some(m)) => {
+                    ready |= m.payload() == crate::message::READY;
+                    u.os.hello |= m.payload() == crate::message::HELLO;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // Its end: its exit follows, and the periodic check reports it.
                 Ok(None) | Err(_) => {
@@ -620,9 +739,24 @@ impl Pool {
         }
     }
 
-    /// The new supervisor is ready: it answers on the control pipe from now on.
-    pub(super) fn hand_over(&mut self, _: super::upgrade::Upgrade) {
+    /// The new supervisor is ready: it answers on the control pipe from now on, and
+    /// takes this pool's workers' live connections if it said it would.
+    pub(super) fn hand_over(&mut self, u: super::upgrade::Upgrade) {
         self.close_control();
+        let Some(channel) = u.os.channel.filter(|_| u.os.hello) else {
+            tracing::info!("the new supervisor does not take live connections; the workers drain");
+            return;
+        };
+        match self.watch_conn(&channel, Watch::Downstream) {
+            Ok(key) => {
+                self.os.downstream = Some(super::moving::Downstream {
+                    channel,
+                    key,
+                    pid: u.pid,
+                })
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot move connections to the new supervisor"),
+        }
     }
 
     /// A failed upgrade's leftovers: none on Windows.
@@ -683,7 +817,7 @@ fn channel_with<'a>(
         .try_clone()
         .and_then(|s| s.set_nonblocking(true).map(|()| s));
     let mut channel = match stream {
-        Ok(s) => Channel::new(s, pid),
+        Ok(s) => Channel::from_tcp(s, pid),
         Err(e) => return Some(Err(e)),
     };
     for (i, (name, listener)) in sockets.enumerate() {
