@@ -110,10 +110,18 @@ struct Server {
     dir: tempfile::TempDir,
     control: String,
     addr: SocketAddr,
+    /// The supervisor an upgrade started: Wine starts it outside this test's
+    /// process group, so it is ended by its Windows pid.
+    successor: Option<u64>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // (Only on a failure: after a stop it is gone, and its pid may be another's.)
+        if let Some(pid) = self.successor.filter(|_| std::thread::panicking()) {
+            let args = ["/f", "/t", "/pid", &pid.to_string()];
+            let _ = try_run(self.dir.path(), "taskkill", &args);
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             // SAFETY: signals the process group this test started.
             unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
@@ -148,6 +156,7 @@ impl Server {
             dir,
             control,
             addr: "0.0.0.0:0".parse().unwrap(),
+            successor: None,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         server.addr = loop {
@@ -354,6 +363,7 @@ fn one_server(name: &str, extra: &[&str]) {
     let new = s["pid"].as_u64().unwrap();
     println!("{name}: upgraded from supervisor {old} to {new}");
     let mut server = server;
+    server.successor = Some(new);
     let status = wait(
         &mut server.child,
         "the old supervisor, the stream still open",
