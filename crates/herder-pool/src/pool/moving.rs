@@ -114,7 +114,10 @@ impl Pool {
             let first = self.os.moves.next_ids(group.len());
             let items = handoffs(&group, first);
             match self.send_sockets(slot, &items) {
-                Ok(target) => self.os.moves.sent(target, first, &origins(origin, &group)),
+                Ok(target) => {
+                    self.os.moves.sent(target, first, &origins(origin, &group));
+                    self.hold(origin, group);
+                }
                 Err(e) => {
                     tracing::debug!(slot, error = %e, "forwarding moving connections failed");
                     kept.extend(group.iter().map(|m| m.0));
@@ -137,6 +140,7 @@ impl Pool {
             Ok(()) => {
                 let pid = self.os.downstream.as_ref().map_or(0, |d| d.pid);
                 self.os.moves.sent(pid, first, &origins(origin, &moving));
+                self.hold(origin, moving);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "moving connections to the new supervisor failed");
@@ -168,6 +172,22 @@ impl Pool {
             .map(|(s, _)| s)
     }
 
+    /// Keeps this supervisor's copies of connections sent on (by `origin`'s ids) until
+    /// their move settles, on Windows: a socket lives while some process has a
+    /// handle on it, and the receiver rebuilds its own from the duplicate only when
+    /// it reads the message, so the origin's copy alone would leave the connection
+    /// to the origin's fate meanwhile (killed at its drain deadline, say). On Unix
+    /// the kernel holds a descriptor in flight itself.
+    #[cfg_attr(unix, allow(clippy::unused_self))]
+    fn hold(&mut self, origin: u32, sent: Vec<Moving>) {
+        #[cfg(windows)]
+        for (id, _, _, stream) in sent {
+            self.os.held.insert((origin, id), stream);
+        }
+        #[cfg(unix)]
+        let _ = (origin, sent);
+    }
+
     /// Connections that found no taker stay with `origin`.
     fn keep(&mut self, origin: u32, ids: Vec<u64>) {
         if !ids.is_empty() {
@@ -180,6 +200,13 @@ impl Pool {
     /// channel does not take now is tried again shortly. An origin that is gone
     /// needs no word.
     pub(super) fn reply(&mut self, verdicts: Verdicts, receipt: fn(Vec<u64>) -> Receipt) {
+        // Settled, one way or the other: the copies held for them go.
+        #[cfg(windows)]
+        for (origin, ids) in &verdicts {
+            for id in ids {
+                self.os.held.remove(&(*origin, *id));
+            }
+        }
         for (origin, ids) in verdicts {
             for chunk in ids.chunks(message::MAX_SOCKETS) {
                 self.os

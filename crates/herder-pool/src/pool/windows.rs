@@ -163,6 +163,9 @@ pub(super) struct OsState {
     pub(super) moves: crate::moves::Moves,
     /// Replies about moving connections not sent yet, in order.
     pub(super) replies: super::moving::Replies,
+    /// This supervisor's copies of moving connections sent on, by origin and the
+    /// origin's id, until their move settles.
+    pub(super) held: HashMap<(u32, u64), std::net::TcpStream>,
 }
 
 /// What an upgrade keeps on Windows.
@@ -241,6 +244,7 @@ impl OsState {
             downstream: None,
             moves: crate::moves::Moves::default(),
             replies: super::moving::Replies::default(),
+            held: HashMap::new(),
         })
     }
 }
