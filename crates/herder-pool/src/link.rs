@@ -178,7 +178,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
             Event::Io { key, .. } if *key == self.key => loop {
                 // At this process's descriptor limit the kernel drops a hand-off's
                 // descriptors, and the supervisor must hear which.
-                match recv_lossy(&mut self.channel) {
+                match message::recv_lossy(&mut self.channel) {
                     Ok(Some(m)) if m.lost_fds() > 0 => self.lost_message(&m),
                     Ok(Some(m)) if m.payload() == message::MOVE => self.move_out(server),
                     Ok(Some(m)) if is_drain_request(m.payload()) => self.drain(server),
@@ -506,7 +506,7 @@ impl<Svc: Service + 'static> WorkerLink<Svc> {
             return Ok(());
         }
         let bytes = receipt.encode();
-        match self.send_blocking(|ch| send_bytes(ch, &bytes)) {
+        match self.send_blocking(|ch| message::send_bytes(ch, &bytes)) {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -562,28 +562,4 @@ fn watchable(channel: &Channel) -> io::Result<Box<dyn herder_reactor::Source>> {
         )
     })?;
     Ok(Box::new(socket.try_clone_to_owned()?))
-}
-
-/// Receives a message, with its payload even if its descriptors were lost
-/// (`Message::lost_fds`).
-#[cfg(unix)]
-fn recv_lossy(channel: &mut Channel) -> io::Result<Option<Message>> {
-    channel.recv_lossy()
-}
-
-#[cfg(windows)]
-fn recv_lossy(channel: &mut Channel) -> io::Result<Option<Message>> {
-    // Sockets that cannot be rebuilt are counted in `lost_fds` already.
-    channel.recv()
-}
-
-/// Sends a message of bytes alone.
-#[cfg(unix)]
-fn send_bytes(channel: &mut Channel, payload: &[u8]) -> io::Result<()> {
-    channel.send(payload, &[])
-}
-
-#[cfg(windows)]
-fn send_bytes(channel: &mut Channel, payload: &[u8]) -> io::Result<()> {
-    channel.send(payload)
 }

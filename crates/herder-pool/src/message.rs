@@ -4,6 +4,28 @@
 //! A pool message is a payload of `b'P'`, a command byte and the command's body, with
 //! no descriptors. See [`is_reserved`].
 
+use herder_fd::{Channel, Message};
+use std::io;
+
+/// Sends a message of bytes alone, on either platform's channel.
+pub(crate) fn send_bytes(channel: &mut Channel, payload: &[u8]) -> io::Result<()> {
+    #[cfg(unix)]
+    return channel.send(payload, &[]);
+    #[cfg(windows)]
+    return channel.send(payload);
+}
+
+/// Receives a message, with its payload even if its descriptors were lost
+/// (`Message::lost_fds`): at the descriptor limit, connections on the move arrive
+/// without their descriptors, and their sender must hear that it keeps them. (On
+/// Windows, sockets that cannot be rebuilt are counted in `lost_fds` by `recv`.)
+pub(crate) fn recv_lossy(channel: &mut Channel) -> io::Result<Option<Message>> {
+    #[cfg(unix)]
+    return channel.recv_lossy();
+    #[cfg(windows)]
+    return channel.recv();
+}
+
 /// The most sockets one message carries, and so the most ids one refusal names.
 #[cfg(unix)]
 pub(crate) const MAX_SOCKETS: usize = herder_fd::MAX_FDS_PER_MESSAGE;

@@ -474,7 +474,7 @@ impl Pool {
     /// what sending returns (`WouldBlock` when the worker's channel is full).
     pub fn send(&mut self, slot: usize, payload: &[u8]) -> Result<u32, Error> {
         let (pid, ch) = self.ready_worker(slot)?;
-        let sent = processes::send_message(ch, payload);
+        let sent = message::send_bytes(ch, payload);
         self.watch_output(pid);
         sent.map_err(|source| Error::Channel { slot, source })?;
         Ok(pid)
@@ -526,6 +526,14 @@ impl Pool {
     /// What became of the live connections retired workers moved to others.
     pub fn move_stats(&self) -> crate::MoveStats {
         self.os.moves.stats()
+    }
+
+    /// Whether every slot has a ready worker (and there is one), the pool not
+    /// stopping: when a supervisor upgrading to this one may hand over.
+    fn all_ready(&self) -> bool {
+        !self.stopping
+            && !self.slots.is_empty()
+            && self.slots.iter().all(|s| s.state == State::Ready)
     }
 
     /// The number of slots.

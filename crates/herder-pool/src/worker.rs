@@ -231,10 +231,7 @@ impl Worker {
 ///
 /// What sending returns.
 pub fn send_ready(channel: &mut Channel) -> io::Result<()> {
-    #[cfg(unix)]
-    return channel.send(message::READY, &[]);
-    #[cfg(windows)]
-    return channel.send(message::READY);
+    message::send_bytes(channel, message::READY)
 }
 
 /// Whether a message from the supervisor asks the worker to drain and exit — and,

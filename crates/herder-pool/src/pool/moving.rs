@@ -4,7 +4,6 @@
 //! connection until it hears, so a connection is served by exactly one process at
 //! every moment, and one nobody takes stays where it was.
 
-use super::processes::{recv_message, send_message};
 use super::{Pool, TimerFor};
 #[cfg(unix)]
 use super::{Source, Watch};
@@ -241,7 +240,7 @@ impl Pool {
             let Some(ch) = channel else {
                 continue;
             };
-            let sent = send_message(ch, &bytes);
+            let sent = message::send_bytes(ch, &bytes);
             // A channel that keeps part of a message (Windows) is written when
             // there is room.
             self.watch_output(origin);
@@ -337,7 +336,7 @@ impl Pool {
             let Some((ch, key)) = self.os.upstream.as_mut() else {
                 return;
             };
-            match recv_message(ch) {
+            match message::recv_lossy(ch) {
                 Ok(Some(msg)) if is_move(&msg) => self.forward(UPSTREAM, msg),
                 Ok(Some(_)) => {
                     tracing::warn!("an unexpected message from the old supervisor; ignored")

@@ -6,24 +6,6 @@
 use super::*;
 use crate::restart::{Decision, Exit};
 
-/// Sends `payload` over a worker's channel (no descriptors).
-pub(super) fn send_message(ch: &mut Channel, payload: &[u8]) -> io::Result<()> {
-    #[cfg(unix)]
-    return ch.send(payload, &[]);
-    #[cfg(windows)]
-    return ch.send(payload);
-}
-
-/// Receives a message from a worker's channel. On Unix `recv_lossy`: at the
-/// descriptor limit, a moving worker's connections arrive without their
-/// descriptors, and it must hear that it keeps them.
-pub(super) fn recv_message(ch: &mut Channel) -> io::Result<Option<herder_fd::Message>> {
-    #[cfg(unix)]
-    return ch.recv_lossy();
-    #[cfg(windows)]
-    return ch.recv();
-}
-
 impl Pool {
     /// xorshift64: jitter needs no cryptography.
     pub(super) fn next_random(&mut self) -> u64 {
@@ -148,7 +130,7 @@ impl Pool {
         let told = p
             .channel
             .as_mut()
-            .is_some_and(|ch| send_message(ch, request).is_ok());
+            .is_some_and(|ch| message::send_bytes(ch, request).is_ok());
         if told {
             self.watch_output(pid);
         } else {
@@ -178,7 +160,7 @@ impl Pool {
             let Some(ch) = p.channel.as_mut() else {
                 return false;
             };
-            match recv_message(ch) {
+            match message::recv_lossy(ch) {
                 Ok(Some(msg)) if moving::is_move(&msg) => self.forward(pid, msg),
                 Ok(Some(msg)) if message::is_pool_message(msg.payload()) => {
                     if msg.payload() == message::READY && !p.ready && self.may_be_ready(pid) {

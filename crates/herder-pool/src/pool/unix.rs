@@ -378,7 +378,7 @@ impl Pool {
         };
         // A supervisor upgrading to this one hands over only when every slot is
         // ready: a build whose workers crash does not take over.
-        if snapshot.ready == snapshot.slots && snapshot.ready > 0 && !self.stopping {
+        if self.all_ready() {
             if let Some(parent) = self.os.parent.take() {
                 let _ = parent.notify(&format!("READY=1\nMAINPID={}", sys::getpid()));
                 // The control socket's file is this process's to remove from now on;

@@ -415,15 +415,7 @@ impl Pool {
     /// Tells a supervisor upgrading to this one that it is ready, once every slot
     /// is: a build whose workers crash does not take over.
     pub(super) fn report(&mut self) {
-        if !self.os.ready_owed || self.stopping {
-            return;
-        }
-        let ready = self
-            .slots
-            .iter()
-            .filter(|s| s.state == super::State::Ready)
-            .count();
-        if ready == 0 || ready < self.slots.len() {
+        if !self.os.ready_owed || !self.all_ready() {
             return;
         }
         self.os.ready_owed = false;
