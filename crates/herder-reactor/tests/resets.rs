@@ -111,6 +111,10 @@ fn resets_and_vanished_peers_do_not_stop_the_loop() {
         reasons[..2].iter().all(|r| r == "Error" || r == "Eof"),
         "{reasons:?}"
     );
+    // Linux reports a reset to the reader as ECONNRESET. Wine's sockets at
+    // times report it as an end of file instead (seen once in 20-odd runs), so
+    // there the reason is not checked; that the loop went on serving is.
+    #[cfg(unix)]
     assert!(
         reasons[..2].iter().any(|r| r == "Error"),
         "a reset is an error: {reasons:?}"
