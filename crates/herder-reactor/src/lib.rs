@@ -82,7 +82,7 @@ mod sys;
 mod sys;
 
 pub use server::{
-    DRAINING, Departure, LIMIT_REACHED, Server, ServerConfig, Stats, Stream, Watched,
+    DRAINING, Departure, FirstRead, LIMIT_REACHED, Server, ServerConfig, Stats, Stream, Watched,
 };
 
 /// The former name of [`ServerConfig`].
@@ -225,7 +225,8 @@ struct Slot<S> {
     /// Added with `EPOLLEXCLUSIVE`, which cannot be modified: paused by deleting it
     /// from the poller, resumed by adding it again.
     exclusive: bool,
-    /// For an exclusive slot: whether it is in the poller (not paused).
+    /// Whether the source is in the poller: an exclusive one paused is not, nor
+    /// one [`insert`](Reactor::insert)ed and not yet given an interest.
     armed: bool,
     /// A waitable handle watched in this slot instead of a source
     /// (`os::windows::ReactorExt`).
@@ -347,9 +348,23 @@ impl<S: Source> Reactor<S> {
         }
         slot.source = Some(source);
         slot.exclusive = exclusive;
-        slot.armed = exclusive;
+        slot.armed = true;
         self.len += 1;
         Ok(key)
+    }
+
+    /// Takes `source` into a free slot without telling the poller: nothing is
+    /// reported for it until [`modify`](Self::modify) gives it an interest, which
+    /// adds it to the poller. A source that is closed before that never costs a
+    /// system call of the poller's.
+    pub(crate) fn insert(&mut self, source: S) -> io::Result<Key> {
+        let index = self.free_slot()?;
+        let slot = &mut self.slots[index];
+        slot.source = Some(source);
+        slot.exclusive = false;
+        slot.armed = false;
+        self.len += 1;
+        Ok(Key::new(index, slot.generation))
     }
 
     /// A free slot's index (not yet in use: the caller fills it or gives it back).
@@ -403,8 +418,17 @@ impl<S: Source> Reactor<S> {
     /// source; what the operating system returns.
     pub fn modify(&mut self, key: Key, interest: Interest, mode: Mode) -> io::Result<()> {
         let source = self.get(key).ok_or_else(not_found)?;
-        if self.slots[key.index()].exclusive {
+        let slot = &self.slots[key.index()];
+        if slot.exclusive {
             return self.modify_exclusive(key, interest, mode);
+        }
+        if !slot.armed {
+            // SAFETY: as in `register`: the reactor owns `source` and deletes it
+            // from the poller before dropping it (see `deregister_to_close` for the
+            // one exception and why it is sound).
+            unsafe { self.poller.add(source, key.0, interest, mode) }?;
+            self.slots[key.index()].armed = true;
+            return Ok(());
         }
         self.poller.modify(source, key.0, interest, mode)
     }
@@ -448,9 +472,13 @@ impl<S: Source> Reactor<S> {
     ///
     /// [`io::ErrorKind::NotFound`] for a key that is not registered.
     pub fn deregister(&mut self, key: Key) -> io::Result<S> {
+        let armed = self.is_live(key) && self.slots[key.index()].armed;
         let source = self.release(key)?;
-        // A source that cannot be deleted (already closed elsewhere) needs no deletion.
-        let _ = self.poller.delete(&source);
+        if armed {
+            // A source that cannot be deleted (already closed elsewhere) needs no
+            // deletion.
+            let _ = self.poller.delete(&source);
+        }
         Ok(source)
     }
 
@@ -709,7 +737,7 @@ impl<S: Source> Drop for Reactor<S> {
             let _ = self.poller.delete(&pipe.fd());
         }
         for slot in &mut self.slots {
-            if let Some(source) = slot.source.take() {
+            if let Some(source) = slot.source.take().filter(|_| slot.armed) {
                 let _ = self.poller.delete(&source);
             }
             #[cfg(windows)]

@@ -48,6 +48,32 @@ pub struct ServerConfig {
     /// peer process sharing the listener takes them) and resumes when one closes;
     /// [`Server::add_connection`] refuses a connection over it. Default: none.
     pub max_connections: Option<usize>,
+    /// When a new connection is first read. Default [`FirstRead::Learn`].
+    pub first_read: FirstRead,
+}
+
+/// When a [`Server`] first reads a new connection: one it accepted, or one added
+/// or moved to it (those at the next [`Server::poll`], so that the caller can
+/// acknowledge them before a byte is read).
+///
+/// Read at once, a connection whose client sent as it connected (an HTTP request)
+/// is served without the poller: one answered and closed then costs no `epoll_ctl`
+/// at all. One whose client has sent nothing yet costs a read that finds nothing,
+/// and is then given to the poller as it would have been.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FirstRead {
+    /// When the poller reports it readable (as nginx does).
+    WhenReady,
+    /// At once. Right where the data is there first: a listener that accepts only
+    /// once the client has sent (`TCP_DEFER_ACCEPT` on Linux, an accept filter on
+    /// FreeBSD), a worker so busy that connections wait in its queue.
+    AtOnce,
+    /// At once while most such reads find data, when ready otherwise; while it
+    /// waits, one new connection in 16 is still read at once, to see whether that
+    /// changed. A server that accepts as soon as connections arrive finds little,
+    /// and waits; one that falls behind finds its requests there, and reads.
+    Learn,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +88,7 @@ impl Default for ServerConfig {
             accept_backoff: Duration::from_millis(100),
             linger: Duration::from_secs(2),
             max_connections: None,
+            first_read: FirstRead::Learn,
         }
     }
 }
@@ -102,12 +129,45 @@ impl Stream {
         }
     }
 
-    fn set_nonblocking(&self) -> io::Result<()> {
+    /// Readies a stream taken from elsewhere for the server. On Unix there is
+    /// nothing to do: the server reads and writes with `MSG_DONTWAIT`, which does
+    /// not wait whether or not the socket is non-blocking (so a connection handed
+    /// over costs no `ioctl`). Windows has no such flag: the socket is made
+    /// non-blocking.
+    fn prepare(&self) -> io::Result<()> {
+        #[cfg(windows)]
         match self {
-            Stream::Tcp(s) => s.set_nonblocking(true),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.set_nonblocking(true),
+            Stream::Tcp(s) => s.set_nonblocking(true)?,
         }
+        Ok(())
+    }
+
+    /// Reads what has arrived, without waiting.
+    fn read_now(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            match self {
+                Stream::Tcp(s) => crate::sys::recv_now(s.as_fd(), buf),
+                Stream::Unix(s) => crate::sys::recv_now(s.as_fd(), buf),
+            }
+        }
+        #[cfg(windows)]
+        self.read(buf)
+    }
+
+    /// Writes what the socket takes, without waiting.
+    fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            match self {
+                Stream::Tcp(s) => crate::sys::send_now(s.as_fd(), buf),
+                Stream::Unix(s) => crate::sys::send_now(s.as_fd(), buf),
+            }
+        }
+        #[cfg(windows)]
+        self.write(buf)
     }
 }
 
@@ -294,6 +354,10 @@ struct Conn<Svc> {
     timer_is_linger: bool,
     /// Accepted by this server: its descriptor has no other copy.
     own: bool,
+    /// Given to the poller already.
+    polled: bool,
+    /// Given to the poller for one report ([`Mode::Oneshot`]), not yet made.
+    once: bool,
     /// The service said the peer sends nothing more ([`Flow::Done`]): no lingering.
     done: bool,
     /// `TCP_NODELAY` is wanted and not set yet.
@@ -455,11 +519,24 @@ pub struct Server<Svc: Service + 'static> {
     moving: bool,
     /// Connections taken out to move, until the caller takes them.
     departures: Vec<Departure<Svc>>,
-    /// Connections adopted since the last poll, whose input and drain rule wait for
-    /// the next one.
+    /// Connections added or adopted since the last poll, whose first read, input
+    /// and drain rule wait for the next one.
     arrivals: Vec<Key>,
+    /// How often first reads found data ([`FirstRead::Learn`]): a moving average,
+    /// `2 * FOUND_HALF` for always.
+    found: u32,
+    /// Connections taken in, for the one in 16 read at once while waiting.
+    probe: u32,
     stats: Stats,
 }
+
+/// Whether connections that may have copies elsewhere are given to the poller
+/// for one report first: where the close of a descriptor's last copy takes it out
+/// of the poller (epoll).
+const ONE_REPORT_FIRST: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Half of [`Server`]'s `found` scale: first reads find data half the time.
+const FOUND_HALF: u32 = 1 << 15;
 
 impl<Svc: Service + 'static> Server<Svc> {
     /// Creates a server whose accepted connections get a service from `factory`.
@@ -488,6 +565,8 @@ impl<Svc: Service + 'static> Server<Svc> {
             moving: false,
             departures: Vec::new(),
             arrivals: Vec::new(),
+            found: FOUND_HALF,
+            probe: 0,
             stats: Stats::default(),
         })
     }
@@ -701,12 +780,13 @@ impl<Svc: Service + 'static> Server<Svc> {
         initial: &[u8],
     ) -> io::Result<Key> {
         let stream = stream.into();
-        stream.set_nonblocking()?;
+        stream.prepare()?;
         self.add_conn(stream, svc, initial, false)
     }
 
-    /// Adds a connection that is non-blocking already; `own`: accepted here, its
-    /// descriptor has no other copy.
+    /// Adds a connection. One accepted here (`own`: its descriptor has no other
+    /// copy) is settled now — read at once if that is the rule — others at the
+    /// next poll, unless `initial` is to be answered or the server drains.
     fn add_conn(&mut self, stream: Stream, svc: Svc, initial: &[u8], own: bool) -> io::Result<Key> {
         if self.is_full() {
             return Err(io::Error::other(LIMIT_REACHED));
@@ -715,18 +795,59 @@ impl<Svc: Service + 'static> Server<Svc> {
         self.stats.accepted += 1;
         if !initial.is_empty() || self.draining {
             let outcome = self.with_conn(key, |c, b| {
-                if !initial.is_empty() {
-                    feed(c, initial, b)?;
+                if initial.is_empty() {
+                    Ok(())
+                } else {
+                    feed(c, initial, b)
                 }
-                Ok(())
             });
             self.settle(key, outcome);
+        } else if own {
+            self.first_read(key);
+        } else {
+            self.arrivals.push(key);
         }
         Ok(key)
     }
 
-    /// Registers a connection (non-blocking already) with `input` unconsumed, and
-    /// arms its idle timer. The caller counts it (taken in, arrived, or back).
+    /// Settles a connection just taken in, reading it first if the rule
+    /// ([`FirstRead`]) says so, and learns from what the read found.
+    fn first_read(&mut self, key: Key) {
+        let now = match self.config.first_read {
+            FirstRead::WhenReady => false,
+            FirstRead::AtOnce => true,
+            FirstRead::Learn => {
+                self.probe = self.probe.wrapping_add(1);
+                self.found >= FOUND_HALF || self.probe % 16 == 0
+            }
+        };
+        let mut found = None;
+        let outcome = self.with_conn(key, |c, b| {
+            if !c.input.is_empty() {
+                feed(c, &[], b)
+            } else if now {
+                let fresh = c.fresh;
+                let r = on_ready(c, true, false, b);
+                // Data clears `fresh`; the peer's end sets `eof`.
+                if fresh {
+                    found = Some(!c.fresh || c.eof);
+                }
+                r
+            } else {
+                Ok(())
+            }
+        });
+        if let Some(hit) = found {
+            // A moving average over the last 16 or so first reads.
+            let target = if hit { 2 * FOUND_HALF } else { 0 };
+            self.found = self.found - self.found / 16 + target / 16;
+        }
+        self.settle(key, outcome);
+    }
+
+    /// Takes a connection in with `input` unconsumed, and arms its idle timer. The
+    /// caller counts it (taken in, arrived, or back) and settles it, which gives it
+    /// to the poller if it is still open then.
     fn register_conn(
         &mut self,
         stream: Stream,
@@ -741,7 +862,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             svc,
             input,
             output: Vec::new(),
-            interest: Interest::READABLE,
+            interest: Interest::NONE,
             last_active: Instant::now(),
             eof: false,
             closing: false,
@@ -754,15 +875,15 @@ impl<Svc: Service + 'static> Server<Svc> {
             timer_at: None,
             timer_is_linger: false,
             own,
+            polled: false,
+            once: false,
             done: false,
             nodelay,
             wrote: false,
             stays: false,
             departing: None,
         };
-        let key =
-            self.reactor
-                .register(Entry::Conn(Box::new(conn)), Interest::READABLE, Mode::Level)?;
+        let key = self.reactor.insert(Entry::Conn(Box::new(conn)))?;
         self.stats.active += 1;
         if let Some(t) = self.config.idle_timeout {
             self.arm(key, later(Instant::now(), t), false);
@@ -792,7 +913,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         fresh: bool,
     ) -> io::Result<Key> {
         let stream = stream.into();
-        stream.set_nonblocking()?;
+        stream.prepare()?;
         if self.is_full() {
             return Err(io::Error::other(LIMIT_REACHED));
         }
@@ -1151,14 +1272,7 @@ impl<Svc: Service + 'static> Server<Svc> {
     pub fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         events.clear();
         for key in std::mem::take(&mut self.arrivals) {
-            let outcome = self.with_conn(key, |c, b| {
-                if c.input.is_empty() {
-                    Ok(())
-                } else {
-                    feed(c, &[], b)
-                }
-            });
-            self.settle(key, outcome);
+            self.first_read(key);
         }
         let mut evs = std::mem::take(&mut self.events);
         self.reactor.poll(&mut evs, timeout)?;
@@ -1172,8 +1286,14 @@ impl<Svc: Service + 'static> Server<Svc> {
                 } => match self.reactor.get(key) {
                     Some(Entry::Listener(_)) => self.accept(key),
                     Some(Entry::Conn(_)) => {
-                        let outcome =
-                            self.with_conn(key, |c, b| on_ready(c, readable, writable, b));
+                        let outcome = self.with_conn(key, |c, b| {
+                            if std::mem::take(&mut c.once) {
+                                // Reported: nothing more will be until it is given
+                                // an interest again.
+                                c.interest = Interest::NONE;
+                            }
+                            on_ready(c, readable, writable, b)
+                        });
                         self.settle(key, outcome);
                     }
                     Some(Entry::User(_)) => events.push(ev),
@@ -1469,16 +1589,32 @@ impl<Svc: Service + 'static> Server<Svc> {
         let want = c.wanted_interest();
         if want != c.interest {
             c.interest = want;
-            if let Err(e) = self.reactor.modify(key, want, Mode::Level) {
+            // On Linux, a connection that may have copies elsewhere is first given
+            // to the poller for one report: one served and closed before it is
+            // given again (a reply ending it) has no interest left, and its close
+            // needs no `EPOLL_CTL_DEL` though another copy keeps the socket open.
+            let mode = if !c.polled && !c.own && ONE_REPORT_FIRST {
+                c.once = true;
+                Mode::Oneshot
+            } else {
+                Mode::Level
+            };
+            c.polled = true;
+            if let Err(e) = self.reactor.modify(key, want, mode) {
                 self.close(key, CloseReason::Error(e));
             }
         }
     }
 
     fn close(&mut self, key: Key, reason: CloseReason) {
-        let own = matches!(self.reactor.get(key), Some(Entry::Conn(c)) if c.own);
-        let entry = if own {
-            // Closed right below, and the only copy: the close leaves epoll by itself.
+        // Closed right below. The close of the last copy takes it out of epoll;
+        // until then a registration reports nothing if it has no interest (never
+        // given to the poller, or its one report made).
+        let quiet = matches!(
+            self.reactor.get(key),
+            Some(Entry::Conn(c)) if c.own || c.interest == Interest::NONE
+        );
+        let entry = if quiet {
             self.reactor.deregister_to_close(key)
         } else {
             self.reactor.deregister(key)
@@ -1530,7 +1666,6 @@ struct Bufs<'a> {
     config: &'a ServerConfig,
 }
 
-/// `at + d`, or a point decades away if that overflows: a huge timeout means never.
 /// A connection from `listener`, non-blocking and close-on-exec from the start.
 #[cfg(unix)]
 fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
@@ -1545,6 +1680,7 @@ fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// `at + d`, or a point decades away if that overflows: a huge timeout means never.
 fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
         .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
@@ -1580,7 +1716,7 @@ fn on_ready<Svc: Service + 'static>(
         let cap = b.rbuf.len();
         // Discard what the peer still sends; its end of file finishes the close.
         for _ in 0..16 {
-            match c.stream.read(&mut b.rbuf[..cap]) {
+            match c.stream.read_now(&mut b.rbuf[..cap]) {
                 Ok(0) => return Err(c.close_reason.take().unwrap_or(CloseReason::Service)),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1593,7 +1729,7 @@ fn on_ready<Svc: Service + 'static>(
     if readable && !c.eof && !c.closing && !c.paused {
         let cap = b.config.read_buffer.max(1).min(b.rbuf.len());
         let mut rbuf = std::mem::take(b.rbuf);
-        let read = c.stream.read(&mut rbuf[..cap]);
+        let read = c.stream.read_now(&mut rbuf[..cap]);
         let result = match read {
             Ok(0) => {
                 c.eof = true;
@@ -1750,7 +1886,7 @@ fn before_write<Svc>(c: &mut Conn<Svc>, len: usize) {
 fn write_some(stream: &mut Stream, mut buf: &[u8]) -> Result<usize, CloseReason> {
     let total = buf.len();
     while !buf.is_empty() {
-        match stream.write(buf) {
+        match stream.write_now(buf) {
             Ok(0) => return Err(CloseReason::Error(io::ErrorKind::WriteZero.into())),
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

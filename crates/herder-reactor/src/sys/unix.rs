@@ -2,8 +2,8 @@
 //! the crate on Unix is in this file.
 //!
 //! What this backend provides: [`SignalPipe`] (take, install, drain, restore),
-//! [`accept`] (non-blocking and close-on-exec from the start) and, on Linux,
-//! [`add_exclusive`].
+//! [`accept`] (non-blocking and close-on-exec from the start), [`recv_now`] and
+//! [`send_now`] (`MSG_DONTWAIT`) and, on Linux, [`add_exclusive`].
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -279,4 +279,63 @@ pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::T
     let (stream, _) = listener.accept()?;
     stream.set_nonblocking(true)?;
     Ok(stream)
+}
+
+/// `MSG_NOSIGNAL` where the system has it: a write to a peer that is gone fails
+/// with `EPIPE` rather than raising `SIGPIPE`. Elsewhere (macOS) std ignores
+/// `SIGPIPE` in Rust programs, and sockets it accepts carry `SO_NOSIGPIPE`.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos"
+))]
+const NO_SIGNAL: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos"
+)))]
+const NO_SIGNAL: libc::c_int = 0;
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
+/// Reads what the socket holds into `buf` without waiting (`MSG_DONTWAIT`),
+/// whether or not the socket is non-blocking: `WouldBlock` if nothing is there.
+pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is open for the call; the pointer and length describe `buf`,
+    // which the kernel writes at most `buf.len()` bytes of.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    cvt_size(n)
+}
+
+/// Writes what the socket takes of `buf` without waiting (`MSG_DONTWAIT`).
+pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is open for the call; the pointer and length describe `buf`,
+    // which the kernel only reads.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | NO_SIGNAL,
+        )
+    };
+    cvt_size(n)
 }
