@@ -522,11 +522,8 @@ pub struct Server<Svc: Service + 'static> {
     /// Connections added or adopted since the last poll, whose first read, input
     /// and drain rule wait for the next one.
     arrivals: Vec<Key>,
-    /// How often first reads found data ([`FirstRead::Learn`]): a moving average,
-    /// `2 * FOUND_HALF` for always.
-    found: u32,
-    /// Connections taken in, for the one in 16 read at once while waiting.
-    probe: u32,
+    /// What first reads found, for [`FirstRead::Learn`].
+    first_reads: FirstReads,
     stats: Stats,
 }
 
@@ -535,8 +532,45 @@ pub struct Server<Svc: Service + 'static> {
 /// of the poller (epoll).
 const ONE_REPORT_FIRST: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
-/// Half of [`Server`]'s `found` scale: first reads find data half the time.
-const FOUND_HALF: u32 = 1 << 15;
+/// How often the first reads of new connections found data: the memory of
+/// [`FirstRead::Learn`].
+#[derive(Debug, Clone, Copy)]
+struct FirstReads {
+    /// A moving average over the last 16 or so first reads: `2 * HALF` if all
+    /// found data, 0 if none did.
+    found: u32,
+    /// New connections, for the one in 16 read at once while the rule waits.
+    count: u32,
+}
+
+impl FirstReads {
+    const HALF: u32 = 1 << 15;
+
+    fn new() -> FirstReads {
+        FirstReads {
+            found: Self::HALF,
+            count: 0,
+        }
+    }
+
+    /// Whether the next new connection is read at once under `rule`.
+    fn at_once(&mut self, rule: FirstRead) -> bool {
+        match rule {
+            FirstRead::WhenReady => false,
+            FirstRead::AtOnce => true,
+            FirstRead::Learn => {
+                self.count = self.count.wrapping_add(1);
+                self.found >= Self::HALF || self.count.is_multiple_of(16)
+            }
+        }
+    }
+
+    /// Notes whether a first read found data (or the peer's end).
+    fn learn(&mut self, found: bool) {
+        let target = if found { 2 * Self::HALF } else { 0 };
+        self.found = self.found - self.found / 16 + target / 16;
+    }
+}
 
 impl<Svc: Service + 'static> Server<Svc> {
     /// Creates a server whose accepted connections get a service from `factory`.
@@ -565,8 +599,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             moving: false,
             departures: Vec::new(),
             arrivals: Vec::new(),
-            found: FOUND_HALF,
-            probe: 0,
+            first_reads: FirstReads::new(),
             stats: Stats::default(),
         })
     }
@@ -813,14 +846,7 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// Settles a connection just taken in, reading it first if the rule
     /// ([`FirstRead`]) says so, and learns from what the read found.
     fn first_read(&mut self, key: Key) {
-        let now = match self.config.first_read {
-            FirstRead::WhenReady => false,
-            FirstRead::AtOnce => true,
-            FirstRead::Learn => {
-                self.probe = self.probe.wrapping_add(1);
-                self.found >= FOUND_HALF || self.probe % 16 == 0
-            }
-        };
+        let now = self.first_reads.at_once(self.config.first_read);
         let mut found = None;
         let outcome = self.with_conn(key, |c, b| {
             if !c.input.is_empty() {
@@ -837,10 +863,8 @@ impl<Svc: Service + 'static> Server<Svc> {
                 Ok(())
             }
         });
-        if let Some(hit) = found {
-            // A moving average over the last 16 or so first reads.
-            let target = if hit { 2 * FOUND_HALF } else { 0 };
-            self.found = self.found - self.found / 16 + target / 16;
+        if let Some(found) = found {
+            self.first_reads.learn(found);
         }
         self.settle(key, outcome);
     }
@@ -1895,4 +1919,67 @@ fn write_some(stream: &mut Stream, mut buf: &[u8]) -> Result<usize, CloseReason>
         }
     }
     Ok(total - buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FirstRead, FirstReads};
+
+    /// How many of the next `n` new connections `reads` reads at once.
+    fn read_at_once(reads: &mut FirstReads, n: usize, found: bool) -> usize {
+        (0..n)
+            .filter(|_| {
+                let now = reads.at_once(FirstRead::Learn);
+                if now {
+                    reads.learn(found);
+                }
+                now
+            })
+            .count()
+    }
+
+    #[test]
+    fn learning_first_reads_stop_when_they_find_nothing_and_resume_when_they_find() {
+        let mut reads = FirstReads::new();
+        // At first every connection is read at once; after an empty read, one in
+        // 16.
+        assert!(read_at_once(&mut reads, 16, false) <= 2);
+        assert_eq!(read_at_once(&mut reads, 160, false), 10);
+        // Data there again: found by the one in 16, and reads at once resume
+        // within a few hundred connections.
+        assert!(read_at_once(&mut reads, 256, true) > 16);
+        assert_eq!(read_at_once(&mut reads, 16, true), 16);
+    }
+
+    /// How many of 400 new connections are read at once when a first read finds
+    /// data with probability `p` (a fixed pseudo-random sequence).
+    fn reads_at_probability(p: u32) -> usize {
+        let mut reads = FirstReads::new();
+        let mut x: u32 = 12345;
+        (0..400)
+            .filter(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let found = (x >> 16) % 100 < p;
+                let now = reads.at_once(FirstRead::Learn);
+                if now {
+                    reads.learn(found);
+                }
+                now
+            })
+            .count()
+    }
+
+    #[test]
+    fn learning_first_reads_follow_the_better_side_of_half() {
+        // Three in four found: the reads at once go on.
+        let n = reads_at_probability(75);
+        assert!(n > 340, "{n}");
+        // One in four: they stop (one in 16 goes on, to look).
+        let n = reads_at_probability(25);
+        assert!(n < 60, "{n}");
+        // The fixed rules do not learn.
+        let mut reads = FirstReads::new();
+        assert!((0..32).all(|_| reads.at_once(FirstRead::AtOnce)));
+        assert!((0..32).all(|_| !reads.at_once(FirstRead::WhenReady)));
+    }
 }
