@@ -775,6 +775,12 @@ impl<Svc: Service + 'static> Server<Svc> {
     /// `herder-fd`, an `accept` of the caller's) with `svc`, after handing it `initial`
     /// — bytes already read from the connection.
     ///
+    /// `initial` is answered at once; the connection itself is first read at the
+    /// next [`poll`](Self::poll) (see [`FirstRead`]), so that the caller can tell
+    /// the sender it owns the connection before a byte of it is read. On Unix the
+    /// socket's blocking mode is left as it is (the server reads and writes with
+    /// `MSG_DONTWAIT`); on Windows it is made non-blocking.
+    ///
     /// # Errors
     ///
     /// As [`Reactor::register`]; a [`LIMIT_REACHED`] error (kind `Other`) at
