@@ -1623,12 +1623,9 @@ impl<Svc: Service + 'static> Server<Svc> {
             // to the poller for one report: one served and closed before it is
             // given again (a reply ending it) has no interest left, and its close
             // needs no `EPOLL_CTL_DEL` though another copy keeps the socket open.
-            let mode = if !c.polled && !c.own && ONE_REPORT_FIRST {
-                c.once = true;
-                Mode::Oneshot
-            } else {
-                Mode::Level
-            };
+            // Given again before its one report, it is level-triggered from then on.
+            c.once = !c.polled && !c.own && ONE_REPORT_FIRST;
+            let mode = if c.once { Mode::Oneshot } else { Mode::Level };
             c.polled = true;
             if let Err(e) = self.reactor.modify(key, want, mode) {
                 self.close(key, CloseReason::Error(e));
