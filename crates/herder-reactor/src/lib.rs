@@ -321,10 +321,10 @@ impl<S: Source> Reactor<S> {
         self.register_with(source, false, |key, source| {
             // SAFETY: the reactor owns `source` from here on and deletes it from the
             // poller before dropping it (in `deregister`, in `register_with` on error,
-            // and in `Drop`), as `Poller::add` requires — except that on
-            // Linux `deregister_to_close` leaves the deletion to the close of the
-            // descriptor's only copy, which removes it from the epoll set (the
-            // epoll backend holds no state of its own for a source).
+            // and in `Drop`), as `Poller::add` requires — except that on Linux
+            // `deregister_to_close` leaves out the deletion where nothing more can
+            // be reported, as `Poller::add` allows (the epoll backend holds no state
+            // of its own for a source).
             unsafe { poller.add(source, key.0, interest, mode) }
         })
     }
@@ -483,10 +483,14 @@ impl<S: Source> Reactor<S> {
     }
 
     /// As [`deregister`](Self::deregister), for a source the caller closes at once
-    /// and whose descriptor has no other copy. On Linux (epoll) it saves the
-    /// `EPOLL_CTL_DEL`: the kernel forgets a descriptor when its last reference
-    /// closes, and the epoll backend keeps nothing of a source beyond the
-    /// kernel's registration. Elsewhere it deletes as `deregister` does.
+    /// and for which nothing more can be reported: its descriptor has no other
+    /// copy, or its registration has no interest left (a one-shot one that
+    /// reported, or one never given to the poller). On Linux (epoll) it saves the
+    /// `EPOLL_CTL_DEL`: the kernel forgets a registration when the file's last
+    /// descriptor closes, reports nothing for one without interest until then,
+    /// and the epoll backend keeps nothing of a source beyond the kernel's
+    /// registration (an `add` of the same file under the same number later takes
+    /// the left registration over). Elsewhere it deletes as `deregister` does.
     pub(crate) fn deregister_to_close(&mut self, key: Key) -> io::Result<S> {
         if !cfg!(any(target_os = "linux", target_os = "android")) {
             return self.deregister(key);

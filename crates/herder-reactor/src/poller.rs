@@ -163,10 +163,18 @@ mod epoll {
             Ok(())
         }
 
+        /// Adds `source`. A registration the set still holds for the same open
+        /// file under the same number — left by a close while another copy of the
+        /// descriptor lived on — is taken over (`EEXIST`, then `EPOLL_CTL_MOD`, as
+        /// libuv does).
+        ///
         /// # Safety
         ///
-        /// `source` must be deleted from the poller before it is closed, unless its
-        /// descriptor has no other copy (the close removes it from the epoll set).
+        /// `source` must be deleted from the poller before it is closed, unless
+        /// nothing more can be reported for it: its descriptor has no other copy
+        /// (the close of the last one removes it from the epoll set), or its
+        /// registration has no interest left (a one-shot registration that
+        /// reported). This backend keeps no state of its own for a source.
         pub(crate) unsafe fn add<S: AsSource + ?Sized>(
             &self,
             source: &S,
@@ -174,12 +182,13 @@ mod epoll {
             interest: Interest,
             mode: Mode,
         ) -> io::Result<()> {
-            self.ctl(
-                libc::EPOLL_CTL_ADD,
-                source.source(),
-                key,
-                flags(interest, mode),
-            )
+            let events = flags(interest, mode);
+            match self.ctl(libc::EPOLL_CTL_ADD, source.source(), key, events) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.ctl(libc::EPOLL_CTL_MOD, source.source(), key, events)
+                }
+                other => other,
+            }
         }
 
         pub(crate) fn modify<S: AsSource + ?Sized>(

@@ -358,6 +358,9 @@ struct Conn<Svc> {
     polled: bool,
     /// Given to the poller for one report ([`Mode::Oneshot`]), not yet made.
     once: bool,
+    /// Its one report made: the poller reports nothing more for it until it is
+    /// given an interest again.
+    silent: bool,
     /// The service said the peer sends nothing more ([`Flow::Done`]): no lingering.
     done: bool,
     /// `TCP_NODELAY` is wanted and not set yet.
@@ -421,7 +424,9 @@ pub struct Departure<Svc> {
 }
 
 impl<Svc> Departure<Svc> {
-    /// The connection's socket.
+    /// The connection's socket. On Unix its blocking mode is the one it came to
+    /// the server with (a connection the server accepted is non-blocking; one
+    /// added is as the caller gave it); on Windows it is non-blocking.
     pub fn stream(&self) -> &Stream {
         &self.stream
     }
@@ -777,14 +782,19 @@ impl<Svc: Service + 'static> Server<Svc> {
     ///
     /// `initial` is answered at once; the connection itself is first read at the
     /// next [`poll`](Self::poll) (see [`FirstRead`]), so that the caller can tell
-    /// the sender it owns the connection before a byte of it is read. On Unix the
-    /// socket's blocking mode is left as it is (the server reads and writes with
-    /// `MSG_DONTWAIT`); on Windows it is made non-blocking.
+    /// the sender it owns the connection before a byte of it is read, and given to
+    /// the poller then if it stays open. On Unix the socket's blocking mode is
+    /// left as it is (the server reads and writes with `MSG_DONTWAIT`); on Windows
+    /// it is made non-blocking.
     ///
     /// # Errors
     ///
-    /// As [`Reactor::register`]; a [`LIMIT_REACHED`] error (kind `Other`) at
-    /// [`ServerConfig::max_connections`]. The stream is dropped (closed) on error.
+    /// A [`LIMIT_REACHED`] error (kind `Other`) at
+    /// [`ServerConfig::max_connections`]; on Windows, what making the socket
+    /// non-blocking returns. The stream is dropped (closed) on error. A failure of
+    /// the poller to take the connection comes later, as any error of the
+    /// connection does: it is closed, and its service hears
+    /// [`CloseReason::Error`].
     ///
     /// # Examples
     ///
@@ -907,6 +917,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             own,
             polled: false,
             once: false,
+            silent: false,
             done: false,
             nodelay,
             wrote: false,
@@ -998,7 +1009,9 @@ impl<Svc: Service + 'static> Server<Svc> {
     ///
     /// # Errors
     ///
-    /// As [`Reactor::register`]; the connection is closed then.
+    /// [`io::ErrorKind::OutOfMemory`] if the server's slots are all taken; the
+    /// connection is closed then. A failure of the poller to take it comes later,
+    /// as for [`add_connection`](Self::add_connection).
     pub fn readmit(&mut self, departure: Departure<Svc>) -> io::Result<Key> {
         let Departure {
             stream,
@@ -1319,7 +1332,9 @@ impl<Svc: Service + 'static> Server<Svc> {
                         let outcome = self.with_conn(key, |c, b| {
                             if std::mem::take(&mut c.once) {
                                 // Reported: nothing more will be until it is given
-                                // an interest again.
+                                // an interest again (which `settle` does if it
+                                // stays open).
+                                c.silent = true;
                                 c.interest = Interest::NONE;
                             }
                             on_ready(c, readable, writable, b)
@@ -1627,6 +1642,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             c.once = !c.polled && !c.own && ONE_REPORT_FIRST;
             let mode = if c.once { Mode::Oneshot } else { Mode::Level };
             c.polled = true;
+            c.silent = false;
             if let Err(e) = self.reactor.modify(key, want, mode) {
                 self.close(key, CloseReason::Error(e));
             }
@@ -1635,11 +1651,11 @@ impl<Svc: Service + 'static> Server<Svc> {
 
     fn close(&mut self, key: Key, reason: CloseReason) {
         // Closed right below. The close of the last copy takes it out of epoll;
-        // until then a registration reports nothing if it has no interest (never
-        // given to the poller, or its one report made).
+        // until then a registration reports nothing if it has no interest: never
+        // given to the poller, or its one report made.
         let quiet = matches!(
             self.reactor.get(key),
-            Some(Entry::Conn(c)) if c.own || c.interest == Interest::NONE
+            Some(Entry::Conn(c)) if c.own || !c.polled || c.silent
         );
         let entry = if quiet {
             self.reactor.deregister_to_close(key)
