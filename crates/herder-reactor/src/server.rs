@@ -145,13 +145,7 @@ impl Stream {
     /// Reads what has arrived, without waiting.
     fn read_now(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         #[cfg(unix)]
-        {
-            use std::os::fd::AsFd;
-            match self {
-                Stream::Tcp(s) => crate::sys::recv_now(s.as_fd(), buf),
-                Stream::Unix(s) => crate::sys::recv_now(s.as_fd(), buf),
-            }
-        }
+        return crate::sys::recv_now(std::os::fd::AsFd::as_fd(self), buf);
         #[cfg(windows)]
         self.read(buf)
     }
@@ -159,15 +153,28 @@ impl Stream {
     /// Writes what the socket takes, without waiting.
     fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
         #[cfg(unix)]
-        {
-            use std::os::fd::AsFd;
-            match self {
-                Stream::Tcp(s) => crate::sys::send_now(s.as_fd(), buf),
-                Stream::Unix(s) => crate::sys::send_now(s.as_fd(), buf),
-            }
-        }
+        return crate::sys::send_now(std::os::fd::AsFd::as_fd(self), buf);
         #[cfg(windows)]
         self.write(buf)
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsSocket for Stream {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_socket(),
+        }
     }
 }
 
@@ -295,10 +302,7 @@ impl<Svc> std::os::fd::AsFd for Entry<Svc> {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
             Entry::Listener(l) => l.listener.as_fd(),
-            Entry::Conn(c) => match &c.stream {
-                Stream::Tcp(s) => s.as_fd(),
-                Stream::Unix(s) => s.as_fd(),
-            },
+            Entry::Conn(c) => c.stream.as_fd(),
             Entry::User(u) => u.as_fd(),
         }
     }
@@ -309,9 +313,7 @@ impl<Svc> std::os::windows::io::AsSocket for Entry<Svc> {
     fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
         match self {
             Entry::Listener(l) => l.listener.as_socket(),
-            Entry::Conn(c) => match &c.stream {
-                Stream::Tcp(s) => s.as_socket(),
-            },
+            Entry::Conn(c) => c.stream.as_socket(),
             Entry::User(u) => u.as_socket(),
         }
     }

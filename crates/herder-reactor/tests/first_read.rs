@@ -111,6 +111,21 @@ fn early_polls(server: &mut Server<Reply>) -> usize {
         .count()
 }
 
+/// A connection handed to `server` by a sender that keeps its copy: the client's
+/// end (blocking) and the sender's copy. One poll gives it to the poller (after a
+/// first read, under the rules that make one, which finds nothing).
+fn handed_over(server: &mut Server<Reply>) -> (TcpStream, TcpStream) {
+    let (client, conn) = util::tcp_pair();
+    client.set_nonblocking(false).unwrap();
+    let senders_copy = conn.try_clone().unwrap();
+    server.add_connection(conn, Reply, &[]).unwrap();
+    let mut events = Vec::new();
+    server
+        .poll(&mut events, Some(Duration::from_millis(20)))
+        .unwrap();
+    (client, senders_copy)
+}
+
 #[test]
 fn accepted_clients_that_send_first_or_later_are_served_under_every_rule() {
     for rule in RULES {
@@ -147,16 +162,7 @@ fn a_closed_connection_with_another_copy_never_wakes_the_loop() {
 
         // The server closes first (a reply that ends it), while the sender's copy
         // keeps the socket open; the peer then sends and hangs up.
-        let (mut client, conn) = util::tcp_pair();
-        client.set_nonblocking(false).unwrap();
-        let senders_copy = conn.try_clone().unwrap();
-        server.add_connection(conn, Reply, &[]).unwrap();
-        // This poll gives it to the poller (after a first read, for the rules that
-        // make one, which finds nothing): the request comes after.
-        let mut events = Vec::new();
-        server
-            .poll(&mut events, Some(Duration::from_millis(20)))
-            .unwrap();
+        let (mut client, senders_copy) = handed_over(&mut server);
         client.write_all(b"bye").unwrap();
         serve_until(&mut server, |s| s.is_empty());
         assert_eq!(read_exactly(&mut client, 6), b"ok bye", "{rule:?}");
@@ -165,10 +171,7 @@ fn a_closed_connection_with_another_copy_never_wakes_the_loop() {
         assert_eq!(early_polls(&mut server), 0, "{rule:?}: closed first");
 
         // Served on over several reads, then the peer ends it.
-        let (mut client, conn) = util::tcp_pair();
-        client.set_nonblocking(false).unwrap();
-        let senders_second_copy = conn.try_clone().unwrap();
-        server.add_connection(conn, Reply, &[]).unwrap();
+        let (mut client, senders_second_copy) = handed_over(&mut server);
         for i in 0..3 {
             let msg = format!("m{i}");
             let reply = exchange(&mut server, &mut client, msg.as_bytes(), 5);
@@ -210,14 +213,7 @@ fn the_same_socket_added_again_after_a_close_is_served() {
 fn a_connection_drained_before_its_first_report_is_served_and_never_wakes_the_loop() {
     for rule in RULES {
         let mut server = Server::new(config(rule), |_| Reply).unwrap();
-        let (mut client, conn) = util::tcp_pair();
-        client.set_nonblocking(false).unwrap();
-        let senders_copy = conn.try_clone().unwrap();
-        server.add_connection(conn, Reply, &[]).unwrap();
-        let mut events = Vec::new();
-        server
-            .poll(&mut events, Some(Duration::from_millis(20)))
-            .unwrap();
+        let (mut client, senders_copy) = handed_over(&mut server);
         // Before anything is reported for it, a drain starts and the service
         // writes; the request that ends the connection is there by the first
         // report.
