@@ -21,13 +21,19 @@ pub(crate) const MAX_FDS: usize = 253;
 /// bytes), the descriptors, and slack for the platform's alignment.
 const CMSG_BUF_LEN: usize = 32 + MAX_FDS * mem::size_of::<RawFd>();
 
-/// Zeroed, so that nothing in it is ever uninitialised whatever the kernel copies.
+/// Room for control data, aligned for `cmsghdr`. Not zeroed as a whole (1 KiB a
+/// message): a sender zeroes what it fills, and a receiver reads only the bytes
+/// the kernel wrote (`msg_controllen` after the call).
 #[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_BUF_LEN]);
+struct CmsgBuf(mem::MaybeUninit<[u8; CMSG_BUF_LEN]>);
 
 impl CmsgBuf {
     fn new() -> CmsgBuf {
-        CmsgBuf([0; CMSG_BUF_LEN])
+        CmsgBuf(mem::MaybeUninit::uninit())
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0.as_mut_ptr().cast()
     }
 }
 
@@ -124,11 +130,14 @@ pub(crate) fn send_msg(
         // SAFETY: CMSG_SPACE only computes a size.
         let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
         debug_assert!(space <= CMSG_BUF_LEN);
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        // SAFETY: `space` bytes fit in the buffer (checked above against MAX_FDS).
+        unsafe { cmsg.as_mut_ptr().write_bytes(0, space) };
+        msg.msg_control = cmsg.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `space` writable, aligned bytes, enough for one
-        // cmsghdr with `data_len` bytes of data, so CMSG_FIRSTHDR is non-null and
-        // CMSG_DATA has room for every descriptor; the writes are unaligned-safe.
+        // SAFETY: msg_control points at `space` zeroed, writable, aligned bytes,
+        // enough for one cmsghdr with `data_len` bytes of data, so CMSG_FIRSTHDR is
+        // non-null and CMSG_DATA has room for every descriptor; the writes are
+        // unaligned-safe.
         unsafe {
             let hdr = libc::CMSG_FIRSTHDR(&msg);
             (*hdr).cmsg_level = libc::SOL_SOCKET;
@@ -230,7 +239,7 @@ pub(crate) fn recv_msg_reporting_loss(
         let space = unsafe { libc::CMSG_SPACE((max_fds * mem::size_of::<RawFd>()) as libc::c_uint) }
             as usize;
         debug_assert!(space <= CMSG_BUF_LEN);
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_control = cmsg.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
     }
     // SAFETY: msg points at `buf` through `iov` and at the control buffer, both live and
@@ -255,9 +264,10 @@ pub(crate) fn recv_msg_reporting_loss(
     let adopt = !ctrunc || KERNEL_KEEPS_COPIED_FDS_ON_CTRUNC;
     let control_len = msg.msg_controllen as usize;
     if adopt && !msg.msg_control.is_null() && control_len >= mem::size_of::<libc::cmsghdr>() {
-        let control_end = cmsg.0.as_ptr() as usize + control_len.min(CMSG_BUF_LEN);
-        // SAFETY: the kernel filled msg_controllen bytes of the (zeroed) control
-        // buffer; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside it, and the descriptor count is
+        let control_end = cmsg.as_mut_ptr() as usize + control_len.min(CMSG_BUF_LEN);
+        // SAFETY: the kernel wrote the headers and data within msg_controllen bytes
+        // of the control buffer, and only those are read: CMSG_FIRSTHDR/CMSG_NXTHDR
+        // read a header only where one fits before that end, and the descriptor count is
         // clamped to the bytes the kernel actually copied (macOS keeps the full
         // cmsg_len in a truncated header). Each SCM_RIGHTS descriptor in that range is
         // new in this process and owned by nobody else, so wrapping it in OwnedFd at
