@@ -1946,13 +1946,15 @@ fn write_some(stream: &mut Stream, mut buf: &[u8]) -> Result<usize, CloseReason>
 mod tests {
     use super::{FirstRead, FirstReads};
 
-    /// How many of the next `n` new connections `reads` reads at once.
-    fn read_at_once(reads: &mut FirstReads, n: usize, found: bool) -> usize {
+    /// How many of the next `n` new connections `reads` reads at once, when a
+    /// read finds data as `found` says.
+    fn read_at_once(reads: &mut FirstReads, n: usize, mut found: impl FnMut() -> bool) -> usize {
         (0..n)
             .filter(|_| {
+                let data = found();
                 let now = reads.at_once(FirstRead::Learn);
                 if now {
-                    reads.learn(found);
+                    reads.learn(data);
                 }
                 now
             })
@@ -1964,30 +1966,22 @@ mod tests {
         let mut reads = FirstReads::new();
         // At first every connection is read at once; after an empty read, one in
         // 16.
-        assert!(read_at_once(&mut reads, 16, false) <= 2);
-        assert_eq!(read_at_once(&mut reads, 160, false), 10);
+        assert!(read_at_once(&mut reads, 16, || false) <= 2);
+        assert_eq!(read_at_once(&mut reads, 160, || false), 10);
         // Data there again: found by the one in 16, and reads at once resume
         // within a few hundred connections.
-        assert!(read_at_once(&mut reads, 256, true) > 16);
-        assert_eq!(read_at_once(&mut reads, 16, true), 16);
+        assert!(read_at_once(&mut reads, 256, || true) > 16);
+        assert_eq!(read_at_once(&mut reads, 16, || true), 16);
     }
 
     /// How many of 400 new connections are read at once when a first read finds
     /// data with probability `p` (a fixed pseudo-random sequence).
     fn reads_at_probability(p: u32) -> usize {
-        let mut reads = FirstReads::new();
         let mut x: u32 = 12345;
-        (0..400)
-            .filter(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                let found = (x >> 16) % 100 < p;
-                let now = reads.at_once(FirstRead::Learn);
-                if now {
-                    reads.learn(found);
-                }
-                now
-            })
-            .count()
+        read_at_once(&mut FirstReads::new(), 400, || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) % 100 < p
+        })
     }
 
     #[test]
