@@ -85,10 +85,14 @@ fn a_rolling_restart_replaces_every_worker_after_its_successor_is_ready() {
     events.extend(util::poll_until(&mut pool, Duration::from_secs(30), |e| {
         matches!(e, PoolEvent::Reloaded { .. })
     }));
-    assert!(matches!(
-        events.last(),
-        Some(PoolEvent::Reloaded { generation: 2 })
-    ));
+    // The end of the reload; what the same poll reports after it (a channel's
+    // end, say) may follow it.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PoolEvent::Reloaded { generation: 2 })),
+        "{events:?}"
+    );
     // Per slot: the new worker was ready before the old one exited.
     for slot in 0..2 {
         let ready_at = events
