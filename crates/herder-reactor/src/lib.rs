@@ -358,13 +358,9 @@ impl<S: Source> Reactor<S> {
     /// adds it to the poller. A source that is closed before that never costs a
     /// system call of the poller's.
     pub(crate) fn insert(&mut self, source: S) -> io::Result<Key> {
-        let index = self.free_slot()?;
-        let slot = &mut self.slots[index];
-        slot.source = Some(source);
-        slot.exclusive = false;
-        slot.armed = false;
-        self.len += 1;
-        Ok(Key::new(index, slot.generation))
+        let key = self.register_with(source, false, |_, _| Ok(()))?;
+        self.slots[key.index()].armed = false;
+        Ok(key)
     }
 
     /// A free slot's index (not yet in use: the caller fills it or gives it back).

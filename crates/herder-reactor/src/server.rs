@@ -356,13 +356,8 @@ struct Conn<Svc> {
     timer_is_linger: bool,
     /// Accepted by this server: its descriptor has no other copy.
     own: bool,
-    /// Given to the poller already.
-    polled: bool,
-    /// Given to the poller for one report ([`Mode::Oneshot`]), not yet made.
-    once: bool,
-    /// Its one report made: the poller reports nothing more for it until it is
-    /// given an interest again.
-    silent: bool,
+    /// Where it stands with the poller.
+    polled: Polled,
     /// The service said the peer sends nothing more ([`Flow::Done`]): no lingering.
     done: bool,
     /// `TCP_NODELAY` is wanted and not set yet.
@@ -538,6 +533,20 @@ pub struct Server<Svc: Service + 'static> {
 /// for one report first: where the close of a descriptor's last copy takes it out
 /// of the poller (epoll).
 const ONE_REPORT_FIRST: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Where a connection stands with the poller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    /// Not given to it yet.
+    Not,
+    /// Given for one report ([`Mode::Oneshot`]), not yet made.
+    Once,
+    /// Its one report made: nothing more is reported for it until it is given an
+    /// interest again.
+    Silent,
+    /// Given level-triggered.
+    Level,
+}
 
 /// How often the first reads of new connections found data: the memory of
 /// [`FirstRead::Learn`].
@@ -917,9 +926,7 @@ impl<Svc: Service + 'static> Server<Svc> {
             timer_at: None,
             timer_is_linger: false,
             own,
-            polled: false,
-            once: false,
-            silent: false,
+            polled: Polled::Not,
             done: false,
             nodelay,
             wrote: false,
@@ -1332,11 +1339,11 @@ impl<Svc: Service + 'static> Server<Svc> {
                     Some(Entry::Listener(_)) => self.accept(key),
                     Some(Entry::Conn(_)) => {
                         let outcome = self.with_conn(key, |c, b| {
-                            if std::mem::take(&mut c.once) {
+                            if c.polled == Polled::Once {
                                 // Reported: nothing more will be until it is given
                                 // an interest again (which `settle` does if it
                                 // stays open).
-                                c.silent = true;
+                                c.polled = Polled::Silent;
                                 c.interest = Interest::NONE;
                             }
                             on_ready(c, readable, writable, b)
@@ -1641,10 +1648,12 @@ impl<Svc: Service + 'static> Server<Svc> {
             // given again (a reply ending it) has no interest left, and its close
             // needs no `EPOLL_CTL_DEL` though another copy keeps the socket open.
             // Given again before its one report, it is level-triggered from then on.
-            c.once = !c.polled && !c.own && ONE_REPORT_FIRST;
-            let mode = if c.once { Mode::Oneshot } else { Mode::Level };
-            c.polled = true;
-            c.silent = false;
+            let (polled, mode) = if c.polled == Polled::Not && !c.own && ONE_REPORT_FIRST {
+                (Polled::Once, Mode::Oneshot)
+            } else {
+                (Polled::Level, Mode::Level)
+            };
+            c.polled = polled;
             if let Err(e) = self.reactor.modify(key, want, mode) {
                 self.close(key, CloseReason::Error(e));
             }
@@ -1657,7 +1666,7 @@ impl<Svc: Service + 'static> Server<Svc> {
         // given to the poller, or its one report made.
         let quiet = matches!(
             self.reactor.get(key),
-            Some(Entry::Conn(c)) if c.own || !c.polled || c.silent
+            Some(Entry::Conn(c)) if c.own || matches!(c.polled, Polled::Not | Polled::Silent)
         );
         let entry = if quiet {
             self.reactor.deregister_to_close(key)
