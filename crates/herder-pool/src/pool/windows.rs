@@ -286,11 +286,7 @@ impl Pool {
         record: Option<usize>,
     ) -> Result<Launched, Error> {
         // Unguessable: whoever presents it gets the worker's channel.
-        let token = format!(
-            "{:016x}{:016x}{slot:x}",
-            crate::sys::random_u64(),
-            crate::sys::random_u64()
-        );
+        let token = format!("{}{slot:x}", crate::sys::token());
         let names: Vec<&str> = self
             .listeners
             .iter()

@@ -373,6 +373,12 @@ pub(crate) fn random_u64() -> u64 {
     h.finish()
 }
 
+/// 128 random bits as 32 hex digits: a token whoever presents it is trusted with
+/// (a worker's channel, an upgrade's listeners).
+pub(crate) fn token() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
 /// The most descriptors this process may hold: Windows sets no such limit on
 /// sockets (memory does), so there is no budget to keep.
 pub(crate) fn nofile_limit() -> Option<usize> {

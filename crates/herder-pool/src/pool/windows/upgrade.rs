@@ -70,11 +70,7 @@ impl Pool {
         &mut self,
     ) -> Result<super::super::upgrade::Upgrade, Error> {
         let program = self.upgrade_program()?;
-        let token = format!(
-            "{:016x}{:016x}",
-            crate::sys::random_u64(),
-            crate::sys::random_u64()
-        );
+        let token = crate::sys::token();
         let names: Vec<&str> = self
             .listeners
             .iter()
