@@ -130,9 +130,13 @@ impl Drop for Server {
     }
 }
 
-/// How [`Server::try_start`] names a server that did not print its address in
-/// time.
-const STILL_RUNNING: &str = "still running";
+/// A server that did not print its address: how it ended (`None`: it still ran at
+/// the deadline) and what it printed.
+struct NotListening {
+    ended: Option<std::process::ExitStatus>,
+    out: String,
+    err: String,
+}
 
 impl Server {
     /// Starts `name` with `extra` flags and waits for its `listening on` line. A
@@ -145,24 +149,22 @@ impl Server {
             attempt += 1;
             match Server::try_start(name, extra) {
                 Ok(server) => return server,
-                Err((status, out, err))
-                    if attempt < 3
-                        && status != STILL_RUNNING
-                        && out.is_empty()
-                        && err.is_empty() =>
-                {
+                Err(NotListening {
+                    ended: Some(status),
+                    out,
+                    err,
+                }) if attempt < 3 && out.is_empty() && err.is_empty() => {
                     eprintln!("{name}: exited before a word ({status}); starting it again");
                 }
-                Err((status, out, err)) => {
-                    panic!("{name}: no `listening on` line ({status}): {out:?} {err}")
+                Err(NotListening { ended, out, err }) => {
+                    panic!("{name}: no `listening on` line (exit: {ended:?}): {out:?} {err}")
                 }
             }
         }
     }
 
-    /// As [`start`](Self::start), once: the server, or how it ended and what it
-    /// printed (stdout, stderr).
-    fn try_start(name: &str, extra: &[&str]) -> Result<Server, (String, String, String)> {
+    /// As [`start`](Self::start), once.
+    fn try_start(name: &str, extra: &[&str]) -> Result<Server, NotListening> {
         let dir = tempfile::tempdir().unwrap();
         let control = format!(
             "herder-wine-{name}-{}-{}",
@@ -197,9 +199,12 @@ impl Server {
             }
             let ended = server.child.try_wait().unwrap();
             if ended.is_some() || Instant::now() >= deadline {
-                let status = ended.map_or(STILL_RUNNING.to_string(), |s| s.to_string());
                 // Dropping `server` ends the process group if it still runs.
-                return Err((status, text, server.log()));
+                return Err(NotListening {
+                    ended,
+                    out: text,
+                    err: server.log(),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         };
