@@ -121,7 +121,9 @@ fn reuseport_pool(
     }
     // One listener per slot, in one SO_REUSEPORT group; the first picks the port.
     let first = reuseport_listener(args.common.listen).context("binding")?;
+    herder_demo::flags::prepare_listener(&args.common, &first)?;
     let addr = first.local_addr()?;
+    let defer = args.common.defer_accept;
     let mut pool = Pool::new(config.clone(), Vec::new())?;
     let mut first = Some(first);
     pool.set_slot_listeners(move |_slot| {
@@ -129,6 +131,9 @@ fn reuseport_pool(
             Some(l) => l,
             None => reuseport_listener(addr)?,
         };
+        if defer {
+            herder::pool::defer_accept(&l)?;
+        }
         Ok(vec![("http".to_string(), l.into())])
     });
     Ok((pool, addr))

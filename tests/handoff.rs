@@ -1,5 +1,5 @@
 //! The hand-off server as a real process: echo is byte-exact under both dispatch
-//! modes, HTTP works, a killed worker is replaced while new connections keep being
+//! modes, HTTP works, deferred accept serves clients however late they speak, a killed worker is replaced while new connections keep being
 //! served, and SIGTERM stops it with exit 0.
 #![cfg(target_os = "linux")]
 
@@ -48,6 +48,36 @@ fn http_is_served() {
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     assert_eq!(out.matches("Hello, world!").count(), 2, "{out}");
+    server.stop(SERVER);
+}
+
+#[test]
+fn with_deferred_accept_clients_are_served_whether_they_speak_at_once_or_later() {
+    let server = util::start(SERVER, &["--workers", "2", "--defer-accept"]);
+    let addr = server.addr;
+    // A client that waits before it speaks is accepted late, not lost.
+    let mut late = TcpStream::connect(addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let clients: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data: Vec<u8> = (0..(i * 1999) % 100_000 + 1)
+                    .map(|j| (i + j) as u8)
+                    .collect();
+                assert!(util::echo(addr, &data) == data, "client {i}");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    late.write_all(b"at last").unwrap();
+    let mut got = [0; 7];
+    late.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"at last");
+    drop(late);
     server.stop(SERVER);
 }
 

@@ -1,5 +1,5 @@
 //! The shared-listener server as a real process: echo is byte-exact under every accept
-//! strategy, HTTP answers keep-alive and close requests and refuses bad ones, and
+//! strategy (with deferred accept too), HTTP answers keep-alive and close requests and refuses bad ones, and
 //! SIGTERM stops it with exit 0.
 #![cfg(target_os = "linux")]
 
@@ -60,6 +60,18 @@ fn echo_is_byte_exact_under_every_accept_strategy() {
         server.signal(libc::SIGTERM);
         let status = server.wait(Duration::from_secs(30));
         assert_eq!(status.code(), Some(0), "{strategy}: {status}");
+    }
+}
+
+#[test]
+fn deferred_accept_serves_under_the_default_and_the_reuseport_strategies() {
+    for strategy in ["exclusive", "reuseport"] {
+        let server = util::start(
+            SERVER,
+            &["--workers", "2", "--accept", strategy, "--defer-accept"],
+        );
+        echo_clients(server.addr);
+        server.stop(strategy);
     }
 }
 

@@ -35,6 +35,13 @@ pub struct Common {
     /// in seconds; a slower request gets `408`.
     #[arg(long, default_value_t = 10)]
     pub request_timeout: u64,
+    /// Accept a connection only once its first bytes arrive (Linux; FreeBSD with
+    /// `accf_data`): a worker then serves a request in one wake-up instead of two.
+    /// For clients that speak first: one that waits for the server is accepted
+    /// about a second late, and one that has sent nothing when the server stops is
+    /// refused.
+    #[arg(long)]
+    pub defer_accept: bool,
     /// The most connections one worker holds at once; at the limit it stops
     /// accepting (the hand-off supervisor sheds new connections when every worker is
     /// full, by the counts the workers last reported). 0: no limit.
@@ -74,6 +81,16 @@ pub struct Common {
     /// `text` lines, or `json` (one object per line).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// Readies a listener the server bound or inherited as the flags ask
+/// (`--defer-accept`).
+pub fn prepare_listener(c: &Common, l: &std::net::TcpListener) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if c.defer_accept {
+        herder_pool::defer_accept(l).context("--defer-accept")?;
+    }
+    Ok(())
 }
 
 /// The pool settings the flags give.

@@ -27,12 +27,12 @@ pub use crate::inherited::inherited;
 pub fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, bool)> {
     use anyhow::Context;
     let mut activated = inherited(|name| name != metrics::NAME)?;
-    match activated.len() {
+    let (l, inherited) = match activated.len() {
         0 => {
             let l = herder_pool::tcp_listener(c.listen)
                 .with_context(|| format!("binding {}", c.listen))?;
             keep_in_systemd(&l);
-            Ok((l, false))
+            (l, false)
         }
         1 => {
             let (name, fd) = activated.remove(0);
@@ -44,10 +44,12 @@ pub fn listener(c: &Common) -> anyhow::Result<(std::net::TcpListener, bool)> {
                 2,
                 "socket {name:?} inherited (from systemd or an upgrade): {addr}"
             );
-            Ok((l, true))
+            (l, true)
         }
         n => anyhow::bail!("systemd passed {n} sockets; this server serves one"),
-    }
+    };
+    crate::flags::prepare_listener(c, &l)?;
+    Ok((l, inherited))
 }
 
 /// The name of the listener in systemd's descriptor store.

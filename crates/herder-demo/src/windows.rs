@@ -21,9 +21,11 @@ pub fn listener(c: &Common) -> anyhow::Result<(TcpListener, bool)> {
     if let Some((_, socket)) = inherited(|name| name == "http")?.pop() {
         let l = TcpListener::from(socket);
         crate::log!(2, "listener inherited from an upgrade: {}", l.local_addr()?);
+        crate::flags::prepare_listener(c, &l)?;
         return Ok((l, true));
     }
     let l = herder_pool::tcp_listener(c.listen).with_context(|| format!("binding {}", c.listen))?;
+    crate::flags::prepare_listener(c, &l)?;
     Ok((l, false))
 }
 

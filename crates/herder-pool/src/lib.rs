@@ -113,7 +113,7 @@ pub use dispatch::{Choice, DispatchStats, Dispatcher};
 pub use error::Error;
 pub use inherit::inherited_sockets;
 pub use link::WorkerLink;
-pub use listener::{reuseport_listener, tcp_listener};
+pub use listener::{defer_accept, reuseport_listener, tcp_listener};
 pub use lock_kind::AcceptLockKind;
 pub use message::is_reserved;
 pub use moves::MoveStats;

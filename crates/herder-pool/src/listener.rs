@@ -32,6 +32,56 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Has `listener` hand out a new connection only once the client's first bytes have
+/// arrived, so that the first read of an accepted connection finds its request: a
+/// worker serves it in one wake-up instead of two, and under load that halves the
+/// hand-off server's CPU per new connection (`docs/performance.md`). Call it on a
+/// listening socket (bound and listening, as [`tcp_listener`] returns it).
+///
+/// Only for protocols in which the client speaks first, such as HTTP: a client that
+/// connects and waits for the server is accepted only when the kernel gives up
+/// holding it back (Linux: after about a second), and one that has sent nothing
+/// yet when the listener is closed (a graceful stop) is refused, since the server
+/// never had it. Connections are then counted, and their idle timeouts start, from
+/// their first bytes.
+///
+/// # Errors
+///
+/// `Unsupported` where the system has no such option (macOS, Windows);
+/// what `setsockopt` returns otherwise (FreeBSD: `ENOENT` until the `accf_data`
+/// kernel module is loaded).
+///
+/// # Portability
+///
+/// Linux: `TCP_DEFER_ACCEPT` (one second). FreeBSD and NetBSD: the `dataready`
+/// accept filter (`SO_ACCEPTFILTER`).
+///
+/// # Examples
+///
+/// ```
+/// let l = herder_pool::tcp_listener("127.0.0.1:0".parse().unwrap())?;
+/// # #[cfg(target_os = "linux")]
+/// herder_pool::defer_accept(&l)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[doc(alias = "TCP_DEFER_ACCEPT")]
+#[doc(alias = "SO_ACCEPTFILTER")]
+pub fn defer_accept(listener: &TcpListener) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        crate::sys::defer_accept(listener.as_fd())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = listener;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "deferred accept is not available on this platform",
+        ))
+    }
+}
+
 /// A TCP listener bound to `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), close-on-exec
 /// and non-blocking, with a backlog of 1024: one of a group in which the kernel spreads
 /// new connections over the members. Give each slot its own with

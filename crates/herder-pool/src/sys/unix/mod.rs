@@ -185,6 +185,64 @@ pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration)
     }
 }
 
+/// Has the listening socket `fd` hold each new connection back until its first bytes
+/// arrive: `TCP_DEFER_ACCEPT` on Linux, the `dataready` accept filter on FreeBSD and
+/// NetBSD.
+pub(crate) fn defer_accept(fd: BorrowedFd<'_>) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // Seconds before a connection that sends nothing is accepted all the same:
+        // the kernel rounds up to its first SYN-ACK retransmission (one second).
+        let seconds: libc::c_int = 1;
+        // SAFETY: `fd` is a valid socket for the call; the value is a c_int of the
+        // size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&seconds as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        cvt(r).map(drop)
+    }
+    #[cfg(any(target_os = "freebsd", target_os = "netbsd"))]
+    {
+        // SAFETY: accept_filter_arg is plain data; all zeroes is an empty name and
+        // argument.
+        let mut arg: libc::accept_filter_arg = unsafe { std::mem::zeroed() };
+        for (to, from) in arg.af_name.iter_mut().zip(b"dataready") {
+            *to = *from as libc::c_char;
+        }
+        // SAFETY: `fd` is a valid socket for the call; the value is an
+        // accept_filter_arg of the size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTFILTER,
+                (&arg as *const libc::accept_filter_arg).cast(),
+                std::mem::size_of::<libc::accept_filter_arg>() as libc::socklen_t,
+            )
+        };
+        cvt(r).map(drop)
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd"
+    )))]
+    {
+        let _ = fd;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "deferred accept is not available on this platform",
+        ))
+    }
+}
+
 /// Milliseconds of `CLOCK_MONOTONIC`: one clock for every process of the machine.
 pub(crate) fn monotonic_ms() -> u64 {
     monotonic().as_millis() as u64
