@@ -3,16 +3,24 @@
 run, loaded with wrk in two shapes (keep-alive; a new connection per request), in
 interleaved rounds.
 
-    python3 scripts/load.py [--rounds 2] [--seconds 5] [--workers 2] [--connections 64]
+    python3 scripts/load.py [--rounds 2] [--seconds 5] [--workers 2] [--connections 64] [--threads 2]
 
 It installs wrk and nginx-light if they are missing (Debian), builds the examples in
 release mode, and binds only 127.0.0.1. Every run of a server is paired with an nginx
 run right before or after it (alternating), and compared with that run only. It prints
 requests/s per round and their medians, the median ratio to nginx, latency
 percentiles, and the per-worker connection counts of the herder servers (from their
-control socket) with max/min and Jain's fairness index; then the respawn time after
-kill -9 and the failed requests across rolling restarts under load. With --charts DIR
-it also writes throughput.svg, fairness.svg and results.json there.
+control socket) with max/min and Jain's fairness index, and the CPU time every process
+of each server spent per request (from /proc/PID/stat; the supervisor's or listener
+process's share apart); then the respawn time after kill -9, the failed requests
+across rolling restarts under load, and the system calls one worker makes per new
+connection and per keep-alive request (strace -c on a 1-worker server, --syscalls
+seconds per shape). With --charts DIR it also writes throughput.svg, fairness.svg and
+results.json there.
+
+Besides herder's servers: nginx (with and without `deferred`), Node's cluster, and the
+two designs in C from benches/peers/ (a hand-off server in the seed article's shape,
+an SO_REUSEPORT server), built here with cc.
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -20,12 +28,45 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "target", "release", "examples")
 
 
+PEERS = os.path.join(ROOT, "target", "peers")
+
+
 def ensure_tools():
-    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b) and not os.path.exists("/usr/sbin/" + b)]
+    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx"), ("strace", "strace"), ("gcc", "cc"))
+               if not shutil.which(b) and not os.path.exists("/usr/sbin/" + b)]
     if missing:
         subprocess.run(["apt-get", "install", "-y", "-q"] + missing, check=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     subprocess.run(["cargo", "build", "-q", "--release", "--example", "handoff_server",
                     "--example", "shared_listener_server"], cwd=ROOT, check=True)
+    os.makedirs(PEERS, exist_ok=True)
+    src = os.path.join(ROOT, "benches", "peers")
+    for name in ("handoff", "reuseport"):
+        subprocess.run(["cc", "-O2", "-Wall", "-o", os.path.join(PEERS, name), os.path.join(src, name + ".c")],
+                       check=True)
+
+
+def children(pid):
+    """The pids whose parent is `pid`."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of `pid` (all its threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
 
 
 def free_port():
@@ -50,6 +91,9 @@ def wait_port(port, limit=20):
 class Herder:
     def __init__(self, name, example, extra, workers):
         self.name, self.example, self.extra, self.workers = name, example, extra, workers
+
+    def with_workers(self, n):
+        return Herder(self.name, self.example, self.extra, n)
 
     def start(self, tmp):
         self.ctl = os.path.join(tmp, self.name.replace(" ", "_") + ".sock")
@@ -110,17 +154,19 @@ class Herder:
 
 
 class Nginx:
-    name = "nginx"
+    def __init__(self, workers, deferred=False):
+        self.workers, self.deferred = workers, deferred
+        self.name = "nginx deferred" if deferred else "nginx"
 
-    def __init__(self, workers):
-        self.workers = workers
+    def with_workers(self, n):
+        return Nginx(n, self.deferred)
 
     def start(self, tmp):
         port = free_port()
-        conf = os.path.join(tmp, "nginx.conf")
+        conf = os.path.join(tmp, self.name.replace(" ", "_") + ".conf")
         with open(conf, "w") as f:
             f.write(f"""worker_processes {self.workers};
-pid {tmp}/nginx.pid;
+pid {tmp}/{self.name.replace(" ", "_")}.pid;
 error_log /dev/null crit;
 daemon off;
 events {{ worker_connections 4096; }}
@@ -128,7 +174,7 @@ http {{
   access_log off;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{port} reuseport;
+    listen 127.0.0.1:{port} reuseport{' deferred' if self.deferred else ''};
     location / {{ default_type text/plain; return 200 "Hello, world!"; }}
   }}
 }}
@@ -148,10 +194,37 @@ http {{
         self.proc.wait(timeout=60)
 
 
+class CPeer:
+    """A server from benches/peers/, built by ensure_tools: `PROGRAM PORT WORKERS`."""
+
+    def __init__(self, name, program, workers):
+        self.name, self.program, self.workers = name, program, workers
+
+    def with_workers(self, n):
+        return CPeer(self.name, self.program, n)
+
+    def start(self, tmp):
+        port = free_port()
+        self.proc = subprocess.Popen([os.path.join(PEERS, self.program), str(port), str(self.workers)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        return port
+
+    def accepted(self):
+        return None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
 class Node:
     def __init__(self, policy, workers):
         self.policy, self.workers = policy, workers
         self.name = f"node cluster {policy}"
+
+    def with_workers(self, n):
+        return Node(self.policy, n)
 
     def start(self, tmp):
         port = free_port()
@@ -178,8 +251,11 @@ else {{ http.createServer((q, s) => {{ s.writeHead(200, {{'Content-Type': 'text/
             self.proc.kill()
 
 
+THREADS = 2  # wrk's threads (--threads)
+
+
 def wrk_cmd(port, seconds, connections, close):
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+    cmd = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
     return cmd
@@ -195,7 +271,38 @@ def wrk_parse(out):
 def wrk(port, seconds, connections, close):
     out = subprocess.run(wrk_cmd(port, seconds, connections, close), capture_output=True, text=True,
                          timeout=seconds + 60).stdout
-    return wrk_parse(out)
+    return wrk_parse(out) + (int(re.search(r"(\d+) requests in", out).group(1)),)
+
+
+def syscalls(server, tmp, seconds, close):
+    """System calls per request of the only worker of `server` (started with one),
+    counted by strace -c while wrk -t1 -c20 runs: total, and the six commonest."""
+    port = server.start(tmp)
+    worker = children(server.proc.pid)
+    pid = worker[0] if worker else server.proc.pid
+    out = os.path.join(tmp, "strace.txt")
+    st = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", out],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    cmd = ["wrk", "-t1", "-c20", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
+    if close:
+        cmd[1:1] = ["-H", "Connection: close"]
+    report = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    st.send_signal(signal.SIGINT)
+    st.wait(timeout=30)
+    server.stop()
+    requests = int(re.search(r"(\d+) requests in", report).group(1))
+    if requests == 0:
+        raise RuntimeError(f"{server.name}: no request served while its system calls were counted")
+    calls = {}
+    with open(out) as f:
+        for line in f:
+            t = line.split()
+            if len(t) >= 5 and t[0][0].isdigit() and t[-1] != "total":
+                calls[t[-1]] = int(t[3])
+    total = sum(calls.values()) / requests
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
+    return total, [(name, n / requests) for name, n in top]
 
 
 def failures(out):
@@ -296,8 +403,13 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="wrk's threads: with 1, wrk takes one core and the servers the other, as in "
+                         "docs/performance.md's CPU tables; with 2 the servers run starved and batch more")
     ap.add_argument("--kills", type=int, default=10, help="respawn measurements per herder server")
     ap.add_argument("--reloads", type=int, default=3, help="rolling restarts under load per server")
+    ap.add_argument("--syscalls", type=int, default=2,
+                    help="seconds per shape of the system-call count of each server's one worker (0: none)")
     ap.add_argument("--charts", help="write the SVG charts and a JSON of the results into this directory")
     ap.add_argument("--only", action="append", default=[],
                     help="run only the servers whose name contains this (repeatable); nginx is always run")
@@ -310,6 +422,8 @@ def main():
         charts(a.replot, saved["summary"], names, argparse.Namespace(**saved["args"]))
         return
     ensure_tools()
+    global THREADS
+    THREADS = a.threads
     w = a.workers
     servers = [
         Herder("handoff least-loaded", "handoff_server", ["--dispatch", "least-loaded"], w),
@@ -320,7 +434,12 @@ def main():
         Herder("shared fcntl", "shared_listener_server", ["--accept", "fcntl"], w),
         Herder("shared pthread", "shared_listener_server", ["--accept", "pthread"], w),
         Herder("shared none", "shared_listener_server", ["--accept", "none"], w),
+        Herder("handoff deferred", "handoff_server", ["--defer-accept"], w),
+        Herder("shared exclusive deferred", "shared_listener_server", ["--accept", "exclusive", "--defer-accept"], w),
         Nginx(w),
+        Nginx(w, deferred=True),
+        CPeer("C handoff", "handoff", w),
+        CPeer("C reuseport", "reuseport", w),
         Node("rr", w),
         Node("none", w),
     ]
@@ -330,19 +449,27 @@ def main():
     respawn = {}  # server -> [ms]
     reloads = {}  # server -> (requests, failed, non2xx)
     ratios = {}  # (server, shape) -> [ratio to the nginx run next to it]
+    cpu_ratios = {}  # (server, shape) -> [CPU per request as a ratio to that nginx run's]
+    calls = {}  # (server, shape) -> (per request, [(syscall, per request)])
     nginx = next(s for s in servers if s.name == "nginx")
 
     def measure(s, shape, rnd, tmp):
         port = s.start(tmp)
         before = s.accepted()
-        rps, lat, err = wrk(port, a.seconds, a.connections, shape == "close")
+        procs = [s.proc.pid] + children(s.proc.pid)
+        cpu0 = [cpu_seconds(p) for p in procs]
+        rps, lat, err, requests = wrk(port, a.seconds, a.connections, shape == "close")
+        cpu1 = [cpu_seconds(p) for p in procs]
         after = s.accepted()
         counts = [y - x for x, y in zip(before, after)] if before and after and len(before) == len(after) else None
         s.stop()
-        results.setdefault((s.name, shape), []).append((rps, lat, err, counts))
-        print(f"round {rnd + 1} {shape:10} {s.name:22} {rps:10.0f} req/s  p50 {lat.get('50', '?'):>8} p99 {lat.get('99', '?'):>8}"
+        spent = [(y - x) * 1e6 / max(requests, 1) for x, y in zip(cpu0, cpu1)]
+        cpu, top = sum(spent), spent[0]
+        results.setdefault((s.name, shape), []).append((rps, lat, err, counts, cpu, top))
+        print(f"round {rnd + 1} {shape:10} {s.name:26} {rps:10.0f} req/s  p50 {lat.get('50', '?'):>8} p99 {lat.get('99', '?'):>8}"
+              f"  CPU {cpu:5.1f} µs/req ({top:4.1f} parent)"
               + (f"  per worker {counts}" if counts else "") + (f"  errors: {err}" if err else ""), flush=True)
-        return rps
+        return rps, cpu
 
     with tempfile.TemporaryDirectory() as tmp:
         # Each server runs right next to an nginx run (before it in one round, after
@@ -352,13 +479,15 @@ def main():
             for shape in ("keep-alive", "close"):
                 for i, s in enumerate(x for x in servers if x is not nginx):
                     if (rnd + i) % 2 == 0:
-                        base = measure(nginx, shape, rnd, tmp)
-                        rps = measure(s, shape, rnd, tmp)
+                        base, base_cpu = measure(nginx, shape, rnd, tmp)
+                        rps, cpu = measure(s, shape, rnd, tmp)
                     else:
-                        rps = measure(s, shape, rnd, tmp)
-                        base = measure(nginx, shape, rnd, tmp)
+                        rps, cpu = measure(s, shape, rnd, tmp)
+                        base, base_cpu = measure(nginx, shape, rnd, tmp)
                     ratios.setdefault((s.name, shape), []).append(rps / base)
                     ratios.setdefault((nginx.name, shape), []).append(1.0)
+                    cpu_ratios.setdefault((s.name, shape), []).append(cpu / base_cpu)
+                    cpu_ratios.setdefault((nginx.name, shape), []).append(1.0)
         for s in servers:
             if isinstance(s, Herder) and a.kills:
                 respawn[s.name] = s.respawn(a.kills, tmp)
@@ -371,9 +500,17 @@ def main():
                 print(f"reload  {s.name:22} {a.reloads} rolling restarts: {total} requests, {failed} failed, "
                       f"{non2xx} non-2xx", flush=True)
 
+        for s in servers if a.syscalls else []:
+            for shape in ("close", "keep-alive"):
+                calls[(s.name, shape)] = syscalls(s.with_workers(1), tmp, a.syscalls, shape == "close")
+                total, top = calls[(s.name, shape)]
+                print(f"syscalls {shape:10} {s.name:26} {total:5.2f} per request: "
+                      + ", ".join(f"{n} {c:.2f}" for n, c in top), flush=True)
+
     print()
-    print("| shape | server | req/s (median) | vs nginx | p50 | p99 | per-worker max/min | Jain |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | server | req/s (median) | vs nginx | p50 | p99 | per-worker max/min | Jain "
+          "| CPU µs/req (parent) | CPU vs nginx |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     summary = []
     for shape in ("keep-alive", "close"):
         for s in servers:
@@ -383,13 +520,27 @@ def main():
             counts = [sum(c) for c in zip(*[r[3] for r in runs if r[3]])] if runs[0][3] else None
             mm, jain = fairness(counts) if counts else (None, None)
             mid = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+            cpu = statistics.median(r[4] for r in runs)
+            top = statistics.median(r[5] for r in runs)
+            cpu_ratio = statistics.median(cpu_ratios[(s.name, shape)])
             summary.append({"shape": shape, "server": s.name, "rps": med, "ratios": paired,
-                            "p50": mid[1].get("50"), "p99": mid[1].get("99"), "counts": counts})
+                            "p50": mid[1].get("50"), "p99": mid[1].get("99"), "counts": counts,
+                            "cpu_us": cpu, "parent_cpu_us": top, "cpu_ratios": cpu_ratios[(s.name, shape)],
+                            "syscalls": calls.get((s.name, shape))})
             shown = paired if s is not nginx else []
             print(f"| {shape} | {s.name} | {med:,.0f} | {statistics.median(paired):.2f}× "
                   + (f"({' / '.join(f'{r:.2f}' for r in shown)})" if shown else "")
                   + f" | {mid[1].get('50', '?')} | {mid[1].get('99', '?')} | "
-                  + (f"{mm:.2f} | {jain:.3f} |" if counts else " | |"))
+                  + (f"{mm:.2f} | {jain:.3f} |" if counts else " | |")
+                  + f" {cpu:.1f} ({top:.1f}) | {cpu_ratio:.2f}× |")
+    if calls:
+        print()
+        print("| server | system calls per new connection | per keep-alive request | commonest, new connection |")
+        print("|---|---|---|---|")
+        for s in servers:
+            close, ka = calls[(s.name, "close")], calls[(s.name, "keep-alive")]
+            print(f"| {s.name} | {close[0]:.2f} | {ka[0]:.2f} | "
+                  + ", ".join(f"{n} {c:.2f}" for n, c in close[1]) + " |")
     if respawn:
         print()
         print("| server | respawn median | max |")
