@@ -46,16 +46,18 @@ def ensure_tools():
 
 
 def children(pid):
-    """The pids whose parent is `pid`."""
+    """The live (not zombie) processes whose parent is `pid`."""
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(d))
     return out
 
 
@@ -153,7 +155,25 @@ class Herder:
         self.proc.wait(timeout=60)
 
 
-class Nginx:
+class Peer:
+    """A server other than herder's: no control socket, stopped by a signal."""
+    stop_signal = signal.SIGTERM
+
+    def accepted(self):
+        return None
+
+    def stop(self):
+        self.proc.send_signal(self.stop_signal)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Nginx(Peer):
+    stop_signal = signal.SIGQUIT
+
     def __init__(self, workers, deferred=False):
         self.workers, self.deferred = workers, deferred
         self.name = "nginx deferred" if deferred else "nginx"
@@ -183,18 +203,11 @@ http {{
         wait_port(port)
         return port
 
-    def accepted(self):
-        return None
-
     def reload(self):
         self.proc.send_signal(signal.SIGHUP)
 
-    def stop(self):
-        self.proc.send_signal(signal.SIGQUIT)
-        self.proc.wait(timeout=60)
 
-
-class CPeer:
+class CPeer(Peer):
     """A server from benches/peers/, built by ensure_tools: `PROGRAM PORT WORKERS`."""
 
     def __init__(self, name, program, workers):
@@ -210,15 +223,8 @@ class CPeer:
         wait_port(port)
         return port
 
-    def accepted(self):
-        return None
 
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-
-
-class Node:
+class Node(Peer):
     def __init__(self, policy, workers):
         self.policy, self.workers = policy, workers
         self.name = f"node cluster {policy}"
@@ -239,16 +245,6 @@ else {{ http.createServer((q, s) => {{ s.writeHead(200, {{'Content-Type': 'text/
         self.proc = subprocess.Popen(["node", js], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
         return port
-
-    def accepted(self):
-        return None
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 THREADS = 2  # wrk's threads (--threads)

@@ -23,7 +23,7 @@ and signals only its own processes. Needs nginx (nginx-light) and a release buil
 import argparse, os, resource, selectors, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import free_port  # noqa: E402  (the project's harness, beside this one)
+from load import children, free_port  # noqa: E402  (the project's harness, beside this one)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "target", "release", "examples")
@@ -52,21 +52,6 @@ http {{
     }}
 }}
 """
-
-
-def children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(d))
-    return out
 
 
 def alive(pid):

@@ -48,6 +48,15 @@ static void send_fd(int ch, int fd) {
     sendmsg(ch, &m, MSG_NOSIGNAL);
 }
 
+static int channel;
+
+/* Takes the next connection from the listener process; exits when it is gone. */
+static void take(int ep) {
+    int fd = recv_fd(channel);
+    if (fd == -1) _exit(0);
+    if (fd >= 0) conn_add(ep, fd);
+}
+
 static void work(int i) {
     /* Only its own end: the channel then ends when the listener process does. */
     close(listener);
@@ -55,25 +64,10 @@ static void work(int i) {
         close(channels[j][0]);
         if (j != i) close(channels[j][1]);
     }
-    int ch = channels[i][1];
+    channel = channels[i][1];
     /* The listener process may close its copy after this worker closes its own. */
     del_before_close = 1;
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    epoll_ctl(ep, EPOLL_CTL_ADD, ch, &ev);
-    struct epoll_event evs[EVENTS];
-    for (;;) {
-        int n = epoll_wait(ep, evs, EVENTS, -1);
-        for (int k = 0; k < n; k++) {
-            if (evs[k].data.ptr) {
-                conn_ready(evs[k].data.ptr);
-                continue;
-            }
-            int fd = recv_fd(ch);
-            if (fd == -1) _exit(0);
-            if (fd >= 0) conn_add(ep, fd);
-        }
-    }
+    serve(channel, take);
 }
 
 int main(int argc, char **argv) {

@@ -39,9 +39,8 @@ static void die(const char *what) {
     exit(1);
 }
 
-/* Takes a new connection into the loop `ep` (the process's only one). */
+/* Takes a new connection into the loop `ep`. */
 static void conn_add(int ep, int fd) {
-    epfd = ep;
     struct conn *c = malloc(sizeof *c);
     if (!c) die("malloc");
     c->fd = fd;
@@ -86,6 +85,24 @@ static void conn_ready(struct conn *c) {
         size_t used = (size_t)(end + 4 - c->buf);
         memmove(c->buf, c->buf + used, c->len - used + 1);
         c->len -= used;
+    }
+}
+
+/* A worker's loop: serves its connections, and calls `take(ep)` whenever `source`
+ * (its listener, or its channel from the listener process) is readable. */
+static void serve(int source, void (*take)(int ep)) {
+    int ep = epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, source, &ev) < 0) die("epoll");
+    struct epoll_event evs[EVENTS];
+    for (;;) {
+        int n = epoll_wait(ep, evs, EVENTS, -1);
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.ptr)
+                conn_ready(evs[k].data.ptr);
+            else
+                take(ep);
+        }
     }
 }
 

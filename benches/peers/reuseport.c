@@ -7,32 +7,24 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
-static int port;
+static int port, listener;
+
+/* Accepts until the queue is empty. */
+static void take(int ep) {
+    int fd;
+    while ((fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) conn_add(ep, fd);
+}
 
 static void work(int i) {
     (void)i;
-    int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int l = listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     setsockopt(l, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 1024) < 0) die("listen");
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);
-    struct epoll_event evs[EVENTS];
-    for (;;) {
-        int n = epoll_wait(ep, evs, EVENTS, -1);
-        for (int k = 0; k < n; k++) {
-            if (evs[k].data.ptr) {
-                conn_ready(evs[k].data.ptr);
-                continue;
-            }
-            int fd;
-            while ((fd = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) conn_add(ep, fd);
-        }
-    }
+    serve(l, take);
 }
 
 int main(int argc, char **argv) {
