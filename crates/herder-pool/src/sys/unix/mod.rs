@@ -161,28 +161,35 @@ pub(crate) fn is_out_of_descriptors(e: &io::Error) -> bool {
     )
 }
 
+/// Sets the socket option `level`/`name` of `fd` to `value`, a plain C value of the
+/// type the option takes.
+fn setsockopt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `fd` is valid for the call; the value is a live `T` of the size passed,
+    // and the callers pass the type the option is documented to take.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    cvt(r).map(drop)
+}
+
 /// Bounds how long a blocking send on `fd` waits for room (`SO_SNDTIMEO`).
 pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
-    // SAFETY: `fd` is a valid socket for the call; the option value is a timeval of
-    // the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)
 }
 
 /// Has the listening socket `fd` hold each new connection back until its first bytes
@@ -194,18 +201,7 @@ pub(crate) fn defer_accept(fd: BorrowedFd<'_>) -> io::Result<()> {
         // Seconds before a connection that sends nothing is accepted all the same:
         // the kernel rounds up to its first SYN-ACK retransmission (one second).
         let seconds: libc::c_int = 1;
-        // SAFETY: `fd` is a valid socket for the call; the value is a c_int of the
-        // size passed.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_DEFER_ACCEPT,
-                (&seconds as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        cvt(r).map(drop)
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, &seconds)
     }
     #[cfg(any(target_os = "freebsd", target_os = "netbsd"))]
     {
@@ -215,18 +211,7 @@ pub(crate) fn defer_accept(fd: BorrowedFd<'_>) -> io::Result<()> {
         for (to, from) in arg.af_name.iter_mut().zip(b"dataready") {
             *to = *from as libc::c_char;
         }
-        // SAFETY: `fd` is a valid socket for the call; the value is an
-        // accept_filter_arg of the size passed.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ACCEPTFILTER,
-                (&arg as *const libc::accept_filter_arg).cast(),
-                std::mem::size_of::<libc::accept_filter_arg>() as libc::socklen_t,
-            )
-        };
-        cvt(r).map(drop)
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTFILTER, &arg)
     }
     #[cfg(not(any(
         target_os = "linux",
