@@ -129,11 +129,14 @@ fn reuseport_pool(
     pool.set_slot_listeners(move |_slot| {
         let l = match first.take() {
             Some(l) => l,
-            None => reuseport_listener(addr)?,
+            None => {
+                let l = reuseport_listener(addr)?;
+                if defer {
+                    herder::pool::defer_accept(&l)?;
+                }
+                l
+            }
         };
-        if defer {
-            herder::pool::defer_accept(&l)?;
-        }
         Ok(vec![("http".to_string(), l.into())])
     });
     Ok((pool, addr))

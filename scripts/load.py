@@ -5,8 +5,8 @@ interleaved rounds.
 
     python3 scripts/load.py [--rounds 2] [--seconds 5] [--workers 2] [--connections 64] [--threads 2]
 
-It installs wrk and nginx-light if they are missing (Debian), builds the examples in
-release mode, and binds only 127.0.0.1. Every run of a server is paired with an nginx
+It installs wrk, nginx-light, strace and gcc if they are missing (Debian), builds the
+examples in release mode and the C peers with cc, and binds only 127.0.0.1. Every run of a server is paired with an nginx
 run right before or after it (alternating), and compared with that run only. It prints
 requests/s per round and their medians, the median ratio to nginx, latency
 percentiles, and the per-worker connection counts of the herder servers (from their
@@ -77,6 +77,15 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def wait_children(proc, n, limit=20):
+    """Waits until `proc` has `n` live children (its workers)."""
+    deadline = time.time() + limit
+    while len(children(proc.pid)) < n:
+        if time.time() > deadline:
+            raise RuntimeError(f"pid {proc.pid} has not started its {n} workers")
+        time.sleep(0.02)
 
 
 def wait_port(port, limit=20):
@@ -201,6 +210,7 @@ http {{
 """)
         self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
+        wait_children(self.proc, self.workers)  # the master listens before it forks them
         return port
 
     def reload(self):
@@ -220,6 +230,7 @@ class CPeer(Peer):
         port = free_port()
         self.proc = subprocess.Popen([os.path.join(PEERS, self.program), str(port), str(self.workers)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_children(self.proc, self.workers)
         wait_port(port)
         return port
 
@@ -243,6 +254,7 @@ else {{ http.createServer((q, s) => {{ s.writeHead(200, {{'Content-Type': 'text/
   .listen({port}, '127.0.0.1'); }}
 """)
         self.proc = subprocess.Popen(["node", js], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_children(self.proc, self.workers)
         wait_port(port)
         return port
 
@@ -275,18 +287,22 @@ def syscalls(server, tmp, seconds, close):
     counted by strace -c while wrk -t1 -c20 runs: total, and the six commonest."""
     port = server.start(tmp)
     worker = children(server.proc.pid)
-    pid = worker[0] if worker else server.proc.pid
-    out = os.path.join(tmp, "strace.txt")
-    st = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", out],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if len(worker) != 1:
+        server.stop()
+        raise RuntimeError(f"{server.name}: {len(worker)} workers where one was asked for")
+    out = os.path.join(tmp, f"strace-{server.name.replace(' ', '_')}-{'close' if close else 'ka'}.txt")
+    st = subprocess.Popen(["strace", "-c", "-f", "-p", str(worker[0]), "-o", out],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     cmd = ["wrk", "-t1", "-c20", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
     report = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     st.send_signal(signal.SIGINT)
-    st.wait(timeout=30)
+    err = st.communicate(timeout=30)[1]
     server.stop()
+    if not os.path.exists(out):
+        raise RuntimeError(f"strace wrote nothing for {server.name}: {err.strip()}")
     requests = int(re.search(r"(\d+) requests in", report).group(1))
     if requests == 0:
         raise RuntimeError(f"{server.name}: no request served while its system calls were counted")
@@ -296,6 +312,8 @@ def syscalls(server, tmp, seconds, close):
             t = line.split()
             if len(t) >= 5 and t[0][0].isdigit() and t[-1] != "total":
                 calls[t[-1]] = int(t[3])
+    if not calls:
+        raise RuntimeError(f"strace counted no system call of {server.name}: {err.strip()}")
     total = sum(calls.values()) / requests
     top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
     return total, [(name, n / requests) for name, n in top]
@@ -400,8 +418,9 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2,
-                    help="wrk's threads: with 1, wrk takes one core and the servers the other, as in "
-                         "docs/performance.md's CPU tables; with 2 the servers run starved and batch more")
+                    help="wrk's threads: with 1, wrk keeps to about one core and leaves the servers the "
+                         "other, as the peers harness does; with 2 the servers get fewer, longer turns and "
+                         "batch more")
     ap.add_argument("--kills", type=int, default=10, help="respawn measurements per herder server")
     ap.add_argument("--reloads", type=int, default=3, help="rolling restarts under load per server")
     ap.add_argument("--syscalls", type=int, default=2,
@@ -482,7 +501,7 @@ def main():
                         base, base_cpu = measure(nginx, shape, rnd, tmp)
                     ratios.setdefault((s.name, shape), []).append(rps / base)
                     ratios.setdefault((nginx.name, shape), []).append(1.0)
-                    cpu_ratios.setdefault((s.name, shape), []).append(cpu / base_cpu)
+                    cpu_ratios.setdefault((s.name, shape), []).append(cpu / base_cpu if base_cpu else float("nan"))
                     cpu_ratios.setdefault((nginx.name, shape), []).append(1.0)
         for s in servers:
             if isinstance(s, Herder) and a.kills:
@@ -554,7 +573,6 @@ def main():
         with open(os.path.join(a.charts, "results.json"), "w") as f:
             json.dump({"args": vars(a), "summary": summary, "respawn_ms": respawn,
                        "reloads": reloads}, f, indent=1)
-        names = [s.name for s in servers]
         charts(a.charts, summary, [s.name for s in servers], a)
         print(f"\ncharts and results in {a.charts}")
 

@@ -53,6 +53,8 @@ fn http_is_served() {
 
 #[test]
 fn with_deferred_accept_clients_are_served_whether_they_speak_at_once_or_later() {
+    // That the listener defers is herder-pool's tests/listeners.rs; this one checks
+    // that the server, so configured, loses no client.
     let server = util::start(SERVER, &["--workers", "2", "--defer-accept"]);
     let addr = server.addr;
     // A client that waits before it speaks is accepted late, not lost.

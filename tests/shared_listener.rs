@@ -65,6 +65,8 @@ fn echo_is_byte_exact_under_every_accept_strategy() {
 
 #[test]
 fn deferred_accept_serves_under_the_default_and_the_reuseport_strategies() {
+    // That the listener defers is herder-pool's tests/listeners.rs; this one checks
+    // that the server, so configured, serves every client.
     for strategy in ["exclusive", "reuseport"] {
         let server = util::start(
             SERVER,

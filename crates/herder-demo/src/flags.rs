@@ -3,7 +3,7 @@
 //! Unix are left out elsewhere.)
 
 use crate::protocol::{Echo, Http, MAX_BODY, MAX_HEAD, Protocol};
-use herder_reactor::{Server, ServerConfig};
+use herder_reactor::{FirstRead, Server, ServerConfig};
 use std::time::Duration;
 
 /// The options both servers take.
@@ -118,6 +118,10 @@ pub fn server(c: &Common) -> std::io::Result<Server<Protocol>> {
     config.idle_timeout = Some(Duration::from_secs(c.idle_timeout.max(1)));
     config.max_input = MAX_HEAD + MAX_BODY + 1;
     config.max_connections = (c.max_connections > 0).then_some(c.max_connections);
+    if c.defer_accept {
+        // Every connection comes with its first bytes.
+        config.first_read = FirstRead::AtOnce;
+    }
     let c = c.clone();
     Server::new(config, move |_| service(&c))
 }

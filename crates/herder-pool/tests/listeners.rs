@@ -1,7 +1,8 @@
 //! Listeners. SO_REUSEPORT: each slot has its own listener in one port group; the
 //! kernel spreads connections over the workers, and a replacement worker takes over
 //! its slot's listener. Deferred accept: a connection is handed out once its first
-//! bytes arrive, and a silent one all the same, later.
+//! bytes arrive, and a silent one all the same, later; a listener that defers
+//! already keeps its setting.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -102,4 +103,51 @@ fn a_deferred_listener_hands_out_connections_as_their_first_bytes_arrive() {
     // back (Linux: at its first SYN-ACK retransmission, about a second).
     let c = accept_within(&l, Duration::from_secs(20)).expect("the silent connection");
     assert_eq!(c.peer_addr().unwrap(), silent.local_addr().unwrap());
+}
+
+#[test]
+fn a_listener_that_defers_already_is_left_as_it_is() {
+    use std::os::fd::AsRawFd;
+    let l = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let get = |l: &std::net::TcpListener| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket, and a c_int of the length passed.
+        let r = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        v
+    };
+    assert_eq!(get(&l), 0);
+    defer_accept(&l).unwrap();
+    let ours = get(&l);
+    assert!(ours > 0);
+    defer_accept(&l).unwrap();
+    assert_eq!(get(&l), ours, "a second call changes nothing");
+
+    // As systemd's DeferAcceptSec=30 would have set it.
+    let other = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let thirty: libc::c_int = 30;
+    // SAFETY: a valid socket, and a c_int of the length passed.
+    let r = unsafe {
+        libc::setsockopt(
+            other.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&thirty as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    let set = get(&other);
+    assert!(set > ours, "{set}");
+    defer_accept(&other).unwrap();
+    assert_eq!(get(&other), set, "the passed-on setting is kept");
 }

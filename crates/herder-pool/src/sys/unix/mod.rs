@@ -183,6 +183,35 @@ fn setsockopt<T: Copy>(
     cvt(r).map(drop)
 }
 
+/// The value of the socket option `level`/`name` of `fd`, a plain C value of the
+/// type the option takes.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd"
+))]
+fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `fd` is valid for the call; the kernel writes at most `len` bytes into
+    // `value`. The callers pass plain C types, for which all zeroes and whatever
+    // the kernel wrote over them are valid values.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    cvt(r)?;
+    // SAFETY: zeroed or written by the kernel, as above.
+    Ok(unsafe { value.assume_init() })
+}
+
 /// Bounds how long a blocking send on `fd` waits for room (`SO_SNDTIMEO`).
 pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
     let tv = libc::timeval {
@@ -193,30 +222,63 @@ pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration)
 }
 
 /// Has the listening socket `fd` hold each new connection back until its first bytes
-/// arrive: `TCP_DEFER_ACCEPT` on Linux, the `dataready` accept filter on FreeBSD and
-/// NetBSD.
+/// arrive: `TCP_DEFER_ACCEPT` on Linux, the `dataready` accept filter on FreeBSD,
+/// DragonFly and NetBSD. A listener that defers already is left as it is.
 pub(crate) fn defer_accept(fd: BorrowedFd<'_>) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
+        if getsockopt::<libc::c_int>(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT)? > 0 {
+            // Set by whoever passed it on (systemd's `DeferAcceptSec=`, an upgrade).
+            return Ok(());
+        }
         // Seconds before a connection that sends nothing is accepted all the same:
         // the kernel rounds up to its first SYN-ACK retransmission (one second).
         let seconds: libc::c_int = 1;
         setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, &seconds)
     }
-    #[cfg(any(target_os = "freebsd", target_os = "netbsd"))]
+    #[cfg(any(target_os = "freebsd", target_os = "dragonfly", target_os = "netbsd"))]
     {
+        const NAME: &[u8] = b"dataready";
         // SAFETY: accept_filter_arg is plain data; all zeroes is an empty name and
         // argument.
         let mut arg: libc::accept_filter_arg = unsafe { std::mem::zeroed() };
-        for (to, from) in arg.af_name.iter_mut().zip(b"dataready") {
+        for (to, from) in arg.af_name.iter_mut().zip(NAME) {
             *to = *from as libc::c_char;
         }
-        setsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTFILTER, &arg)
+        match setsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTFILTER, &arg) {
+            Ok(()) => Ok(()),
+            // The filter's kernel module is not loaded.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(io::Error::new(
+                e.kind(),
+                "the dataready accept filter is not loaded (kldload accf_data)",
+            )),
+            // A filter is installed already (the kernel replaces none): fine if it
+            // is this one.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let set: libc::accept_filter_arg =
+                    getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTFILTER)?;
+                let name = set
+                    .af_name
+                    .iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8);
+                if name.eq(NAME.iter().copied()) {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "the listener has another accept filter",
+                    ))
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
     #[cfg(not(any(
         target_os = "linux",
         target_os = "android",
         target_os = "freebsd",
+        target_os = "dragonfly",
         target_os = "netbsd"
     )))]
     {
