@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
+fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
+    if ret == T::from(-1) {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
@@ -230,9 +230,10 @@ pub(crate) unsafe fn add_exclusive(
     Ok(())
 }
 
-/// Accepts a connection from `listener`, non-blocking and close-on-exec from the
-/// start: one `accept4(2)` where the system has it, rather than `accept` and an
-/// `ioctl(FIONBIO)`.
+use modern::NO_SIGNAL;
+pub(crate) use modern::accept;
+
+/// Where the system has `accept4` and `MSG_NOSIGNAL` (all but macOS here).
 #[cfg(any(
     target_os = "linux",
     target_os = "android",
@@ -242,30 +243,41 @@ pub(crate) unsafe fn add_exclusive(
     target_os = "dragonfly",
     target_os = "illumos"
 ))]
-pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
-    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    loop {
-        // SAFETY: the listener's descriptor is open for the call; null address
-        // pointers make accept4 write no address.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                flags,
-            )
-        };
-        match cvt(fd) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-            // SAFETY: accept4 returned a new descriptor that nothing else owns.
-            Ok(fd) => return Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) }),
+mod modern {
+    use super::cvt;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// Accepts a connection from `listener`, non-blocking and close-on-exec from
+    /// the start: one `accept4(2)`, rather than `accept` and an `ioctl(FIONBIO)`.
+    pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        loop {
+            // SAFETY: the listener's descriptor is open for the call; null address
+            // pointers make accept4 write no address.
+            let fd = unsafe {
+                libc::accept4(
+                    listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    flags,
+                )
+            };
+            match cvt(fd) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(fd) => return Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) }),
+            }
         }
     }
+
+    /// A write to a peer that is gone fails with `EPIPE` rather than raising
+    /// `SIGPIPE`.
+    pub(super) const NO_SIGNAL: libc::c_int = libc::MSG_NOSIGNAL;
 }
 
-/// As above, where the system has no `accept4` (macOS): std's `accept` sets
-/// close-on-exec, and the socket is made non-blocking after.
+/// Where the system has neither (macOS).
 #[cfg(not(any(
     target_os = "linux",
     target_os = "android",
@@ -275,38 +287,19 @@ pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::T
     target_os = "dragonfly",
     target_os = "illumos"
 )))]
-pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
-    let (stream, _) = listener.accept()?;
-    stream.set_nonblocking(true)?;
-    Ok(stream)
-}
+mod modern {
+    use std::io;
 
-/// `MSG_NOSIGNAL` where the system has it: a write to a peer that is gone fails
-/// with `EPIPE` rather than raising `SIGPIPE`. Elsewhere (macOS) std ignores
-/// `SIGPIPE` in Rust programs, and sockets it accepts carry `SO_NOSIGPIPE`.
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-    target_os = "illumos"
-))]
-const NO_SIGNAL: libc::c_int = libc::MSG_NOSIGNAL;
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-    target_os = "illumos"
-)))]
-const NO_SIGNAL: libc::c_int = 0;
+    /// std's `accept` sets close-on-exec; the socket is made non-blocking after.
+    pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
+        let (stream, _) = listener.accept()?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    }
 
-fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
-    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+    /// No such flag: std ignores `SIGPIPE` in Rust programs, and sockets it
+    /// accepts carry `SO_NOSIGPIPE`.
+    pub(super) const NO_SIGNAL: libc::c_int = 0;
 }
 
 /// Reads what the socket holds into `buf` without waiting (`MSG_DONTWAIT`),
@@ -322,7 +315,7 @@ pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> 
             libc::MSG_DONTWAIT,
         )
     };
-    cvt_size(n)
+    cvt(n).map(|n| n as usize)
 }
 
 /// Writes what the socket takes of `buf` without waiting (`MSG_DONTWAIT`).
@@ -337,5 +330,5 @@ pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
             libc::MSG_DONTWAIT | NO_SIGNAL,
         )
     };
-    cvt_size(n)
+    cvt(n).map(|n| n as usize)
 }
