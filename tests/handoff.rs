@@ -55,7 +55,11 @@ fn http_is_served() {
 fn with_deferred_accept_clients_are_served_whether_they_speak_at_once_or_later() {
     // That the listener defers is herder-pool's tests/listeners.rs; this one checks
     // that the server, so configured, loses no client.
-    let server = util::start(SERVER, &["--workers", "2", "--defer-accept"]);
+    let util::Controlled {
+        server,
+        ctl,
+        dir: _dir,
+    } = util::start_controlled(SERVER, &["--workers", "2", "--defer-accept"]);
     let addr = server.addr;
     // A client that waits before it speaks is accepted late, not lost.
     let mut late = TcpStream::connect(addr).unwrap();
@@ -74,7 +78,20 @@ fn with_deferred_accept_clients_are_served_whether_they_speak_at_once_or_later()
     for c in clients {
         c.join().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // The kernel stops holding the silent one back (after about a second) and a
+    // worker takes it in before it has said anything.
+    let start = std::time::Instant::now();
+    while util::counts(&util::status(&ctl), "accepted")
+        .iter()
+        .sum::<u64>()
+        < 51
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the silent connection was never handed over"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     late.write_all(b"at last").unwrap();
     let mut got = [0; 7];
     late.read_exact(&mut got).unwrap();
